@@ -1,0 +1,31 @@
+"""visionssl: self-supervised visual representation learning on any timm backbone.
+
+Example:
+    >>> import visionssl as vs
+    >>> "simclr" in vs.list_methods() and "resnet18_cifar" in vs.list_backbones("resnet1*")
+    True
+"""
+from visionssl.registry import Registry, RegistryError
+from visionssl.backbones import create_backbone, list_backbones, register_backbone
+from visionssl.methods import SSLMethod, create_method, list_methods, register_method
+from visionssl import augment, data, engine, eval, losses, zoo  # noqa: A004  (vs.eval is the evaluation package)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Registry",
+    "RegistryError",
+    "SSLMethod",
+    "augment",
+    "create_backbone",
+    "create_method",
+    "data",
+    "engine",
+    "eval",
+    "list_backbones",
+    "list_methods",
+    "losses",
+    "register_backbone",
+    "register_method",
+    "zoo",
+]

@@ -1,0 +1,64 @@
+"""SimCLR's view recipe (Chen et al., 2020, appendix A) as batched Kornia transforms."""
+from __future__ import annotations
+
+from typing import Any
+
+import kornia.augmentation as K
+from torch import nn
+
+from visionssl.augment import MultiView, Normalize, register_augmentation
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """SimCLR's blur kernel: 10% of the image side, odd, at least 3."""
+    k = max(3, int(0.1 * image_size))
+    return k if k % 2 else k + 1
+
+
+def simclr_view(
+    image_size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    jitter_strength: float = 0.5,
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+    blur_p: float = 0.5,
+    solarize_p: float = 0.0,
+    hflip_p: float = 0.5,
+) -> nn.Module:
+    """One view pipeline: crop, flip, colour jitter, grayscale, blur and optional solarisation.
+
+    ``jitter_strength`` s scales brightness/contrast/saturation by 0.8 s and hue by 0.2 s
+    (the paper uses s = 1 on ImageNet and 0.5 on CIFAR). Set ``blur_p = 0`` for small images.
+    """
+    s = jitter_strength
+    ops: list[nn.Module] = [
+        K.RandomResizedCrop((image_size, image_size), scale=scale),
+        K.RandomHorizontalFlip(p=hflip_p),
+        K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_p),
+        K.RandomGrayscale(p=grayscale_p),
+    ]
+    if blur_p > 0:
+        ops.append(K.RandomGaussianBlur(blur_kernel_size(image_size), (0.1, 2.0), p=blur_p))
+    if solarize_p > 0:
+        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
+    return nn.Sequential(*ops)
+
+
+@register_augmentation("simclr")
+def simclr(
+    image_size: int = 32,
+    channels: int = 3,
+    scale: tuple[float, float] = (0.08, 1.0),
+    jitter_strength: float | None = None,
+    blur_p: float | None = None,
+    num_views: int = 2,
+    **_: Any,
+) -> MultiView:
+    """SimCLR's two views. Below 64 px: jitter strength 0.5 and no blur (the paper's CIFAR recipe);
+    from 64 px: strength 1.0 and blur with p = 0.5 (its ImageNet recipe). Either can be set.
+    """
+    small = image_size < 64
+    s = jitter_strength if jitter_strength is not None else (0.5 if small else 1.0)
+    p = blur_p if blur_p is not None else (0.0 if small else 0.5)
+    views = [simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p) for _ in range(num_views)]
+    return MultiView(views, channels=channels, normalize=Normalize())

@@ -1,0 +1,83 @@
+"""The base class every self-supervised method derives from."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionssl.backbones import resolve_backbone
+
+
+class SSLMethod(nn.Module):
+    """A self-supervised method: a backbone plus the heads and loss of one paper.
+
+    Subclasses declare every hyperparameter as a keyword argument of ``__init__`` (with the
+    paper's default) and implement ``forward(views) -> dict`` with at least ``"loss"``.
+
+    Class attributes:
+        augmentation: name of the augmentation preset that makes this method's views.
+        num_views: how many views the preset makes per image.
+        recipe: name of the YAML recipe under ``visionssl/configs`` (default: the method name).
+
+    Hooks the trainer calls (all optional):
+        ``param_groups(weight_decay)``: optimizer parameter groups (e.g. a fixed-lr predictor).
+        ``on_train_start(trainer)`` / ``on_epoch_start(trainer)``: e.g. DeepCluster's clustering.
+        ``on_step_end(step, total_steps)``: e.g. an EMA update of a target network.
+        ``sample_weights``: per-sample weights for the next epoch's sampler, or ``None``.
+    """
+
+    augmentation: str = "simclr"
+    num_views: int = 2
+    recipe: str | None = None
+    sample_weights: torch.Tensor | None = None
+
+    def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        self.backbone = resolve_backbone(backbone, **(backbone_kwargs or {}))
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Weight decay on weights; none on biases and normalisation parameters (1-d tensors)."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+        ]
+
+    def on_train_start(self, trainer: Any) -> None:
+        pass
+
+    def on_epoch_start(self, trainer: Any) -> None:
+        pass
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        pass
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False) -> nn.Sequential:
+    """Projection/prediction head: (Linear -> BN -> ReLU) x (num_layers - 1) -> Linear [-> BN].
+
+    Example:
+        >>> import torch
+        >>> mlp(512, 2048, 128)(torch.randn(4, 512)).shape
+        torch.Size([4, 128])
+    """
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)

@@ -1,0 +1,141 @@
+"""One generic registry for backbones, methods, augmentations and datasets.
+
+Example:
+    >>> from visionssl.registry import Registry
+    >>> colours = Registry("colour")
+    >>> @colours.register("red")
+    ... def red():
+    ...     return (255, 0, 0)
+    >>> colours.create("red")
+    (255, 0, 0)
+    >>> colours.list("r*")
+    ['red']
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterable
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(KeyError):
+    """An unknown or duplicate name; the message lists what would be valid."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry:
+    """Maps names to factories (functions or classes).
+
+    Args:
+        kind: what the registry holds, used in error messages ("method", "backbone").
+        entry_point_group: optional ``importlib.metadata`` entry-point group; third-party
+            packages listed there are registered the first time the registry is read.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._factories: dict[str, Callable[..., Any]] = {}
+        self._plugins_loaded = entry_point_group is None
+
+    def register(self, name: str | None = None, *, override: bool = False) -> Callable:
+        """Decorator that registers a factory under ``name`` (default: its ``__name__``).
+
+        Registering a taken name is an error unless ``override=True``.
+        """
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            key = name or factory.__name__
+            if key in self._factories and not override and self._factories[key] is not factory:
+                raise RegistryError(
+                    f"{self.kind} {key!r} is already registered (by {_origin(self._factories[key])}); "
+                    f"pick another name or pass override=True"
+                )
+            self._factories[key] = factory
+            return factory
+
+        return decorator
+
+    def add(self, name: str, factory: Callable[..., Any], *, override: bool = False) -> None:
+        """Registers ``factory`` under ``name`` without the decorator syntax."""
+        self.register(name, override=override)(factory)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """Returns the factory registered as ``name``; an unknown name lists the closest ones."""
+        self._load_plugins()
+        try:
+            return self._factories[name]
+        except KeyError:
+            raise RegistryError(self.unknown_message(name)) from None
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Calls the factory registered as ``name`` with the given arguments."""
+        return self.get(name)(*args, **kwargs)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Sorted registered names matching a shell-style wildcard ``pattern``."""
+        self._load_plugins()
+        return sorted(n for n in self._factories if fnmatch.fnmatchcase(n, pattern))
+
+    def unknown_message(self, name: str, extra: Iterable[str] = ()) -> str:
+        names = sorted(set(self._factories) | set(extra))
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(names[:30])}"
+        return f"unknown {self.kind} {name!r}; {hint}"
+
+    def __contains__(self, name: object) -> bool:
+        self._load_plugins()
+        return name in self._factories
+
+    def __len__(self) -> int:
+        self._load_plugins()
+        return len(self._factories)
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True  # set first: a plugin may read the registry while importing
+        for ep in entry_points(group=self.entry_point_group):
+            if ep.name in self._factories:
+                continue  # the plugin module registered itself on import
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plugin must not break the library
+                logger.warning("could not load %s plugin %r (%s): %s", self.kind, ep.name, ep.value, exc)
+                continue
+            if ep.name not in self._factories and callable(obj):
+                self._factories[ep.name] = obj
+
+
+def import_object(path: str) -> Any:
+    """Imports ``package.module:attribute`` (e.g. a user's backbone factory).
+
+    Example:
+        >>> import_object("math:sqrt")(4.0)
+        2.0
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{path!r} is not of the form 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} from {path!r}: {exc}") from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
+    return obj
+
+
+def _origin(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
