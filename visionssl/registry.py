@@ -16,8 +16,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import importlib.util
 import logging
+import os
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 logger = logging.getLogger(__name__)
@@ -115,26 +119,49 @@ class Registry:
 
 
 def import_object(path: str) -> Any:
-    """Imports ``package.module:attribute`` (e.g. a user's backbone factory).
+    """Imports ``package.module:attribute`` or ``path/to/file.py:attribute`` (e.g. a user's backbone factory).
 
     Example:
         >>> import_object("math:sqrt")(4.0)
         2.0
     """
-    module_name, sep, attr = path.partition(":")
+    module_name, sep, attr = path.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"{path!r} is not of the form 'package.module:function'")
+        raise ValueError(f"{path!r} is not of the form 'package.module:function' or 'file.py:function'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} from {path!r}: {exc}") from None
+        if module_name.endswith(".py"):
+            module = _import_file(module_name)
+        else:
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())  # console scripts do not put the working directory on the path
+            module = importlib.import_module(module_name)
+    except (ImportError, FileNotFoundError) as exc:
+        raise ValueError(f"cannot import {module_name!r} from {path!r}: {exc}") from None
     try:
         obj = module
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
+        raise ValueError(f"{module_name!r} has no attribute {attr!r} (from {path!r})") from None
     return obj
+
+
+def _import_file(file: str) -> Any:
+    resolved = Path(file).expanduser().resolve()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{file} does not exist")
+    name = f"visionssl_user_{resolved.stem}_{abs(hash(str(resolved)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _origin(obj: Any) -> str:

@@ -24,17 +24,21 @@ def simclr_view(
     blur_p: float = 0.5,
     solarize_p: float = 0.0,
     hflip_p: float = 0.5,
+    jitter: tuple[float, float, float, float] | None = None,
 ) -> nn.Module:
     """One view pipeline: crop, flip, colour jitter, grayscale, blur and optional solarisation.
 
     ``jitter_strength`` s scales brightness/contrast/saturation by 0.8 s and hue by 0.2 s
     (the paper uses s = 1 on ImageNet and 0.5 on CIFAR). Set ``blur_p = 0`` for small images.
+    ``jitter`` = (brightness, contrast, saturation, hue) sets the four strengths directly and
+    overrides ``jitter_strength`` (e.g. BYOL's (0.4, 0.4, 0.2, 0.1)).
     """
     s = jitter_strength
+    brightness, contrast, saturation, hue = jitter if jitter is not None else (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     ops: list[nn.Module] = [
         K.RandomResizedCrop((image_size, image_size), scale=scale),
         K.RandomHorizontalFlip(p=hflip_p),
-        K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_p),
+        K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_p),
         K.RandomGrayscale(p=grayscale_p),
     ]
     if blur_p > 0:

@@ -1,0 +1,16 @@
+"""Training engine: config, optimizers and schedules, the trainer, checkpoints.
+
+Example:
+    >>> from visionssl.engine import load_config
+    >>> load_config("simclr").optim.name
+    'lars'
+"""
+from visionssl.engine.checkpoint import CheckpointError, atomic_save, load_backbone, load_checkpoint
+from visionssl.engine.config import ConfigError, list_recipes, load_config
+from visionssl.engine.optim import cosine_with_warmup, create_optimizer
+from visionssl.engine.trainer import NonFiniteLossError, Trainer
+
+__all__ = [
+    "CheckpointError", "ConfigError", "NonFiniteLossError", "Trainer", "atomic_save", "cosine_with_warmup",
+    "create_optimizer", "list_recipes", "load_backbone", "load_checkpoint", "load_config",
+]

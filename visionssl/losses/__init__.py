@@ -5,6 +5,9 @@ Example:
     >>> float(vs.losses.nt_xent(torch.randn(4, 8), torch.randn(4, 8))) > 0
     True
 """
+from visionssl.losses.infonce_queue import infonce_queue
+from visionssl.losses.negative_cosine import negative_cosine
 from visionssl.losses.nt_xent import nt_xent
+from visionssl.losses.vicreg import vicreg
 
-__all__ = ["nt_xent"]
+__all__ = ["infonce_queue", "negative_cosine", "nt_xent", "vicreg"]

@@ -49,9 +49,10 @@ def method_hparams(name: str) -> dict[str, Any]:
 
 
 def create_method(
-    name: str, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict | None = None, **hparams: Any
+    name: str, backbone: str | nn.Module | None = None, backbone_kwargs: dict | None = None, **hparams: Any
 ) -> SSLMethod:
-    """Builds a registered method around a backbone (a name for ``create_backbone`` or a module).
+    """Builds a registered method around a backbone (a name for ``create_backbone`` or a module;
+    None: the method's default).
 
     An unknown hyperparameter is an error that names the closest valid one.
     """
@@ -62,7 +63,9 @@ def create_method(
             close = difflib.get_close_matches(key, list(valid), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"method {name!r} has no hyperparameter {key!r}; {hint}valid: {', '.join(valid)}")
-    return factory(backbone=backbone, backbone_kwargs=backbone_kwargs, **hparams)
+    if backbone is not None:
+        hparams["backbone"] = backbone
+    return factory(backbone_kwargs=backbone_kwargs, **hparams)
 
 
 

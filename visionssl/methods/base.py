@@ -21,7 +21,7 @@ class SSLMethod(nn.Module):
         recipe: name of the YAML recipe under ``visionssl/configs`` (default: the method name).
 
     Hooks the trainer calls (all optional):
-        ``param_groups(weight_decay)``: optimizer parameter groups (e.g. a fixed-lr predictor).
+        ``param_groups(weight_decay)``: optimizer parameter groups (a group with ``"fixed_lr": True`` keeps its lr).
         ``on_train_start(trainer)`` / ``on_epoch_start(trainer)``: e.g. DeepCluster's clustering.
         ``on_step_end(step, total_steps)``: e.g. an EMA update of a target network.
         ``sample_weights``: per-sample weights for the next epoch's sampler, or ``None``.
@@ -51,7 +51,7 @@ class SSLMethod(nn.Module):
                 (no_decay if p.ndim <= 1 else decay).append(p)
         return [
             {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+            {"params": no_decay, "weight_decay": 0.0},  # timm LARS does not adapt groups without decay
         ]
 
     def on_train_start(self, trainer: Any) -> None:

@@ -1,0 +1,110 @@
+"""View recipes of MoCo v2, SimSiam, BYOL and VICReg as batched Kornia transforms.
+
+Each preset returns a ``MultiView`` of two views built from ``simclr_view``. Gaussian blur is a
+large-image augmentation: below 64 px it is left out (p = 0), as in the CIFAR recipes of the
+papers and of solo-learn; pass ``blur_p`` to force it.
+
+Example:
+    >>> import torch, visionssl as vs
+    >>> views = vs.augment.create("byol", image_size=32)(torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8))
+    >>> len(views), tuple(views[1].shape)
+    (2, (4, 3, 32, 32))
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from visionssl.augment import MultiView, Normalize, register_augmentation
+from visionssl.augment.simclr import simclr_view
+
+SMALL_IMAGE = 64  # below this side (pixels) the presets drop Gaussian blur
+
+MOCO_V2_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def _symmetric(
+    image_size: int, channels: int, scale: tuple[float, float], blur_p: float | None, num_views: int
+) -> MultiView:
+    """MoCo v2's recipe (``aug_plus``): crop, flip, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, blur 0.5."""
+    if blur_p is None:
+        blur_p = 0.0 if image_size < SMALL_IMAGE else 0.5
+    views = [
+        simclr_view(image_size, scale=tuple(scale), jitter=MOCO_V2_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p)
+        for _ in range(num_views)
+    ]
+    return MultiView(views, channels=channels, normalize=Normalize())
+
+
+def _asymmetric(
+    image_size: int,
+    channels: int,
+    scale: tuple[float, float],
+    blur_p: tuple[float, float] | None,
+    solarize_p: tuple[float, float],
+) -> MultiView:
+    """BYOL's recipe (table 6): both views crop, flip, jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2;
+    view 1 blur p=1.0 and no solarisation, view 2 blur p=0.1 and solarisation p=0.2."""
+    if blur_p is None:
+        blur_p = (0.0, 0.0) if image_size < SMALL_IMAGE else (1.0, 0.1)
+    views = [
+        simclr_view(
+            image_size, scale=tuple(scale), jitter=BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur, solarize_p=solarize
+        )
+        for blur, solarize in zip(blur_p, solarize_p)
+    ]
+    return MultiView(views, channels=channels, normalize=Normalize())
+
+
+@register_augmentation("moco")
+def moco(
+    image_size: int = 32,
+    channels: int = 3,
+    scale: tuple[float, float] = (0.2, 1.0),
+    blur_p: float | None = None,
+    num_views: int = 2,
+    **_: Any,
+) -> MultiView:
+    """MoCo v2's two views (Chen et al., 2020, ``aug_plus``): crop scale 0.2-1, jitter (0.4, 0.4, 0.4, 0.1)
+    with p = 0.8, grayscale p = 0.2, blur p = 0.5 (none below 64 px unless ``blur_p`` is given)."""
+    return _symmetric(image_size, channels, scale, blur_p, num_views)
+
+
+@register_augmentation("simsiam")
+def simsiam(
+    image_size: int = 32,
+    channels: int = 3,
+    scale: tuple[float, float] = (0.2, 1.0),
+    blur_p: float | None = None,
+    num_views: int = 2,
+    **_: Any,
+) -> MultiView:
+    """SimSiam's two views: the MoCo v2 recipe (Chen & He, 2021, section 4)."""
+    return _symmetric(image_size, channels, scale, blur_p, num_views)
+
+
+@register_augmentation("byol")
+def byol(
+    image_size: int = 32,
+    channels: int = 3,
+    scale: tuple[float, float] = (0.08, 1.0),
+    blur_p: tuple[float, float] | None = None,
+    solarize_p: tuple[float, float] = (0.0, 0.2),
+    **_: Any,
+) -> MultiView:
+    """BYOL's asymmetric two views (Grill et al., 2020, table 6): blur p = (1.0, 0.1) (none below 64 px
+    unless ``blur_p`` is given), solarisation p = (0.0, 0.2), jitter (0.4, 0.4, 0.2, 0.1) p = 0.8, grayscale 0.2."""
+    return _asymmetric(image_size, channels, scale, blur_p, solarize_p)
+
+
+@register_augmentation("vicreg")
+def vicreg(
+    image_size: int = 32,
+    channels: int = 3,
+    scale: tuple[float, float] = (0.08, 1.0),
+    blur_p: tuple[float, float] | None = None,
+    solarize_p: tuple[float, float] = (0.0, 0.2),
+    **_: Any,
+) -> MultiView:
+    """VICReg's two views: BYOL's asymmetric recipe (Bardes et al., 2022, appendix C.1)."""
+    return _asymmetric(image_size, channels, scale, blur_p, solarize_p)

@@ -1,0 +1,56 @@
+"""An on-disk cache of decoded datasets: images as a memory-mapped .npy, labels as JSON."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def visionssl_home() -> Path:
+    """``$VISIONSSL_HOME`` or ``~/.cache/visionssl``: where caches and downloads live."""
+    return Path(os.environ.get("VISIONSSL_HOME", Path.home() / ".cache" / "visionssl"))
+
+
+def cached_arrays(
+    key: str, build: Callable[[], tuple[np.ndarray, dict[str, Any]]], cache_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Returns ``build()``'s (uint8 images, JSON-able metadata), computed once and memory-mapped after.
+
+    ``key`` must change whenever the content would (source, resolution, version). Both files are
+    written to temporary names and renamed, so an interrupted build leaves no half-written cache.
+    Set ``VISIONSSL_NO_CACHE=1`` (or ``cache_dir=""``) to skip the cache.
+    """
+    if cache_dir == "" or os.environ.get("VISIONSSL_NO_CACHE") == "1":
+        return build()
+    folder = Path(cache_dir) if cache_dir is not None else visionssl_home() / "data"
+    npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    if npy.is_file() and meta.is_file():
+        try:
+            return np.load(npy, mmap_mode="c"), json.loads(meta.read_text())
+        except (OSError, ValueError):
+            pass  # a damaged cache is rebuilt below
+    images, info = build()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(npy, lambda f: np.save(f, images))
+        _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
+    except OSError as exc:  # a read-only or full disk must not stop training: warn and go on uncached
+        import warnings
+
+        warnings.warn(f"could not write the dataset cache {folder}: {exc}", stacklevel=2)
+    return images, info
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,107 @@
+"""Decoding image files into uint8 arrays, with a clear error naming any file that cannot be read."""
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MAX_PIXELS = 100_000_000  # larger images are refused as decompression bombs
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded; ``path`` names it."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot read image {path}: {reason} (pass --skip-bad-images to skip such files)")
+
+
+def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.ndarray:
+    """Reads one file as uint8 (channels, size, size): shorter side resized to ``size``, centre crop.
+
+    Any mode (palette, alpha, CMYK, 16-bit, float) becomes 8-bit RGB or grayscale.
+    Raises ``BadImageError`` naming the file for anything that is not a readable image.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> p = tempfile.mkdtemp() + "/a.png"; Image.new("RGB", (40, 20), "red").save(p)
+        >>> decode_image(p, 16).shape
+        (3, 16, 16)
+    """
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise BadImageError(path, "not a regular file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise BadImageError(path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}")
+                img.load()
+                img = _to_8bit(img, channels)
+    except BadImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(path, f"{type(exc).__name__}: {exc}") from None
+    img = _resize_center_crop(img, size)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def decode_images(
+    paths: Sequence[str | os.PathLike], size: int, channels: int = 3, skip_bad: bool = False, workers: int | None = None
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Decodes many files in parallel threads (PIL releases the GIL while decoding).
+
+    Returns ``(images (M, C, size, size) uint8, indices of the decoded paths, skipped (path, reason))``.
+    Without ``skip_bad`` the first bad file raises ``BadImageError``.
+    """
+    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    ok: list[int] = []
+    skipped: list[tuple[str, str]] = []
+
+    def work(i: int) -> tuple[int, str | None]:
+        try:
+            out[i] = decode_image(paths[i], size, channels)
+            return i, None
+        except BadImageError as exc:
+            if not skip_bad:
+                raise
+            return i, exc.reason
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+        for i, reason in pool.map(work, range(len(paths))):
+            if reason is None:
+                ok.append(i)
+            else:
+                skipped.append((str(paths[i]), reason))
+    return out[ok], ok, skipped
+
+
+def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 1.0
+        img = Image.fromarray((arr * (255.0 / hi) if hi > 0 else arr).clip(0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    if scale != 1:
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR, reducing_gap=3.0)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))

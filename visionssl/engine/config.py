@@ -1,0 +1,202 @@
+"""The run configuration: typed defaults, per-method YAML recipes, command-line overrides.
+
+Resolution order (later wins): the defaults below -> the method's recipe
+(``visionssl/configs/<method>.yaml``, or ``--config FILE``) -> ``key=value`` overrides.
+
+Example:
+    >>> cfg = load_config("simclr", overrides=["train.epochs=3", "optim.lr=0.5"])
+    >>> cfg.train.epochs, cfg.optim.lr, cfg.method.name
+    (3, 0.5, 'simclr')
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, of the wrong type or out of range; names the key."""
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18_cifar"  # a registered backbone, a timm model, or package.module:function
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the factory / timm.create_model
+
+
+@dataclass
+class AugmentConfig:
+    name: Optional[str] = None  # preset; None: the method's own
+    image_size: int = 32  # side of the views fed to the backbone
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = "elpv"  # dataset spec (see visionssl.data.load_dataset)
+    image_size: Optional[int] = 36  # side of the uint8 images kept in memory (None: native)
+    skip_bad_images: bool = False  # skip unreadable files (reported) instead of stopping
+    eval: Optional[str] = None  # labelled dataset for online kNN (None: the train/test splits of `name`)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"  # sgd | lars | adamw
+    lr: float = 1.0  # base learning rate for batch size 256 (see lr_scaling)
+    lr_scaling: str = "linear"  # linear (lr x batch/256) | sqrt | none
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    batch_size: int = 256
+    warmup_epochs: float = 10.0  # linear warmup, then cosine decay
+    final_lr_ratio: float = 0.0  # the cosine schedule ends at lr x final_lr_ratio
+    grad_clip: Optional[float] = None  # max gradient norm (None: no clipping)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    deterministic: bool = False  # bit-identical runs (slower on GPU)
+    compile: bool = False  # torch.compile the method
+    channels_last: bool = True  # on CUDA
+    log_every: int = 10  # steps between logged metrics (the only host synchronisations)
+    knn_every: int = 1  # epochs between online kNN evaluations (0: only at the end, -1: never)
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    on_nonfinite: str = "stop"  # stop: a NaN/inf loss ends the run, last good checkpoint kept
+    num_threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
+    progress: bool = True  # progress bar
+
+
+@dataclass
+class Config:
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "simclr"})  # name + its hyperparameters
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: Optional[str] = None  # run directory
+
+
+CHOICES = {
+    "optim.name": ("sgd", "lars", "adamw"),
+    "optim.lr_scaling": ("linear", "sqrt", "none"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.on_nonfinite": ("stop",),
+}
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe by name (``simclr``, ``simclr_imagenet``) or path; raises listing the recipes."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        valid = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        close = difflib.get_close_matches(name, valid, n=3)
+        raise ConfigError(f"unknown recipe {name!r}; " + (f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"))
+    return path
+
+
+def list_recipes() -> list[str]:
+    """Names of the packaged recipes."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(
+    method: str | None = None, config: str | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> DictConfig:
+    """Builds and validates a run config (see the module docstring for the order).
+
+    Raises ``ConfigError`` with one line naming the key and the valid choices.
+    """
+    cfg = OmegaConf.structured(Config)
+    source = config or method
+    try:
+        if source is not None:
+            try:
+                cfg = OmegaConf.merge(cfg, OmegaConf.load(recipe_path(source)))
+            except ConfigError:
+                if config is not None or method is None:
+                    raise
+                cfg.method = {"name": method}  # a method without a recipe of its own (e.g. a plugin)
+        if method is not None and cfg.method.get("name") != method:
+            cfg.method = {"name": method}  # --method X with another method's --config: keep X's defaults
+        if overrides:
+            items = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) else list(overrides)
+            for item in items:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and choice checks that types alone cannot express; method hyperparameter names."""
+    from visionssl.methods import METHODS, method_hparams
+
+    for key, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
+    checks = [
+        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("optim.batch_size", cfg.optim.batch_size >= 2, "must be >= 2 (contrastive losses need pairs)"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "must be >= 0"),
+        ("augment.image_size", cfg.augment.image_size >= 8, "must be >= 8 pixels"),
+        ("train.log_every", cfg.train.log_every >= 1, "must be >= 1"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be >= 1"),
+        ("train.knn_k", cfg.train.knn_k >= 1, "must be >= 1"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {rule}")
+    if cfg.data.image_size is not None and cfg.data.image_size < 1:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} must be a positive number of pixels")
+    name = cfg.method.get("name")
+    if name not in METHODS:
+        raise ConfigError(f"method.name: {METHODS.unknown_message(str(name))}")
+    valid = method_hparams(name)
+    for key in cfg.method:
+        if key != "name" and key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"method.{key}: {name} has no such hyperparameter; {hint}valid: {', '.join(valid)}")
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """A plain, YAML-able dict of a config."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _explain(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or ""
+    msg = str(exc).splitlines()[0]
+    if "Key '" in msg and "not in" in msg:  # unknown key: suggest the closest valid one
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(OmegaConf.structured(Config), parent) if parent else OmegaConf.structured(Config)
+        valid = list(node.keys()) if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f"did you mean {(parent + '.' if parent else '') + close[0]!r}? " if close else ""
+        return f"unknown config key {key!r}; {hint}valid keys{' of ' + parent if parent else ''}: {', '.join(valid)}"
+    return f"config key {key!r}: {msg}" if key else msg

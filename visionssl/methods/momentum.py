@@ -1,0 +1,65 @@
+"""Momentum (EMA) target networks shared by MoCo and BYOL: copy, update, schedule."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def copy_frozen(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters take no gradient (a momentum/target network).
+
+    The copy stays in the same train/eval mode as its parent method, so its BatchNorm layers use
+    batch statistics in training, as in MoCo and BYOL.
+
+    Example:
+        >>> online = torch.nn.Linear(3, 2)
+        >>> target = copy_frozen(online)
+        >>> torch.equal(target.weight, online.weight), target.weight.requires_grad
+        (True, False)
+    """
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """In place, for every parameter: target <- momentum * target + (1 - momentum) * online.
+
+    Only parameters move; buffers (BatchNorm running statistics) of the target are its own,
+    updated by its forward passes. ``momentum = 1`` leaves the target unchanged, ``0`` copies.
+
+    Example:
+        >>> online, target = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = online.weight.fill_(4.0), target.weight.fill_(0.0)
+        >>> ema_update_(target, online, momentum=0.75)
+        >>> target.weight.tolist()
+        [[1.0, 1.0]]
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    target_params, online_params = list(target.parameters()), list(online.parameters())
+    if len(target_params) != len(online_params):
+        raise ValueError(
+            f"target and online networks differ: {len(target_params)} vs {len(online_params)} parameters"
+        )
+    # lerp: t + (1 - m) (o - t), one fused kernel per device and dtype
+    torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+
+
+def cosine_momentum(step: float, total_steps: float, base: float = 0.996, final: float = 1.0) -> float:
+    """BYOL's schedule: tau = final - (final - base) * (cos(pi * step / total_steps) + 1) / 2.
+
+    ``base`` at step 0, ``final`` at ``step = total_steps`` (steps beyond are clamped). With
+    ``final = 1`` this is the paper's tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2.
+
+    Example:
+        >>> cosine_momentum(0, 100), cosine_momentum(50, 100), cosine_momentum(100, 100)
+        (0.996, 0.998, 1.0)
+    """
+    progress = min(max(step / total_steps, 0.0), 1.0) if total_steps > 0 else 1.0
+    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
