@@ -70,9 +70,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
         raise CheckpointError(
-            f"refusing to load {path}: it holds Python objects other than tensors and plain containers "
-            f"(loading it would run code). Only load it if you trust its source: {exc}"
+            f"refusing to load {path}: it holds Python objects other than tensors and plain containers, "
+            f"and unpickling them could run code ({detail or 'unsupported global'})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): {exc}") from None

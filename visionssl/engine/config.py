@@ -173,6 +173,14 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {rule}")
     if cfg.data.image_size is not None and cfg.data.image_size < 1:
         raise ConfigError(f"data.image_size={cfg.data.image_size} must be a positive number of pixels")
+    backbone = cfg.backbone.name
+    if ":" not in backbone:
+        import timm
+
+        from visionssl.backbones import BACKBONES
+
+        if backbone not in BACKBONES and not timm.is_model(backbone):
+            raise ConfigError(f"backbone.name: {BACKBONES.unknown_message(backbone, extra=timm.list_models())}")
     name = cfg.method.get("name")
     if name not in METHODS:
         raise ConfigError(f"method.name: {METHODS.unknown_message(str(name))}")

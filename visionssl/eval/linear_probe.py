@@ -77,7 +77,9 @@ def linear_probe(
             parameters in front of the heads), or ``"none"``/None.
         val_fraction: share of every class held out for choosing the setting (stratified, seeded). 0 is
             allowed only for a single setting, which then trains for ``epochs``.
-        patience: stop when no head improved its validation accuracy for this many epochs.
+        patience: a head stops (its weights freeze) after this many epochs without a better validation
+            accuracy (or an equal one with a lower validation loss); the sweep ends when every head has
+            stopped. So each head ends exactly as it would have trained alone.
         refit: retrain the chosen setting on the whole training split (train + validation) for its best
             number of epochs before testing; False: test the chosen head's best-validation weights.
         num_classes: default: largest label + 1.
@@ -122,7 +124,7 @@ def linear_probe(
         finally:
             if writer is not None:
                 writer.close()
-        best = int(torch.argmax(sweep.best_val))
+        best = sweep.best_setting()
         lr, wd, best_epoch = *settings[best], int(sweep.best_epoch[best])
         heads = sweep.best_heads(best)
     else:
@@ -195,9 +197,14 @@ class _Normalizer:
 class _Sweep:
     """What training the heads leaves: per-head best validation accuracy, its epoch and weights."""
 
-    def __init__(self, weight, bias, normalizer, best_val, best_epoch, epochs_run):
+    def __init__(self, weight, bias, normalizer, best_val, best_loss, best_epoch, epochs_run):
         self.weight, self.bias, self.normalizer = weight, bias, normalizer
-        self.best_val, self.best_epoch, self.epochs_run = best_val, best_epoch, epochs_run
+        self.best_val, self.best_loss, self.best_epoch, self.epochs_run = best_val, best_loss, best_epoch, epochs_run
+
+    def best_setting(self) -> int:
+        """The head with the best validation accuracy; the lowest validation loss among equals."""
+        top = torch.nonzero(self.best_val == self.best_val.max()).flatten()
+        return int(top[torch.argmin(self.best_loss[top])])
 
     def best_heads(self, head: int) -> _Heads:
         return _Heads(self.weight[head : head + 1], self.bias[head : head + 1], self.normalizer)
@@ -223,6 +230,8 @@ def _train_heads(
     total_steps, step = epochs * steps_per_epoch, 0
     g = torch.Generator().manual_seed(seed)
     best_val = torch.full((h,), -1.0, device=x.device)
+    best_loss = torch.full((h,), math.inf, device=x.device)
+    active = torch.ones(h, dtype=torch.bool, device=x.device)
     best_epoch = torch.zeros(h, dtype=torch.long, device=x.device)
     best_w, best_b = weight.detach().clone(), bias.detach().clone()
     last_epoch = stop_after or epochs
@@ -237,15 +246,20 @@ def _train_heads(
                 per_head = F.cross_entropy(logits.reshape(-1, num_classes), y[idx].repeat_interleave(h),
                                            reduction="none").view(-1, h).mean(0)
                 grads = torch.autograd.grad(per_head.sum(), [weight, bias])
-                step_fn(grads, 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+                step_fn(grads, active * (0.5 * (1 + math.cos(math.pi * step / total_steps))))
                 step += 1
                 loss_sum += per_head.detach() * len(idx) / n
             if val is None:
                 continue
             with torch.no_grad():
-                val_acc = 100.0 * (heads(val[0]).argmax(-1) == val[1].view(-1, 1)).float().mean(0)
-            improved = val_acc > best_val
+                val_logits = heads(val[0])
+                val_acc = 100.0 * (val_logits.argmax(-1) == val[1].view(-1, 1)).float().mean(0)
+                val_loss = F.cross_entropy(val_logits.reshape(-1, num_classes), val[1].repeat_interleave(h),
+                                           reduction="none").view(-1, h).mean(0)
+            # accuracy moves in steps of 1 / len(val): among equal accuracies the lower loss is better
+            improved = active & ((val_acc > best_val) | ((val_acc == best_val) & (val_loss < best_loss)))
             best_val = torch.where(improved, val_acc, best_val)
+            best_loss = torch.where(improved, val_loss, best_loss)
             best_epoch = torch.where(improved, epoch, best_epoch)
             best_w[improved], best_b[improved] = weight.detach()[improved], bias.detach()[improved]
             bar.set_postfix(best_val=f"{float(best_val.max()):.2f}")
@@ -253,12 +267,13 @@ def _train_heads(
                 for i, (s_lr, s_wd) in enumerate(settings):
                     writer.add_scalar(f"linear_probe/val_top1/lr={s_lr:g},wd={s_wd:g}", float(val_acc[i]), epoch)
                     writer.add_scalar(f"linear_probe/train_loss/lr={s_lr:g},wd={s_wd:g}", float(loss_sum[i]), epoch)
-            if int((epoch - best_epoch).min()) >= patience:
+            active &= (epoch - best_epoch) < patience  # a stopped head keeps its weights: as if trained alone
+            if not active.any():
                 break
     if val is None:
         best_w, best_b = weight.detach(), bias.detach()
         best_epoch = torch.full((h,), epoch, dtype=torch.long)
-    return _Sweep(best_w, best_b, heads.normalizer, best_val.cpu(), best_epoch.cpu(), epoch)
+    return _Sweep(best_w, best_b, heads.normalizer, best_val.cpu(), best_loss.cpu(), best_epoch.cpu(), epoch)
 
 
 class _BatchedAdamW:
@@ -272,7 +287,7 @@ class _BatchedAdamW:
         self.t = 0
 
     @torch.no_grad()
-    def __call__(self, grads, lr_scale: float) -> None:
+    def __call__(self, grads, lr_scale: torch.Tensor) -> None:
         self.t += 1
         b1, b2 = self.betas
         for i, (p, g, m, v) in enumerate(zip(self.params, grads, self.m, self.v)):
@@ -293,7 +308,7 @@ class _BatchedSGD:
         self.buf = [torch.zeros_like(p) for p in params]
 
     @torch.no_grad()
-    def __call__(self, grads, lr_scale: float) -> None:
+    def __call__(self, grads, lr_scale: torch.Tensor) -> None:
         for i, (p, g, buf) in enumerate(zip(self.params, grads, self.buf)):
             lr = (self.lr * lr_scale).view(-1, *[1] * (p.ndim - 1))
             if i == 0:

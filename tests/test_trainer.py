@@ -1,0 +1,95 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import visionssl as vs
+from visionssl.engine import NonFiniteLossError, Trainer, load_config, load_checkpoint
+
+TINY = [
+    "data.name=synthetic:96", "data.image_size=16", "augment.image_size=16", "backbone.name=resnet10t_cifar",
+    "optim.batch_size=32", "optim.warmup_epochs=0", "method.proj_hidden_dim=64", "method.proj_dim=32",
+    "train.progress=false", "train.log_every=1",
+]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config("simclr", overrides=TINY + [f"out={tmp_path}", *extra])
+
+
+def test_run_directory_holds_config_metrics_events_and_checkpoint(tmp_path):
+    result = Trainer(tiny_config(tmp_path, "train.epochs=2")).fit()
+    assert result["epoch"] == 2 and 0 <= result["knn/top1"] <= 100
+    assert (tmp_path / "config.yaml").read_text().count("resnet10t_cifar") == 1
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"train/loss", "train/lr", "train/images_per_s", "collapse/effective_rank"} <= set(lines[0])
+    assert any("knn/top1" in line for line in lines)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["format"] == "visionssl" and ckpt["epoch"] == 2 and ckpt["step"] == 6
+    backbone = vs.engine.load_backbone(tmp_path)
+    assert backbone(torch.randn(2, 3, 16, 16)).shape == (2, 512)
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    cfg = tiny_config(tmp_path, "train.epochs=1", "optim.name=adamw", "optim.lr=0.003")
+    trainer = Trainer(cfg)
+    x = trainer.train_set.images[:32]
+    torch.manual_seed(0)
+    views = trainer.augment(x)
+    losses = []
+    for _ in range(8):
+        loss = trainer.method(views)["loss"]
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "train.epochs=2", "train.knn_every=-1"))
+    trainer.fit() if False else None
+    trainer.train_epoch()
+    trainer.save_checkpoint()
+    good = load_checkpoint(trainer.checkpoint_path)
+    forward = trainer.method.forward
+    trainer.method.forward = lambda views: {**forward(views), "loss": torch.tensor(float("nan"), requires_grad=True)}
+    trainer._forward = trainer.method.forward
+    with pytest.raises(NonFiniteLossError, match="NaN or infinite.*last good checkpoint"):
+        trainer.fit()
+    kept = load_checkpoint(trainer.checkpoint_path)
+    assert kept["step"] == good["step"] == 3
+
+
+def pretrain_cmd(out, epochs):
+    return [
+        sys.executable, "-m", "visionssl", "pretrain", "--out", str(out), "--epochs", str(epochs), "--threads", "1",
+        "--deterministic", "--no-progress", *TINY, "train.knn_every=-1",
+    ]
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
+    epochs = 4
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(pretrain_cmd(straight, epochs), check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(pretrain_cmd(killed, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = load_checkpoint(ckpt)["epoch"]
+    assert 1 <= interrupted_at < epochs, "the run should have been killed part-way"
+
+    subprocess.run(pretrain_cmd(killed, epochs) + ["--resume"], check=True, capture_output=True, timeout=300)
+    a, b = load_checkpoint(straight), load_checkpoint(killed)
+    assert a["step"] == b["step"] == epochs * 3
+    for key in a["method"]:
+        assert torch.equal(a["method"][key], b["method"][key]), key

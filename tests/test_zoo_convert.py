@@ -1,0 +1,271 @@
+"""Converters: synthetic checkpoints built in each upstream layout load strictly and give the reference features."""
+import argparse
+import pickle
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from visionssl.zoo import ZooError, convert_checkpoint, list_formats, load_file, load_strict, read_checkpoint
+
+
+def reference_resnet18() -> torch.nn.Module:
+    """torchvision's ResNet-18 (the architecture the upstream repos use) with random weights and BN statistics."""
+    net = torchvision.models.resnet18()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    net.fc = torch.nn.Identity()
+    return net.eval()
+
+
+def backbone_state(net: torch.nn.Module) -> dict:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def mlp_keys(prefix: str, dims=(512, 64, 32), bn: bool = True) -> dict:
+    """The keys of a projector/predictor MLP head (Linear[, BN], ReLU, Linear) under ``prefix``."""
+    out = {f"{prefix}0.weight": torch.randn(dims[1], dims[0]), f"{prefix}0.bias": torch.randn(dims[1])}
+    if bn:
+        out.update({f"{prefix}1.weight": torch.ones(dims[1]), f"{prefix}1.bias": torch.zeros(dims[1]),
+                    f"{prefix}1.running_mean": torch.zeros(dims[1]), f"{prefix}1.running_var": torch.ones(dims[1]),
+                    f"{prefix}1.num_batches_tracked": torch.tensor(7)})
+    out.update({f"{prefix}3.weight": torch.randn(dims[2], dims[1]), f"{prefix}3.bias": torch.randn(dims[2])})
+    return out
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def optimizer_state() -> dict:
+    return {"state": {0: {"momentum_buffer": torch.randn(3)}}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "params": [0]}]}
+
+
+# One builder per upstream layout, following the authors' save code (see the converter docstrings).
+def moco_v1(sd):  # main_moco.py save_checkpoint; v1's head is one Linear called fc
+    state = {**prefixed(sd, "module.encoder_q."), "module.encoder_q.fc.weight": torch.randn(128, 512),
+             "module.encoder_q.fc.bias": torch.randn(128), **prefixed(sd, "module.encoder_k."),
+             "module.queue": torch.randn(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    return {"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state()}
+
+
+def moco_v2(sd):  # v2: fc becomes an MLP (fc.0, fc.2); a numpy accuracy rides along as legacy metadata
+    state = {**prefixed(sd, "module.encoder_q."), **mlp_keys("module.encoder_q.fc.", bn=False),
+             **prefixed(sd, "module.encoder_k."), "module.queue": torch.randn(128, 64)}
+    return {"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state(),
+            "best_acc1": np.float64(71.1), "step": np.int64(12)}
+
+
+def mocov3(sd):
+    state = {**prefixed(sd, "module.base_encoder."), **mlp_keys("module.base_encoder.fc."),
+             **prefixed(sd, "module.momentum_encoder."), **mlp_keys("module.momentum_encoder.fc."),
+             **mlp_keys("module.predictor.", dims=(32, 64, 32))}
+    return {"epoch": 1000, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state(),
+            "scaler": {"scale": 65536.0, "growth_factor": 2.0}}
+
+
+def simsiam(sd):  # the projector lives in encoder.fc; args as an argparse.Namespace (legacy metadata)
+    state = {**prefixed(sd, "module.encoder."), **mlp_keys("module.encoder.fc."),
+             **mlp_keys("module.predictor.", dims=(32, 64, 32))}
+    return {"epoch": 100, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state(),
+            "args": argparse.Namespace(arch="resnet18", lr=0.05, fix_pred_lr=True)}
+
+
+def swav(sd):  # a flat DDP state dict with the projection head and prototypes
+    return {**prefixed(sd, "module."), **prefixed(mlp_keys("projection_head."), "module."),
+            "module.prototypes.prototypes0.weight": torch.randn(30, 32),
+            "module.prototypes.prototypes1.weight": torch.randn(30, 32)}
+
+
+def vissl(sd):
+    trunk = prefixed(sd, "_feature_blocks.")
+    heads = {"0.clf.0.weight": torch.randn(4, 512), "0.clf.0.bias": torch.randn(4)}
+    return {"phase_idx": 125, "iteration": 1000, "loss": {}, "iteration_num": 1000, "train_phase_idx": 104,
+            "classy_state_dict": {"train": True, "base_model": {"model": {"trunk": trunk, "heads": heads}, "meta": {}},
+                                  "optimizer": optimizer_state(), "phase_idx": 125}}
+
+
+def vissl_model_state_dict(sd):  # the converted VISSL files
+    return {"model_state_dict": prefixed(sd, "_feature_blocks.")}
+
+
+def openmmlab(sd):  # mmselfsup: backbone, neck, head and the momentum target network under state_dict
+    state = {**prefixed(sd, "backbone."), **mlp_keys("neck.mlp."), **mlp_keys("head.predictor.mlp.", dims=(32, 64, 32)),
+             **prefixed(sd, "target_net.0."), **mlp_keys("target_net.1.mlp.")}
+    return {"meta": {"epoch": 200, "mmengine_version": "0.1.0", "config": "model = dict(type='BYOL')"}, "state_dict": state}
+
+
+def torchvision_flat(sd):  # VICReg's backbone-only file: the bare state dict
+    return dict(sd)
+
+
+def torchvision_with_classifier(sd):  # a supervised torchvision file: fc is dropped
+    return {**sd, "fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}
+
+
+def visionssl_run(sd):  # our own training checkpoint
+    return {"format": "visionssl", "version": 1, "config": {"backbone": {"name": "resnet18", "kwargs": {}}},
+            "method": {**prefixed(sd, "backbone."), **mlp_keys("projector.")}, "epoch": 3, "step": 30}
+
+
+LAYOUTS = [
+    ("moco", moco_v1), ("moco", moco_v2), ("mocov3", mocov3), ("simsiam", simsiam), ("swav", swav),
+    ("vissl", vissl), ("vissl", vissl_model_state_dict), ("openmmlab", openmmlab),
+    ("torchvision", torchvision_flat), ("torchvision", torchvision_with_classifier), ("visionssl", visionssl_run),
+]
+
+
+@pytest.mark.parametrize("fmt, build", LAYOUTS, ids=[b.__name__ for _, b in LAYOUTS])
+def test_upstream_layout_converts_and_gives_reference_features(tmp_path, fmt, build):
+    reference = reference_resnet18()
+    path = tmp_path / "upstream.pth.tar"
+    torch.save(build(backbone_state(reference)), path)
+
+    net = load_file(path, fmt, "resnet18").eval()
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), reference(x), rtol=1e-5, atol=1e-6)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_every_zoo_format_has_a_synthetic_layout_test():
+    assert {fmt for fmt, _ in LAYOUTS} == set(list_formats()) - {f for f in list_formats() if f.startswith("doc_")}
+
+
+def test_legacy_non_zip_torch_file_loads(tmp_path):
+    # MoCo v1/v2's release files predate torch's zip format
+    reference = reference_resnet18()
+    path = tmp_path / "moco_v1_legacy.pth.tar"
+    torch.save(moco_v1(backbone_state(reference)), path, _use_new_zipfile_serialization=False)
+    net = load_file(path, "moco", "resnet18").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_1x_module_names_are_allowed(tmp_path):
+    # files pickled under numpy 1.x name numpy.core.multiarray (numpy 2 renamed it numpy._core)
+    path = tmp_path / "old_numpy.pth.tar"
+    torch.save({"acc": np.float64(68.1), "w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    assert b"numpy._core.multiarray" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    loaded = read_checkpoint(path)
+    assert loaded["acc"] == 68.1 and torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_namespace_metadata_is_allowed_but_nothing_else(tmp_path):
+    path = tmp_path / "ns.pth.tar"
+    torch.save({"args": argparse.Namespace(arch="resnet50", lr=0.05), "state_dict": {}}, path)
+    assert read_checkpoint(path)["args"] == argparse.Namespace(arch="resnet50", lr=0.05)
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "extra": Payload(marker)}, path)
+
+    with pytest.raises(ZooError, match=r"refusing to load .*evil\.pth\.tar.*'exec'.*unsafe"):
+        read_checkpoint(path)
+    with pytest.raises(ZooError, match="refusing"):
+        load_file(path, "moco", "resnet18")
+    assert not marker.exists()
+
+    # the payload is real: the explicit unsafe flag would run it
+    read_checkpoint(path, unsafe=True)
+    assert marker.exists()
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save({"w": torch.randn(1000)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ZooError, match="cannot read checkpoint .*cut.pth"):
+        read_checkpoint(path)
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"\x10\x00garbage")
+    with pytest.raises(ZooError, match="cannot read .*cut.safetensors as safetensors"):
+        read_checkpoint(bad)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    sd = backbone_state(reference_resnet18())
+    upstream = moco_v2(sd)
+    del upstream["state_dict"]["module.encoder_q.layer1.0.conv1.weight"]
+    upstream["state_dict"]["module.encoder_q.layer5.0.conv1.weight"] = torch.randn(3)
+    net = timm.create_model("resnet18", num_classes=0)
+    with pytest.raises(ZooError, match=r"1 missing key\(s\) \[layer1\.0\.conv1\.weight\], 1 unexpected key\(s\) \[layer5"):
+        load_strict(net, convert_checkpoint("moco", upstream))
+
+
+def test_wrong_shape_is_listed_with_both_shapes():
+    sd = backbone_state(reference_resnet18())
+    net = timm.create_model("resnet18", num_classes=0, in_chans=1)
+    with pytest.raises(ZooError, match=r"conv1\.weight: checkpoint \(64, 3, 7, 7\) vs backbone \(64, 1, 7, 7\)"):
+        load_strict(net, sd)
+
+
+def test_wrong_architecture_fails_strictly():
+    sd = backbone_state(reference_resnet18())
+    with pytest.raises(ZooError, match=r"missing key\(s\) \[.*layer1\.2"):
+        load_strict(timm.create_model("resnet34", num_classes=0), sd)
+
+
+def test_missing_num_batches_tracked_is_tolerated():
+    reference = reference_resnet18()
+    sd = {k: v for k, v in backbone_state(reference).items() if not k.endswith("num_batches_tracked")}
+    net = timm.create_model("resnet18", num_classes=0)
+    load_strict(net, sd)
+    assert torch.equal(net.bn1.running_var, reference.bn1.running_var)
+
+
+def test_wrong_format_names_the_missing_level():
+    upstream = vissl(backbone_state(reference_resnet18()))
+    with pytest.raises(ZooError, match=r"checkpoint has no key 'state_dict' \(found: 'phase_idx'.*format"):
+        convert_checkpoint("moco", upstream)
+    with pytest.raises(ZooError, match=r"no key of the checkpoint starts with 'module.encoder.'"):
+        convert_checkpoint("simsiam", moco_v2(backbone_state(reference_resnet18())))
+    with pytest.raises(ZooError, match="unknown checkpoint format 'nope'; valid: .*moco"):
+        convert_checkpoint("nope", {})
+
+
+def test_torchvision_and_timm_resnet50_share_key_names_and_shapes():
+    tv = torchvision.models.resnet50().state_dict()
+    tm = timm.create_model("resnet50", num_classes=0).state_dict()
+    tv.pop("fc.weight"), tv.pop("fc.bias")
+    assert {k: v.shape for k, v in tv.items()} == {k: v.shape for k, v in tm.items()}
+
+
+def test_padded_stem_of_vicreg_and_swav_equals_timm_stem():
+    # VICReg/SwAV: ConstantPad2d(1) then a 7x7/2 convolution with padding 2; timm: padding 3
+    x, w = torch.randn(2, 3, 33, 31), torch.randn(8, 3, 7, 7)
+    assert torch.allclose(F.conv2d(F.pad(x, (1, 1, 1, 1)), w, stride=2, padding=2), F.conv2d(x, w, stride=2, padding=3),
+                          atol=1e-5)
+
+
+def test_not_a_pickle_protocol_problem_is_not_swallowed(tmp_path):
+    # a plain (non-torch) pickle is refused as "not a torch file", not loaded
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ZooError):
+        read_checkpoint(path)

@@ -1,0 +1,96 @@
+"""Context prediction (Doersch et al., 2015, arXiv 1505.05192): where is this patch relative to that one?"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionssl.augment.pretext import color_drop, color_project, context_geometry, context_pairs
+from visionssl.methods import register_method
+from visionssl.methods.base import SSLMethod, mlp
+
+COLOR_MODES = ("drop", "project", "none")
+
+
+@register_method("context")
+class ContextPrediction(SSLMethod):
+    """Relative patch position: from a 3x3 grid of patches separated by a gap and each moved by a
+    random jitter, take the centre patch and one of its 8 neighbours (chosen per sample); the shared
+    backbone encodes both and an MLP on the two feature vectors joined predicts which of the 8
+    positions the neighbour came from (cross entropy over 8 classes).
+
+    Shortcuts the paper closes: the gap and jitter keep low-level cues (edges running across patch
+    borders) from giving the position away; chromatic aberration (the lens shifts colours toward the
+    image border) is hidden by colour dropping (keep one random channel per patch, the others become
+    noise) or by projecting colours off the green-magenta axis.
+
+    Args:
+        backbone: a backbone name for ``vs.create_backbone`` or a built module.
+        patch_size, gap, jitter: pixels, within the view. ``None``: the paper's 96 : 48 : 7 proportions
+            scaled to the view (7, 3, 1 at 32 px; 96, 48, 7 at 398 px).
+        color: ``"drop"`` (paper), ``"project"`` (paper's alternative) or ``"none"``.
+        noise_ratio: std of the noise replacing dropped channels, relative to the kept channel's.
+        head_hidden_dim: hidden width of the classifier MLP (paper: 4096).
+        head_layers: linear layers in the classifier (paper: fc7 + fc8 = 2).
+
+    Returns (forward): ``loss``, ``embedding`` (features of the centre patches, detached) and
+    ``accuracy`` (position accuracy, 0-d).
+
+    Example:
+        >>> import torch, visionssl as vs
+        >>> m = vs.create_method("context", backbone="resnet10t_cifar", patch_size=8, gap=3, jitter=1)
+        >>> out = m([torch.randn(4, 3, 32, 32)])
+        >>> out["loss"].backward(); sorted(out)
+        ['accuracy', 'embedding', 'loss']
+    """
+
+    augmentation = "context"
+    num_views = 1
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        patch_size: int | None = None,
+        gap: int | None = None,
+        jitter: int | None = None,
+        color: str = "drop",
+        noise_ratio: float = 0.01,
+        head_hidden_dim: int = 4096,
+        head_layers: int = 2,
+    ):
+        super().__init__(backbone, backbone_kwargs)
+        if color not in COLOR_MODES:
+            raise ValueError(f"color must be one of {', '.join(COLOR_MODES)}; got {color!r}")
+        if head_layers < 1:
+            raise ValueError(f"head_layers must be >= 1, got {head_layers}")
+        self.patch_size, self.gap, self.jitter = patch_size, gap, jitter
+        self.color = color
+        self.noise_ratio = noise_ratio
+        self.classifier = mlp(2 * self.num_features, head_hidden_dim, 8, num_layers=head_layers)
+
+    def geometry(self, image_size: int) -> tuple[int, int, int]:
+        """(patch_size, gap, jitter) used for views of ``image_size`` pixels."""
+        auto = context_geometry(image_size)
+        chosen = (self.patch_size, self.gap, self.jitter)
+        return tuple(auto[i] if v is None else int(v) for i, v in enumerate(chosen))  # type: ignore[return-value]
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(views) != 1:
+            raise ValueError(f"context prediction takes 1 view, got {len(views)}")
+        x = views[0]
+        centre, neighbour, label = context_pairs(x, *self.geometry(x.shape[-1]))
+        patches = torch.cat([centre, neighbour])
+        if self.color == "drop" and patches.shape[1] > 1:
+            patches = color_drop(patches, self.noise_ratio)  # each patch keeps its own channel
+        elif self.color == "project":
+            patches = color_project(patches)
+        features = self.backbone(patches)
+        logits = self.classifier(torch.cat(features.chunk(2), dim=1))
+        return {
+            "loss": F.cross_entropy(logits.float(), label),
+            "embedding": features[: x.shape[0]].detach(),
+            "accuracy": (logits.argmax(1) == label).float().mean().detach(),
+        }

@@ -1,0 +1,93 @@
+"""Jigsaw puzzles (Noroozi & Favaro, 2016, arXiv 1603.09246): which permutation shuffled the 9 tiles?"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionssl.augment.pretext import hamming_permutations, jigsaw_tiles, normalize_tiles, shuffle_tiles
+from visionssl.methods import register_method
+from visionssl.methods.base import SSLMethod, mlp
+
+
+@register_method("jigsaw")
+class Jigsaw(SSLMethod):
+    """The context-free network: the view is cut into a ``grid`` x ``grid`` of cells, one tile is
+    cropped at a random place inside each cell (the gap between tiles hides edge continuity), the
+    tiles are shuffled by one of ``num_permutations`` permutations chosen for large Hamming distance,
+    each tile is normalised on its own (zero mean, unit std per channel), the shared backbone encodes
+    all ``grid**2 * B`` tiles in one pass, a per-tile layer (the paper's fc6) maps each feature to
+    ``tile_dim``, and an MLP on the concatenated tile features predicts the permutation's index
+    (cross entropy over ``num_permutations`` classes).
+
+    Args:
+        backbone: a backbone name for ``vs.create_backbone`` or a built module.
+        num_permutations: size of the permutation set (paper: 1000; 100 is an easier task).
+        grid: tiles per side (paper: 3).
+        tile_size: tile side in pixels; ``None``: 64/75 of the cell, as the paper (8 px at 32 px views).
+        permutation_seed: seed of the permutation set (deterministic; cached on disk).
+        permutation_selection: ``"maxmin"`` (largest minimum distance) or ``"maxavg"`` (paper's Algorithm 1).
+        tile_dim: per-tile layer width (paper: fc6, 1024); ``None``: concatenate the backbone features.
+        head_hidden_dim: hidden width of the classifier MLP (paper: fc7, 4096).
+        head_layers: linear layers of the classifier (paper: fc7 + fc8 = 2).
+
+    Returns (forward): ``loss``, ``embedding`` (mean tile feature per image, detached) and
+    ``accuracy`` (permutation accuracy, 0-d).
+
+    Example:
+        >>> import torch, visionssl as vs
+        >>> m = vs.create_method("jigsaw", backbone="resnet10t_cifar", num_permutations=100, tile_dim=64,
+        ...                      head_hidden_dim=128)
+        >>> out = m([torch.randn(2, 3, 32, 32)])  # 18 tiles of 8 px
+        >>> out["loss"].backward(); out["embedding"].shape
+        torch.Size([2, 512])
+    """
+
+    augmentation = "jigsaw"
+    num_views = 1
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_permutations: int = 1000,
+        grid: int = 3,
+        tile_size: int | None = None,
+        permutation_seed: int = 0,
+        permutation_selection: str = "maxmin",
+        tile_dim: int | None = 1024,
+        head_hidden_dim: int = 4096,
+        head_layers: int = 2,
+    ):
+        super().__init__(backbone, backbone_kwargs)
+        if head_layers < 1:
+            raise ValueError(f"head_layers must be >= 1, got {head_layers}")
+        self.grid, self.tile_size = grid, tile_size
+        perms = hamming_permutations(num_permutations, grid * grid, permutation_seed, permutation_selection)
+        self.register_buffer("permutations", perms)  # saved with the weights: the classes stay defined
+        if tile_dim is None:
+            self.tile_head, tile_dim = nn.Identity(), self.num_features
+        else:
+            self.tile_head = nn.Sequential(nn.Linear(self.num_features, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True))
+        self.classifier = mlp(grid * grid * tile_dim, head_hidden_dim, num_permutations, num_layers=head_layers)
+
+    @property
+    def num_permutations(self) -> int:
+        return self.permutations.shape[0]
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(views) != 1:
+            raise ValueError(f"jigsaw takes 1 view, got {len(views)}")
+        x = views[0]
+        b, n = x.shape[0], self.grid * self.grid
+        index = torch.randint(0, self.num_permutations, (b,), device=x.device)
+        tiles = normalize_tiles(shuffle_tiles(jigsaw_tiles(x, self.grid, self.tile_size), self.permutations, index))
+        features = self.backbone(tiles.flatten(0, 1))  # (B * n, D), tiles of a sample adjacent
+        logits = self.classifier(self.tile_head(features).reshape(b, -1))
+        return {
+            "loss": F.cross_entropy(logits.float(), index),
+            "embedding": features.detach().view(b, n, -1).mean(1),
+            "accuracy": (logits.argmax(1) == index).float().mean().detach(),
+        }

@@ -1,0 +1,144 @@
+"""MoCo v2 (He et al., 2020, arXiv 1911.05722; Chen et al., 2020, arXiv 2003.04297): a momentum key
+encoder and a queue of negative keys."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionssl.losses import infonce_queue
+from visionssl.methods import register_method
+from visionssl.methods.base import SSLMethod
+from visionssl.methods.momentum import copy_frozen, cosine_momentum, ema_update_
+
+
+@register_method("moco")
+class MoCo(SSLMethod):
+    """MoCo v2 with the paper's defaults: MLP head (2048 hidden, 128 out, no BatchNorm), T = 0.2,
+    K = 65,536 queued keys, key-encoder momentum 0.999.
+
+    The query encoder (backbone + head) sees view 1; the key encoder, an EMA copy of it that takes
+    no gradient, sees view 2. Both outputs are L2-normalised; the loss is ``infonce_queue`` of the
+    queries against their keys and the queue. After the loss is computed (in training mode only)
+    the keys replace the oldest entries of the queue: a FIFO ring buffer with a wrapping pointer
+    (``queue_ptr``), so any batch size works, whether or not it divides K. The queue starts as
+    random unit vectors, as in the paper. The EMA update of the key encoder happens in
+    ``on_step_end``, after each optimizer step.
+
+    Shuffle-BN (the paper's fix for BatchNorm leaking information between a query and its key) needs
+    several processes; on one process the key encoder's BatchNorm simply uses the key batch.
+
+    Args:
+        backbone: a backbone name for ``vs.create_backbone`` or a built module.
+        proj_hidden_dim: width of the head's hidden layer.
+        proj_dim: output size of the head (the size of queries, keys and queued keys).
+        queue_size: K, the number of negative keys; keep it well below the training-set size, or
+            the queue holds stale keys of the very images being queried.
+        temperature: T of the InfoNCE loss.
+        momentum: EMA momentum of the key encoder.
+        final_momentum: None keeps ``momentum`` constant (the paper); a value raises it to that
+            value along BYOL's cosine schedule (the solo-learn CIFAR recipe: 0.99 -> 0.999).
+        symmetric: False: view 1 queries, view 2 keys (MoCo v2). True: both views query the other's
+            key and the two losses are averaged (MoCo v3 / solo-learn style); the queue still
+            receives the keys of view 2 only, so it holds K distinct images.
+
+    Example:
+        >>> import torch, visionssl as vs
+        >>> m = vs.create_method("moco", backbone="resnet10t_cifar", queue_size=64)
+        >>> out = m([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
+        >>> out["loss"].backward(); m.on_step_end(1, 100)
+        >>> int(m.queue_ptr), tuple(out["embedding"].shape)
+        (4, (4, 512))
+    """
+
+    augmentation = "moco"
+    num_views = 2
+
+    queue: torch.Tensor
+    queue_ptr: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        queue_size: int = 65536,
+        temperature: float = 0.2,
+        momentum: float = 0.999,
+        final_momentum: float | None = None,
+        symmetric: bool = False,
+    ):
+        super().__init__(backbone, backbone_kwargs)
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.temperature = temperature
+        self.momentum = momentum
+        self.final_momentum = final_momentum
+        self.symmetric = symmetric
+        # MoCo v2's head: fc-ReLU-fc, without BatchNorm
+        self.projector = nn.Sequential(
+            nn.Linear(self.num_features, proj_hidden_dim), nn.ReLU(inplace=True), nn.Linear(proj_hidden_dim, proj_dim)
+        )
+        self.momentum_backbone = copy_frozen(self.backbone)
+        self.momentum_projector = copy_frozen(self.projector)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(views) != 2:
+            raise ValueError(f"MoCo takes 2 views, got {len(views)}")
+        x1, x2 = views
+        h1 = self.backbone(x1)
+        q1 = F.normalize(self.projector(h1), dim=1)
+        with torch.no_grad():
+            k2 = self._keys(x2)
+        queue = self.queue.clone()  # the in-place enqueue below must not touch what backward needs
+        if self.symmetric:
+            q2 = F.normalize(self.projector(self.backbone(x2)), dim=1)
+            with torch.no_grad():
+                k1 = self._keys(x1)
+            loss = (
+                infonce_queue(q1, k2, queue, self.temperature) + infonce_queue(q2, k1, queue, self.temperature)
+            ) / 2
+        else:
+            loss = infonce_queue(q1, k2, queue, self.temperature)
+        if self.training:
+            self.enqueue(k2)
+        return {"loss": loss, "embedding": h1.detach()}
+
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.momentum_projector(self.momentum_backbone(x)), dim=1)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Writes ``keys`` (N, D) over the oldest entries of the queue and advances the pointer.
+
+        Indices wrap modulo K, so a write that runs past the end continues at the start; a batch
+        larger than the queue keeps its last K keys. No host synchronisation.
+        """
+        size = self.queue.shape[0]
+        keys = keys.detach()[-size:].to(self.queue.dtype)
+        index = (self.queue_ptr + torch.arange(keys.shape[0], device=self.queue.device)) % size
+        self.queue.index_copy_(0, index, keys)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+    def on_train_start(self, trainer: Any) -> None:
+        train_set = getattr(trainer, "train_set", None)
+        if train_set is not None and self.queue.shape[0] >= len(train_set):
+            warnings.warn(
+                f"MoCo queue_size={self.queue.shape[0]} is not smaller than the training set ({len(train_set)} "
+                "images): the queue will hold stale keys of the images being queried as negatives; "
+                "use a smaller method.queue_size",
+                stacklevel=2,
+            )
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        momentum = self.momentum
+        if self.final_momentum is not None:
+            momentum = cosine_momentum(step - 1, total_steps - 1, self.momentum, self.final_momentum)
+        ema_update_(self.momentum_backbone, self.backbone, momentum)
+        ema_update_(self.momentum_projector, self.projector, momentum)

@@ -1,0 +1,74 @@
+"""VICReg (Bardes, Ponce & LeCun, 2022, arXiv 2105.04906): variance, invariance and covariance
+regularisation of two expanded embeddings."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionssl.losses import vicreg
+from visionssl.methods import register_method
+from visionssl.methods.base import SSLMethod, mlp
+
+LARGE_IMAGE = 224
+
+
+@register_method("vicreg")
+class VICReg(SSLMethod):
+    """VICReg with the paper's loss weights (25, 25, 1) and a 3-layer expander
+    (Linear-BN-ReLU, Linear-BN-ReLU, Linear), all layers ``expander_dim`` wide.
+
+    z = expander(backbone(x)) for each view; the loss is ``vs.losses.vicreg(z1, z2)``. The three
+    unweighted terms are returned as ``vicreg/invariance``, ``vicreg/variance`` and
+    ``vicreg/covariance`` (detached 0-d tensors, logged by the trainer). The paper trains with LARS.
+
+    Args:
+        backbone: a backbone name for ``vs.create_backbone`` or a built module.
+        expander_dim: width of every expander layer; None picks it from ``image_size``: the paper's
+            8192 from 224 px up, 2048 for smaller images (solo-learn's CIFAR width; 8192 x 8192
+            layers are needless at that scale and dominate the step time).
+        expander_layers: number of linear layers in the expander.
+        image_size: training view size in pixels; only used to choose ``expander_dim`` when it is None.
+        sim_weight, var_weight, cov_weight: lambda, mu and nu of the loss.
+
+    Example:
+        >>> import torch, visionssl as vs
+        >>> m = vs.create_method("vicreg", backbone="resnet10t_cifar", image_size=16)
+        >>> m.expander[-1].out_features
+        2048
+        >>> out = m([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
+        >>> sorted(k for k in out if k.startswith("vicreg/"))
+        ['vicreg/covariance', 'vicreg/invariance', 'vicreg/variance']
+    """
+
+    augmentation = "vicreg"
+    num_views = 2
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        expander_dim: int | None = None,
+        expander_layers: int = 3,
+        image_size: int = LARGE_IMAGE,
+        sim_weight: float = 25.0,
+        var_weight: float = 25.0,
+        cov_weight: float = 1.0,
+    ):
+        super().__init__(backbone, backbone_kwargs)
+        if expander_dim is None:
+            expander_dim = 8192 if image_size >= LARGE_IMAGE else 2048
+        self.weights = {"sim_weight": sim_weight, "var_weight": var_weight, "cov_weight": cov_weight}
+        self.expander = mlp(self.num_features, expander_dim, expander_dim, num_layers=expander_layers)
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(views) != 2:
+            raise ValueError(f"VICReg takes 2 views, got {len(views)}")
+        x1, x2 = views
+        h1 = self.backbone(x1)
+        z1, z2 = self.expander(h1), self.expander(self.backbone(x2))
+        loss, terms = vicreg(z1, z2, **self.weights, return_terms=True)
+        out = {"loss": loss, "embedding": h1.detach()}
+        out.update({f"vicreg/{name}": value.detach() for name, value in terms.items()})
+        return out

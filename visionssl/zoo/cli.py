@@ -1,0 +1,210 @@
+"""``visionssl zoo list|info|download|verify|pin|convert`` and ``visionssl export RUN_DIR``.
+
+``add_parser(subparsers)`` adds both commands to the main ``visionssl`` parser; each sets
+``run=handler`` (``handler(args) -> exit code``). ``main`` runs them alone:
+``python -m visionssl.zoo.cli zoo list --markdown``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import yaml
+
+from visionssl.zoo.download import DEFAULT_TIMEOUT
+
+OFFLINE_HELP = "use only the cache and local files (same as VISIONSSL_OFFLINE=1)"
+UNSAFE_HELP = ("allow full unpickling of a checkpoint the safe loader refuses; it runs any code in the file, "
+               "so use it only for files from a source you trust")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``zoo`` (with its sub-commands) and ``export`` to the ``visionssl`` command line."""
+    zoo = subparsers.add_parser(
+        "zoo", help="pretrained checkpoints: list, info, download, verify, pin, convert",
+        description="The model zoo (model_zoo.yaml, plus $VISIONSSL_HOME/zoo.yaml and VISIONSSL_ZOO files). "
+                    "Downloads go to $VISIONSSL_HOME/zoo (default ~/.cache/visionssl/zoo).",
+    )
+    sub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+
+    p = sub.add_parser("list", help="list the zoo entries")
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard pattern on names (default: all)")
+    p.add_argument("--markdown", action="store_true", help="print the README table (Markdown)")
+    p.set_defaults(run=run_list)
+
+    p = sub.add_parser("info", help="show an entry, where its file is cached and whether it is there")
+    p.add_argument("name")
+    p.set_defaults(run=run_info)
+
+    p = sub.add_parser("download", help="download and verify a checkpoint into the cache")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    add_network_options(p)
+    p.set_defaults(run=run_download)
+
+    p = sub.add_parser("verify", help="re-hash a downloaded checkpoint and check it against the zoo")
+    p.add_argument("name")
+    p.set_defaults(run=run_verify)
+
+    p = sub.add_parser(
+        "pin", help="record the sha256 of an entry that has none (trust on first use)",
+        description="Downloads the file if needed and writes the entry, with its sha256, to your zoo file "
+                    "(--file, else the user file it came from, else the first VISIONSSL_ZOO file, else "
+                    "$VISIONSSL_HOME/zoo.yaml). The packaged model_zoo.yaml is never modified.",
+    )
+    p.add_argument("name")
+    p.add_argument("--file", default=None, help="zoo file to write the pinned entry to")
+    add_network_options(p)
+    p.set_defaults(run=run_pin)
+
+    p = sub.add_parser(
+        "convert", help="convert a checkpoint (zoo name or upstream file) to a timm safetensors file",
+        description="Writes the backbone weights with timm key names as safetensors, loadable with "
+                    "timm.create_model(BACKBONE, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=OUT)).",
+    )
+    p.add_argument("source", help="a zoo name, or a checkpoint file (then give --format and --backbone)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--format", default=None, help="upstream format of a file (see `visionssl zoo info`; e.g. moco, vissl)")
+    p.add_argument("--backbone", default=None, help="timm / visionssl backbone name for a file (e.g. resnet50)")
+    p.add_argument("--unsafe-load", action="store_true", help=UNSAFE_HELP)
+    add_network_options(p)
+    p.set_defaults(run=run_convert)
+
+    p = subparsers.add_parser(
+        "export", help="write a run's backbone as safetensors + sha256 + a ready model_zoo.yaml entry",
+        description="Exports the backbone of a visionssl run for publishing: RUN_DIR/export/NAME.safetensors, "
+                    "its .sha256, and NAME.zoo.yaml (use it with VISIONSSL_ZOO=...).",
+    )
+    p.add_argument("run_dir", help="a run directory (or one of its checkpoint files)")
+    p.add_argument("--out", default=None, help="the .safetensors file to write (default RUN_DIR/export/NAME.safetensors)")
+    p.add_argument("--name", default=None, help="the zoo name (default: the run directory's name)")
+    p.set_defaults(run=run_export)
+
+
+def add_network_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offline", action="store_true", default=None, help=OFFLINE_HELP)
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a server (default %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from visionssl import zoo
+
+    if args.markdown:
+        print(zoo.markdown_table())
+        return 0
+    names = zoo.list(args.pattern)
+    if not names:
+        print(f"no zoo entry matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    for name in names:
+        entry = zoo.info(name)
+        metric = f"{entry.metrics[0]['name']}={entry.metrics[0]['value']}" if entry.metrics else ""
+        cached = "cached" if zoo.cached_path(entry).is_file() else ""
+        print(f"{name:<32} {entry.method:<14} {entry.backbone:<12} {metric:<28} {cached}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from visionssl import zoo
+
+    entry = zoo.info(args.name)
+    print(yaml.safe_dump(entry.to_dict(), sort_keys=False).rstrip())
+    path = zoo.cached_path(entry)
+    print(f"# from: {entry.origin}")
+    print(f"# cache: {path} ({'present' if path.is_file() else 'not downloaded'})")
+    if entry.sha256 is None:
+        print("# no sha256: downloads are trusted on first use; `visionssl zoo pin` records the hash")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from visionssl import zoo
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", zoo.UnverifiedDownloadWarning)
+        path = zoo.download(args.name, force=args.force, **network_kwargs(args))
+    print(path)
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from visionssl import zoo
+
+    digest = zoo.verify(args.name)
+    entry = zoo.info(args.name)
+    if entry.sha256 is None:
+        print(f"{digest}  (no sha256 in the zoo to check against; `visionssl zoo pin {args.name}` records this one)")
+    else:
+        print(f"{digest}  OK")
+    return 0
+
+
+def run_pin(args: argparse.Namespace) -> int:
+    from visionssl import zoo
+
+    digest, written = zoo.pin(args.name, file=args.file, **network_kwargs(args))
+    if written is None:
+        print(f"{args.name} already has a sha256 ({digest}); nothing to pin")
+    else:
+        print(f"pinned {args.name}: sha256 {digest} written to {written} (trust on first use)")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from visionssl import zoo
+
+    if Path(args.source).exists():
+        if not (args.format and args.backbone):
+            raise zoo.ZooError(f"converting the file {args.source} needs --format ({', '.join(zoo.list_formats())}) "
+                               f"and --backbone")
+        path, fmt, backbone, kwargs = Path(args.source), args.format, args.backbone, {}
+    else:
+        entry = zoo.info(args.source)
+        path = zoo.fetch(entry, **network_kwargs(args))
+        fmt, backbone, kwargs = entry.format, args.backbone or entry.backbone, entry.backbone_kwargs
+    net = zoo.load_file(path, fmt, backbone, unsafe=args.unsafe_load, **kwargs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(out), metadata={"format": "visionssl", "backbone": backbone, "source": str(path)})
+    print(f"{out}  sha256 {zoo.sha256_file(out)}")
+    print(f"load with: timm.create_model({backbone!r}, pretrained=True, num_classes=0, "
+          f"pretrained_cfg_overlay=dict(file={str(out)!r}))")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from visionssl.zoo.export import export_run
+
+    exported = export_run(args.run_dir, args.out, name=args.name)
+    print(f"weights: {exported.path}\nsha256:  {exported.sha256}  ({exported.sha256_path})\nentry:   {exported.entry_path}")
+    print(f"try it:  VISIONSSL_ZOO={exported.entry_path} visionssl zoo info {exported.entry['name']}")
+    return 0
+
+
+def network_kwargs(args: argparse.Namespace) -> dict:
+    return {"offline": args.offline, "timeout": args.timeout, "progress": not args.no_progress}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the zoo and export commands on their own (the ``visionssl`` command adds them too)."""
+    from visionssl.engine.checkpoint import CheckpointError
+    from visionssl.zoo.registry import ZooError
+
+    parser = argparse.ArgumentParser(prog="visionssl")
+    add_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ZooError, CheckpointError) as exc:
+        print(f"visionssl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

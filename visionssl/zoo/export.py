@@ -1,0 +1,133 @@
+"""Export a visionssl run as a publishable zoo checkpoint.
+
+``export_run(run_dir)`` writes three files:
+
+- ``<name>.safetensors``: the backbone's weights alone, with timm key names (no optimizer, no
+  heads, no pickled code); its metadata names the backbone and its keyword arguments;
+- ``<name>.safetensors.sha256``: its sha256, in ``sha256sum`` format;
+- ``<name>.zoo.yaml``: a zoo file holding one ready entry (format ``visionssl``) whose URL is the
+  exported file's path. Point ``VISIONSSL_ZOO`` at it to load the model by name at once; to publish,
+  upload the ``.safetensors`` file, put its public URL first in ``urls`` and share the entry.
+
+Example (with a run made by ``visionssl pretrain --out runs/demo``):
+    >>> exported = export_run("runs/demo")  # doctest: +SKIP
+    >>> exported.path, exported.sha256  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visionssl.zoo.download import sha256_file
+from visionssl.zoo.registry import ZooError, parse_zoo
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+    """What ``export_run`` wrote: the weights file, its sha256, the zoo entry and where they are."""
+
+    path: Path
+    sha256: str
+    entry: dict
+    entry_path: Path
+    sha256_path: Path
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+               name: str | None = None) -> ExportedModel:
+    """Writes the backbone of a run (a run directory or a checkpoint file) as safetensors + sha256 + zoo entry.
+
+    Args:
+        run_dir: a visionssl run directory, or one of its checkpoint files.
+        out: the ``.safetensors`` file to write (default ``<run_dir>/export/<name>.safetensors``).
+        name: the zoo name (default: the run directory's name, made safe for a folder name).
+    """
+    from safetensors.torch import save_file
+
+    from visionssl.backbones import create_backbone
+    from visionssl.engine.checkpoint import CHECKPOINT_FORMAT, backbone_state_dict, load_checkpoint
+    from visionssl.zoo.convert import load_strict
+
+    run = Path(run_dir)
+    ckpt = load_checkpoint(run)
+    if ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt or "method" not in ckpt:
+        raise ZooError(f"{run} is not a visionssl training checkpoint (it needs format='visionssl', config and method)")
+    config = ckpt["config"]
+    spec = config.get("backbone") or {}
+    if not spec.get("name"):
+        raise ZooError(f"{run}: the run's config has no backbone name (config['backbone']['name'])")
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone_state_dict(ckpt["method"]).items()}
+    kwargs = dict(spec.get("kwargs") or {})
+    load_strict(create_backbone(spec["name"], **kwargs), state, source=f"the backbone of {run}")
+
+    run_name = run.name if run.is_dir() else run.stem
+    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-.") or "model"
+    out = Path(out) if out else (run if run.is_dir() else run.parent) / "export" / f"{name}.safetensors"
+    if out.suffix != ".safetensors":
+        raise ZooError(f"the exported file must end in .safetensors, got {out}")
+    method = (config.get("method") or {}).get("name", "unknown")
+    metadata = {"format": "visionssl", "backbone": spec["name"], "backbone_kwargs": json.dumps(kwargs),
+                "method": str(method), "epoch": str(ckpt.get("epoch", ""))}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        digest = sha256_file(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sha_path = out.with_name(out.name + ".sha256")
+    sha_path.write_text(f"{digest}  {out.name}\n")
+
+    entry = {
+        "name": name,
+        "method": str(method),
+        "backbone": spec["name"],
+        "backbone_kwargs": kwargs,
+        "urls": [str(out.resolve())],
+        "sha256": digest,
+        "size": out.stat().st_size,
+        "format": "visionssl",
+        "recipe": {
+            "dataset": (config.get("data") or {}).get("name"),
+            "epochs": ckpt.get("epoch"),
+            "batch_size": (config.get("optim") or {}).get("batch_size"),
+        },
+        "metrics": _eval_metrics(ckpt.get("metrics") or {}, run),
+        "paper": None,
+        "license": None,
+        "note": f"exported by `visionssl export` from {run.resolve()}",
+    }
+    if not entry["backbone_kwargs"]:
+        del entry["backbone_kwargs"]
+    zoo = {"models": [entry]}
+    parse_zoo(zoo, origin=out.parent / "entry.yaml")  # the entry we hand out must be valid
+    entry_path = out.with_name(f"{name}.zoo.yaml")
+    entry_path.write_text(
+        f"# Zoo entry for {out.name}, written by `visionssl export`.\n"
+        f"# Use it now: VISIONSSL_ZOO={entry_path} python -c \"import visionssl as vs; vs.zoo.load('{name}')\"\n"
+        f"# Publish: upload {out.name}, put its public URL first in `urls`, fill in metrics/paper/license,\n"
+        f"# and add the entry to your project's zoo file (or send it to visionssl's model_zoo.yaml).\n"
+        + yaml.safe_dump(zoo, sort_keys=False)
+    )
+    return ExportedModel(path=out, sha256=digest, entry=entry, entry_path=entry_path, sha256_path=sha_path)
+
+
+def _eval_metrics(metrics: dict[str, Any], run: Path) -> list[dict]:
+    """The evaluation numbers (kNN / linear accuracies) among a checkpoint's last logged metrics."""
+    import torch
+
+    keep = re.compile(r"knn|linear|top1|top-1|acc", re.IGNORECASE)
+    numeric = {k: float(v) for k, v in metrics.items()
+               if (isinstance(v, (int, float)) and not isinstance(v, bool)) or (torch.is_tensor(v) and v.numel() == 1)}
+    return [{"name": k, "value": v, "source": f"visionssl run {run.resolve()} (last logged metrics)"}
+            for k, v in numeric.items() if keep.search(k)]

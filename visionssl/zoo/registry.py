@@ -1,0 +1,288 @@
+"""Zoo files: reading, validating and merging ``model_zoo.yaml`` files.
+
+Three kinds of zoo file are read, in this order; an entry with a name seen before replaces it:
+
+1. the packaged zoo, ``visionssl/zoo/model_zoo.yaml`` (shipped in the wheel; it is a copy of the
+   repository's ``model_zoo.yaml``, and a test keeps the two identical);
+2. the user's zoo, ``$VISIONSSL_HOME/zoo.yaml`` (default ``~/.cache/visionssl/zoo.yaml``), where
+   ``visionssl zoo pin`` records hashes;
+3. the files named by ``VISIONSSL_ZOO`` (one path, or several separated by ``os.pathsep``), e.g. a
+   project's own zoo of exported checkpoints.
+
+The schema is documented at the top of ``model_zoo.yaml``. Every entry is validated when read and a
+bad one is reported by file, entry name and field.
+
+Example:
+    >>> import visionssl as vs
+    >>> entry = vs.zoo.info("moco_v2_rn50_800ep")
+    >>> entry.backbone, entry.format, entry.recipe["epochs"]
+    ('resnet50', 'moco', 800)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+PACKAGED_ZOO = Path(__file__).with_name("model_zoo.yaml")
+REQUIRED = ("name", "method", "backbone", "urls", "sha256", "size", "format", "recipe", "metrics", "paper", "license")
+OPTIONAL = ("note", "backbone_kwargs", "published_hash")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the name is a cache folder: no "/", no ".."
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+PUBLISHED_HASH_PATTERN = re.compile(r"^(md5|sha256):([0-9a-f]{8,64})$")
+
+
+class ZooError(RuntimeError):
+    """A zoo problem with a message that names the file, entry, field or URL and says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    """One checkpoint of the zoo (the fields of a ``model_zoo.yaml`` entry).
+
+    ``origin`` is the zoo file the entry was read from; local paths in ``urls`` are absolute.
+    """
+
+    name: str
+    method: str
+    backbone: str
+    urls: tuple[str, ...]
+    sha256: str | None
+    size: int | None
+    format: str
+    recipe: dict
+    metrics: tuple[dict, ...]
+    paper: str | None
+    license: str | None
+    note: str | None = None
+    backbone_kwargs: dict = dataclasses.field(default_factory=dict)
+    published_hash: str | None = None
+    origin: str = ""
+
+    @property
+    def filename(self) -> str:
+        """The file name the checkpoint is cached under (the last part of the first URL)."""
+        return _basename(self.urls[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as it is written in a zoo file (optional fields left out when unset)."""
+        out = {f: getattr(self, f) for f in REQUIRED}
+        out["urls"], out["metrics"] = list(self.urls), [dict(m) for m in self.metrics]
+        out["recipe"] = dict(self.recipe)
+        for f in OPTIONAL:
+            if getattr(self, f):
+                out[f] = getattr(self, f)
+        return out
+
+
+def read_zoo_file(path: str | os.PathLike) -> dict[str, ZooEntry]:
+    """Reads and validates one zoo file; a bad entry raises ``ZooError`` naming it and the field.
+
+    Example:
+        >>> entries = read_zoo_file(PACKAGED_ZOO)
+        >>> entries["vicreg_rn50_1000ep"].format
+        'torchvision'
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ZooError(f"zoo file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ZooError(f"zoo file {path} is not valid YAML: {exc}") from None
+    return parse_zoo(data, origin=path)
+
+
+def parse_zoo(data: Any, origin: str | os.PathLike = "<zoo>") -> dict[str, ZooEntry]:
+    """Validates the parsed YAML of a zoo file (``{"models": [entry, ...]}``) into entries by name."""
+    where = str(origin)
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping) or set(data) - {"models", "version"}:
+        raise ZooError(f"{where}: a zoo file is a mapping with one key, 'models' (a list of entries)")
+    models = data.get("models") or []
+    if not isinstance(models, list):
+        raise ZooError(f"{where}: 'models' must be a list of entries")
+    entries: dict[str, ZooEntry] = {}
+    for index, raw in enumerate(models):
+        entry = parse_entry(raw, origin=origin, index=index)
+        if entry.name in entries:
+            raise ZooError(f"{where}: entry {entry.name!r} appears twice")
+        entries[entry.name] = entry
+    return entries
+
+
+def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -> ZooEntry:
+    """Validates one entry; errors read ``FILE: entry 'NAME': field 'F' <what is wrong>``."""
+    from visionssl.zoo.convert import CONVERTERS
+
+    where = str(origin)
+    if not isinstance(raw, Mapping):
+        raise ZooError(f"{where}: entry #{index + 1} must be a mapping of fields, got {type(raw).__name__}")
+    label = f"{where}: entry {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"{where}: entry #{index + 1}"
+
+    def fail(field: str, problem: str) -> None:
+        raise ZooError(f"{label}: field {field!r} {problem}")
+
+    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], REQUIRED + OPTIONAL, n=1)
+        fail(unknown[0], f"is not a zoo field{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                         f"valid fields: {', '.join(REQUIRED + OPTIONAL)}")
+    for field in REQUIRED:
+        if field not in raw:
+            fail(field, "is missing (write null where a value is unknown)")
+
+    for field in ("name", "method", "backbone", "format"):
+        if not isinstance(raw[field], str) or not raw[field].strip():
+            fail(field, f"must be a non-empty string, got {raw[field]!r}")
+    if not NAME_PATTERN.match(raw["name"]):
+        fail("name", "may only hold letters, digits, '_', '.' and '-' (it names a cache folder)")
+    if raw["format"] not in CONVERTERS:
+        fail("format", f"is {raw['format']!r}, not a known checkpoint format; valid: {', '.join(CONVERTERS.list())}")
+
+    urls = raw["urls"]
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+        fail("urls", f"must be a non-empty list of URLs or paths (primary first, then mirrors), got {urls!r}")
+    base = Path(origin).parent if where != "<zoo>" else Path.cwd()
+    resolved = []
+    for url in urls:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("", "http", "https", "file"):
+            fail("urls", f"has {url!r}: only http://, https://, file:// URLs and local paths are supported")
+        resolved.append(url if scheme else str((base / Path(url).expanduser()).resolve()))
+
+    sha256 = raw["sha256"]
+    if sha256 is not None and (not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256.lower())):
+        fail("sha256", f"must be 64 hexadecimal characters or null, got {sha256!r}")
+    note = raw.get("note")
+    if note is not None and not isinstance(note, str):
+        fail("note", f"must be a string, got {note!r}")
+    if sha256 is None and not note:
+        fail("note", "is required when sha256 is null: say why there is no checksum")
+    published = raw.get("published_hash")
+    if published is not None and not (isinstance(published, str) and PUBLISHED_HASH_PATTERN.match(published)):
+        fail("published_hash", f"must look like 'md5:b251726a' or 'sha256:<hex>' (8 to 64 hex digits), got {published!r}")
+
+    size = raw["size"]
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        fail("size", f"must be a positive number of bytes or null, got {size!r}")
+    kwargs = raw.get("backbone_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        fail("backbone_kwargs", f"must be a mapping of keyword arguments, got {kwargs!r}")
+
+    recipe = raw["recipe"]
+    if not isinstance(recipe, Mapping) or not {"dataset", "epochs", "batch_size"} <= set(recipe):
+        fail("recipe", f"must be a mapping with dataset, epochs and batch_size (null where unknown), got {recipe!r}")
+    for key in ("epochs", "batch_size"):
+        if recipe[key] is not None and (not isinstance(recipe[key], int) or isinstance(recipe[key], bool)):
+            fail("recipe", f"has {key}={recipe[key]!r}; it must be an integer or null")
+
+    metrics = raw["metrics"]
+    if not isinstance(metrics, list):
+        fail("metrics", f"must be a list (possibly empty) of {{name, value, source}}, got {metrics!r}")
+    for metric in metrics:
+        if (not isinstance(metric, Mapping) or not {"name", "value", "source"} <= set(metric)
+                or not isinstance(metric["value"], (int, float)) or isinstance(metric["value"], bool)):
+            fail("metrics", f"has {metric!r}; each metric needs a name, a numeric value and a source (URL or paper table)")
+    for field in ("paper", "license"):
+        if raw[field] is not None and not isinstance(raw[field], str):
+            fail(field, f"must be a string or null, got {raw[field]!r}")
+
+    return ZooEntry(
+        name=raw["name"], method=raw["method"], backbone=raw["backbone"], urls=tuple(resolved),
+        sha256=sha256.lower() if sha256 else None, size=size, format=raw["format"], recipe=dict(recipe),
+        metrics=tuple(dict(m) for m in metrics), paper=raw["paper"], license=raw["license"], note=note,
+        backbone_kwargs=dict(kwargs), published_hash=published, origin=where,
+    )
+
+
+def home_dir() -> Path:
+    """``$VISIONSSL_HOME``, default ``~/.cache/visionssl``: the cache and the user's zoo file live here."""
+    return Path(os.environ.get("VISIONSSL_HOME") or "~/.cache/visionssl").expanduser()
+
+
+def user_zoo_path() -> Path:
+    """The user's own zoo file, ``$VISIONSSL_HOME/zoo.yaml`` (it may not exist yet)."""
+    return home_dir() / "zoo.yaml"
+
+
+def env_zoo_paths() -> list[Path]:
+    """The zoo files named by ``VISIONSSL_ZOO`` (``os.pathsep``-separated); each must exist."""
+    paths = [Path(p).expanduser() for p in os.environ.get("VISIONSSL_ZOO", "").split(os.pathsep) if p.strip()]
+    for path in paths:
+        if not path.is_file():
+            raise ZooError(f"VISIONSSL_ZOO names {path}, which does not exist; fix the variable or create the file")
+    return paths
+
+
+def zoo_files() -> list[Path]:
+    """The zoo files read, lowest priority first: packaged, user (if present), ``VISIONSSL_ZOO``."""
+    files = [PACKAGED_ZOO]
+    if user_zoo_path().is_file():
+        files.append(user_zoo_path())
+    return files + env_zoo_paths()
+
+
+def all_entries() -> dict[str, ZooEntry]:
+    """Every entry of every zoo file, merged by name (later files override earlier ones)."""
+    merged: dict[str, ZooEntry] = {}
+    for path in zoo_files():
+        merged.update(read_zoo_file(path))
+    return merged
+
+
+def get_entry(name: str) -> ZooEntry:
+    """The entry called ``name``; an unknown name lists the closest ones."""
+    entries = all_entries()
+    if name not in entries:
+        close = difflib.get_close_matches(name, list(entries), n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(entries))}"
+        raise ZooError(f"no zoo entry named {name!r}; {hint}")
+    return entries[name]
+
+
+def save_entry(entry: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Adds or replaces (by name) ``entry`` in the zoo file ``path``, written atomically.
+
+    The file is rewritten from its parsed content, so YAML comments in it are not kept. The new
+    content is validated before it replaces the old file. Refuses to touch the packaged zoo.
+    """
+    path = Path(path).expanduser()
+    if path.resolve() == PACKAGED_ZOO.resolve():
+        raise ZooError(f"refusing to rewrite the packaged zoo {path}; write to {user_zoo_path()} or a VISIONSSL_ZOO file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    data = data or {"models": []}
+    models = [m for m in data.get("models") or [] if not (isinstance(m, Mapping) and m.get("name") == entry["name"])]
+    data = {"models": models + [dict(entry)]}
+    parse_zoo(data, origin=path)
+    header = "# visionssl zoo file (see model_zoo.yaml in visionssl for the schema). Entries here override by name.\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def filter_names(names: Iterable[str], pattern: str) -> list[str]:
+    import fnmatch
+
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+def _basename(url: str) -> str:
+    from urllib.parse import unquote, urlparse
+
+    name = Path(unquote(urlparse(url).path if "://" in url else url)).name
+    return name or "checkpoint"
