@@ -2,7 +2,8 @@
 
 Each preset returns a ``MultiView`` of two views built from ``simclr_view``. Gaussian blur is a
 large-image augmentation: below 64 px it is left out (p = 0), as in the CIFAR recipes of the
-papers and of solo-learn; pass ``blur_p`` to force it.
+papers and of solo-learn; pass ``blur_p`` to force it. ``backend`` ("fused" or "kornia") is passed
+to ``simclr_view``.
 
 Example:
     >>> import torch, visionssl as vs
@@ -24,13 +25,15 @@ BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 
 
 def _symmetric(
-    image_size: int, channels: int, scale: tuple[float, float], blur_p: float | None, num_views: int
+    image_size: int, channels: int, scale: tuple[float, float], blur_p: float | None, num_views: int, backend: str
 ) -> MultiView:
     """MoCo v2's recipe (``aug_plus``): crop, flip, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, blur 0.5."""
     if blur_p is None:
         blur_p = 0.0 if image_size < SMALL_IMAGE else 0.5
     views = [
-        simclr_view(image_size, scale=tuple(scale), jitter=MOCO_V2_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p)
+        simclr_view(
+            image_size, scale=tuple(scale), jitter=MOCO_V2_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p, backend=backend
+        )
         for _ in range(num_views)
     ]
     return MultiView(views, channels=channels, normalize=Normalize())
@@ -42,6 +45,7 @@ def _asymmetric(
     scale: tuple[float, float],
     blur_p: tuple[float, float] | None,
     solarize_p: tuple[float, float],
+    backend: str,
 ) -> MultiView:
     """BYOL's recipe (table 6): both views crop, flip, jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2;
     view 1 blur p=1.0 and no solarisation, view 2 blur p=0.1 and solarisation p=0.2."""
@@ -49,7 +53,14 @@ def _asymmetric(
         blur_p = (0.0, 0.0) if image_size < SMALL_IMAGE else (1.0, 0.1)
     views = [
         simclr_view(
-            image_size, scale=tuple(scale), jitter=BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur, solarize_p=solarize
+            image_size,
+            scale=tuple(scale),
+            jitter=BYOL_JITTER,
+            jitter_p=0.8,
+            grayscale_p=0.2,
+            blur_p=blur,
+            solarize_p=solarize,
+            backend=backend,
         )
         for blur, solarize in zip(blur_p, solarize_p)
     ]
@@ -63,11 +74,12 @@ def moco(
     scale: tuple[float, float] = (0.2, 1.0),
     blur_p: float | None = None,
     num_views: int = 2,
+    backend: str = "fused",
     **_: Any,
 ) -> MultiView:
     """MoCo v2's two views (Chen et al., 2020, ``aug_plus``): crop scale 0.2-1, jitter (0.4, 0.4, 0.4, 0.1)
     with p = 0.8, grayscale p = 0.2, blur p = 0.5 (none below 64 px unless ``blur_p`` is given)."""
-    return _symmetric(image_size, channels, scale, blur_p, num_views)
+    return _symmetric(image_size, channels, scale, blur_p, num_views, backend)
 
 
 @register_augmentation("simsiam")
@@ -77,10 +89,11 @@ def simsiam(
     scale: tuple[float, float] = (0.2, 1.0),
     blur_p: float | None = None,
     num_views: int = 2,
+    backend: str = "fused",
     **_: Any,
 ) -> MultiView:
     """SimSiam's two views: the MoCo v2 recipe (Chen & He, 2021, section 4)."""
-    return _symmetric(image_size, channels, scale, blur_p, num_views)
+    return _symmetric(image_size, channels, scale, blur_p, num_views, backend)
 
 
 @register_augmentation("byol")
@@ -90,11 +103,12 @@ def byol(
     scale: tuple[float, float] = (0.08, 1.0),
     blur_p: tuple[float, float] | None = None,
     solarize_p: tuple[float, float] = (0.0, 0.2),
+    backend: str = "fused",
     **_: Any,
 ) -> MultiView:
     """BYOL's asymmetric two views (Grill et al., 2020, table 6): blur p = (1.0, 0.1) (none below 64 px
     unless ``blur_p`` is given), solarisation p = (0.0, 0.2), jitter (0.4, 0.4, 0.2, 0.1) p = 0.8, grayscale 0.2."""
-    return _asymmetric(image_size, channels, scale, blur_p, solarize_p)
+    return _asymmetric(image_size, channels, scale, blur_p, solarize_p, backend)
 
 
 @register_augmentation("vicreg")
@@ -104,7 +118,8 @@ def vicreg(
     scale: tuple[float, float] = (0.08, 1.0),
     blur_p: tuple[float, float] | None = None,
     solarize_p: tuple[float, float] = (0.0, 0.2),
+    backend: str = "fused",
     **_: Any,
 ) -> MultiView:
     """VICReg's two views: BYOL's asymmetric recipe (Bardes et al., 2022, appendix C.1)."""
-    return _asymmetric(image_size, channels, scale, blur_p, solarize_p)
+    return _asymmetric(image_size, channels, scale, blur_p, solarize_p, backend)

@@ -1,4 +1,4 @@
-"""SimCLR's view recipe (Chen et al., 2020, appendix A) as batched Kornia transforms."""
+"""SimCLR's view recipe (Chen et al., 2020, appendix A) as batched transforms on the device."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +7,7 @@ import kornia.augmentation as K
 from torch import nn
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
+from visionssl.augment.ops import ColorJitterGrayscale, RandomGaussianBlur, RandomResizedCropFlip, RandomSolarize
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -25,6 +26,7 @@ def simclr_view(
     solarize_p: float = 0.0,
     hflip_p: float = 0.5,
     jitter: tuple[float, float, float, float] | None = None,
+    backend: str = "fused",
 ) -> nn.Module:
     """One view pipeline: crop, flip, colour jitter, grayscale, blur and optional solarisation.
 
@@ -32,17 +34,37 @@ def simclr_view(
     (the paper uses s = 1 on ImageNet and 0.5 on CIFAR). Set ``blur_p = 0`` for small images.
     ``jitter`` = (brightness, contrast, saturation, hue) sets the four strengths directly and
     overrides ``jitter_strength`` (e.g. BYOL's (0.4, 0.4, 0.2, 0.1)).
+    ``backend``: "fused" (``visionssl.augment.ops``: crop+flip in one ``grid_sample``, the colour ops as
+    one per-sample matrix; the fastest) or "kornia" (the same recipe as Kornia modules).
+
+    Example:
+        >>> import torch
+        >>> [simclr_view(16, backend=b)(torch.rand(2, 3, 20, 20)).shape[-1] for b in ("fused", "kornia")]
+        [16, 16]
     """
     s = jitter_strength
     brightness, contrast, saturation, hue = jitter if jitter is not None else (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
-    ops: list[nn.Module] = [
+    kernel = blur_kernel_size(image_size)
+    if backend == "fused":
+        ops: list[nn.Module] = [
+            RandomResizedCropFlip(image_size, scale=tuple(scale), hflip_p=hflip_p),
+            ColorJitterGrayscale(brightness, contrast, saturation, hue, p=jitter_p, grayscale_p=grayscale_p),
+        ]
+        if blur_p > 0:
+            ops.append(RandomGaussianBlur(kernel, (0.1, 2.0), p=blur_p))
+        if solarize_p > 0:
+            ops.append(RandomSolarize(0.5, p=solarize_p))
+        return nn.Sequential(*ops)
+    if backend != "kornia":
+        raise ValueError(f"unknown augmentation backend {backend!r}; valid: fused, kornia")
+    ops = [
         K.RandomResizedCrop((image_size, image_size), scale=scale),
         K.RandomHorizontalFlip(p=hflip_p),
         K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_p),
         K.RandomGrayscale(p=grayscale_p),
     ]
     if blur_p > 0:
-        ops.append(K.RandomGaussianBlur(blur_kernel_size(image_size), (0.1, 2.0), p=blur_p))
+        ops.append(K.RandomGaussianBlur(kernel, (0.1, 2.0), p=blur_p))
     if solarize_p > 0:
         ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
     return nn.Sequential(*ops)
@@ -56,6 +78,7 @@ def simclr(
     jitter_strength: float | None = None,
     blur_p: float | None = None,
     num_views: int = 2,
+    backend: str = "fused",
     **_: Any,
 ) -> MultiView:
     """SimCLR's two views. Below 64 px: jitter strength 0.5 and no blur (the paper's CIFAR recipe);
@@ -64,5 +87,5 @@ def simclr(
     small = image_size < 64
     s = jitter_strength if jitter_strength is not None else (0.5 if small else 1.0)
     p = blur_p if blur_p is not None else (0.0 if small else 0.5)
-    views = [simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p) for _ in range(num_views)]
+    views = [simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p, backend=backend) for _ in range(num_views)]
     return MultiView(views, channels=channels, normalize=Normalize())

@@ -1,0 +1,176 @@
+"""Batched augmentations written by hand where the per-op library versions are slow.
+
+Each op draws per-sample random parameters in one call and works on any device. Colour jitter is the
+main one: brightness, contrast, saturation, hue (a rotation in YIQ space) and grayscale are all affine
+maps of the RGB vector, so they compose into one per-sample 3x3 matrix and offset, applied with one
+batched matrix product — instead of an RGB->HSV->RGB round trip per op. The output is clamped to
+[0, 1] once, at the end (torchvision clamps after each op; the difference is confined to saturated pixels).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
+RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+def color_matrix(
+    brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor, gray: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample 3x3 matrix of brightness x contrast, then saturation, hue (fraction of a turn), grayscale.
+
+    Example:
+        >>> one, zero = torch.ones(1), torch.zeros(1)
+        >>> torch.allclose(color_matrix(one, one, one, zero, zero.bool()), torch.eye(3).expand(1, 3, 3), atol=1e-6)
+        True
+    """
+    n, device = len(brightness), brightness.device
+    eye = torch.eye(3, device=device).expand(n, 3, 3)
+    luma = torch.tensor(LUMA, device=device)
+    to_gray = torch.ones(3, 1, device=device) * luma  # every channel becomes the luma
+    s = saturation.view(n, 1, 1)
+    sat = s * eye + (1 - s) * to_gray
+    yiq = torch.tensor(RGB_TO_YIQ, device=device)
+    angle = hue * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(n, 3, 3, device=device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    hue_m = torch.linalg.inv(yiq) @ rot @ yiq
+    gray_m = torch.where(gray.view(n, 1, 1), to_gray.expand(n, 3, 3), eye)
+    return gray_m @ hue_m @ sat * (brightness * contrast).view(n, 1, 1)
+
+
+class ColorJitterGrayscale(nn.Module):
+    """Colour jitter with probability ``p`` and grayscale with probability ``grayscale_p``, fused.
+
+    Factors are drawn as torchvision's ``ColorJitter`` draws them (brightness, contrast and saturation
+    in [1 - v, 1 + v], hue in [-v, v] of a turn) and applied in that fixed order.
+
+    Example:
+        >>> x = torch.rand(4, 3, 8, 8)
+        >>> ColorJitterGrayscale(0.4, 0.4, 0.4, 0.1)(x).shape
+        torch.Size([4, 3, 8, 8])
+    """
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float = 0.8,
+                 grayscale_p: float = 0.2):
+        super().__init__()
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.p, self.grayscale_p = p, grayscale_p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, device = x.shape[0], x.device
+        jitter = torch.rand(n, device=device) < self.p
+        one = torch.ones(n, device=device)
+        draw = lambda v: torch.where(jitter, _uniform(n, max(0.0, 1 - v), 1 + v, device), one)
+        b, c, s = draw(self.brightness), draw(self.contrast), draw(self.saturation)
+        h = torch.where(jitter, _uniform(n, -self.hue, self.hue, device), one - 1)
+        gray = torch.rand(n, device=device) < self.grayscale_p
+        matrix = color_matrix(b, c, s, h, gray)
+        # contrast blends towards the mean gray level of the (brightness-scaled) image
+        mean_gray = (x.mean(dim=(2, 3)) @ torch.tensor(LUMA, device=device)).view(n, 1, 1, 1)
+        offset = ((1 - c) * b).view(n, 1, 1, 1) * mean_gray
+        out = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset
+        return out.clamp_(0, 1)
+
+
+class RandomResizedCropFlip(nn.Module):
+    """Random resized crop (torchvision's sampling of scale and ratio) and horizontal flip, in one
+    bilinear ``grid_sample`` for the whole batch.
+
+    Example:
+        >>> RandomResizedCropFlip(16)(torch.rand(4, 3, 40, 30)).shape
+        torch.Size([4, 3, 16, 16])
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 hflip_p: float = 0.5, tries: int = 10):
+        super().__init__()
+        self.size, self.scale, self.ratio, self.hflip_p, self.tries = size, tuple(scale), tuple(ratio), hflip_p, tries
+
+    def boxes(self, n: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """(n, 4) crop boxes (x0, y0, w, h) in pixels; the first of ``tries`` draws that fits, else the whole image."""
+        area = height * width
+        target = area * torch.empty(n, self.tries, device=device).uniform_(*self.scale)
+        log_ratio = torch.empty(n, self.tries, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        aspect = torch.exp(log_ratio)
+        w, h = torch.sqrt(target * aspect), torch.sqrt(target / aspect)
+        fits = (w <= width) & (h <= height)
+        first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1, device=device))
+        pick = first.clamp(min=0).unsqueeze(1)
+        w = torch.where(first >= 0, w.gather(1, pick).squeeze(1), torch.full((n,), float(width), device=device))
+        h = torch.where(first >= 0, h.gather(1, pick).squeeze(1), torch.full((n,), float(height), device=device))
+        x0 = torch.rand(n, device=device) * (width - w)
+        y0 = torch.rand(n, device=device) * (height - h)
+        return torch.stack([x0, y0, w, h], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        x0, y0, w, h = self.boxes(n, height, width, x.device).unbind(1)
+        flip = torch.where(torch.rand(n, device=x.device) < self.hflip_p, -1.0, 1.0)
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0] = w / width * flip
+        theta[:, 0, 2] = (2 * x0 + w) / width - 1
+        theta[:, 1, 1] = h / height
+        theta[:, 1, 2] = (2 * y0 + h) / height - 1
+        grid = F.affine_grid(theta.to(x.dtype), [n, x.shape[1], self.size, self.size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class RandomGaussianBlur(nn.Module):
+    """Gaussian blur with a per-sample sigma, applied with probability ``p``: one grouped separable convolution.
+
+    Example:
+        >>> RandomGaussianBlur(5, p=1.0)(torch.rand(2, 3, 16, 16)).shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, kernel_size: int, sigma: tuple[float, float] = (0.1, 2.0), p: float = 0.5):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.kernel_size, self.sigma, self.p = kernel_size, tuple(sigma), p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, height, width = x.shape
+        chosen = torch.rand(n, device=x.device) < self.p
+        if not bool(chosen.any()):
+            return x
+        idx = chosen.nonzero().squeeze(1)
+        sigma = _uniform(len(idx), *self.sigma, x.device)
+        r = self.kernel_size // 2
+        taps = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-(taps**2) / (2 * sigma.view(-1, 1).to(x.dtype) ** 2))
+        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (m*c, k)
+        y = x[idx].reshape(1, len(idx) * c, height, width)
+        y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, self.kernel_size), groups=len(kernel))
+        y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), kernel.view(-1, 1, self.kernel_size, 1), groups=len(kernel))
+        out = x.clone()
+        out[idx] = y.view(len(idx), c, height, width)
+        return out
+
+
+class RandomSolarize(nn.Module):
+    """Inverts pixels at or above ``threshold`` with probability ``p`` per sample (BYOL's solarisation).
+
+    Example:
+        >>> RandomSolarize(p=1.0)(torch.tensor([[[[0.25, 0.75]]]])).tolist()
+        [[[[0.25, 0.25]]]]
+    """
+
+    def __init__(self, threshold: float = 0.5, p: float = 0.2):
+        super().__init__()
+        self.threshold, self.p = threshold, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chosen = (torch.rand(x.shape[0], device=x.device) < self.p).view(-1, 1, 1, 1)
+        return torch.where(chosen & (x >= self.threshold), 1 - x, x)
