@@ -43,7 +43,7 @@ def test_hue_rotation_keeps_gray_and_luma_and_is_periodic():
     gray_img = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
     m = color_matrix(one, one, one, torch.tensor([0.1, -0.3]), no)
     assert torch.allclose(apply(m, gray_img), gray_img, atol=1e-5)  # grays have no hue
-    luma = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # YIQ's Y, which the rotation keeps
     assert torch.allclose((apply(m, x) * luma).sum(1), (x * luma).sum(1), atol=1e-5)
     full_turn = color_matrix(one, one, one, torch.tensor([1.0, -1.0]), no)
     assert torch.allclose(full_turn, torch.eye(3).expand(2, 3, 3), atol=1e-5)
