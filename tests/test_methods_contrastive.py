@@ -24,8 +24,21 @@ METHODS = list(SMALL_HEADS)
 TARGET_PREFIXES = ("momentum_", "target_")
 
 
-def small(name, backbone="resnet10t_cifar", backbone_kwargs=None, **hparams):
-    return vs.create_method(name, backbone=backbone, backbone_kwargs=backbone_kwargs, **{**SMALL_HEADS[name], **hparams})
+def tiny_backbone():
+    """A two-layer conv net: the mechanics tests need BatchNorm and convolutions, not depth."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    net.num_features = 32
+    return net
+
+
+def small(name, backbone=None, backbone_kwargs=None, **hparams):
+    backbone = tiny_backbone() if backbone is None else backbone
+    hparams = {**SMALL_HEADS[name], **hparams}
+    return vs.create_method(name, backbone=backbone, backbone_kwargs=backbone_kwargs, **hparams)
 
 
 def two_views(batch=8, size=16):
@@ -76,7 +89,8 @@ def test_copy_frozen_is_an_independent_gradient_free_copy():
     target = copy_frozen(online)
     assert all(not p.requires_grad for p in target.parameters())
     assert all(p.requires_grad for p in online.parameters())
-    assert all(torch.equal(t, o) and t.data_ptr() != o.data_ptr() for t, o in zip(target.parameters(), online.parameters()))
+    for t, o in zip(target.parameters(), online.parameters()):
+        assert torch.equal(t, o) and t.data_ptr() != o.data_ptr()
 
 
 def test_cosine_momentum_schedule():
@@ -277,7 +291,7 @@ def test_vicreg_outputs_the_loss_and_its_terms():
 @pytest.mark.parametrize("kwargs, width", [({"image_size": 224}, 8192), ({"image_size": 32}, 2048), ({}, 8192),
                                            ({"image_size": 224, "expander_dim": 96}, 96)])
 def test_vicreg_expander_width(kwargs, width):
-    m = vs.create_method("vicreg", backbone="resnet10t_cifar", expander_layers=1, **kwargs)
+    m = vs.create_method("vicreg", backbone=tiny_backbone(), expander_layers=1, **kwargs)
     assert m.expander[-1].out_features == width
 
 
@@ -293,9 +307,9 @@ BACKBONES = [
 @pytest.mark.parametrize("backbone, backbone_kwargs, size", BACKBONES, ids=["resnet", "vit"])
 def test_forward_backward_on_any_backbone(name, backbone, backbone_kwargs, size):
     m = small(name, backbone=backbone, backbone_kwargs=backbone_kwargs)
-    out = m(two_views(batch=4, size=size))
+    out = m(two_views(batch=2, size=size))
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
-    assert out["embedding"].shape == (4, m.num_features) and not out["embedding"].requires_grad
+    assert out["embedding"].shape == (2, m.num_features) and not out["embedding"].requires_grad
     out["loss"].backward()
     assert all(p.grad is not None for p in m.backbone.parameters() if p.requires_grad)
     assert all(p.grad is None and not p.requires_grad for p in target_parameters(m).values())
@@ -327,6 +341,18 @@ def test_a_few_sgd_steps_lower_the_loss(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_bf16_autocast_keeps_the_loss_and_the_queue_in_float32(name):
+    m = small(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(two_views(batch=4))
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    m.on_step_end(1, 10)
+    if name == "moco":
+        assert m.queue.dtype == torch.float32 and int(m.queue_ptr) == 4
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_rejects_a_wrong_number_of_views(name):
     with pytest.raises(ValueError, match="takes 2 views, got 3"):
         small(name)(two_views(batch=2) + [torch.randn(2, 3, 16, 16)])
@@ -339,6 +365,23 @@ def _op(pipeline, kind):
     return found[0] if found else None
 
 
+def _colour(pipeline):
+    """(brightness, contrast, saturation, hue, jitter p, grayscale p) of a view, whichever the backend."""
+    fused = _op(pipeline, "ColorJitterGrayscale")
+    if fused is not None:
+        return (fused.brightness, fused.contrast, fused.saturation, fused.hue, fused.p, fused.grayscale_p)
+    jitter, gray = _op(pipeline, "ColorJitter"), _op(pipeline, "RandomGrayscale")
+    return (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue, jitter.p, gray.p)
+
+
+def _p(pipeline, kind):
+    op = _op(pipeline, kind)
+    return 0.0 if op is None else op.p
+
+
+BACKENDS = ["fused", "kornia"]
+
+
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("image_size", [16, 96])
 def test_each_method_has_its_preset(name, image_size):
@@ -347,38 +390,43 @@ def test_each_method_has_its_preset(name, image_size):
     assert aug.num_views == method_cls.num_views == 2
     views = aug(torch.randint(0, 256, (3, 1, 40, 40), dtype=torch.uint8))
     assert [tuple(v.shape) for v in views] == [(3, 3, image_size, image_size)] * 2
-    blur = [_op(p, "RandomGaussianBlur") for p in aug.pipelines]
-    assert all(b is None for b in blur) if image_size < 64 else all(b is not None for b in blur)
+    blur = [_p(p, "RandomGaussianBlur") for p in aug.pipelines]
+    assert all(b == 0 for b in blur) if image_size < 64 else all(b > 0 for b in blur)
 
 
 @pytest.mark.parametrize("name", ["byol", "vicreg"])
-def test_asymmetric_presets(name):
-    aug = vs.augment.create(name, image_size=96)
-    view1, view2 = aug.pipelines
-    assert _op(view1, "RandomGaussianBlur").p == 1.0 and _op(view1, "RandomSolarize") is None
-    assert _op(view2, "RandomGaussianBlur").p == 0.1 and _op(view2, "RandomSolarize").p == 0.2
-    for view in aug.pipelines:
-        jitter = _op(view, "ColorJitter")
-        assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue, jitter.p) == (0.4, 0.4, 0.2, 0.1, 0.8)
-        assert _op(view, "RandomGrayscale").p == 0.2
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_asymmetric_presets(name, backend):
+    view1, view2 = vs.augment.create(name, image_size=96, backend=backend).pipelines
+    assert (_p(view1, "RandomGaussianBlur"), _p(view1, "RandomSolarize")) == (1.0, 0.0)
+    assert (_p(view2, "RandomGaussianBlur"), _p(view2, "RandomSolarize")) == (0.1, 0.2)
+    assert _colour(view1) == _colour(view2) == (0.4, 0.4, 0.2, 0.1, 0.8, 0.2)
+
+
+def test_asymmetric_preset_probabilities_per_view():
+    view1, view2 = vs.augment.create("byol", image_size=32, blur_p=0.3, solarize_p=(0.1, 0.4)).pipelines
+    assert [_p(v, "RandomGaussianBlur") for v in (view1, view2)] == [0.3, 0.3]
+    assert [_p(v, "RandomSolarize") for v in (view1, view2)] == [0.1, 0.4]
+    with pytest.raises(ValueError, match=r"solarize_p takes one probability per view \(2 values"):
+        vs.augment.create("vicreg", image_size=32, solarize_p=(0.1, 0.2, 0.3))
 
 
 @pytest.mark.parametrize("name", ["moco", "simsiam"])
-def test_moco_v2_presets(name):
-    for view in vs.augment.create(name, image_size=224).pipelines:
-        jitter = _op(view, "ColorJitter")
-        assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue, jitter.p) == (0.4, 0.4, 0.4, 0.1, 0.8)
-        assert _op(view, "RandomGrayscale").p == 0.2 and _op(view, "RandomGaussianBlur").p == 0.5
-        assert _op(view, "RandomSolarize") is None
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_moco_v2_presets(name, backend):
+    for view in vs.augment.create(name, image_size=224, backend=backend).pipelines:
+        assert _colour(view) == (0.4, 0.4, 0.4, 0.1, 0.8, 0.2)
+        assert (_p(view, "RandomGaussianBlur"), _p(view, "RandomSolarize")) == (0.5, 0.0)
 
 
-def test_simclr_view_jitter_option_keeps_the_default():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_simclr_view_jitter_option_keeps_the_default(backend):
     from visionssl.augment.simclr import simclr_view
 
-    default = _op(simclr_view(32, jitter_strength=0.5), "ColorJitter")
-    explicit = _op(simclr_view(32, jitter=(0.4, 0.4, 0.4, 0.1)), "ColorJitter")
-    assert (default.brightness, default.contrast, default.saturation, default.hue) == (0.4, 0.4, 0.4, 0.1)
-    assert (explicit.brightness, explicit.contrast, explicit.saturation, explicit.hue) == (0.4, 0.4, 0.4, 0.1)
+    default = _colour(simclr_view(32, jitter_strength=0.5, backend=backend))
+    explicit = _colour(simclr_view(32, jitter=(0.4, 0.4, 0.2, 0.1), backend=backend))
+    assert default == (0.4, 0.4, 0.4, 0.1, 0.8, 0.2)
+    assert explicit == (0.4, 0.4, 0.2, 0.1, 0.8, 0.2)
 
 
 # ---------- recipes ----------

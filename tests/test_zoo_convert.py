@@ -9,12 +9,18 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import visionssl as vs
 from visionssl.zoo import ZooError, convert_checkpoint, list_formats, load_file, load_strict, read_checkpoint
 
 
-def reference_resnet18() -> torch.nn.Module:
-    """torchvision's ResNet-18 (the architecture the upstream repos use) with random weights and BN statistics."""
-    net = torchvision.models.resnet18()
+@vs.register_backbone("zoo_test_resnet", override=True)
+def zoo_test_resnet(**kwargs):
+    """A ResNet with ResNet-18's key names (BasicBlock, conv1/bn1/layer1..4/downsample) but 8-64 channel stages: fast."""
+    return timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [1, 1, 1, 1], channels=(8, 16, 32, 64),
+                                     stem_width=8, num_classes=0, **kwargs)
+
+
+def randomize_bn(net: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -22,8 +28,19 @@ def reference_resnet18() -> torch.nn.Module:
                 m.bias.normal_(0, 0.1)
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
-    net.fc = torch.nn.Identity()
     return net.eval()
+
+
+def reference_net() -> torch.nn.Module:
+    """The model whose weights go into the synthetic upstream checkpoint (random weights and BN statistics)."""
+    return randomize_bn(zoo_test_resnet())
+
+
+def reference_resnet18() -> torch.nn.Module:
+    """torchvision's ResNet-18, the architecture the upstream repositories train."""
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    return randomize_bn(net)
 
 
 def backbone_state(net: torch.nn.Module) -> dict:
@@ -125,17 +142,28 @@ LAYOUTS = [
 
 @pytest.mark.parametrize("fmt, build", LAYOUTS, ids=[b.__name__ for _, b in LAYOUTS])
 def test_upstream_layout_converts_and_gives_reference_features(tmp_path, fmt, build):
-    reference = reference_resnet18()
+    reference = reference_net()
     path = tmp_path / "upstream.pth.tar"
     torch.save(build(backbone_state(reference)), path)
 
-    net = load_file(path, fmt, "resnet18").eval()
+    net = load_file(path, fmt, "zoo_test_resnet").eval()
 
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        assert torch.equal(net(x), reference(x))
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
+
+
+def test_torchvision_upstream_weights_give_the_same_features_in_timm(tmp_path):
+    # the upstream repositories train torchvision's ResNet; the zoo loads into timm's
+    reference = reference_resnet18()
+    path = tmp_path / "moco.pth.tar"
+    torch.save(moco_v2(backbone_state(reference)), path)
+    net = load_file(path, "moco", "resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
         assert torch.allclose(net(x), reference(x), rtol=1e-5, atol=1e-6)
-    for key, value in reference.state_dict().items():
-        assert torch.equal(net.state_dict()[key], value), key
 
 
 def test_every_zoo_format_has_a_synthetic_layout_test():
@@ -144,13 +172,13 @@ def test_every_zoo_format_has_a_synthetic_layout_test():
 
 def test_legacy_non_zip_torch_file_loads(tmp_path):
     # MoCo v1/v2's release files predate torch's zip format
-    reference = reference_resnet18()
+    reference = reference_net()
     path = tmp_path / "moco_v1_legacy.pth.tar"
     torch.save(moco_v1(backbone_state(reference)), path, _use_new_zipfile_serialization=False)
-    net = load_file(path, "moco", "resnet18").eval()
+    net = load_file(path, "moco", "zoo_test_resnet").eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(net(x), reference(x), rtol=1e-5, atol=1e-6)
+        assert torch.equal(net(x), reference(x))
 
 
 def test_numpy_1x_module_names_are_allowed(tmp_path):
@@ -188,7 +216,7 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(ZooError, match=r"refusing to load .*evil\.pth\.tar.*'exec'.*unsafe"):
         read_checkpoint(path)
     with pytest.raises(ZooError, match="refusing"):
-        load_file(path, "moco", "resnet18")
+        load_file(path, "moco", "zoo_test_resnet")
     assert not marker.exists()
 
     # the payload is real: the explicit unsafe flag would run it
@@ -209,42 +237,44 @@ def test_truncated_file_is_a_clear_error(tmp_path):
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
-    sd = backbone_state(reference_resnet18())
+    sd = backbone_state(reference_net())
     upstream = moco_v2(sd)
     del upstream["state_dict"]["module.encoder_q.layer1.0.conv1.weight"]
     upstream["state_dict"]["module.encoder_q.layer5.0.conv1.weight"] = torch.randn(3)
-    net = timm.create_model("resnet18", num_classes=0)
+    net = zoo_test_resnet()
     with pytest.raises(ZooError, match=r"1 missing key\(s\) \[layer1\.0\.conv1\.weight\], 1 unexpected key\(s\) \[layer5"):
         load_strict(net, convert_checkpoint("moco", upstream))
 
 
 def test_wrong_shape_is_listed_with_both_shapes():
-    sd = backbone_state(reference_resnet18())
-    net = timm.create_model("resnet18", num_classes=0, in_chans=1)
+    sd = backbone_state(reference_net())
+    net = zoo_test_resnet(in_chans=1)
     with pytest.raises(ZooError, match=r"conv1\.weight: checkpoint \(64, 3, 7, 7\) vs backbone \(64, 1, 7, 7\)"):
         load_strict(net, sd)
 
 
 def test_wrong_architecture_fails_strictly():
-    sd = backbone_state(reference_resnet18())
-    with pytest.raises(ZooError, match=r"missing key\(s\) \[.*layer1\.2"):
-        load_strict(timm.create_model("resnet34", num_classes=0), sd)
+    sd = backbone_state(reference_net())
+    deeper = timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [2, 1, 1, 1], channels=(8, 16, 32, 64),
+                                       stem_width=8, num_classes=0)
+    with pytest.raises(ZooError, match=r"missing key\(s\) \[layer1\.1\.conv1\.weight"):
+        load_strict(deeper, sd)
 
 
 def test_missing_num_batches_tracked_is_tolerated():
-    reference = reference_resnet18()
+    reference = reference_net()
     sd = {k: v for k, v in backbone_state(reference).items() if not k.endswith("num_batches_tracked")}
-    net = timm.create_model("resnet18", num_classes=0)
+    net = zoo_test_resnet()
     load_strict(net, sd)
     assert torch.equal(net.bn1.running_var, reference.bn1.running_var)
 
 
 def test_wrong_format_names_the_missing_level():
-    upstream = vissl(backbone_state(reference_resnet18()))
+    upstream = vissl(backbone_state(reference_net()))
     with pytest.raises(ZooError, match=r"checkpoint has no key 'state_dict' \(found: 'phase_idx'.*format"):
         convert_checkpoint("moco", upstream)
     with pytest.raises(ZooError, match=r"no key of the checkpoint starts with 'module.encoder.'"):
-        convert_checkpoint("simsiam", moco_v2(backbone_state(reference_resnet18())))
+        convert_checkpoint("simsiam", moco_v2(backbone_state(reference_net())))
     with pytest.raises(ZooError, match="unknown checkpoint format 'nope'; valid: .*moco"):
         convert_checkpoint("nope", {})
 
@@ -263,9 +293,8 @@ def test_padded_stem_of_vicreg_and_swav_equals_timm_stem():
                           atol=1e-5)
 
 
-def test_not_a_pickle_protocol_problem_is_not_swallowed(tmp_path):
-    # a plain (non-torch) pickle is refused as "not a torch file", not loaded
+def test_a_plain_pickle_is_not_a_torch_checkpoint(tmp_path):
     path = tmp_path / "plain.pkl"
-    path.write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(ZooError):
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(ZooError, match="cannot read checkpoint .*plain.pkl .*not a torch file"):
         read_checkpoint(path)

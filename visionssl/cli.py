@@ -139,17 +139,14 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 
 
 def load_for_eval(checkpoint: str) -> tuple[Any, dict[str, Any]]:
-    """(backbone, run config or {}) from a run directory, checkpoint file or zoo name."""
-    from visionssl.engine.checkpoint import load_backbone, load_checkpoint
-
-    path = Path(checkpoint)
-    if path.exists():
-        return load_backbone(path), load_checkpoint(path).get("config", {})
+    """(backbone, run config or {}) from a run directory, checkpoint file, exported .safetensors or zoo name."""
     from visionssl import zoo
+    from visionssl.engine.checkpoint import load_checkpoint
 
-    if hasattr(zoo, "load"):
-        return zoo.load(checkpoint), {}
-    raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    backbone = zoo.load_backbone(checkpoint)
+    path = Path(checkpoint)
+    config = load_checkpoint(path).get("config", {}) if path.exists() and path.suffix != ".safetensors" else {}
+    return backbone, config
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -261,8 +258,10 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from visionssl.data import BadImageError
     from visionssl.engine import CheckpointError, ConfigError, NonFiniteLossError
     from visionssl.registry import RegistryError
+    from visionssl.zoo import ZooError
 
-    return (ConfigError, RegistryError, BadImageError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, TypeError, OSError)
+    return (ConfigError, RegistryError, BadImageError, CheckpointError, NonFiniteLossError, ZooError, FileNotFoundError,
+            ValueError, TypeError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:

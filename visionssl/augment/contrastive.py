@@ -13,7 +13,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
 from visionssl.augment.simclr import simclr_view
@@ -32,7 +32,13 @@ def _symmetric(
         blur_p = 0.0 if image_size < SMALL_IMAGE else 0.5
     views = [
         simclr_view(
-            image_size, scale=tuple(scale), jitter=MOCO_V2_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p, backend=backend
+            image_size,
+            scale=tuple(scale),
+            jitter=MOCO_V2_JITTER,
+            jitter_p=0.8,
+            grayscale_p=0.2,
+            blur_p=blur_p,
+            backend=backend,
         )
         for _ in range(num_views)
     ]
@@ -43,14 +49,15 @@ def _asymmetric(
     image_size: int,
     channels: int,
     scale: tuple[float, float],
-    blur_p: tuple[float, float] | None,
-    solarize_p: tuple[float, float],
+    blur_p: float | tuple[float, float] | None,
+    solarize_p: float | tuple[float, float],
     backend: str,
 ) -> MultiView:
     """BYOL's recipe (table 6): both views crop, flip, jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2;
     view 1 blur p=1.0 and no solarisation, view 2 blur p=0.1 and solarisation p=0.2."""
     if blur_p is None:
         blur_p = (0.0, 0.0) if image_size < SMALL_IMAGE else (1.0, 0.1)
+    blur_p, solarize_p = _per_view(blur_p, "blur_p"), _per_view(solarize_p, "solarize_p")
     views = [
         simclr_view(
             image_size,
@@ -65,6 +72,15 @@ def _asymmetric(
         for blur, solarize in zip(blur_p, solarize_p)
     ]
     return MultiView(views, channels=channels, normalize=Normalize())
+
+
+def _per_view(p: float | Sequence[float], name: str) -> tuple[float, float]:
+    """One probability per view; a single number applies to both."""
+    if isinstance(p, (int, float)):
+        return (float(p), float(p))
+    if len(p) != 2:
+        raise ValueError(f"{name} takes one probability per view (2 values, e.g. (1.0, 0.1)); got {tuple(p)}")
+    return (float(p[0]), float(p[1]))
 
 
 @register_augmentation("moco")
@@ -101,8 +117,8 @@ def byol(
     image_size: int = 32,
     channels: int = 3,
     scale: tuple[float, float] = (0.08, 1.0),
-    blur_p: tuple[float, float] | None = None,
-    solarize_p: tuple[float, float] = (0.0, 0.2),
+    blur_p: float | tuple[float, float] | None = None,
+    solarize_p: float | tuple[float, float] = (0.0, 0.2),
     backend: str = "fused",
     **_: Any,
 ) -> MultiView:
@@ -116,8 +132,8 @@ def vicreg(
     image_size: int = 32,
     channels: int = 3,
     scale: tuple[float, float] = (0.08, 1.0),
-    blur_p: tuple[float, float] | None = None,
-    solarize_p: tuple[float, float] = (0.0, 0.2),
+    blur_p: float | tuple[float, float] | None = None,
+    solarize_p: float | tuple[float, float] = (0.0, 0.2),
     backend: str = "fused",
     **_: Any,
 ) -> MultiView:

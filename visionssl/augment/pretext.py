@@ -338,7 +338,9 @@ def hamming_permutations(
     if num_tiles < 2 or num_tiles > 10:
         raise ValueError(f"num_tiles must be between 2 and 10 (all num_tiles! candidates are enumerated), got {num_tiles}")
     if not 1 <= num_permutations <= math.factorial(num_tiles):
-        raise ValueError(f"num_permutations must be between 1 and {num_tiles}! = {math.factorial(num_tiles)}, got {num_permutations}")
+        raise ValueError(
+            f"num_permutations must be between 1 and {num_tiles}! = {math.factorial(num_tiles)}, got {num_permutations}"
+        )
     if selection not in ("maxmin", "maxavg"):
         raise ValueError(f"selection must be 'maxmin' or 'maxavg', got {selection!r}")
     loader = _cached_permutations if cache else _select_permutations
@@ -440,14 +442,18 @@ def pretext_view(
 
 
 @register_augmentation("rotation")
-def rotation(image_size: int = 32, channels: int = 3, resize_ratio: float = 256 / 224, hflip_p: float = 0.5, **_: Any) -> MultiView:
+def rotation(
+    image_size: int = 32, channels: int = 3, resize_ratio: float = 256 / 224, hflip_p: float = 0.5, **_: Any
+) -> MultiView:
     """RotNet's view (Gidaris et al., 2018): random crop after a resize, horizontal flip; no rotation
     here (the method rotates)."""
     return MultiView([pretext_view(image_size, resize_ratio, hflip_p)], channels=channels, normalize=Normalize())
 
 
 @register_augmentation("context")
-def context(image_size: int = 32, channels: int = 3, resize_ratio: float = 256 / 224, hflip_p: float = 0.0, **_: Any) -> MultiView:
+def context(
+    image_size: int = 32, channels: int = 3, resize_ratio: float = 256 / 224, hflip_p: float = 0.0, **_: Any
+) -> MultiView:
     """Context prediction's view (Doersch et al., 2015): a random crop; colour handling (dropping or
     projection), the grid, gap and jitter are done by the method on the patches."""
     return MultiView([pretext_view(image_size, resize_ratio, hflip_p)], channels=channels, normalize=Normalize())

@@ -36,14 +36,14 @@ class ContextPrediction(SSLMethod):
         head_layers: linear layers in the classifier (paper: fc7 + fc8 = 2).
 
     Returns (forward): ``loss``, ``embedding`` (features of the centre patches, detached) and
-    ``accuracy`` (position accuracy, 0-d).
+    ``context/accuracy`` (position accuracy, 0-d).
 
     Example:
         >>> import torch, visionssl as vs
         >>> m = vs.create_method("context", backbone="resnet10t_cifar", patch_size=8, gap=3, jitter=1)
         >>> out = m([torch.randn(4, 3, 32, 32)])
         >>> out["loss"].backward(); sorted(out)
-        ['accuracy', 'embedding', 'loss']
+        ['context/accuracy', 'embedding', 'loss']
     """
 
     augmentation = "context"
@@ -92,5 +92,5 @@ class ContextPrediction(SSLMethod):
         return {
             "loss": F.cross_entropy(logits.float(), label),
             "embedding": features[: x.shape[0]].detach(),
-            "accuracy": (logits.argmax(1) == label).float().mean().detach(),
+            "context/accuracy": (logits.argmax(1) == label).float().mean().detach(),
         }

@@ -200,6 +200,9 @@ class DeepCluster(SSLMethod):
         extract_batch_size: batch size of the feature extraction.
         seed: k-means seed (the clustering count is added, so each clustering starts differently).
 
+    Returns (forward): ``loss``, ``embedding`` (backbone features, detached) and ``deepcluster/accuracy``
+    (agreement of the classifier with the pseudo-labels, 0-d).
+
     Example:
         >>> import torch, visionssl as vs
         >>> m = vs.create_method("deepcluster", backbone="resnet10t_cifar", num_clusters=4)
@@ -264,7 +267,7 @@ class DeepCluster(SSLMethod):
         return {
             "loss": F.cross_entropy(logits.float(), targets),
             "embedding": features.detach(),
-            "accuracy": (logits.argmax(1) == targets).float().mean().detach(),
+            "deepcluster/accuracy": (logits.argmax(1) == targets).float().mean().detach(),
         }
 
     # ------------------------------------------------------------------ clustering

@@ -34,7 +34,7 @@ class Jigsaw(SSLMethod):
         head_layers: linear layers of the classifier (paper: fc7 + fc8 = 2).
 
     Returns (forward): ``loss``, ``embedding`` (mean tile feature per image, detached) and
-    ``accuracy`` (permutation accuracy, 0-d).
+    ``jigsaw/accuracy`` (permutation accuracy, 0-d).
 
     Example:
         >>> import torch, visionssl as vs
@@ -70,7 +70,9 @@ class Jigsaw(SSLMethod):
         if tile_dim is None:
             self.tile_head, tile_dim = nn.Identity(), self.num_features
         else:
-            self.tile_head = nn.Sequential(nn.Linear(self.num_features, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True))
+            self.tile_head = nn.Sequential(
+                nn.Linear(self.num_features, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True)
+            )
         self.classifier = mlp(grid * grid * tile_dim, head_hidden_dim, num_permutations, num_layers=head_layers)
 
     @property
@@ -89,5 +91,5 @@ class Jigsaw(SSLMethod):
         return {
             "loss": F.cross_entropy(logits.float(), index),
             "embedding": features.detach().view(b, n, -1).mean(1),
-            "accuracy": (logits.argmax(1) == index).float().mean().detach(),
+            "jigsaw/accuracy": (logits.argmax(1) == index).float().mean().detach(),
         }

@@ -24,14 +24,14 @@ class RotationPrediction(SSLMethod):
         head_hidden_dim: hidden width of the MLP classifier (``head_layers >= 2``).
 
     Returns (forward): ``loss``, ``embedding`` (features of the unrotated images, detached) and
-    ``accuracy`` (rotation accuracy of the batch, 0-d).
+    ``rotation/accuracy`` (rotation accuracy of the batch, 0-d).
 
     Example:
         >>> import torch, visionssl as vs
         >>> m = vs.create_method("rotation", backbone="resnet10t_cifar")
         >>> out = m([torch.randn(2, 3, 16, 16)])
         >>> sorted(out), out["embedding"].shape
-        (['accuracy', 'embedding', 'loss'], torch.Size([2, 512]))
+        (['embedding', 'loss', 'rotation/accuracy'], torch.Size([2, 512]))
     """
 
     augmentation = "rotation"
@@ -58,5 +58,5 @@ class RotationPrediction(SSLMethod):
         return {
             "loss": F.cross_entropy(logits.float(), labels),
             "embedding": features[: views[0].shape[0]].detach(),
-            "accuracy": (logits.argmax(1) == labels).float().mean().detach(),
+            "rotation/accuracy": (logits.argmax(1) == labels).float().mean().detach(),
         }

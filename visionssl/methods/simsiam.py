@@ -32,7 +32,8 @@ class SimSiam(SSLMethod):
 
     Example:
         >>> import torch, visionssl as vs
-        >>> m = vs.create_method("simsiam", backbone="resnet10t_cifar", proj_hidden_dim=64, proj_dim=64, pred_hidden_dim=16)
+        >>> m = vs.create_method("simsiam", backbone="resnet10t_cifar", proj_hidden_dim=64, proj_dim=64,
+        ...                      pred_hidden_dim=16)
         >>> out = m([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
         >>> out["loss"].backward()
         >>> [g.get("fixed_lr", False) for g in m.param_groups(1e-4)]

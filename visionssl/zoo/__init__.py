@@ -11,7 +11,7 @@ Example:
     True
     >>> vs.zoo.info("simsiam_rn50_100ep").metrics[0]["value"]
     68.1
-    >>> backbone = vs.zoo.load("moco_v2_rn50_800ep").eval()  # doctest: +SKIP  (downloads ~200 MB once)
+    >>> backbone = vs.zoo.load("moco_v2_rn50_800ep").eval()  # downloads once  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -57,9 +57,10 @@ from visionssl.zoo.registry import (
 )
 
 __all__ = [
-    "CONVERTERS", "ExportedModel", "UnverifiedDownloadWarning", "ZooEntry", "ZooError", "cache_dir",
-    "convert_checkpoint", "download", "export_run", "info", "list", "list_formats", "load", "load_backbone",
-    "load_file", "load_strict", "markdown_table", "pin", "read_checkpoint", "register_converter", "verify", "zoo_files",
+    "CONVERTERS", "ExportedModel", "UnverifiedDownloadWarning", "ZooEntry", "ZooError", "all_entries", "cache_dir",
+    "cached_path", "convert_checkpoint", "download", "export_run", "fetch", "info", "list", "list_formats", "load",
+    "load_backbone", "load_file", "load_strict", "markdown_table", "pin", "read_checkpoint", "register_converter",
+    "sha256_file", "verify", "zoo_files",
 ]
 
 
@@ -192,6 +193,8 @@ def load_backbone(spec: str | os.PathLike, *, unsafe: bool = False, offline: boo
         from visionssl.engine.checkpoint import load_backbone as load_run_backbone
 
         return load_run_backbone(path)
+    if "/" in str(spec) or path.suffix in (".pt", ".pth", ".tar", ".safetensors"):
+        raise ZooError(f"checkpoint {spec} does not exist (expected a run directory, a checkpoint file or a zoo name)")
     return load(str(spec), offline=offline, unsafe=unsafe)
 
 

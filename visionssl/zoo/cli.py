@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -95,12 +96,13 @@ def run_list(args: argparse.Namespace) -> int:
     if args.markdown:
         print(zoo.markdown_table())
         return 0
-    names = zoo.list(args.pattern)
+    entries = zoo.all_entries()
+    names = zoo.filter_names(entries, args.pattern)
     if not names:
         print(f"no zoo entry matches {args.pattern!r}", file=sys.stderr)
         return 1
     for name in names:
-        entry = zoo.info(name)
+        entry = entries[name]
         metric = f"{entry.metrics[0]['name']}={entry.metrics[0]['value']}" if entry.metrics else ""
         cached = "cached" if zoo.cached_path(entry).is_file() else ""
         print(f"{name:<32} {entry.method:<14} {entry.backbone:<12} {metric:<28} {cached}")
@@ -171,7 +173,8 @@ def run_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(out), metadata={"format": "visionssl", "backbone": backbone, "source": str(path)})
+    save_file(state, str(out), metadata={"format": "visionssl", "backbone": backbone,
+                                         "backbone_kwargs": json.dumps(dict(kwargs)), "source": str(path)})
     print(f"{out}  sha256 {zoo.sha256_file(out)}")
     print(f"load with: timm.create_model({backbone!r}, pretrained=True, num_classes=0, "
           f"pretrained_cfg_overlay=dict(file={str(out)!r}))")

@@ -167,14 +167,19 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
     try:
         response = urlopen(Request(url, headers=headers), timeout=timeout)
     except HTTPError as exc:
-        part.unlink(missing_ok=True)
+        if 400 <= exc.code < 500:  # the URL is wrong or the kept part no longer fits; a 5xx may pass, keep it
+            part.unlink(missing_ok=True)
         if exc.code == 416 and offset:  # the kept part is not a prefix of this file any more: start again
             return download_url(url, dest, entry=entry, timeout=timeout, progress=progress)
         raise ZooError(f"{url}: the server answered HTTP {exc.code} ({exc.reason})"
                        + (": the file is not (or no longer) at this address" if exc.code in (404, 410) else "")) from None
-    except (URLError, OSError) as exc:
+    except (URLError, OSError, http.client.HTTPException) as exc:
         raise ZooError(f"{url}: {_describe(exc, timeout)}") from None
 
+    if offset and response.status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+        response.close()  # a range we did not ask for: start again from zero
+        part.unlink(missing_ok=True)
+        return download_url(url, dest, entry=entry, timeout=timeout, progress=progress)
     with response:
         if offset and response.status != 206:  # the server ignored the Range request
             offset = 0

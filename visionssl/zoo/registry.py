@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import os
 import re
 import tempfile
@@ -276,8 +277,7 @@ def save_entry(entry: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def filter_names(names: Iterable[str], pattern: str) -> list[str]:
-    import fnmatch
-
+    """The names matching a shell-style wildcard, sorted."""
     return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 

@@ -1,0 +1,255 @@
+"""DeepCluster: PCA whitening, FAISS k-means, empty-cluster repair, NMI, and the method's clustering hook."""
+import inspect
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import visionssl as vs
+from visionssl.data.dataset import ImageDataset
+from visionssl.methods.deepcluster import (
+    DeepCluster, cluster_features, kmeans, nmi, pca_whiten, repair_empty_clusters,
+)
+
+
+class TinyNet(nn.Sequential):
+    def __init__(self, in_chans: int = 3, width: int = 8):
+        super().__init__(
+            nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.num_features = 2 * width
+
+
+class FakeTrainer:
+    """The attributes of ``visionssl.engine.Trainer`` that DeepCluster's hook reads."""
+
+    def __init__(self, train_set: ImageDataset, epoch: int = 0):
+        self.train_set = train_set
+        self.device = torch.device("cpu")
+        self.epoch = epoch
+        self.augment = vs.augment.create("deepcluster", image_size=16)
+        self.logged: list[dict[str, float]] = []
+
+    def log_scalars(self, scalars: dict[str, float]) -> None:
+        self.logged.append(dict(scalars))
+
+
+def two_kinds_of_images(n: int = 40) -> ImageDataset:
+    """Dark and bright noise images (1 channel, 16 px), labelled by kind."""
+    g = torch.Generator().manual_seed(0)
+    kind = torch.arange(n) % 2
+    low = torch.where(kind == 0, 0, 180).view(n, 1, 1, 1)
+    images = (low + torch.randint(0, 76, (n, 1, 16, 16), generator=g)).to(torch.uint8)
+    return ImageDataset(images, {"kind": kind}, "kind", {"kind": ["dark", "bright"]}, "toy")
+
+
+def gaussian_blobs(k: int, n: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, dim, generator=g) * 3
+    truth = torch.arange(n) % k
+    return centres[truth] + torch.randn(n, dim, generator=g), truth
+
+
+# ------------------------------------------------------------------------ pure functions
+def test_pca_whiten_matches_scikit_learn():
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 10, generator=g, dtype=torch.float64) @ torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    ours = pca_whiten(x.float(), dim=4, eps=0.0).double()
+    theirs = torch.from_numpy(decomposition.PCA(4, whiten=True).fit_transform(x.numpy()))
+    signs = torch.sign((ours * theirs).sum(0))  # each axis is defined up to its sign
+    assert torch.allclose(ours * signs, theirs, atol=1e-3)
+    assert torch.allclose(ours.T @ ours / 499, torch.eye(4, dtype=torch.float64), atol=1e-4)
+
+
+def test_pca_whiten_keeps_at_most_the_rank():
+    assert pca_whiten(torch.randn(5, 8), dim=256).shape == (5, 4)  # N - 1 directions have variance
+    assert pca_whiten(torch.randn(50, 8), dim=256).shape == (50, 8)
+    with pytest.raises(ValueError, match="N >= 2"):
+        pca_whiten(torch.randn(1, 8))
+
+
+def test_nmi_matches_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for ka, kb, n in [(2, 2, 10), (5, 3, 200), (50, 40, 1000), (1, 4, 20)]:
+        a, b = rng.integers(0, ka, n), rng.integers(0, kb, n)
+        b[: n // 2] = a[: n // 2] % kb  # partly dependent
+        assert nmi(a, b) == pytest.approx(metrics.normalized_mutual_info_score(a, b), abs=1e-9)
+    same = rng.integers(0, 7, 300)
+    assert nmi(same, (same + 3) % 7) == pytest.approx(1.0)  # names of the clusters do not matter
+    assert nmi(np.zeros(5), np.zeros(5)) == 1.0
+    assert nmi(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="different lengths: 3 and 4"):
+        nmi([0, 1, 2], [0, 1, 2, 3])
+
+
+def test_clustering_step_recovers_well_separated_gaussians():
+    x, truth = gaussian_blobs(k=10, n=1000, dim=64)
+    assignments, centroids = cluster_features(x, 10, pca_dim=32, niter=20, seed=0)
+    assert assignments.shape == (1000,) and assignments.dtype == torch.long and centroids.shape == (10, 32)
+    assert nmi(assignments, truth) > 0.95
+
+
+def test_kmeans_repairs_the_empty_clusters_it_cannot_avoid():
+    # 12 points at 2 distinct places and k = 4: two centroids coincide, their twins end empty in FAISS
+    x = torch.cat([torch.zeros(6, 4), torch.ones(6, 4)])
+    assignments, _ = kmeans(x, 4, seed=0)
+    assert torch.bincount(assignments, minlength=4).min() > 0
+    with pytest.raises(ValueError, match="between 1 and the number of points"):
+        kmeans(x, 13)
+
+
+def test_repair_splits_a_random_non_empty_cluster():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 10])
+    assignments = torch.cat([torch.zeros(20), torch.full((20,), 3)]).long()  # clusters 1, 2 and 4 empty
+    centroids = torch.stack([x[:20].mean(0), torch.full((3,), 99.0), torch.full((3,), -99.0), x[20:].mean(0), torch.zeros(3)])
+    new_centroids, new_assignments = repair_empty_clusters(x, centroids, assignments, seed=0)
+    counts = torch.bincount(new_assignments, minlength=5)
+    assert counts.min() > 0 and counts.sum() == 40
+    assert torch.equal(assignments, torch.cat([torch.zeros(20), torch.full((20,), 3)]).long())  # input untouched
+    for c in range(5):  # every centroid is the mean of its points, and no cluster mixes the two blobs
+        members = new_assignments == c
+        assert torch.allclose(new_centroids[c], x[members].mean(0), atol=1e-5)
+        assert not (members[:20].any() and members[20:].any())
+
+
+def test_repair_of_identical_points():
+    x = torch.ones(4, 2)
+    c, a = repair_empty_clusters(x, torch.ones(2, 2), torch.zeros(4, dtype=torch.long))
+    assert torch.bincount(a, minlength=2).tolist() == [2, 2]
+    with pytest.raises(ValueError, match="cannot fill 5 clusters with 4 points"):
+        repair_empty_clusters(x, torch.ones(5, 2), torch.zeros(4, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- the method
+def make_method(**kw) -> DeepCluster:
+    kw = {"num_clusters": 4, "pca_dim": 8, "extract_batch_size": 16, **kw}
+    return DeepCluster(backbone=TinyNet(), **kw)
+
+
+def test_the_trainer_sees_an_indices_argument():
+    assert "indices" in inspect.signature(make_method().forward).parameters  # what Trainer checks
+
+
+def test_clustering_hook_sets_pseudo_labels_weights_and_logs():
+    data = two_kinds_of_images()
+    method = make_method()
+    trainer = FakeTrainer(data, epoch=0)
+    running_mean = method.backbone[1].running_mean.clone()
+    classifier_before = method.classifier.weight.detach().clone()
+    assert method.sample_weights is None
+    method.train()
+    method.on_epoch_start(trainer)
+
+    labels = method.pseudo_labels
+    assert labels.shape == (40,) and labels.dtype == torch.long
+    counts = torch.bincount(labels, minlength=4)
+    assert counts.min() > 0  # every cluster used
+    weights = method.sample_weights
+    assert weights.device.type == "cpu" and torch.allclose(weights, 1.0 / counts[labels].double())
+    assert torch.allclose(torch.zeros(4, dtype=torch.float64).index_add_(0, labels, weights), torch.ones(4, dtype=torch.float64))
+    assert trainer.logged == [{"deepcluster/nmi_labels": pytest.approx(nmi(data.targets, labels))}]
+    assert not torch.equal(method.classifier.weight, classifier_before)  # re-initialised
+    assert torch.equal(method.backbone[1].running_mean, running_mean)  # features in eval mode
+    assert method.training and method.backbone.training  # and the mode restored
+
+
+def test_features_come_from_the_eval_view_in_eval_mode():
+    data = two_kinds_of_images(20)
+    method = make_method(extract_batch_size=8)
+    features = method.extract_features(data.images, "cpu", image_size=12)
+    view = vs.augment.create("eval", image_size=12)
+    with torch.no_grad():
+        expected = method.backbone.eval()(view(data.images)[0])
+    assert torch.allclose(features, expected, atol=1e-5)
+
+
+def test_reclusters_every_cluster_every_epochs_and_logs_stability():
+    data = two_kinds_of_images()
+    method = make_method(cluster_every=2)
+    trainer = FakeTrainer(data, epoch=0)
+    method.on_epoch_start(trainer)
+    first = method.pseudo_labels.clone()
+    trainer.epoch = 1
+    method.on_epoch_start(trainer)
+    assert len(trainer.logged) == 1 and torch.equal(method.pseudo_labels, first)  # not due yet
+    trainer.epoch = 2
+    method.on_epoch_start(trainer)
+    assert set(trainer.logged[-1]) == {"deepcluster/nmi_prev", "deepcluster/nmi_labels"}
+    assert trainer.logged[-1]["deepcluster/nmi_prev"] == pytest.approx(nmi(first, method.pseudo_labels))
+    assert int(method.num_clusterings) == 2 and int(method.clustered_epoch) == 2
+
+
+def test_forward_uses_the_pseudo_labels_of_the_batch_indices():
+    data = two_kinds_of_images()
+    method = make_method()
+    method.on_epoch_start(FakeTrainer(data))
+    method.eval()
+    x = torch.randn(3, 3, 16, 16)
+    indices = torch.tensor([5, 0, 17])
+    out = method([x], indices=indices)
+    with torch.no_grad():
+        logits = method.classifier(method.backbone(x))
+    assert torch.allclose(out["loss"], F.cross_entropy(logits, method.pseudo_labels[indices]), atol=1e-5)
+    method.train()
+    out = method([x], indices=indices)
+    out["loss"].backward()
+    assert method.classifier.weight.grad is not None and method.backbone[0].weight.grad.abs().sum() > 0
+    assert out["embedding"].shape == (3, 16) and 0 <= float(out["deepcluster/accuracy"]) <= 1
+
+
+def test_forward_with_a_cifar_resnet_on_32px():
+    method = DeepCluster(backbone="resnet10t_cifar", num_clusters=3)
+    method.set_pseudo_labels(torch.tensor([0, 1, 2, 0]))
+    out = method([torch.randn(2, 3, 32, 32)], indices=torch.tensor([1, 2]))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and method.classifier.weight.grad is not None
+
+
+def test_forward_errors_are_clear():
+    method = make_method()
+    with pytest.raises(RuntimeError, match="no pseudo-labels yet"):
+        method([torch.randn(2, 3, 16, 16)], indices=torch.tensor([0, 1]))
+    method.set_pseudo_labels(torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="needs `indices`"):
+        method([torch.randn(2, 3, 16, 16)])
+    with pytest.raises(ValueError, match=r"cluster indices in \[0, 4\)"):
+        method.set_pseudo_labels(torch.tensor([0, 4]))
+
+
+def test_more_clusters_than_images_is_an_error():
+    with pytest.raises(ValueError, match="num_clusters=50 is larger than the training set \\(40 images\\)"):
+        make_method(num_clusters=50).on_epoch_start(FakeTrainer(two_kinds_of_images()))
+
+
+def test_optimizer_state_of_the_old_classifier_is_dropped():
+    data = two_kinds_of_images()
+    method = make_method()
+    method.set_pseudo_labels(torch.arange(40) % 4)
+    trainer = FakeTrainer(data)
+    trainer.optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
+    method([torch.randn(4, 3, 16, 16)], indices=torch.arange(4))["loss"].backward()
+    trainer.optimizer.step()
+    assert method.classifier.weight in trainer.optimizer.state
+    method.on_epoch_start(trainer)
+    assert method.classifier.weight not in trainer.optimizer.state
+    assert method.backbone[0].weight in trainer.optimizer.state
+
+
+def test_pseudo_labels_survive_a_checkpoint_round_trip():
+    data = two_kinds_of_images()
+    method = make_method()
+    method.on_epoch_start(FakeTrainer(data, epoch=3))
+    restored = make_method()
+    restored.load_state_dict(method.state_dict())
+    assert torch.equal(restored.pseudo_labels, method.pseudo_labels)
+    assert int(restored.clustered_epoch) == 3 and torch.equal(restored.sample_weights, method.sample_weights)
+    trainer = FakeTrainer(data, epoch=3)
+    restored.on_epoch_start(trainer)  # resumed within the same clustering period: keeps its labels
+    assert trainer.logged == []

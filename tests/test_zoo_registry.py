@@ -1,0 +1,145 @@
+"""model_zoo.yaml: the packaged entries, validation errors naming entry and field, merging user zoo files."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+import visionssl as vs
+from visionssl.zoo import ZooError
+from visionssl.zoo.registry import PACKAGED_ZOO, parse_entry, parse_zoo, read_zoo_file, save_entry
+
+ROOT_ZOO = Path(__file__).resolve().parents[1] / "model_zoo.yaml"
+
+GOOD = {
+    "name": "my_model", "method": "simclr", "backbone": "resnet18", "urls": ["https://example.org/w.pth"],
+    "sha256": "ab" * 32, "size": 123, "format": "torchvision",
+    "recipe": {"dataset": "imagenet-1k", "epochs": 100, "batch_size": 256},
+    "metrics": [{"name": "imagenet_linear_top1", "value": 60.0, "source": "https://example.org/table"}],
+    "paper": "https://arxiv.org/abs/0000.00000", "license": "MIT",
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VISIONSSL_ZOO", raising=False)
+
+
+@pytest.mark.skipif(not ROOT_ZOO.is_file(), reason="runs from a source checkout only")
+def test_packaged_copy_is_identical_to_the_repository_zoo():
+    assert PACKAGED_ZOO.read_bytes() == ROOT_ZOO.read_bytes(), (
+        "visionssl/zoo/model_zoo.yaml differs from model_zoo.yaml: run `cp model_zoo.yaml visionssl/zoo/`")
+
+
+def test_packaged_zoo_covers_the_required_methods_with_sources():
+    entries = read_zoo_file(PACKAGED_ZOO)
+    methods = {e.method for e in entries.values()}
+    assert {"moco_v1", "moco_v2", "moco_v3", "simsiam", "vicreg", "byol", "simclr", "deepcluster_v2", "rotnet",
+            "jigsaw"} <= methods
+    for entry in entries.values():
+        assert entry.format in vs.zoo.list_formats()
+        assert entry.urls[0].startswith("https://")
+        assert entry.metrics and all(m["source"].startswith("https://") for m in entry.metrics), entry.name
+        assert entry.sha256 is not None or entry.note, entry.name
+        assert entry.paper.startswith("https://arxiv.org/"), entry.name
+
+
+def test_list_info_and_unknown_name():
+    assert "moco_v2_rn50_800ep" in vs.zoo.list()
+    assert vs.zoo.list("moco_v2*") == ["moco_v2_rn50_200ep", "moco_v2_rn50_800ep"]
+    entry = vs.zoo.info("moco_v2_rn50_800ep")
+    assert (entry.format, entry.published_hash, entry.metrics[0]["value"]) == ("moco", "md5:a04e12f8", 71.1)
+    with pytest.raises(ZooError, match="no zoo entry named 'moco_v2_rn50_80ep'; did you mean moco_v2_rn50_800ep"):
+        vs.zoo.info("moco_v2_rn50_80ep")
+
+
+def test_good_entry_round_trips():
+    entry = parse_entry(GOOD, origin="zoo.yaml")
+    assert parse_entry(entry.to_dict(), origin="zoo.yaml") == entry
+
+
+BAD = [
+    ("missing field", lambda e: e.pop("urls"), "field 'urls' is missing"),
+    ("typo", lambda e: e.update(url=e.pop("urls")), r"field 'url' is not a zoo field \(did you mean 'urls'\?\)"),
+    ("bad sha256", lambda e: e.update(sha256="abc"), "field 'sha256' must be 64 hexadecimal characters or null"),
+    ("null sha256 without note", lambda e: e.update(sha256=None), "field 'note' is required when sha256 is null"),
+    ("unknown format", lambda e: e.update(format="tensorflow"), "field 'format' is 'tensorflow', not a known checkpoint format; valid: .*moco"),
+    ("empty urls", lambda e: e.update(urls=[]), "field 'urls' must be a non-empty list"),
+    ("ftp url", lambda e: e.update(urls=["ftp://x.org/w.pth"]), "field 'urls' has 'ftp://x.org/w.pth'"),
+    ("unsafe name", lambda e: e.update(name="../evil"), "field 'name' may only hold letters"),
+    ("negative size", lambda e: e.update(size=-3), "field 'size' must be a positive number of bytes or null"),
+    ("recipe epochs", lambda e: e["recipe"].update(epochs="many"), "field 'recipe' has epochs='many'"),
+    ("recipe keys", lambda e: e.update(recipe={"dataset": "x"}), "field 'recipe' must be a mapping with dataset, epochs and batch_size"),
+    ("metric source", lambda e: e["metrics"][0].pop("source"), "field 'metrics' has .* needs a name, a numeric value and a source"),
+    ("published hash", lambda e: e.update(published_hash="crc:1234"), "field 'published_hash' must look like"),
+    ("kwargs", lambda e: e.update(backbone_kwargs=[1]), "field 'backbone_kwargs' must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("what, mutate, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_entry_is_reported_by_file_name_and_field(tmp_path, what, mutate, message):
+    bad = copy.deepcopy(GOOD)
+    mutate(bad)
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump({"models": [copy.deepcopy(GOOD) | {"name": "fine"}, bad]}))
+    label = "'my_model'" if isinstance(bad.get("name"), str) and bad["name"] == "my_model" else ""
+    with pytest.raises(ZooError, match=f"{path}: entry {label}.*{message}"):
+        read_zoo_file(path)
+
+
+def test_duplicate_names_and_bad_top_level(tmp_path):
+    with pytest.raises(ZooError, match="entry 'my_model' appears twice"):
+        parse_zoo({"models": [GOOD, GOOD]})
+    with pytest.raises(ZooError, match="a mapping with one key, 'models'"):
+        parse_zoo({"modles": [GOOD]})
+    path = tmp_path / "broken.yaml"
+    path.write_text("models: [\n")
+    with pytest.raises(ZooError, match=f"zoo file {path} is not valid YAML"):
+        read_zoo_file(path)
+
+
+def test_user_zoo_files_merge_and_override_by_name(tmp_path, monkeypatch):
+    override = dict(GOOD, name="moco_v2_rn50_800ep", backbone="resnet18")
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(yaml.safe_dump({"models": [override, GOOD]}))
+    second.write_text(yaml.safe_dump({"models": [dict(GOOD, method="byol")]}))
+    monkeypatch.setenv("VISIONSSL_ZOO", f"{first}{':'}{second}")
+    assert vs.zoo.info("moco_v2_rn50_800ep").backbone == "resnet18"
+    assert vs.zoo.info("moco_v2_rn50_800ep").origin == str(first)
+    assert vs.zoo.info("my_model").method == "byol"  # the later file wins
+    assert "vicreg_rn50_1000ep" in vs.zoo.list()  # packaged entries stay
+    monkeypatch.setenv("VISIONSSL_ZOO", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ZooError, match="VISIONSSL_ZOO names .*missing.yaml, which does not exist"):
+        vs.zoo.list()
+
+
+def test_relative_local_paths_are_relative_to_the_zoo_file(tmp_path):
+    path = tmp_path / "project" / "zoo.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({"models": [dict(GOOD, urls=["weights/w.safetensors", "https://x.org/w"])]}))
+    entry = read_zoo_file(path)["my_model"]
+    assert entry.urls == (str(tmp_path / "project" / "weights" / "w.safetensors"), "https://x.org/w")
+
+
+def test_save_entry_adds_replaces_and_never_touches_the_packaged_zoo(tmp_path):
+    path = tmp_path / "user.yaml"
+    save_entry(GOOD, path)
+    save_entry(dict(GOOD, name="other"), path)
+    save_entry(dict(GOOD, size=999), path)
+    entries = read_zoo_file(path)
+    assert sorted(entries) == ["my_model", "other"] and entries["my_model"].size == 999
+    before = PACKAGED_ZOO.read_bytes()
+    with pytest.raises(ZooError, match="refusing to rewrite the packaged zoo"):
+        save_entry(GOOD, PACKAGED_ZOO)
+    with pytest.raises(ZooError, match="field 'sha256'"):
+        save_entry(dict(GOOD, sha256="nope"), path)  # validated before it replaces the file
+    assert PACKAGED_ZOO.read_bytes() == before and read_zoo_file(path)["my_model"].size == 999
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
+
+
+@pytest.mark.skipif(not DOCS.is_file(), reason="runs from a source checkout only")
+def test_documented_table_is_the_generated_one():
+    assert vs.zoo.markdown_table() in DOCS.read_text(), "regenerate it with `visionssl zoo list --markdown`"
