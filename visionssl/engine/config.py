@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -54,6 +55,7 @@ class OptimConfig:
     weight_decay: float = 1e-6
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    trust_coefficient: float = 0.001  # LARS: the paper's 0.001 for large batches, ~0.02 for small ones
     batch_size: int = 256
     warmup_epochs: float = 10.0  # linear warmup, then cosine decay
     final_lr_ratio: float = 0.0  # the cosine schedule ends at lr x final_lr_ratio
@@ -74,7 +76,9 @@ class TrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.07
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
-    on_nonfinite: str = "stop"  # stop: a NaN/inf loss ends the run, last good checkpoint kept
+    on_nonfinite: str = "stop"  # NaN/inf loss or gradients -> stop: end the run (last good checkpoint kept) | skip the step
+    max_skipped_steps: int = 10  # with on_nonfinite=skip: stop after more than this many skipped steps in a row
+    min_loss_scale: float = 1e-4  # with precision=fp16: warn when the GradScaler's scale falls below this (underflow)
     num_threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
     progress: bool = True  # progress bar
 
@@ -94,7 +98,7 @@ CHOICES = {
     "optim.name": ("sgd", "lars", "adamw"),
     "optim.lr_scaling": ("linear", "sqrt", "none"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "train.on_nonfinite": ("stop",),
+    "train.on_nonfinite": ("stop", "skip"),
 }
 
 
@@ -142,9 +146,13 @@ def load_config(
             for item in items:
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
+            source = "the key=value overrides"
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc)) from None
+    except yaml.YAMLError as exc:  # a hand-edited or damaged YAML file
+        where = " ".join(str(exc).split())
+        raise ConfigError(f"{source}: not valid YAML ({where})") from None
     validate(cfg)
     return cfg
 
@@ -167,6 +175,13 @@ def validate(cfg: DictConfig) -> None:
         ("train.log_every", cfg.train.log_every >= 1, "must be >= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be >= 1"),
         ("train.knn_k", cfg.train.knn_k >= 1, "must be >= 1"),
+        ("train.knn_temperature", cfg.train.knn_temperature > 0, "must be > 0"),
+        ("train.max_skipped_steps", cfg.train.max_skipped_steps >= 0, "must be >= 0"),
+        ("train.min_loss_scale", cfg.train.min_loss_scale > 0, "must be > 0"),
+        ("train.num_threads", cfg.train.num_threads is None or cfg.train.num_threads >= 1, "must be >= 1 (or null: torch's default)"),
+        ("optim.momentum", 0 <= cfg.optim.momentum < 1, "must be in [0, 1)"),
+        ("optim.final_lr_ratio", 0 <= cfg.optim.final_lr_ratio <= 1, "must be in [0, 1]"),
+        ("optim.grad_clip", cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "must be > 0 (or null: no clipping)"),
     ]
     for key, ok, rule in checks:
         if not ok:
@@ -190,6 +205,33 @@ def validate(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(key, list(valid), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"method.{key}: {name} has no such hyperparameter; {hint}valid: {', '.join(valid)}")
+    hparams = {**valid, **{k: v for k, v in to_dict(cfg.method).items() if k != "name"}}
+    for key, value in hparams.items():
+        _check_hparam_type(name, key, value, valid[key])
+    check = getattr(METHODS.get(name), "check_config", None)
+    if check is not None:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
+        try:
+            check(hparams, cfg)
+        except ValueError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+def _check_hparam_type(method: str, key: str, value: Any, default: Any) -> None:
+    """A hyperparameter given in YAML or on the command line must have its default's type."""
+    if default is None or value is None or isinstance(default, (list, tuple, dict)):
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"method.{key}={value!r} must be of type {type(default).__name__} ({method}'s default: {default!r})")
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

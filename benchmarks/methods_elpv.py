@@ -1,0 +1,86 @@
+"""Every registered method pretrained on elpv with the same budget, then kNN on the defect labels.
+
+Each method keeps its own recipe (visionssl/configs/<method>.yaml: loss, heads, optimizer, views);
+the budget is the same for all: backbone, image size, batch size, epochs and seed. Accuracy is the
+FAISS kNN top-1 on the elpv test split (bank: the train split), next to the same backbone with random
+weights (the baseline every method must beat).
+
+    python benchmarks/methods_elpv.py                      # all methods, the quick-start budget
+    python benchmarks/methods_elpv.py --methods simclr byol --epochs 20
+Writes benchmarks/results/methods_elpv.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, device_name, write_results  # noqa: E402
+
+import visionssl as vs  # noqa: E402
+from visionssl.engine import Trainer, load_config  # noqa: E402
+
+
+def knn_top1(backbone, train, test, image_size: int, k: int) -> float:
+    feats = [vs.eval.extract_features(backbone, ds, image_size=image_size, progress=False) for ds in (train, test)]
+    return vs.eval.knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=k, temperature=0.07)["top1"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["all"])
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/methods_elpv")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    methods = vs.list_methods() if args.methods == ["all"] else args.methods
+    stored = math.ceil(args.image_size * 1.125)
+    train, test = vs.data.load_dataset("elpv", "train", stored), vs.data.load_dataset("elpv", "test", stored)
+
+    torch.manual_seed(args.seed)
+    random_top1 = knn_top1(vs.create_backbone(args.backbone), train, test, args.image_size, args.k)
+    print(f"random weights ({args.backbone}): kNN top-1 {random_top1:.2f}%", flush=True)
+    rows = []
+    for name in methods:
+        overrides = [
+            f"backbone.name={args.backbone}", f"augment.image_size={args.image_size}", f"data.image_size={stored}",
+            f"optim.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.seed={args.seed}",
+            "optim.warmup_epochs=1", "train.knn_every=-1", "train.progress=false", f"train.device={args.device}",
+            f"out={Path(args.out) / name}",
+        ]
+        cfg = load_config(name, overrides=overrides)
+        start = time.perf_counter()
+        trainer = Trainer(cfg, train_set=train, eval_sets=(train, test))
+        trainer.fit()
+        seconds = time.perf_counter() - start
+        top1 = knn_top1(trainer.method.backbone, train, test, args.image_size, args.k)
+        rows.append({"method": name, "knn_top1": top1, "gain_over_random": top1 - random_top1, "train_seconds": seconds,
+                     "final_loss": trainer.metrics.get("train/loss")})
+        print(f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random)  {seconds:6.0f} s", flush=True)
+
+    budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
+              "epochs": args.epochs, "k": args.k, "seed": args.seed}
+    path = write_results("methods_elpv", {"device": device_name(trainer.device), "budget": budget,
+                                          "random_knn_top1": random_top1, "results": rows})
+    lines = [f"| method | kNN top-1 (%) | vs random | train time (s) |", "|---|---|---|---|",
+             f"| random weights | {random_top1:.2f} | | |"]
+    lines += [f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {r['train_seconds']:.0f} |" for r in rows]
+    (RESULTS / "methods_elpv.md").write_text(
+        f"elpv defect labels, kNN (k={args.k}) on frozen features; {args.backbone} at {args.image_size} px, batch "
+        f"{args.batch_size}, {args.epochs} epochs, seed {args.seed}, on {device_name(trainer.device)}.\n\n" + "\n".join(lines) + "\n"
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
