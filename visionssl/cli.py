@@ -47,7 +47,7 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default=None, help="registered backbone, any timm model, or module:function / file.py:function")
     p.add_argument("--data", default=None, help="dataset: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, stl10:PATH, synthetic[:N]")
     p.add_argument("--epochs", type=positive_int, default=None, help="number of training epochs")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per step (optim.batch_size)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per step, over all processes under torchrun (optim.batch_size)")
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate for batch 256 (optim.lr)")
     p.add_argument("--optimizer", choices=("sgd", "lars", "adamw"), default=None, help="optim.name")
     p.add_argument("--image-size", type=positive_int, default=None,
@@ -97,13 +97,21 @@ def run_pretrain(args: argparse.Namespace) -> int:
         config = str(Path(args.out) / "config.yaml")  # a resumed run keeps its own config
     cfg = load_config(method=args.method if args.method or config else "simclr", config=config, overrides=pretrain_overrides(args))
     trainer = Trainer(cfg)
+    if trainer.rank:  # under torchrun, rank 0 alone reports (and writes the run directory)
+        trainer.fit(resume=args.resume)
+        return 0
+    where = f"{trainer.device} x {trainer.world_size} processes" if trainer.world_size > 1 else str(trainer.device)
     print(f"pretraining {cfg.method['name']} on {cfg.data.name} ({len(trainer.train_set)} images) with {cfg.backbone.name} "
-          f"for {cfg.train.epochs} epochs on {trainer.device}; run directory: {cfg.out}", flush=True)
+          f"for {cfg.train.epochs} epochs on {where}; run directory: {cfg.out}", flush=True)
     if trainer.train_set.skipped:
         print(f"skipped {len(trainer.train_set.skipped)} unreadable images:", flush=True)
         for path, reason in trainer.train_set.skipped:
             print(f"  {path}: {reason}")
     result = trainer.fit(resume=args.resume)
+    if result.get("stopped_by"):  # preempted (SIGTERM) or Ctrl-C: a clean stop, the run goes on with --resume
+        print(f"stopped by {result['stopped_by']} at step {result['step']}; "
+              f"checkpoint: {trainer.checkpoint_path}; resume with: {trainer.resume_command}", flush=True)
+        return 0
     if "knn/top1" in result:
         print(f"done: epoch {result['epoch']}, kNN top-1 {result['knn/top1']:.2f}% on {cfg.data.eval or cfg.data.name} (test split)")
     print(f"checkpoint: {trainer.checkpoint_path}")
@@ -155,9 +163,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from visionssl import eval as eval_lib
     from visionssl.backbones import create_backbone
     from visionssl.data import load_dataset
+    from visionssl import distributed
     from visionssl.engine.trainer import resolve_device
+    from visionssl.eval.distributed import extract_features_distributed
 
-    device = resolve_device(args.device)
+    device = distributed.init(resolve_device(args.device))  # under torchrun the ranks share the extraction
     backbone, cfg = load_for_eval(args.checkpoint)
     data_cfg, aug_cfg, bb_cfg = cfg.get("data", {}), cfg.get("augment", {}), cfg.get("backbone", {})
     spec = args.data or data_cfg.get("eval") or data_cfg.get("name") or "elpv"
@@ -173,11 +183,14 @@ def run_eval(args: argparse.Namespace) -> int:
         name = bb_cfg.get("name") or getattr(backbone, "default_cfg", {}).get("architecture")
         if name:
             models.append((f"random weights ({name})", create_backbone(name, **(bb_cfg.get("kwargs") or {}))))
-    print(f"{args.evaluator} on {spec} (label: {train.label}), {len(train)} train / {len(test)} test images at {image_size} px")
+    if distributed.is_main():
+        print(f"{args.evaluator} on {spec} (label: {train.label}), {len(train)} train / {len(test)} test images at {image_size} px")
     width = max(len(n) for n, _ in models)
     for name, model in models:
-        feats = [eval_lib.extract_features(model, ds, batch_size=args.batch_size, image_size=image_size, device=device,
-                                           progress=False) for ds in (train, test)]
+        feats = [extract_features_distributed(model, ds, batch_size=args.batch_size, image_size=image_size, device=device,
+                                              dst=0) for ds in (train, test)]
+        if not distributed.is_main():  # rank 0 received the features and evaluates
+            continue
         if args.evaluator == "knn":
             result = eval_lib.knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=min(args.k, len(train)),
                                   temperature=args.temperature)

@@ -8,6 +8,7 @@ batched matrix product — instead of an RGB->HSV->RGB round trip per op. The ou
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -16,6 +17,14 @@ from torch import nn
 
 LUMA = (0.2989, 0.587, 0.114)  # the weights of torchvision's rgb_to_grayscale (ITU-R 601)
 RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+@functools.lru_cache(maxsize=None)
+def _color_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LUMA (3,), RGB->YIQ and YIQ->RGB (3, 3) on ``device``, made once per device: creating them per
+    call would be a blocking host-to-device copy (a synchronisation) at every step on a GPU."""
+    yiq = torch.tensor(RGB_TO_YIQ, dtype=torch.float64)
+    return torch.tensor(LUMA).to(device), yiq.float().to(device), torch.linalg.inv(yiq).float().to(device)
 
 
 def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
@@ -34,17 +43,16 @@ def color_matrix(
     """
     n, device = len(brightness), brightness.device
     eye = torch.eye(3, device=device).expand(n, 3, 3)
-    luma = torch.tensor(LUMA, device=device)
+    luma, yiq, yiq_inv = _color_constants(device)
     to_gray = torch.ones(3, 1, device=device) * luma  # every channel becomes the luma
     s = saturation.view(n, 1, 1)
     sat = s * eye + (1 - s) * to_gray
-    yiq = torch.tensor(RGB_TO_YIQ, device=device)
     angle = hue * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.zeros(n, 3, 3, device=device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    hue_m = torch.linalg.inv(yiq) @ rot @ yiq
+    hue_m = yiq_inv @ rot @ yiq
     gray_m = torch.where(gray.view(n, 1, 1), to_gray.expand(n, 3, 3), eye)
     return gray_m @ hue_m @ sat * (brightness * contrast).view(n, 1, 1)
 
@@ -77,7 +85,7 @@ class ColorJitterGrayscale(nn.Module):
         gray = torch.rand(n, device=device) < self.grayscale_p
         matrix = color_matrix(b, c, s, h, gray)
         # contrast blends towards the mean gray level of the (brightness-scaled) image
-        mean_gray = (x.mean(dim=(2, 3)) @ torch.tensor(LUMA, device=device)).view(n, 1, 1, 1)
+        mean_gray = (x.mean(dim=(2, 3)) @ _color_constants(device)[0].to(x.dtype)).view(n, 1, 1, 1)
         offset = ((1 - c) * b).view(n, 1, 1, 1) * mean_gray
         out = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset
         return out.clamp_(0, 1)
@@ -141,22 +149,30 @@ class RandomGaussianBlur(nn.Module):
         self.kernel_size, self.sigma, self.p = kernel_size, tuple(sigma), p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, height, width = x.shape
+        n = x.shape[0]
         chosen = torch.rand(n, device=x.device) < self.p
-        if not bool(chosen.any()):
+        sigma = _uniform(n, *self.sigma, x.device)  # drawn for every sample: no data-dependent shapes
+        if x.device.type != "cpu":
+            # blur all and select: picking the chosen samples (nonzero) would wait for the device
+            return torch.where(chosen.view(n, 1, 1, 1), self.blur(x, sigma), x)
+        idx = chosen.nonzero().squeeze(1)  # free on the CPU: blur only the chosen samples
+        if len(idx) == 0:
             return x
-        idx = chosen.nonzero().squeeze(1)
-        sigma = _uniform(len(idx), *self.sigma, x.device)
+        out = x.clone()
+        out[idx] = self.blur(x[idx], sigma[idx])
+        return out
+
+    def blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Blurs sample i of ``x`` (B, C, H, W) with ``sigma[i]`` (reflect padding), one grouped conv per axis."""
+        m, c, height, width = x.shape
         r = self.kernel_size // 2
         taps = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-(taps**2) / (2 * sigma.view(-1, 1).to(x.dtype) ** 2))
         kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (m*c, k)
-        y = x[idx].reshape(1, len(idx) * c, height, width)
+        y = x.reshape(1, m * c, height, width)
         y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, self.kernel_size), groups=len(kernel))
         y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), kernel.view(-1, 1, self.kernel_size, 1), groups=len(kernel))
-        out = x.clone()
-        out[idx] = y.view(len(idx), c, height, width)
-        return out
+        return y.view(m, c, height, width)
 
 
 class RandomSolarize(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,13 +37,28 @@ def cached_arrays(
     images, info = build()
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(folder, key)
         _atomic_write(npy, lambda f: np.save(f, images))
         _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
     except OSError as exc:  # a read-only or full disk must not stop training: warn and go on uncached
         import warnings
 
-        warnings.warn(f"could not write the dataset cache {folder}: {exc}", stacklevel=2)
+        if not meta.is_file():
+            npy.unlink(missing_ok=True)  # never leave images without their metadata
+        warnings.warn(f"could not write the dataset cache {npy}: {exc.strerror or exc}; going on without it", stacklevel=2)
     return images, info
+
+
+STALE_AFTER_S = 3600  # a temporary file this old was left by a killed process, not one still writing
+
+
+def _remove_stale_temp_files(folder: Path, key: str) -> None:
+    for tmp in folder.glob(f".{key}.*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
@@ -50,6 +66,8 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -38,17 +37,17 @@ def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.nd
     path = Path(path)
     try:
         if not path.is_file():
-            raise BadImageError(path, "not a regular file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise BadImageError(path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}")
-                img.load()
-                img = _to_8bit(img, channels)
+            raise BadImageError(path, _not_a_file_reason(path))
+        # The size is checked on the header, before any pixel is decoded. (No warnings.catch_warnings
+        # here: it is not thread-safe, and decode_images runs this in threads.)
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise BadImageError(path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
+            img.load()
+            img = _to_8bit(img, channels)
     except BadImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Exception as exc:  # PIL raises many kinds on broken files; any of them is this file's fault
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from None
     img = _resize_center_crop(img, size)
     arr = np.asarray(img, dtype=np.uint8)
@@ -83,6 +82,16 @@ def decode_images(
             else:
                 skipped.append((str(paths[i]), reason))
     return out[ok], ok, skipped
+
+
+def _not_a_file_reason(path: Path) -> str:
+    if path.is_symlink():
+        return "a broken or looping symbolic link"
+    if path.is_dir():
+        return "a directory, not an image file"
+    if not path.exists():
+        return "no such file (deleted after the folder was listed?)"
+    return "not a regular file"
 
 
 def _to_8bit(img: Image.Image, channels: int) -> Image.Image:

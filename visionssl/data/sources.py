@@ -120,7 +120,10 @@ def imagefolder(
     size = image_size or 224
     listing = hashlib.sha256()
     for p in paths:
-        st = p.stat() if p.exists() else None
+        try:
+            st = p.stat()
+        except OSError:  # gone since the listing, a broken link, a link loop: decoding reports it per file
+            st = None
         listing.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
     key = f"folder-{listing.hexdigest()[:16]}-{size}-{channels}-{int(skip_bad_images)}-v{CACHE_VERSION}"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,19 @@ from torch import nn
 
 CHECKPOINT_FORMAT = "visionssl"
 LAST = "last.pt"
+TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read: truncated, not ours, or carrying code."""
+    """A checkpoint that cannot be read: missing, truncated, not a torch file, or carrying code."""
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never half of one.
+    A crash at any moment leaves either the old file or the new one, never half of one. A failed
+    write (disk full, read-only folder) removes the temporary file, leaves the old ``path`` as it
+    was and raises ``OSError`` naming ``path`` (with the free space when the disk is full).
 
     Example:
         >>> import tempfile, torch
@@ -41,20 +45,104 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         [1.0, 1.0]
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)  # make the rename itself survive a power cut
+    except Exception as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _os_error_in(exc)  # torch reports a failed write as RuntimeError with the OSError as context
+        if cause is None:
+            raise
+        raise OSError(cause.errno, f"could not write {path}: {cause.strerror or cause}{_free_space(path.parent)}") from exc
+    except BaseException:  # KeyboardInterrupt mid-write: no half-written file is left
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Writes a text file atomically (temporary file, fsync, rename), like ``atomic_save``.
+
+    Example:
+        >>> import tempfile
+        >>> atomic_write_text("epochs: 3\\n", tempfile.mkdtemp() + "/config.yaml").read_text()
+        'epochs: 3\\n'
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
+            raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}{_free_space(path.parent)}") from exc
         raise
     return path
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Deletes the temporary files an ``atomic_save(..., path)`` killed mid-write left beside ``path``.
+
+    Only for files one process writes (a run's own checkpoint): another writer's file in progress
+    would be deleted too.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()); (folder / ".last.pt.abc.tmp").write_bytes(b"half")
+        4
+        >>> [p.name for p in remove_stale_temp_files(folder / "last.pt")]
+        ['.last.pt.abc.tmp']
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}")) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _os_error_in(exc: BaseException | None) -> OSError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" ({free / 2**20:.1f} MiB free on that disk)"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every file system can fsync a directory
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -70,13 +158,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
-        raise CheckpointError(
-            f"refusing to load {path}: it holds Python objects other than tensors and plain containers, "
-            f"and unpickling them could run code ({detail or 'unsupported global'})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): {exc}") from None
+        unsafe = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "")
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load {path}: it holds Python objects other than tensors and plain containers, "
+                f"and unpickling them could run code ({unsafe}); load only checkpoints from sources you trust"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint (unsupported pickle content)") from None
+    except Exception as exc:  # damaged bytes make the unpickler fail in many ways (KeyError, EOFError, ...)
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): {detail}") from None
 
 
 def backbone_state_dict(method_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

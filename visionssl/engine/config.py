@@ -45,6 +45,9 @@ class DataConfig:
     image_size: Optional[int] = 36  # side of the uint8 images kept in memory (None: native)
     skip_bad_images: bool = False  # skip unreadable files (reported) instead of stopping
     eval: Optional[str] = None  # labelled dataset for online kNN (None: the train/test splits of `name`)
+    stream: bool = False  # an image folder too large for memory: CPU workers decode + crop each batch (image_size unused)
+    workers: Optional[int] = None  # with stream: decoding processes (None: every core)
+    gpu_decode: bool = False  # with stream on CUDA: decode JPEGs on the GPU (nvJPEG)
 
 
 @dataclass
@@ -56,7 +59,7 @@ class OptimConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     trust_coefficient: float = 0.001  # LARS: the paper's 0.001 for large batches, ~0.02 for small ones
-    batch_size: int = 256
+    batch_size: int = 256  # the GLOBAL batch: under torchrun each of the N processes takes batch_size / N
     warmup_epochs: float = 10.0  # linear warmup, then cosine decay
     final_lr_ratio: float = 0.0  # the cosine schedule ends at lr x final_lr_ratio
     grad_clip: Optional[float] = None  # max gradient norm (None: no clipping)
@@ -70,7 +73,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     deterministic: bool = False  # bit-identical runs (slower on GPU)
     compile: bool = False  # torch.compile the method
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # channels-last tensors (faster convolutions on CUDA and on the CPU)
     log_every: int = 10  # steps between logged metrics (the only host synchronisations)
     knn_every: int = 1  # epochs between online kNN evaluations (0: only at the end, -1: never)
     knn_k: int = 200
@@ -81,6 +84,8 @@ class TrainConfig:
     min_loss_scale: float = 1e-4  # with precision=fp16: warn when the GradScaler's scale falls below this (underflow)
     num_threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
     progress: bool = True  # progress bar
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
+    find_unused_parameters: bool = False  # DDP: only for a method whose forward leaves some parameters unused
 
 
 @dataclass

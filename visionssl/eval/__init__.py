@@ -1,4 +1,23 @@
-"""Evaluation of frozen features: FAISS kNN, linear probe on cached features, feature extraction, benchmarks."""
-from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
+"""Evaluation of frozen features: FAISS kNN, a linear probe with a parallel sweep, cached feature extraction,
+and the checkpoints x datasets benchmark behind ``visionssl benchmark``.
+
+Example:
+    >>> import torch, visionssl as vs
+    >>> from visionssl.data import load_dataset
+    >>> train, test = load_dataset("synthetic:64", "train", 16), load_dataset("synthetic:32", "test", 16)
+    >>> backbone = vs.create_backbone("resnet10t_cifar")
+    >>> (train_x, train_y), (test_x, test_y) = (vs.eval.extract_features(backbone, ds, progress=False) for ds in (train, test))
+    >>> sorted(vs.eval.knn(train_x, train_y, test_x, test_y, k=(10, 20)))
+    ['top1@k10', 'top1@k20', 'top5@k10', 'top5@k20']
+    >>> "top1" in vs.eval.linear_probe(train_x, train_y, test_x, test_y, epochs=5)
+    True
+"""
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
+from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
 from visionssl.eval.linear_probe import linear_probe, linear_probe_classic, stratified_split
+from visionssl.eval.benchmark import run_benchmark  # noqa: E402  (after the functions it uses)
+
+__all__ = [
+    "extract_features", "feature_cache_path", "knn", "knn_predict", "knn_scores", "knn_search", "linear_probe",
+    "linear_probe_classic", "rank_accuracy", "run_benchmark", "stratified_split", "weights_hash",
+]

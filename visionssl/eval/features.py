@@ -199,6 +199,10 @@ def _read_cache(path: Path, n: int) -> torch.Tensor | None:
 
 
 def _write_cache(path: Path, features: torch.Tensor) -> None:
+    """Atomic (an older cache file stays whole); a full or read-only disk only costs the cache: a warning."""
     from visionssl.engine.checkpoint import atomic_save
 
-    atomic_save({"features": features}, path)
+    try:
+        atomic_save({"features": features}, path)
+    except OSError as exc:
+        warnings.warn(f"feature cache not written: {exc.strerror or exc}; going on without it", stacklevel=3)

@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Sequence, Union
 
 import faiss
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 Array = Union[torch.Tensor, np.ndarray]
+Bank = Union[torch.Tensor, np.ndarray, str, os.PathLike]
 INDEXES = ("flat", "ivf", "sharded")
 VOTES = ("weighted", "majority")
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,7 +43,7 @@ __all__ = ["knn", "knn_predict", "knn_search", "knn_scores", "rank_accuracy"]
 
 
 def knn(
-    train_x: Array,
+    train_x: Bank,
     train_y: Array,
     test_x: Array,
     test_y: Array,
@@ -58,8 +61,9 @@ def knn(
     """kNN classification accuracy (percent) of ``test_x`` against the labelled bank ``train_x``.
 
     Args:
-        train_x, test_x: features (N, D) and (Q, D), torch tensors or numpy arrays (a ``numpy.memmap`` bank
-            works with ``index="sharded"`` or ``"ivf"``); they are L2-normalised here (a normalised copy).
+        train_x, test_x: features (N, D) and (Q, D), torch tensors or numpy arrays; they are L2-normalised
+            here (a normalised copy). The bank ``train_x`` may also be the path of a ``.npy`` file: with
+            ``index="sharded"`` or ``"ivf"`` it is read ``shard_size`` rows at a time, never whole.
         train_y, test_y: integer class labels (N,) and (Q,).
         k: number of neighbours, or several: all of them come from ONE search at the largest ``k``.
         temperature: ``T`` of the weighted vote ``exp(similarity / T)``.
@@ -101,7 +105,7 @@ def knn(
 
 
 def knn_predict(
-    train_x: Array,
+    train_x: Bank,
     train_y: Array,
     test_x: Array,
     k: int | Sequence[int] = 200,
@@ -131,6 +135,7 @@ def knn_predict(
         raise ValueError(f"unknown vote {vote!r}; valid: {', '.join(VOTES)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    train_x = _features(train_x, "train_x")
     bank_labels = _labels(train_y, "train_y", len(train_x))
     if num_classes is None:
         num_classes = _num_classes(bank_labels)
@@ -195,7 +200,7 @@ def rank_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float
 
 
 def knn_search(
-    bank: Array,
+    bank: Bank,
     queries: Array,
     k: int,
     *,
@@ -258,9 +263,10 @@ def _ivf_search(
     if gpu:
         ivf = faiss.index_cpu_to_gpu(_gpu_resources(), 0, ivf)
     sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False))
-    ivf.train(_normalized(bank[sample], "train_x"))
+    fresh = isinstance(bank, _NpyRows)  # its rows come as new arrays: normalise them in place
+    ivf.train(_normalized(bank[sample], "train_x", copy=not fresh))
     for start in range(0, n, shard_size):
-        ivf.add(_normalized(bank[start : start + shard_size], "train_x", row_offset=start))
+        ivf.add(_normalized(bank[start : start + shard_size], "train_x", row_offset=start, copy=not fresh))
     ivf.nprobe = nprobe
     return ivf.search(queries, k)
 
@@ -268,7 +274,8 @@ def _ivf_search(
 def _sharded_search(bank: np.ndarray, queries: np.ndarray, k: int, shard_size: int) -> tuple[np.ndarray, np.ndarray]:
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     for start in range(0, len(bank), shard_size):
-        shard = _normalized(bank[start : start + shard_size], "train_x", row_offset=start)
+        shard = _normalized(bank[start : start + shard_size], "train_x", row_offset=start,
+                            copy=not isinstance(bank, _NpyRows))
         sims, ids = faiss.knn(queries, shard, min(k, len(shard)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(sims, ids + start)
     heap.finalize()
@@ -311,7 +318,38 @@ def _gpu_resources():
     return _GPU_RESOURCES
 
 
-def _features(x: Array, name: str) -> np.ndarray:
+class _NpyRows:
+    """The rows of a ``.npy`` file, read on demand: each read maps the file, copies the rows and unmaps it,
+    so a bank larger than memory is never resident."""
+
+    def __init__(self, path: str | os.PathLike, name: str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"{name} file {self.path} does not exist")
+        try:
+            rows = np.load(self.path, mmap_mode="r")
+        except ValueError as exc:
+            raise ValueError(f"{name} file {self.path} is not a .npy array: {exc}") from None
+        self.shape, self.ndim = rows.shape, rows.ndim
+        if rows.dtype.kind != "f":
+            raise ValueError(f"{name} file {self.path} holds {rows.dtype}; features must be floating point")
+        del rows
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        mapped = np.load(self.path, mmap_mode="r")
+        return np.array(mapped[rows], dtype=np.float32, order="C")  # mapping released with `mapped`
+
+
+def _features(x: Bank, name: str) -> np.ndarray | _NpyRows:
+    if isinstance(x, (str, os.PathLike)):
+        x = _NpyRows(x, name)
+    if isinstance(x, _NpyRows):
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(x.shape)}")
+        return x
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float32)
@@ -320,9 +358,11 @@ def _features(x: Array, name: str) -> np.ndarray:
     return x
 
 
-def _normalized(x: np.ndarray, name: str, row_offset: int = 0) -> np.ndarray:
-    """A float32, C-contiguous, L2-normalised copy; NaN or infinite rows are refused."""
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
+def _normalized(x: np.ndarray | _NpyRows, name: str, row_offset: int = 0, copy: bool = True) -> np.ndarray:
+    """Float32, C-contiguous, L2-normalised rows (a copy unless ``copy=False``); NaN or infinite rows are refused."""
+    if isinstance(x, _NpyRows):
+        x, copy = x[:], False
+    out = np.array(x, dtype=np.float32, order="C", copy=copy or None)
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionssl.augment.pretext import color_drop, color_project, context_geometry, context_pairs
+from visionssl.augment.pretext import color_drop, color_project, context_geometry, context_pairs, grid_positions
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
 
@@ -70,6 +70,17 @@ class ContextPrediction(SSLMethod):
         self.color = color
         self.noise_ratio = noise_ratio
         self.classifier = mlp(2 * self.num_features, head_hidden_dim, 8, num_layers=head_layers)
+
+    @staticmethod
+    def check_config(hparams: dict[str, Any], config: Any) -> None:
+        """Called by ``visionssl.engine.config.validate`` before any work starts: the grid must fit the view."""
+        size = config.augment.image_size
+        chosen = (hparams["patch_size"], hparams["gap"], hparams["jitter"])
+        geometry = [auto if v is None else int(v) for auto, v in zip(context_geometry(size), chosen)]
+        try:
+            grid_positions(1, size, *geometry, generator=torch.Generator().manual_seed(0))
+        except ValueError as exc:
+            raise ValueError(f"context (method.patch_size/gap/jitter, augment.image_size={size}): {exc}") from None
 
     def geometry(self, image_size: int) -> tuple[int, int, int]:
         """(patch_size, gap, jitter) used for views of ``image_size`` pixels."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionssl import distributed
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod
 
@@ -191,6 +192,10 @@ class DeepCluster(SSLMethod):
     clusterings, a measure of stability) and ``deepcluster/nmi_labels`` (against the dataset's
     labels, when it has them) with ``trainer.log_scalars``.
 
+    Data-parallel training (torchrun): each rank extracts the features of its block of the training
+    set, rank 0 gathers and clusters them, and broadcasts the assignments: the pseudo-labels (and so
+    the sampling weights and every rank's targets) are identical on all ranks.
+
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
         num_clusters: k (paper: 10000 on ImageNet, about 10x the classes; 100 suits a few thousand images).
@@ -279,10 +284,18 @@ class DeepCluster(SSLMethod):
             return
         if self.num_clusters > n:
             raise ValueError(f"num_clusters={self.num_clusters} is larger than the training set ({n} images)")
-        features = self.extract_features(trainer.train_set.images, trainer.device, _view_size(trainer),
-                                          getattr(trainer.augment, "channels", 3))
-        seed = self.seed + int(self.num_clusterings)
-        assignments, _ = cluster_features(features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed)
+        # data-parallel: each rank extracts its block of the training set, rank 0 clusters them all and
+        # sends the assignments to every rank, so the pseudo-labels are identical everywhere
+        start, stop = distributed.shard_bounds(n)
+        local = self.extract_features(trainer.train_set.images[start:stop], trainer.device, _view_size(trainer),
+                                      getattr(trainer.augment, "channels", 3))
+        features = distributed.gather_rows(local, n, dst=0)
+        assignments = torch.empty(n, dtype=torch.long)
+        if distributed.is_main():
+            seed = self.seed + int(self.num_clusterings)
+            features = features.to(trainer.device)  # PCA on the GPU when there is one
+            assignments, _ = cluster_features(features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed)
+        distributed.broadcast(assignments, src=0)
         scalars = {}
         if self.pseudo_labels.numel() == n:
             scalars["deepcluster/nmi_prev"] = nmi(self.pseudo_labels, assignments)

@@ -75,6 +75,17 @@ class Jigsaw(SSLMethod):
             )
         self.classifier = mlp(grid * grid * tile_dim, head_hidden_dim, num_permutations, num_layers=head_layers)
 
+    @staticmethod
+    def check_config(hparams: dict[str, Any], config: Any) -> None:
+        """Called by ``visionssl.engine.config.validate`` before any work starts: the tiles must fit the view."""
+        size, grid = config.augment.image_size, hparams["grid"]
+        if grid < 2:
+            raise ValueError(f"method.grid={grid} must be >= 2 (a puzzle needs at least 2x2 tiles)")
+        try:
+            jigsaw_tiles(torch.zeros(1, 1, size, size), grid, hparams["tile_size"], jitter=False)
+        except ValueError as exc:
+            raise ValueError(f"jigsaw (method.grid={grid}, method.tile_size, augment.image_size={size}): {exc}") from None
+
     @property
     def num_permutations(self) -> int:
         return self.permutations.shape[0]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionssl import distributed
 from visionssl.losses import infonce_queue
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod
@@ -28,8 +29,13 @@ class MoCo(SSLMethod):
     random unit vectors, as in the paper. The EMA update of the key encoder happens in
     ``on_step_end``, after each optimizer step.
 
-    Shuffle-BN (the paper's fix for BatchNorm leaking information between a query and its key) needs
-    several processes; on one process the key encoder's BatchNorm simply uses the key batch.
+    Data-parallel training (torchrun): the queue receives the keys of every rank, gathered in rank
+    order, so it holds the same keys in the same order as one process training on the global batch
+    (``optim.batch_size``); each rank's queries meet their own keys. Shuffle-BN (the paper's fix for
+    BatchNorm leaking information between a query and its key through the batch statistics): the
+    key encoder sees the global batch in a random order spread over the ranks, and the keys are put
+    back in order afterwards. ``train.sync_bn=true`` is the other fix (statistics over the global
+    batch). On one process neither applies: the key encoder's BatchNorm simply uses the key batch.
 
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
@@ -44,6 +50,7 @@ class MoCo(SSLMethod):
         symmetric: False: view 1 queries, view 2 keys (MoCo v2). True: both views query the other's
             key and the two losses are averaged (MoCo v3 / solo-learn style); the queue still
             receives the keys of view 2 only, so it holds K distinct images.
+        shuffle_bn: under several processes, shuffle the key batch across the ranks (see above).
 
     Example:
         >>> import torch, visionssl as vs
@@ -71,6 +78,7 @@ class MoCo(SSLMethod):
         momentum: float = 0.999,
         final_momentum: float | None = None,
         symmetric: bool = False,
+        shuffle_bn: bool = True,
     ):
         super().__init__(backbone, backbone_kwargs)
         if queue_size < 1:
@@ -79,6 +87,7 @@ class MoCo(SSLMethod):
         self.momentum = momentum
         self.final_momentum = final_momentum
         self.symmetric = symmetric
+        self.shuffle_bn = shuffle_bn
         # MoCo v2's head: fc-ReLU-fc, without BatchNorm
         self.projector = nn.Sequential(
             nn.Linear(self.num_features, proj_hidden_dim), nn.ReLU(inplace=True), nn.Linear(proj_hidden_dim, proj_dim)
@@ -95,22 +104,42 @@ class MoCo(SSLMethod):
         h1 = self.backbone(x1)
         q1 = F.normalize(self.projector(h1), dim=1)
         with torch.no_grad():
-            k2 = self._keys(x2)
+            keys2 = self._keys(x2)  # the keys of every rank's images, in rank order
+        k2 = distributed.local_slice(keys2)
         queue = self.queue.clone()  # the in-place enqueue below must not touch what backward needs
         if self.symmetric:
             q2 = F.normalize(self.projector(self.backbone(x2)), dim=1)
             with torch.no_grad():
-                k1 = self._keys(x1)
+                k1 = distributed.local_slice(self._keys(x1))
             loss = (
                 infonce_queue(q1, k2, queue, self.temperature) + infonce_queue(q2, k1, queue, self.temperature)
             ) / 2
         else:
             loss = infonce_queue(q1, k2, queue, self.temperature)
         if self.training:
-            self.enqueue(k2)
+            self.enqueue(keys2)
         return {"loss": loss, "embedding": h1.detach()}
 
+    @staticmethod
+    def check_config(hparams: dict[str, Any], config: Any) -> None:
+        """Called by ``visionssl.engine.config.validate`` before any work starts: the queue must hold a batch."""
+        queue, batch = hparams["queue_size"], config.optim.batch_size
+        if queue < batch:
+            raise ValueError(
+                f"method.queue_size={queue} is smaller than optim.batch_size={batch}: MoCo's queue must hold at "
+                f"least one batch of keys (the paper: 65536 keys for batches of 256)"
+            )
+
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised keys of every rank's ``x`` (the global batch, in rank order; ``x``'s own on one process)."""
+        if self.shuffle_bn and distributed.world_size() > 1:
+            x_all = distributed.all_gather_no_grad(x)
+            order = distributed.broadcast(torch.randperm(len(x_all), device=x.device))  # rank 0's shuffle
+            keys = distributed.all_gather_no_grad(self._encode_keys(distributed.local_slice(x_all[order])))
+            return torch.empty_like(keys).index_copy_(0, order, keys)  # keys[j] belongs to image order[j]
+        return distributed.all_gather_no_grad(self._encode_keys(x))
+
+    def _encode_keys(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.momentum_projector(self.momentum_backbone(x)), dim=1)
 
     @torch.no_grad()

@@ -15,6 +15,10 @@ from visionssl.methods.base import SSLMethod, mlp
 class SimCLR(SSLMethod):
     """SimCLR with the paper's defaults: a 2-layer MLP head (2048 hidden, 128 out), T = 0.5.
 
+    Under data-parallel training (torchrun) each image is contrasted with the embeddings of the whole
+    global batch, gathered from every rank with gradients, as in the paper; ``train.sync_bn=true``
+    also computes the BatchNorm statistics over the global batch (the paper's global BN).
+
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
         proj_hidden_dim: width of the projection head's hidden layer.
@@ -51,4 +55,5 @@ class SimCLR(SSLMethod):
             raise ValueError(f"SimCLR takes 2 views, got {len(views)}")
         h = self.backbone(torch.cat(views))  # one pass: BN statistics over both views
         z1, z2 = self.projector(h).chunk(2)
-        return {"loss": nt_xent(z1, z2, self.temperature), "embedding": h.detach()}
+        loss = nt_xent(z1, z2, self.temperature, gather_distributed=True)  # negatives from every rank
+        return {"loss": loss, "embedding": h.detach()}

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionssl import distributed
 from visionssl.losses import vicreg
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
@@ -22,6 +23,10 @@ class VICReg(SSLMethod):
     z = expander(backbone(x)) for each view; the loss is ``vs.losses.vicreg(z1, z2)``. The three
     unweighted terms are returned as ``vicreg/invariance``, ``vicreg/variance`` and
     ``vicreg/covariance`` (detached 0-d tensors, logged by the trainer). The paper trains with LARS.
+
+    Data-parallel training (torchrun): the embeddings of every rank are gathered (with gradients)
+    before the loss, so the variance and covariance are those of the global batch, as in the
+    reference code; ``train.sync_bn=true`` does the same for the expander's BatchNorm.
 
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
@@ -68,6 +73,8 @@ class VICReg(SSLMethod):
         x1, x2 = views
         h1 = self.backbone(x1)
         z1, z2 = self.expander(h1), self.expander(self.backbone(x2))
+        # the global batch's statistics: every rank computes the loss of all ranks' embeddings
+        z1, z2 = distributed.all_gather_with_grad(z1), distributed.all_gather_with_grad(z2)
         loss, terms = vicreg(z1, z2, **self.weights, return_terms=True)
         out = {"loss": loss, "embedding": h1.detach()}
         out.update({f"vicreg/{name}": value.detach() for name, value in terms.items()})

@@ -1,0 +1,169 @@
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score, train_test_split
+from sklearn.preprocessing import StandardScaler
+
+import visionssl as vs
+
+probe_module = importlib.import_module("visionssl.eval.linear_probe")  # vs.eval.linear_probe is the function
+
+
+def sklearn_tuned(xtr, ytr, xte, yte, cs=(0.01, 0.1, 1.0, 10.0)):
+    """LogisticRegression on standardised features, C chosen by 3-fold cross-validation on the training split."""
+    scaler = StandardScaler().fit(xtr)
+    a, b = scaler.transform(xtr), scaler.transform(xte)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best_c = max(cs, key=lambda c: cross_val_score(LogisticRegression(C=c, max_iter=1000), a, ytr, cv=3).mean())
+        return 100 * LogisticRegression(C=best_c, max_iter=1000).fit(a, ytr).score(b, yte)
+
+
+def digits():
+    d = load_digits()
+    return train_test_split(d.data.astype("float32"), d.target, test_size=0.25, random_state=0, stratify=d.target)
+
+
+def gaussian_mixture(n=2000, dim=32, classes=10, seed=0):
+    g = np.random.default_rng(seed)
+    centers = g.standard_normal((classes, dim)) * 0.6  # overlapping: about 94% is the best a linear model does
+    y = g.integers(0, classes, n)
+    x = (centers[y] + g.standard_normal((n, dim))).astype("float32")
+    return train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+
+
+@pytest.mark.parametrize("make", [digits, gaussian_mixture])
+def test_accuracy_within_one_point_of_tuned_sklearn_logistic_regression(make):
+    xtr, xte, ytr, yte = make()
+    ours = vs.eval.linear_probe(xtr, ytr, xte, yte)
+    assert abs(ours["top1"] - sklearn_tuned(xtr, ytr, xte, yte)) <= 1.0
+    assert len(ours["sweep"]) == 20 and ours["top5"] >= ours["top1"]
+    assert (ours["lr"], ours["weight_decay"]) in {(s["lr"], s["weight_decay"]) for s in ours["sweep"]}
+    assert ours["val_top1"] == max(s["val_top1"] for s in ours["sweep"])
+
+
+def test_heads_train_independently_each_as_if_alone():
+    xtr, xte, ytr, yte = gaussian_mixture(n=600)
+    options = dict(epochs=30, patience=5, refit=False, batch_size=128)
+    sweep = vs.eval.linear_probe(xtr, ytr, xte, yte, lrs=(0.003, 0.3), weight_decays=(0.0, 0.1), **options)
+    for row in sweep["sweep"]:
+        alone = vs.eval.linear_probe(xtr, ytr, xte, yte, lrs=(row["lr"],), weight_decays=(row["weight_decay"],), **options)
+        assert alone["val_top1"] == pytest.approx(row["val_top1"])
+        assert alone["best_epoch"] == row["best_epoch"]
+    epochs = {row["lr"]: row["best_epoch"] for row in sweep["sweep"]}
+    assert epochs[0.3] < epochs[0.003]  # a larger learning rate peaks earlier: the heads really differ
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_batched_update_equals_torch_optim_per_head(kind):
+    lrs, wds = torch.tensor([0.1, 0.01, 0.3]), torch.tensor([0.0, 0.05, 0.2])
+    torch.manual_seed(0)
+    weight, bias = torch.randn(3, 4, 5), torch.randn(3, 5)
+    grads = [(torch.randn(3, 4, 5), torch.randn(3, 5)) for _ in range(4)]
+    scales = [1.0, 0.8, 0.5, 0.1]  # a schedule
+    params = [weight.clone(), bias.clone()]
+    batched = (probe_module._BatchedSGD if kind == "sgd" else probe_module._BatchedAdamW)(params)
+    for (gw, gb), scale in zip(grads, scales):
+        batched.step(params, [gw, gb], batched.state, lrs * scale, wds)
+    for h in range(3):
+        w, b = weight[h].clone().requires_grad_(), bias[h].clone().requires_grad_()
+        groups = [{"params": [w], "weight_decay": float(wds[h])}, {"params": [b], "weight_decay": 0.0}]
+        lr = float(lrs[h])
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9) if kind == "sgd" else torch.optim.AdamW(groups, lr=lr)
+        for (gw, gb), scale in zip(grads, scales):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+            w.grad, b.grad = gw[h].clone(), gb[h].clone()
+            opt.step()
+        torch.testing.assert_close(params[0][h], w.detach())
+        torch.testing.assert_close(params[1][h], b.detach())
+
+
+def test_written_out_gradient_equals_autograd():
+    """One SGD step without momentum history equals -lr * the autograd gradient of the mean cross entropy."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=g), torch.arange(50) % 3
+    out = vs.eval.linear_probe(x, y, x, y, lrs=(0.5,), weight_decays=(0.0,), epochs=1, batch_size=None,
+                               normalize=None, val_fraction=0.0)
+    w = torch.zeros(6, 3, requires_grad=True)
+    b = torch.zeros(3, requires_grad=True)
+    torch.nn.functional.cross_entropy(x @ w + b, y).backward()
+    expected = ((x @ (-0.5 * w.grad) - 0.5 * b.grad).argmax(1) == y).double().mean() * 100
+    assert out["top1"] == pytest.approx(float(expected))
+
+
+def test_stratified_split_is_seeded_disjoint_and_keeps_class_shares():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20 + [3])
+    keep, held = vs.eval.stratified_split(labels, 0.2, seed=3)
+    assert torch.equal(torch.cat([keep, held]).sort().values, torch.arange(len(labels)))
+    assert labels[held].bincount(minlength=4).tolist() == [10, 6, 4, 0]  # a single-sample class stays in keep
+    again, _ = vs.eval.stratified_split(labels, 0.2, seed=3)
+    other, _ = vs.eval.stratified_split(labels, 0.2, seed=4)
+    assert torch.equal(keep, again) and not torch.equal(keep, other)
+
+
+@pytest.mark.parametrize("options", [dict(normalize="batchnorm"), dict(normalize=None, optimizer="adamw", lrs=(0.01,)),
+                                     dict(batch_size=None), dict(val_fraction=0.0, lrs=(0.1,), weight_decays=(0.0,))])
+def test_variants_learn_an_easy_problem(options):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 4
+    x = 5 + torch.randn(400, 8, generator=g) + 4 * torch.nn.functional.one_hot(y, 8)  # shifted: normalising matters
+    out = vs.eval.linear_probe(x[:300], y[:300], x[300:], y[300:], epochs=20, **options)
+    assert out["top1"] >= 95
+
+
+def test_probe_writes_tensorboard_scalars(tmp_path):
+    x, y = torch.randn(60, 4), torch.arange(60) % 3
+    vs.eval.linear_probe(x, y, x, y, lrs=(0.1,), weight_decays=(0.0, 0.01), epochs=2, log_dir=tmp_path)
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(test_x=torch.zeros(5, 3)), "feature dimensions differ: train_x has 4, test_x has 3"),
+        (dict(train_y=torch.zeros(7, dtype=torch.long)), r"train_y must hold one label per feature row: expected shape \(20,\)"),
+        (dict(train_x=torch.full((20, 4), float("nan"))), "train_x holds NaN or infinite values"),
+        (dict(lrs=(0.1, -1.0)), "learning rates must be > 0"),
+        (dict(weight_decays=(-0.1,)), "weight decays >= 0"),
+        (dict(optimizer="lbfgs"), "unknown optimizer 'lbfgs'; valid: sgd, adamw"),
+        (dict(normalize="whiten"), "unknown normalize 'whiten'; valid: standardize, batchnorm, none"),
+        (dict(val_fraction=0.0), "a sweep of 20 settings needs a validation split"),
+        (dict(val_fraction=1.0), r"val_fraction must be in \[0, 1\)"),
+        (dict(epochs=0), "epochs and patience must be >= 1"),
+        (dict(batch_size=0), "batch_size must be >= 1 or None"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(change, message):
+    args = dict(train_x=torch.randn(20, 4), train_y=torch.arange(20) % 2, test_x=torch.randn(5, 4),
+                test_y=torch.arange(5) % 2)
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        vs.eval.linear_probe(**args)
+
+
+def test_classic_protocol_runs_the_frozen_backbone_every_epoch_and_learns():
+    from visionssl.data import load_dataset
+
+    train, test = load_dataset("synthetic:64", "train", 16), load_dataset("synthetic:32", "test", 16)
+    backbone = vs.create_backbone("resnet10t_cifar").train()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    calls = []
+    backbone.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    out = vs.eval.linear_probe_classic(backbone, train, test, epochs=2, batch_size=32, progress=False)
+    assert calls == [32] + [32, 32] * 2  # the test split once, then 2 steps per epoch on augmented views
+    assert backbone.training  # mode restored
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())  # BN statistics included
+    assert sorted(out) == ["epochs", "history", "lr", "top1", "top5"] and out["lr"] == pytest.approx(0.1 * 32 / 256)
+    assert [h["epoch"] for h in out["history"]] == [1, 2] and out["history"][-1]["top1"] == out["top1"]
+    # raw features of a random network are tiny (std ~0.01 per dimension): a BatchNorm in front makes them learnable
+    learned = vs.eval.linear_probe_classic(backbone, train, test, epochs=6, batch_size=32, lr=0.1, augment=False,
+                                           batchnorm=True, progress=False)
+    assert learned["top1"] > 50  # 4 classes: chance is 25%
+    with pytest.raises(ValueError, match="epochs and batch_size must be >= 1"):
+        vs.eval.linear_probe_classic(backbone, train, test, epochs=0)

@@ -1,0 +1,160 @@
+"""Checkpoints from strangers: a pickle carrying code is refused (the code never runs), damaged files give
+a ``CheckpointError`` naming the file, and ``--resume`` / ``eval --checkpoint`` turn both into one line."""
+import builtins
+import os
+import pickle
+import random
+
+import pytest
+import torch
+
+from visionssl.cli import main
+from visionssl.engine import CheckpointError, Trainer, load_backbone, load_checkpoint, load_config
+
+
+class Payload:
+    """Unpickling this calls ``fn(*args)``: with weights_only=False it would create the marker file."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def payloads(marker):
+    return {
+        "os.system": Payload(os.system, f"touch {marker}"),
+        "builtins.open": Payload(builtins.open, str(marker), "w"),
+        "builtins.exec": Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+    }
+
+
+BACKBONE = """
+from torch import nn
+
+
+def tiny(**kw):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten())
+    net.num_features = 8
+    return net
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A real (tiny) run directory with config.yaml and checkpoints/last.pt."""
+    out, code = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("code") / "tiny_backbone.py"
+    code.write_text(BACKBONE)
+    cfg = load_config("simclr", overrides=[
+        "data.name=synthetic:32", "data.image_size=16", "augment.image_size=16", f"backbone.name={code}:tiny",
+        "optim.batch_size=16", "method.proj_hidden_dim=16", "method.proj_dim=8", "train.epochs=1",
+        "train.knn_every=-1", "train.progress=false", f"out={out}",
+    ])
+    Trainer(cfg).fit()
+    return out
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("fn", ["os.system", "builtins.open", "builtins.exec"])
+@pytest.mark.parametrize("container", ["torch.save", "raw pickle", "inside a real checkpoint"])
+def test_a_pickle_carrying_code_is_refused_and_the_code_never_runs(tmp_path, run_dir, fn, container):
+    marker = tmp_path / "pwned"
+    payload = payloads(marker)[fn]
+    path = tmp_path / "evil.pt"
+    if container == "torch.save":
+        torch.save({"method": {"w": torch.ones(1)}, "x": payload}, path)
+    elif container == "raw pickle":
+        path.write_bytes(pickle.dumps({"x": payload}, protocol=2))
+    else:  # a genuine checkpoint with one extra, poisoned entry deep in its config
+        ckpt = load_checkpoint(run_dir)
+        ckpt["config"]["train"]["note"] = payload
+        torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=rf"refusing to load {path}: .*could run code .*GLOBAL"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_backbone(path)
+    assert not marker.exists()
+    if fn == "builtins.open" and container == "torch.save":  # the payload is live: an unsafe load would run it
+        torch.load(path, weights_only=False)
+        assert marker.exists()
+
+
+def test_the_cli_refuses_a_poisoned_checkpoint_in_one_line(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "visionssl", "x": payloads(marker)["os.system"]}, evil)
+    code, err = cli(capsys, "eval", "knn", "--checkpoint", str(evil), "--data", "synthetic:8", "--no-baseline")
+    assert code == 2 and err.count("\n") == 1 and f"refusing to load {evil}" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["first half", "last 10 bytes cut", "zero bytes", "random bytes", "a text file"])
+def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path, run_dir, damage):
+    data = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    damaged = {
+        "first half": data[: len(data) // 2], "last 10 bytes cut": data[:-10], "zero bytes": b"",
+        "random bytes": random.Random(0).randbytes(4096), "a text file": b"epochs: 3\n",
+    }[damage]
+    path = tmp_path / "last.pt"
+    path.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {path}") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_fuzzed_checkpoints_load_or_fail_with_checkpoint_error_only(tmp_path, run_dir):
+    """60 damaged copies of a real checkpoint: bytes flipped, cut at random places, random garbage."""
+    rng = random.Random(0)
+    data = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    outcomes = {"loaded": 0, "CheckpointError": 0}
+    for i in range(60):
+        kind = i % 3
+        if kind == 0:
+            damaged = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        elif kind == 1:
+            damaged = data[: rng.randrange(len(data))]
+        else:
+            damaged = rng.randbytes(rng.randint(1, 2048))
+        path = tmp_path / f"fuzz{i}.pt"
+        path.write_bytes(bytes(damaged))
+        try:
+            load_checkpoint(path)
+            outcomes["loaded"] += 1  # a flip inside tensor data changes numbers, not structure
+        except CheckpointError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc)
+            outcomes["CheckpointError"] += 1
+    assert outcomes["CheckpointError"] >= 40, outcomes
+
+
+@pytest.mark.parametrize("damage", ["truncated", "poisoned", "another model"])
+def test_resume_from_a_bad_checkpoint_gives_one_line_not_a_traceback(tmp_path, run_dir, capsys, damage):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace(str(run_dir), str(out)))
+    good = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    ckpt_path = out / "checkpoints" / "last.pt"
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        ckpt_path.write_bytes(good[: len(good) * 2 // 3])
+        expected = f"cannot read checkpoint {ckpt_path} (truncated or not a torch file)"
+    elif damage == "poisoned":
+        torch.save({"method": payloads(marker)["builtins.open"]}, ckpt_path)
+        expected = f"refusing to load {ckpt_path}"
+    else:
+        ckpt = load_checkpoint(run_dir)
+        ckpt["method"] = {k: v for k, v in ckpt["method"].items() if not k.startswith("projector")}
+        torch.save(ckpt, ckpt_path)
+        expected = f"cannot resume from {ckpt_path}: it does not match this run's method/backbone/optimizer"
+    code, err = cli(capsys, "pretrain", "--out", str(out), "--resume")
+    assert code == 2, err
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not marker.exists()

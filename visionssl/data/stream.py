@@ -1,0 +1,488 @@
+"""Streaming image folders: training on datasets that do not fit in memory (ImageNet-scale folders).
+
+CPU workers (a torch ``DataLoader``) read each file, decode it and cut every view's random resized crop
+straight to the training size: uint8 out, no float work on the CPU. A JPEG is decoded at a reduced
+scale (libjpeg's DCT scaling) whenever all of its crops stay at least as large as the output. Flip,
+colour, blur, solarisation and normalisation run batched on the device, from the same presets as the
+in-memory path: ``split_preset`` moves each view's crop to the workers and keeps the rest.
+
+With ``gpu_decode`` the workers only read the bytes and draw the crop boxes (from the file header);
+nvJPEG decodes the batch on the GPU (``torchvision.io.decode_jpeg(device="cuda")``) and the crops are
+resized there. Files that are not JPEGs are still decoded by the workers.
+
+From the command line: ``visionssl pretrain --method simclr data.name=/data/imagenet data.stream=true
+augment.image_size=224 data.workers=16`` (``data.gpu_decode=true`` for nvJPEG).
+
+Example:
+    >>> import tempfile, torch, visionssl as vs
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> for c in ("cat", "dog"):
+    ...     for i in range(4):
+    ...         (Path(root) / c).mkdir(exist_ok=True)
+    ...         Image.new("RGB", (48, 40), (60 * i, 100, 0)).save(f"{root}/{c}/{i}.jpg")
+    >>> files = list_image_files(root, split="all")
+    >>> loader, views = stream_loader(files, vs.augment.create("simclr", image_size=16), batch_size=4, num_workers=0)
+    >>> indices, crops = next(iter(loader.epoch(0)))
+    >>> crops.shape, crops.dtype, [tuple(v.shape) for v in views(crops)]
+    (torch.Size([4, 2, 3, 16, 16]), torch.uint8, [(4, 3, 16, 16), (4, 3, 16, 16)])
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from visionssl.augment import MultiView, to_float
+from visionssl.augment.ops import RandomResizedCropFlip
+from visionssl.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, _to_8bit
+from visionssl.data.loader import BatchLoader, prefetch_to_device
+from visionssl.data.sources import stratified_split
+
+logger = logging.getLogger(__name__)
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+# ------------------------------------------------------------------------------------------ file lists
+@dataclass
+class ImageFiles:
+    """The image files of a folder and their labels, listed but not decoded (the streaming ``train_set``).
+
+    Attributes mirror ``ImageDataset``: ``paths``, ``labels``, ``label``, ``classes``, ``name``, ``split``,
+    ``skipped`` (files found unreadable while streaming), ``targets``, ``len()``.
+    """
+
+    paths: list[Path]
+    labels: dict[str, torch.Tensor]
+    label: str | None
+    classes: dict[str, list[str]]
+    name: str
+    split: str = "all"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def targets(self) -> torch.Tensor | None:
+        return self.labels[self.label] if self.label is not None else None
+
+    @property
+    def images(self) -> torch.Tensor:
+        raise AttributeError(
+            f"{self.name} is streamed from its files (data.stream=true): its images are never all in memory. "
+            "This needs the in-memory path (data.stream=false)."
+        )
+
+
+def list_image_files(spec: str, split: str = "train") -> ImageFiles:
+    """Lists a folder in torchvision's ImageFolder layout (``ROOT/<class>/<image>``) without decoding it.
+
+    ``spec`` is a directory or ``imagefolder:PATH``. The split follows ``load_dataset``'s rules: with
+    ``train/`` and ``test/`` (or ``val/``) sub-folders ``split`` picks one, otherwise a seeded, stratified
+    75/25 split of the listed files. Files are listed in a sorted, reproducible order.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp(); (Path(root) / "a").mkdir()
+        >>> for i in range(4):
+        ...     Image.new("L", (8, 8)).save(f"{root}/a/{i}.png")
+        >>> files = list_image_files(root, split="all")
+        >>> len(files), files.classes, [p.name for p in files.paths]
+        (4, {'class': ['a']}, ['0.png', '1.png', '2.png', '3.png'])
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"unknown split {split!r}; valid: train, test, all")
+    name, _, arg = spec.partition(":")
+    root = Path(arg if name == "imagefolder" else spec).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data.stream needs an image folder (a directory or 'imagefolder:PATH'); {root} is not a directory"
+        )
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    presplit = (root / "train").is_dir() and test_dir.is_dir()
+    folder = {"train": root / "train", "test": test_dir}.get(split, root) if presplit else root
+    class_names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_names:
+        raise ValueError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+    paths, targets = [], []
+    for c, class_name in enumerate(class_names):
+        for dirpath, dirnames, files in os.walk(folder / class_name):
+            dirnames.sort()
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(Path(dirpath) / f)
+                    targets.append(c)
+    if not paths:
+        raise ValueError(f"image folder {folder} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
+    y = torch.tensor(targets, dtype=torch.long)
+    if not presplit and split != "all":
+        keep = stratified_split(y.numpy())[0 if split == "train" else 1]
+        paths, y = [paths[i] for i in keep], y[torch.from_numpy(keep)]
+    return ImageFiles(paths, {"class": y}, "class", {"class": class_names}, f"imagefolder:{root}", split)
+
+
+# --------------------------------------------------------------------------- crops on the CPU workers
+class CropSpec(NamedTuple):
+    """One view's random resized crop: output side, area fraction range, aspect-ratio range."""
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+def random_crop_box(
+    width: int, height: int, spec: CropSpec, rng: np.random.Generator, tries: int = 10
+) -> tuple[float, float, float, float]:
+    """(x0, y0, w, h) in pixels, drawn as ``RandomResizedCropFlip`` draws on the device: the first of
+    ``tries`` (area, log-aspect) draws that fits in the image, else the whole image.
+
+    Example:
+        >>> x0, y0, w, h = random_crop_box(100, 50, CropSpec(16, (0.5, 0.5), (1.0, 1.0)), np.random.default_rng(0))
+        >>> round(w * h), x0 + w <= 100 and y0 + h <= 50
+        (2500, True)
+    """
+    area = width * height
+    log_low, log_high = math.log(spec.ratio[0]), math.log(spec.ratio[1])
+    for _ in range(tries):
+        target = area * rng.uniform(*spec.scale)
+        aspect = math.exp(rng.uniform(log_low, log_high))
+        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+        if w <= width and h <= height:
+            return rng.uniform(0, width - w), rng.uniform(0, height - h), w, h
+    return 0.0, 0.0, float(width), float(height)
+
+
+def crop_boxes(width: int, height: int, specs: Sequence[CropSpec], rng: np.random.Generator) -> np.ndarray:
+    """(V, 4) boxes, one per view."""
+    return np.array([random_crop_box(width, height, s, rng) for s in specs], dtype=np.float64)
+
+
+def read_crops(path: str | os.PathLike, specs: Sequence[CropSpec], channels: int, rng: np.random.Generator) -> np.ndarray:
+    """Decodes one file and returns its crops, uint8 (V, channels, S, S); ``BadImageError`` names a bad file.
+
+    The crop is resized with PIL's antialiased bilinear filter. A JPEG is decoded at 1/2, 1/4 or 1/8
+    scale (in the DCT, nearly free) when every crop keeps at least its output size in pixels.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise BadImageError(path, f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
+            boxes = crop_boxes(width, height, specs, rng)
+            if img.format == "JPEG":
+                shrink = min(min(w, h) / s.size for (_, _, w, h), s in zip(boxes, specs))
+                if shrink >= 2:
+                    img.draft("L" if channels == 1 else "RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
+            img.load()
+            img = _to_8bit(img, channels)
+            sx, sy = img.width / width, img.height / height
+            out = np.empty((len(specs), channels, specs[0].size, specs[0].size), dtype=np.uint8)
+            for v, ((x0, y0, w, h), spec) in enumerate(zip(boxes, specs)):
+                box = (x0 * sx, y0 * sy, (x0 + w) * sx, (y0 + h) * sy)
+                crop = np.asarray(img.resize((spec.size, spec.size), Image.BILINEAR, box=box), dtype=np.uint8)
+                out[v] = crop[None] if crop.ndim == 2 else crop.transpose(2, 0, 1)
+            return out
+    except BadImageError:
+        raise
+    except Exception as exc:  # PIL raises many kinds on broken files; any of them is this file's fault
+        raise BadImageError(path, f"{type(exc).__name__}: {exc}") from None
+
+
+class _Item(NamedTuple):
+    index: int
+    crops: np.ndarray | None = None  # decoded on the worker
+    data: torch.Tensor | None = None  # JPEG bytes, decoded on the device (gpu_decode)
+    boxes: np.ndarray | None = None  # their crop boxes
+    error: str | None = None
+
+
+def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])  # crops depend on (seed, epoch, index), not on the worker
+
+
+class _CropFiles(torch.utils.data.Dataset):
+    """Item ``(epoch, index)``: the crops of file ``index``, drawn from a generator seeded by (seed, epoch, index)."""
+
+    def __init__(self, paths: Sequence[Path], specs: Sequence[CropSpec], channels: int, seed: int, gpu_decode: bool):
+        self.paths, self.specs, self.channels, self.seed, self.gpu_decode = list(paths), list(specs), channels, seed, gpu_decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> _Item:
+        epoch, index = key
+        path, rng = self.paths[index], _rng(self.seed, epoch, index)
+        try:
+            if self.gpu_decode:
+                with open(path, "rb") as f:
+                    data = f.read()
+                if data[:3] == JPEG_MAGIC:
+                    with Image.open(path) as img:  # the header only: the size for the boxes
+                        boxes = crop_boxes(img.width, img.height, self.specs, rng)
+                    return _Item(index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8), boxes=boxes)
+            return _Item(index, crops=read_crops(path, self.specs, self.channels, rng))
+        except BadImageError as exc:
+            return _Item(index, error=exc.reason)
+        except OSError as exc:
+            return _Item(index, error=f"{type(exc).__name__}: {exc}")
+
+
+def _collate(items: list[_Item]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, _Item]], list[tuple[int, _Item]]]:
+    """-> (indices, crops decoded on the workers (B, V, C, S, S), [(row, JPEG item)], [(row, bad item)])."""
+    indices = torch.tensor([it.index for it in items], dtype=torch.long)
+    jpegs = [(r, it) for r, it in enumerate(items) if it.data is not None]
+    errors = [(r, it) for r, it in enumerate(items) if it.error is not None]
+    decoded = [(r, it.crops) for r, it in enumerate(items) if it.crops is not None]
+    if not decoded:
+        return indices, torch.empty(0, dtype=torch.uint8), jpegs, errors
+    crops = torch.zeros((len(items), *decoded[0][1].shape), dtype=torch.uint8)
+    for r, c in decoded:
+        crops[r] = torch.from_numpy(c)
+    return indices, crops, jpegs, errors
+
+
+class _EpochBatches:
+    """The batch sampler: the current epoch's batches as (epoch, index) keys (set before each epoch)."""
+
+    def __init__(self) -> None:
+        self.epoch, self.batches = 0, []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter([[(self.epoch, int(i)) for i in b] for b in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+# ------------------------------------------------------------------------------------------ the loader
+class StreamLoader(BatchLoader):
+    """Seeded, resumable batches of ``(indices, uint8 crops (B, V, C, S, S) on the device)`` from image files.
+
+    The order of an epoch is ``BatchLoader``'s (it depends only on ``seed`` and ``epoch``); each image's
+    crops depend only on ``(seed, epoch, index)``, so the batches do not depend on the number of workers
+    and a resumed run sees the same ones. Batches are prefetched by the workers and copied to the device
+    one batch ahead (pinned, on a side CUDA stream).
+
+    Args:
+        files: from ``list_image_files``.
+        crops: one ``CropSpec`` per view (``split_preset`` takes them from an augmentation preset).
+        batch_size, device, seed, shuffle, drop_last, rank, world_size: as ``BatchLoader``.
+        num_workers: decoding processes (default: every core; 0 decodes in this process).
+        channels: 3 (RGB) or 1 (grayscale) crops.
+        gpu_decode: decode JPEGs on the GPU with nvJPEG (CUDA devices only).
+        skip_bad_images: an unreadable file's slot is filled with another image of its batch (every batch
+            keeps its size) and the file is listed in ``files.skipped``; otherwise ``BadImageError`` names it.
+    """
+
+    def __init__(
+        self,
+        files: ImageFiles,
+        crops: Sequence[CropSpec],
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        num_workers: int | None = None,
+        channels: int = 3,
+        gpu_decode: bool = False,
+        skip_bad_images: bool = False,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(files, batch_size, device, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank,
+                         world_size=world_size)
+        if not crops or len({c.size for c in crops}) != 1:
+            raise ValueError(f"crops must be one CropSpec per view, all of one size; got {list(crops)}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if gpu_decode and self.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"gpu_decode needs a CUDA device, got {self.device}")
+        if gpu_decode and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("gpu_decode=True but no CUDA GPU is available")
+        # gpu_decode on a CPU device decodes with torchvision in this process (the same code path, for tests)
+        self.files, self.crops, self.channels = files, list(crops), channels
+        self.gpu_decode, self.skip_bad_images = gpu_decode, skip_bad_images
+        self.num_workers = len(os.sched_getaffinity(0)) if num_workers is None else num_workers
+        self._sampler = _EpochBatches()
+        self._loader: torch.utils.data.DataLoader | None = None
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start, start+1, ...`` of ``epoch``: (indices, uint8 crops (B, V, C, S, S) on the device)."""
+        self._sampler.epoch, self._sampler.batches = epoch, self.batches(epoch, start)
+        if self._loader is None:
+            workers = self.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                _CropFiles(self.files.paths, self.crops, self.channels, self.seed, self.gpu_decode),
+                batch_sampler=self._sampler, num_workers=workers, collate_fn=_collate,
+                pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+        if not self.gpu_decode:
+            host = ((indices, self._fill_bad_rows(indices, crops, errors)) for indices, crops, _, errors in self._loader)
+            yield from prefetch_to_device(host, self.device)
+            return
+        for indices, crops, jpegs, errors in self._loader:
+            yield indices, self._fill_bad_rows(indices, self._decode_on_device(indices, crops, jpegs, errors), errors)
+
+    def _crop_shape(self) -> tuple[int, int, int, int]:
+        size = self.crops[0].size
+        return len(self.crops), self.channels, size, size
+
+    def _fill_bad_rows(self, indices: torch.Tensor, crops: torch.Tensor, errors: list[tuple[int, _Item]]) -> torch.Tensor:
+        """Raises ``BadImageError`` for the first bad file, or (skip_bad_images) refills its row with a good one."""
+        if not errors:
+            return crops
+        rows = [r for r, _ in errors]
+        for r, it in errors:
+            path = str(self.files.paths[it.index])
+            if not self.skip_bad_images:
+                raise BadImageError(path, it.error or "unreadable")
+            self.files.skipped.append((path, it.error or "unreadable"))
+            logger.warning("skipped unreadable image %s (%s)", path, it.error)
+        good = [r for r in range(len(indices)) if r not in set(rows)]
+        if not good:
+            raise BadImageError(self.files.paths[errors[0][1].index], f"every image of its batch is unreadable ({errors[0][1].error})")
+        for k, r in enumerate(rows):
+            substitute = good[k % len(good)]
+            crops[r] = crops[substitute]
+            indices[r] = indices[substitute]
+        return crops
+
+    def _decode_on_device(
+        self, indices: torch.Tensor, crops: torch.Tensor, jpegs: list[tuple[int, _Item]], errors: list[tuple[int, _Item]]
+    ) -> torch.Tensor:
+        """nvJPEG-decodes the batch's JPEGs on the device and resizes their crops there."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2.functional import resized_crop
+
+        out = torch.zeros((len(indices), *self._crop_shape()), dtype=torch.uint8, device=self.device)
+        if crops.numel():
+            out.copy_(crops, non_blocking=True)
+        if not jpegs:
+            return out
+        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
+        device = self.device if self.device.type == "cuda" else "cpu"
+        try:
+            images = decode_jpeg([it.data for _, it in jpegs], mode=mode, device=device)
+        except RuntimeError:  # find the broken file(s): decode one by one
+            images = []
+            for _, it in jpegs:
+                try:
+                    images.append(decode_jpeg(it.data, mode=mode, device=device))
+                except RuntimeError:
+                    images.append(None)
+        for (row, it), image in zip(jpegs, images):
+            if image is None:  # nvJPEG refuses some JPEGs (e.g. CMYK): PIL on the CPU, same crop boxes
+                path = self.files.paths[it.index]
+                try:
+                    epoch = self._sampler.epoch
+                    out[row] = torch.from_numpy(read_crops(path, self.crops, self.channels, _rng(self.seed, epoch, it.index))).to(self.device)
+                except BadImageError as exc:
+                    errors.append((row, it._replace(error=exc.reason)))
+                continue
+            for v, ((x0, y0, w, h), spec) in enumerate(zip(it.boxes, self.crops)):
+                top, left = int(round(y0)), int(round(x0))
+                height, width = max(1, min(int(round(h)), image.shape[1] - top)), max(1, min(int(round(w)), image.shape[2] - left))
+                out[row, v] = resized_crop(image, top, left, height, width, [spec.size, spec.size], antialias=True)
+        return out
+
+
+# ------------------------------------------------------------------------------ the device-side views
+class RandomHorizontalFlip(nn.Module):
+    """Flips each sample left-right with probability ``p`` (the flip of ``RandomResizedCropFlip`` alone).
+
+    Example:
+        >>> RandomHorizontalFlip(p=1.0)(torch.tensor([[[[1.0, 2.0]]]])).tolist()
+        [[[[2.0, 1.0]]]]
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flip = (torch.rand(x.shape[0], device=x.device) < self.p).view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-1), x)
+
+
+class StreamViews(nn.Module):
+    """The device half of a preset: uint8 crops (B, V, C, S, S) -> V normalised views (B, C', S, S).
+
+    View v goes through pipeline v (flip, colour, blur, ... without the crop) and the normalisation;
+    grayscale crops are replicated to the backbone's channels, as ``MultiView`` does.
+    """
+
+    def __init__(self, pipelines: Sequence[nn.Module], channels: int = 3, normalize: nn.Module | None = None):
+        super().__init__()
+        self.pipelines = nn.ModuleList(pipelines)
+        self.channels = channels
+        self.normalize = normalize if normalize is not None else nn.Identity()
+
+    @property
+    def num_views(self) -> int:
+        return len(self.pipelines)
+
+    @torch.no_grad()
+    def forward(self, crops: torch.Tensor) -> list[torch.Tensor]:
+        if crops.ndim != 5 or crops.shape[1] != self.num_views:
+            raise ValueError(f"expected crops (B, {self.num_views}, C, S, S), got shape {tuple(crops.shape)}")
+        return [self.normalize(p(to_float(crops[:, v], self.channels))).contiguous() for v, p in enumerate(self.pipelines)]
+
+
+def split_preset(augment: MultiView) -> tuple[list[CropSpec], StreamViews]:
+    """Splits a preset into the crops the CPU workers cut and the ``StreamViews`` the device applies.
+
+    Each view pipeline must start from a random resized crop (``RandomResizedCropFlip`` of the fused
+    backend, whose flip stays on the device, or Kornia's ``RandomResizedCrop``).
+
+    Example:
+        >>> import visionssl as vs
+        >>> crops, views = split_preset(vs.augment.create("byol", image_size=32))
+        >>> crops[0], views.num_views
+        (CropSpec(size=32, scale=(0.08, 1.0), ratio=(0.75, 1.3333333333333333)), 2)
+    """
+    import kornia.augmentation as K
+
+    specs, pipelines = [], []
+    for view, pipeline in enumerate(augment.pipelines):
+        modules = list(pipeline) if isinstance(pipeline, nn.Sequential) else [pipeline]
+        crop = next((m for m in modules if isinstance(m, (RandomResizedCropFlip, K.RandomResizedCrop))), None)
+        if crop is None:
+            raise ValueError(
+                f"view {view} of this augmentation preset has no random resized crop ({type(pipeline).__name__}); "
+                "data.stream=true moves that crop to the CPU workers, so it needs a crop-based preset "
+                "(simclr, moco, simsiam, byol, vicreg)"
+            )
+        if isinstance(crop, RandomResizedCropFlip):
+            spec, replacement = CropSpec(crop.size, tuple(crop.scale), tuple(crop.ratio)), RandomHorizontalFlip(crop.hflip_p)
+        else:
+            params = crop._param_generator
+            spec, replacement = CropSpec(int(crop.flags["size"][0]), tuple(params.scale), tuple(params.ratio)), nn.Identity()
+        specs.append(spec)
+        pipelines.append(nn.Sequential(*[replacement if m is crop else m for m in modules]))
+    return specs, StreamViews(pipelines, channels=augment.channels, normalize=augment.normalize)
+
+
+def stream_loader(
+    files: ImageFiles, augment: MultiView, batch_size: int, device: str | torch.device = "cpu", **kwargs: Any
+) -> tuple[StreamLoader, StreamViews]:
+    """The streaming pair for a preset: a ``StreamLoader`` cutting its crops and the ``StreamViews`` finishing them.
+
+    ``kwargs`` go to ``StreamLoader`` (seed, num_workers, gpu_decode, skip_bad_images, rank, world_size).
+    Crops are grayscale when the backbone takes one channel, else RGB.
+    """
+    specs, views = split_preset(augment)
+    kwargs.setdefault("channels", 1 if augment.channels == 1 else 3)
+    return StreamLoader(files, specs, batch_size, device, **kwargs), views.to(device)

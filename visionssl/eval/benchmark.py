@@ -1,0 +1,489 @@
+"""``visionssl benchmark knn|linear-probe``: checkpoints x datasets -> tables, plots and a transfer-suite score.
+
+Every checkpoint (a run directory, a checkpoint file, an exported ``.safetensors``, a zoo name, or ``random`` /
+``random:BACKBONE`` for a random-weights baseline) is evaluated on every dataset spec (``elpv``, ``elpv:type``,
+an ImageFolder path, ``cifar10:PATH``, ...) with the test split as queries and the train split as the bank
+(kNN) or the training data (linear probe). Features are cached under ``cache_dir`` (default
+``OUT/feature_cache``), so running the benchmark again, or the other kind, does not run the backbones again.
+
+Outputs under ``out_dir``: ``results.md``, ``results.csv``, ``results.json`` (rows, summary, settings,
+versions), ``accuracy.png`` (top-1 per checkpoint and dataset) and, for runs whose ``metrics.jsonl`` logged
+online kNN, ``knn_over_epochs.png``. The summary gives every checkpoint its mean top-1 over the datasets and
+its mean rank (1 = best on a dataset; ties share the average rank), as SUPERB does for speech.
+
+Example:
+    >>> from visionssl.eval.benchmark import run_benchmark
+    >>> result = run_benchmark("knn", ["runs/demo", "random"], ["elpv", "elpv:type"], "bench")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import platform
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from visionssl.eval.features import extract_features, feature_cache_path, resolve_device
+from visionssl.eval.knn import knn
+from visionssl.eval.linear_probe import linear_probe
+
+KINDS = ("knn", "linear-probe")
+
+__all__ = ["run_benchmark", "summarize", "add_parser", "read_knn_curve", "markdown_table"]
+
+
+def run_benchmark(
+    kind: str,
+    checkpoints: Sequence[str],
+    datasets: Sequence[str | tuple[Any, Any]],
+    out_dir: str | Path,
+    *,
+    image_size: int | None = None,
+    device: str | None = None,
+    batch_size: int = 256,
+    k: int | Sequence[int] = (200, 20),
+    temperature: float = 0.07,
+    probe_options: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    plots: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    command: str | None = None,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Evaluates every checkpoint on every dataset and writes the tables and plots; returns the JSON payload.
+
+    Args:
+        kind: ``"knn"`` or ``"linear-probe"``.
+        checkpoints: run directories, checkpoint files, ``.safetensors`` exports, zoo names, ``random``
+            (random weights of the first checkpoint's backbone) or ``random:BACKBONE``.
+        datasets: ``load_dataset`` specs, or ``(train_set, test_set)`` pairs of ``ImageDataset``.
+        out_dir: where the results go (created).
+        image_size: side of the backbone input (default: the first run's ``augment.image_size``, else 224);
+            images are decoded at 1.125x and resized, as ``visionssl eval`` and the trainer's online kNN do.
+        device: ``"auto"`` (default), ``"cpu"``, ``"cuda"``.
+        batch_size: images per forward pass.
+        k, temperature: kNN neighbours (the first ``k`` is the headline ``top1``) and vote temperature.
+        probe_options: keyword arguments of ``linear_probe`` (``lrs``, ``weight_decays``, ``epochs``, ...).
+        cache_dir: feature cache (default ``out_dir/feature_cache``).
+        plots: write the PNG plots (needs matplotlib).
+        seed: seeds the random-weights baselines.
+        progress: progress bars.
+        command: the command line to record in the results (the CLI passes it).
+        echo: where the terminal table goes.
+
+    Returns:
+        ``{"kind", "rows", "summary", "settings", "files", ...}`` as written to ``results.json``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; valid: {', '.join(KINDS)}")
+    if not checkpoints or not datasets:
+        raise ValueError("give at least one checkpoint and one dataset")
+    ks = [k] if isinstance(k, int) else list(k)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "feature_cache"
+    dev = resolve_device(device)
+    image_size = image_size or _run_image_size(checkpoints) or 224
+    started = time.time()
+
+    data = [_load_data(spec, image_size) for spec in datasets]
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for spec in checkpoints:
+        name, backbone = _load_checkpoint(spec, checkpoints, seed)
+        curve = read_knn_curve(spec) if not str(spec).startswith("random") else []
+        if curve:
+            curves[name] = curve
+        for data_name, train_set, test_set in data:
+            tic = time.perf_counter()
+            cached = all(feature_cache_path(backbone, ds, cache_dir, image_size, dev).is_file()
+                         for ds in (train_set, test_set))
+            (train_x, train_y), (test_x, test_y) = (
+                extract_features(backbone, ds, batch_size, image_size, dev, cache_dir, progress=progress)
+                for ds in (train_set, test_set)
+            )
+            row: dict[str, Any] = {"checkpoint": name, "dataset": data_name, "train": len(train_set),
+                                   "test": len(test_set), "classes": 1 + int(max(train_y.max(), test_y.max()))}
+            if kind == "knn":
+                metrics = knn(train_x, train_y, test_x, test_y, k=[min(kk, len(train_x)) for kk in ks],
+                              temperature=temperature)
+                first = min(ks[0], len(train_x))
+                row.update(top1=metrics[f"top1@k{first}"], top5=metrics[f"top5@k{first}"], **metrics)
+            else:
+                options = {"seed": seed, "progress": progress, "device": dev, **(probe_options or {})}
+                log_dir = out_dir / "tensorboard" / _slug(name) / _slug(data_name)
+                metrics = linear_probe(train_x, train_y, test_x, test_y, log_dir=log_dir, **options)
+                row.update({key: metrics[key] for key in ("top1", "top5", "lr", "weight_decay", "val_top1", "best_epoch")})
+                row["sweep"] = metrics["sweep"]
+            row["features"] = "cached" if cached else "computed"
+            row["seconds"] = round(time.perf_counter() - tic, 3)
+            rows.append(row)
+            echo(f"{name} on {data_name}: top-1 {row['top1']:.2f}%  ({row['features']} features, {row['seconds']:.1f}s)")
+
+    payload: dict[str, Any] = {
+        "kind": kind,
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": round(time.time() - started, 1),
+        "settings": {"image_size": image_size, "device": str(dev), "batch_size": batch_size,
+                     **({"k": ks, "temperature": temperature} if kind == "knn" else {"probe_options": _jsonable(probe_options or {})})},
+        "environment": _environment(dev),
+        "rows": rows,
+        "summary": summarize(rows),
+        "curves": {name: [{"epoch": e, "knn/top1": v} for e, v in curve] for name, curve in curves.items()},
+    }
+    payload["files"] = _write_tables(payload, out_dir)
+    if plots:
+        payload["files"] += _write_plots(payload, out_dir)
+        (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    echo(markdown_table(payload))
+    echo("wrote " + ", ".join(str(out_dir / f) for f in payload["files"]))
+    return payload
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One transfer-suite score per checkpoint: mean top-1 over datasets and mean rank (1 = best).
+
+    Example:
+        >>> rows = [{"checkpoint": "a", "dataset": "x", "top1": 90.0}, {"checkpoint": "b", "dataset": "x", "top1": 80.0},
+        ...         {"checkpoint": "a", "dataset": "y", "top1": 50.0}, {"checkpoint": "b", "dataset": "y", "top1": 50.0}]
+        >>> [(s["checkpoint"], s["mean_top1"], s["mean_rank"]) for s in summarize(rows)]
+        [('a', 70.0, 1.25), ('b', 65.0, 1.75)]
+    """
+    names = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    ranks: dict[str, list[float]] = {n: [] for n in names}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        scores = {r["checkpoint"]: r["top1"] for r in rows if r["dataset"] == dataset}
+        for name, score in scores.items():
+            better = sum(s > score for s in scores.values())
+            equal = sum(s == score for s in scores.values())
+            ranks[name].append(better + (equal + 1) / 2)  # ties share the average of their ranks
+    summary = [
+        {"checkpoint": n, "datasets": len(ranks[n]),
+         "mean_top1": round(sum(r["top1"] for r in rows if r["checkpoint"] == n) / len(ranks[n]), 4),
+         "mean_rank": round(sum(ranks[n]) / len(ranks[n]), 4)}
+        for n in names
+    ]
+    return sorted(summary, key=lambda s: (s["mean_rank"], -s["mean_top1"]))
+
+
+def markdown_table(payload: dict[str, Any]) -> str:
+    """The results (checkpoint x dataset) and the summary as Markdown tables.
+
+    Top-5 shows "-" for datasets of at most 5 classes (it is 100% there); the JSON and CSV keep the number.
+    """
+    kind, rows = payload["kind"], payload["rows"]
+    if kind == "knn":
+        metrics = [c for c in rows[0] if c.startswith("top") and "@" in c]
+        headline = f"top-1 at k={payload['settings']['k'][0]}"
+    else:
+        metrics, headline = ["top1", "top5", "lr", "weight_decay", "val_top1"], "top-1"
+    cols = ["checkpoint", "dataset"] + metrics + ["features"]
+    title = "kNN" if kind == "knn" else "Linear probe"
+    lines = [f"### {title} accuracy (%)", "", _md_row(cols), _md_row(["---"] * len(cols))]
+    for r in rows:
+        few_classes = r.get("classes", 6) <= 5
+        lines.append(_md_row(["-" if few_classes and c.startswith("top5") else _fmt(r.get(c)) for c in cols]))
+    lines += ["", f"### Transfer-suite summary ({headline})", "",
+              _md_row(["checkpoint", "datasets", "mean top-1", "mean rank"]), _md_row(["---"] * 4)]
+    lines += [_md_row([s["checkpoint"], s["datasets"], _fmt(s["mean_top1"]), _fmt(s["mean_rank"])]) for s in payload["summary"]]
+    return "\n".join(lines)
+
+
+def read_knn_curve(spec: str | Path) -> list[tuple[float, float]]:
+    """(epoch, knn/top1) pairs from the ``metrics.jsonl`` of a run directory (or of the run a checkpoint file
+    belongs to); empty when there is none.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> run = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 3.0}) + "\\n"
+        ...                                         + json.dumps({"epoch": 2, "knn/top1": 61.5}) + "\\n")
+        >>> read_knn_curve(run)
+        [(2.0, 61.5)]
+    """
+    path = Path(spec)
+    if not path.exists():
+        return []
+    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
+    for run in candidates:
+        metrics = run / "metrics.jsonl"
+        if metrics.is_file():
+            curve = []
+            for line in metrics.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a killed run
+                if "knn/top1" in record and "epoch" in record:
+                    curve.append((float(record["epoch"]), float(record["knn/top1"])))
+            return curve
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int) -> tuple[str, nn.Module]:
+    from visionssl.backbones import create_backbone
+
+    spec = str(spec)
+    if spec == "random" or spec.startswith("random:"):
+        name, kwargs = spec.partition(":")[2], {}
+        if not name:
+            source = next((s for s in all_specs if not str(s).startswith("random")), None)
+            if source is None:
+                raise ValueError("'random' copies the backbone of the first checkpoint; give one, or use random:BACKBONE")
+            name, kwargs = _backbone_spec(str(source))
+        torch.manual_seed(seed)
+        return f"random ({name})", create_backbone(name, **kwargs)
+    return spec, _load_backbone(spec)
+
+
+def _load_backbone(spec: str) -> nn.Module:
+    try:
+        from visionssl.zoo import load_backbone  # zoo names, .safetensors exports, runs and checkpoint files
+    except ImportError:
+        load_backbone = None
+    if load_backbone is not None:
+        return load_backbone(spec)
+    from visionssl.engine.checkpoint import load_backbone as load_run_backbone
+
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"checkpoint {spec} does not exist (and the model zoo is not available)")
+    return load_run_backbone(spec)
+
+
+def _backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """(backbone name, kwargs) of a checkpoint, without building it."""
+    path = Path(spec)
+    if path.exists() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return meta["backbone"], json.loads(meta.get("backbone_kwargs") or "{}")
+    if path.exists():
+        from visionssl.engine.checkpoint import load_checkpoint
+
+        backbone = load_checkpoint(path)["config"]["backbone"]
+        return backbone["name"], dict(backbone.get("kwargs") or {})
+    from visionssl import zoo
+
+    entry = zoo.info(spec)
+    return entry.backbone, dict(entry.backbone_kwargs or {})
+
+
+def _run_image_size(checkpoints: Sequence[str]) -> int | None:
+    for spec in checkpoints:
+        path = Path(str(spec))
+        if path.exists() and path.suffix != ".safetensors":
+            from visionssl.engine.checkpoint import load_checkpoint
+
+            size = (load_checkpoint(path).get("config", {}).get("augment") or {}).get("image_size")
+            if size:
+                return int(size)
+    return None
+
+
+def _load_data(spec: str | tuple[Any, Any], image_size: int) -> tuple[str, Any, Any]:
+    if not isinstance(spec, str):
+        train_set, test_set = spec
+        return train_set.name, train_set, test_set
+    from visionssl.data import load_dataset
+
+    stored = math.ceil(image_size * 1.125)
+    train_set, test_set = load_dataset(spec, "train", stored), load_dataset(spec, "test", stored)
+    if train_set.targets is None or test_set.targets is None:
+        raise ValueError(f"dataset {spec!r} has no labels to evaluate with")
+    return spec, train_set, test_set
+
+
+# ---------------------------------------------------------------------------------------------------- output
+def _write_tables(payload: dict[str, Any], out_dir: Path) -> list[str]:
+    rows = payload["rows"]
+    header = f"# {payload['kind']} benchmark\n\n"
+    if payload.get("command"):
+        header += f"Made by `{payload['command']}` on {payload['environment']['device']}, {payload['date']}.\n\n"
+    (out_dir / "results.md").write_text(header + markdown_table(payload) + "\n")
+    columns = list(dict.fromkeys(c for r in rows for c in r if c != "sweep"))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    (out_dir / "results.csv").write_text(buf.getvalue())
+    files = ["results.md", "results.csv", "results.json"]
+    (out_dir / "results.json").write_text(json.dumps({**payload, "files": files}, indent=2) + "\n")
+    return files
+
+
+def _write_plots(payload: dict[str, Any], out_dir: Path) -> list[str]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "the benchmark plots need matplotlib: pip install matplotlib (or visionssl[bench]); "
+            "or pass --no-plots (plots=False). The tables were written."
+        ) from None
+    rows, files = payload["rows"], []
+    names = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig = Figure(figsize=(max(6.0, 1.6 * len(datasets) * max(1, len(names)) ** 0.5), 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        scores = {r["dataset"]: r["top1"] for r in rows if r["checkpoint"] == name}
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(datasets))]
+        bars = ax.bar(xs, [scores.get(d, float("nan")) for d in datasets], width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{'kNN' if payload['kind'] == 'knn' else 'linear probe'} top-1 per checkpoint and dataset")
+    fig.legend(loc="outside lower center", ncols=min(3, len(names)), fontsize=8)
+    fig.savefig(out_dir / "accuracy.png", dpi=120)
+    files.append("accuracy.png")
+    if payload["curves"]:
+        fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+        ax = fig.subplots()
+        for name, points in payload["curves"].items():
+            ax.plot([p["epoch"] for p in points], [p["knn/top1"] for p in points], marker="o", label=name)
+        ax.set_xlabel("pretraining epoch")
+        ax.set_ylabel("online kNN top-1 (%)")
+        ax.set_title("kNN accuracy over pretraining (from metrics.jsonl)")
+        fig.legend(loc="outside lower center", ncols=min(3, len(payload["curves"])), fontsize=8)
+        fig.savefig(out_dir / "knn_over_epochs.png", dpi=120)
+        files.append("knn_over_epochs.png")
+    return files
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    import faiss
+
+    import visionssl
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {"device": name, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "visionssl": visionssl.__version__, "torch": torch.__version__, "faiss": faiss.__version__}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _md_row(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.0e}"
+    return "" if value is None else str(value)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "x"
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``benchmark knn`` and ``benchmark linear-probe`` to the ``visionssl`` command line (``run=`` handler)."""
+    bench = subparsers.add_parser(
+        "benchmark", help="kNN / linear-probe benchmark of checkpoints x datasets, with tables and plots",
+        description="Evaluate one or more checkpoints on one or more labelled datasets; print a results table and "
+                    "write results.md/.csv/.json and PNG plots under --out, with a transfer-suite summary "
+                    "(mean top-1 and mean rank per checkpoint). Features are cached, so reruns skip the backbone.",
+    )
+    sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="{knn,linear-probe}")
+    for kind, help_text in (("knn", "FAISS kNN on frozen features"),
+                            ("linear-probe", "linear probe on cached features, learning-rate x weight-decay sweep")):
+        p = sub.add_parser(kind, help=help_text, description=f"{help_text}. " + (bench.description or ""))
+        p.add_argument("--checkpoint", action="append", required=True,
+                       help="run directory, checkpoint file, .safetensors export, zoo name, 'random' (random weights of "
+                            "the first checkpoint's backbone) or 'random:BACKBONE'; repeat for several")
+        p.add_argument("--data", action="append", default=None,
+                       help="labelled dataset spec: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, ...; repeat for a "
+                            "transfer suite (default: elpv)")
+        p.add_argument("--out", default=None, help=f"output directory (default: runs/benchmark-{kind})")
+        p.add_argument("--image-size", type=_positive_int, default=None,
+                       help="backbone input size (default: the first run's augment.image_size, else 224)")
+        p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+        p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
+        p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/feature_cache)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random baselines and the probe's split")
+        p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        if kind == "knn":
+            p.add_argument("--k", type=_positive_int, nargs="+", default=[200, 20],
+                           help="neighbours; several values come from one search, the first is the headline (default: 200 20)")
+            p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default 0.07)")
+        else:
+            p.add_argument("--epochs", type=_positive_int, default=100, help="maximum probe epochs (default 100)")
+            p.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates of the sweep (default: 0.01 0.03 0.1 0.3 1)")
+            p.add_argument("--weight-decays", type=float, nargs="+", default=None,
+                           help="weight decays of the sweep (default: 0 1e-4 1e-3 1e-2)")
+            p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="probe optimizer (default sgd)")
+            p.add_argument("--probe-batch-size", type=_positive_int, default=1024, help="features per probe step (default 1024)")
+        p.set_defaults(run=_run_cli, benchmark_kind=kind)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    probe = None
+    if args.benchmark_kind == "linear-probe":
+        probe = {"epochs": args.epochs, "optimizer": args.optimizer, "batch_size": args.probe_batch_size}
+        if args.lrs:
+            probe["lrs"] = tuple(args.lrs)
+        if args.weight_decays:
+            probe["weight_decays"] = tuple(args.weight_decays)
+    run_benchmark(
+        args.benchmark_kind, args.checkpoint, args.data or ["elpv"], args.out or f"runs/benchmark-{args.benchmark_kind}",
+        image_size=args.image_size, device=args.device, batch_size=args.batch_size,
+        k=getattr(args, "k", (200, 20)), temperature=getattr(args, "temperature", 0.07), probe_options=probe,
+        cache_dir=args.cache_dir, plots=not args.no_plots, seed=args.seed, progress=not args.no_progress,
+        command=_command_line(args),
+    )
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The benchmark command as typed, rebuilt from the parsed options (recorded in the results)."""
+    words = ["visionssl", "benchmark", args.benchmark_kind]
+    words += [w for c in args.checkpoint for w in ("--checkpoint", c)]
+    words += [w for d in args.data or [] for w in ("--data", d)]
+    for option in ("out", "image_size", "device", "batch_size", "cache_dir", "seed", "temperature", "epochs",
+                   "optimizer", "probe_batch_size"):
+        value = getattr(args, option, None)
+        if value is not None:
+            words += [f"--{option.replace('_', '-')}", str(value)]
+    for option in ("k", "lrs", "weight_decays"):
+        if getattr(args, option, None):
+            words += [f"--{option.replace('_', '-')}", *map(str, getattr(args, option))]
+    words += [f"--{flag.replace('_', '-')}" for flag in ("no_plots", "no_progress") if getattr(args, flag)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
