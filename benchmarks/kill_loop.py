@@ -1,13 +1,14 @@
 """Kill loop: interrupt short pretraining runs at random moments, many times, and check that nothing is lost.
 
 Each round is one run of ``visionssl pretrain`` (a tiny backbone on 16 px synthetic images, a checkpoint
-every epoch, CPU, ``--deterministic --threads 1``). The run is interrupted again and again: mostly with
-SIGKILL at a random moment after a checkpoint was written (so often in the middle of writing the next
-one), sometimes with SIGKILL at a uniformly random moment since the process started, and every fifth
-time with SIGTERM (a cluster's preemption: the run saves at the next step and exits 0). After every
+every epoch, CPU, ``--deterministic --threads 1``). The run is interrupted again and again, in turn: with
+SIGKILL as soon as a temporary checkpoint file appears (in the middle of writing a checkpoint), SIGKILL at
+a random moment after a checkpoint was written (twice), SIGKILL at a uniformly random moment since the
+process started, and SIGTERM (a cluster's preemption: the run saves at the next step and exits 0). After every
 interruption the checkpoint must load and must not have gone backwards; the run then continues with
 ``--resume``. When a round's run reaches its last epoch, every tensor of its checkpoint (weights, BatchNorm
-statistics, optimizer state, RNG states) must equal an uninterrupted reference run's.
+statistics, optimizer state, RNG states) must equal an uninterrupted reference run's. (Run it on a code
+base nobody edits meanwhile: a changed source file changes the numbers.)
 
     python benchmarks/kill_loop.py                 # 50 interruptions (about 5 minutes on 2 CPU cores)
     python benchmarks/kill_loop.py --kills 500     # longer
@@ -66,6 +67,10 @@ def same_run(a: dict, b: dict) -> bool:
     return all(same_tensors(a[k], b[k]) for k in ("method", "optimizer", "scaler", "rng", "epoch", "step"))
 
 
+def temporaries(ckpt_path: Path) -> set[str]:
+    return {p.name for p in ckpt_path.parent.glob(f".{ckpt_path.name}.*.tmp")} if ckpt_path.parent.exists() else set()
+
+
 def report_round(round_no: int, ckpt: dict, reference: dict) -> bool:
     differ = [k for k in ("method", "optimizer", "scaler", "rng", "epoch", "step") if not same_tensors(ckpt[k], reference[k])]
     print(f"\nround {round_no}: " + ("bit-identical to the reference run" if not differ else f"DIFFERS in {', '.join(differ)}"))
@@ -89,7 +94,7 @@ def main() -> int:
     subprocess.run(pretrain_args(reference_dir, backbone, args.epochs), check=True, capture_output=True)
     reference = load_checkpoint(reference_dir)
 
-    counts = {"interruptions": 0, "sigkill_after_checkpoint": 0, "sigkill_any_moment": 0, "sigterm": 0,
+    counts = {"interruptions": 0, "sigkill_mid_save": 0, "sigkill_after_checkpoint": 0, "sigkill_any_moment": 0, "sigterm": 0,
               "killed_mid_save": 0, "corrupt_checkpoints": 0, "went_backwards": 0, "sigterm_not_clean": 0,
               "rounds_finished": 0, "rounds_bit_identical": 0}
     started = time.time()
@@ -97,24 +102,29 @@ def main() -> int:
     while counts["interruptions"] < args.kills:
         ckpt_path = out / "checkpoints" / "last.pt"
         before = ckpt_path.stat().st_mtime_ns if ckpt_path.exists() else None
+        stale = temporaries(ckpt_path)  # left by the last kill; the new process deletes them
         proc = subprocess.Popen(pretrain_args(out, backbone, args.epochs) + (["--resume"] if before else []),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         n = counts["interruptions"]
-        how = "sigterm" if n % 5 == 4 else ("sigkill_any_moment" if n % 5 == 2 else "sigkill_after_checkpoint")
+        how = ("sigkill_mid_save", "sigkill_after_checkpoint", "sigkill_any_moment", "sigkill_after_checkpoint", "sigterm")[n % 5]
         if how == "sigkill_any_moment":
             time.sleep(rng.uniform(0, 8.0))
-        else:
+        else:  # wait for this process's first checkpoint
             while proc.poll() is None and (not ckpt_path.exists() or ckpt_path.stat().st_mtime_ns == before):
                 time.sleep(0.002)
-            time.sleep(rng.uniform(0, args.max_delay))
+            if how == "sigkill_mid_save":  # then strike while the next one is being written
+                while proc.poll() is None and not temporaries(ckpt_path) - stale:
+                    time.sleep(0.0002)
+            else:
+                time.sleep(rng.uniform(0, args.max_delay))
         interrupted = proc.poll() is None
         if interrupted:
-            temporaries = list(ckpt_path.parent.glob(".last.pt.*.tmp")) if ckpt_path.parent.exists() else []
             proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
             counts["interruptions"] += 1
             counts[how] += 1
-            counts["killed_mid_save"] += bool(temporaries) and how != "sigterm"
         stdout, _ = proc.communicate()
+        if interrupted:  # a new temporary file left behind: killed while writing a checkpoint
+            counts["killed_mid_save"] += bool(temporaries(ckpt_path) - stale)
         if ckpt_path.exists():
             try:
                 step = load_checkpoint(ckpt_path)["step"]

@@ -63,25 +63,25 @@ def test_heads_train_independently_each_as_if_alone():
 def test_batched_update_equals_torch_optim_per_head(kind):
     lrs, wds = torch.tensor([0.1, 0.01, 0.3]), torch.tensor([0.0, 0.05, 0.2])
     torch.manual_seed(0)
-    weight, bias = torch.randn(3, 4, 5), torch.randn(3, 5)
-    grads = [(torch.randn(3, 4, 5), torch.randn(3, 5)) for _ in range(4)]
+    weight, bias = torch.randn(4, 5, 3), torch.randn(5, 3)  # heads last: (D, C, H) and (C, H)
+    grads = [(torch.randn(4, 5, 3), torch.randn(5, 3)) for _ in range(4)]
     scales = [1.0, 0.8, 0.5, 0.1]  # a schedule
     params = [weight.clone(), bias.clone()]
     batched = (probe_module._BatchedSGD if kind == "sgd" else probe_module._BatchedAdamW)(params)
     for (gw, gb), scale in zip(grads, scales):
         batched.step(params, [gw, gb], batched.state, lrs * scale, wds)
     for h in range(3):
-        w, b = weight[h].clone().requires_grad_(), bias[h].clone().requires_grad_()
+        w, b = weight[..., h].clone().requires_grad_(), bias[..., h].clone().requires_grad_()
         groups = [{"params": [w], "weight_decay": float(wds[h])}, {"params": [b], "weight_decay": 0.0}]
         lr = float(lrs[h])
         opt = torch.optim.SGD(groups, lr=lr, momentum=0.9) if kind == "sgd" else torch.optim.AdamW(groups, lr=lr)
         for (gw, gb), scale in zip(grads, scales):
             for group in opt.param_groups:
                 group["lr"] = lr * scale
-            w.grad, b.grad = gw[h].clone(), gb[h].clone()
+            w.grad, b.grad = gw[..., h].clone(), gb[..., h].clone()
             opt.step()
-        torch.testing.assert_close(params[0][h], w.detach())
-        torch.testing.assert_close(params[1][h], b.detach())
+        torch.testing.assert_close(params[0][..., h], w.detach())
+        torch.testing.assert_close(params[1][..., h], b.detach())
 
 
 def test_written_out_gradient_equals_autograd():

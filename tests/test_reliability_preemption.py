@@ -136,14 +136,18 @@ def test_sigterm_saves_mid_epoch_exits_0_and_the_printed_resume_command_ends_bit
 def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint_and_resume_ends_bit_identical(
     backbone_file, reference, tmp_path
 ):
-    """5 SIGKILLs at random moments after a checkpoint was written (often in the middle of the next
-    save: one is written every ~50 ms); after each the checkpoint loads and has not gone backwards."""
+    """5 SIGKILLs: 3 at random moments after a checkpoint was written, 2 as soon as a temporary checkpoint
+    file appears (in the middle of writing one). After each the checkpoint loads and has not gone back."""
     rng = random.Random(0)
     out, kills, last_step = tmp_path / "run", 0, 0
     ckpt_path = out / "checkpoints" / "last.pt"
     args = ["pretrain", "--out", str(out), *settings(backbone_file)]
+
+    def temporaries():
+        return set(ckpt_path.parent.glob(".last.pt.*.tmp")) if ckpt_path.parent.exists() else set()
+
     while kills < 5:
-        before = ckpt_path.stat().st_mtime_ns if ckpt_path.exists() else None
+        before, stale = (ckpt_path.stat().st_mtime_ns if ckpt_path.exists() else None), temporaries()
         proc = subprocess.Popen([sys.executable, "-m", "visionssl", *args, *(["--resume"] if before else [])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
@@ -151,7 +155,11 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint_and_resume_
             not ckpt_path.exists() or ckpt_path.stat().st_mtime_ns == before
         ):
             time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.15))
+        if kills % 2:  # mid-save: at the next checkpoint's temporary file
+            while proc.poll() is None and time.time() < deadline and not temporaries() - stale:
+                time.sleep(0.0005)
+        else:
+            time.sleep(rng.uniform(0, 0.15))
         if proc.poll() is not None:
             break  # finished before the kill: nothing left to interrupt
         proc.send_signal(signal.SIGKILL)

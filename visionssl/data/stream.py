@@ -29,6 +29,7 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -228,7 +229,7 @@ class _CropFiles(torch.utils.data.Dataset):
                 with open(path, "rb") as f:
                     data = f.read()
                 if data[:3] == JPEG_MAGIC:
-                    with Image.open(path) as img:  # the header only: the size for the boxes
+                    with Image.open(io.BytesIO(data)) as img:  # the header only: the size for the boxes
                         boxes = crop_boxes(img.width, img.height, self.specs, rng)
                     return _Item(index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8), boxes=boxes)
             return _Item(index, crops=read_crops(path, self.specs, self.channels, rng))

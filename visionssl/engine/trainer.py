@@ -129,6 +129,8 @@ class Trainer:
         self.device = distributed.init(resolve_device(cfg.train.device))
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         seed_everything(cfg.train.seed, cfg.train.deterministic)
+        if self.device.type == "cuda" and not cfg.train.deterministic:
+            torch.backends.cudnn.benchmark = True  # views have one fixed size: autotuned convolutions pay off
         self.out = Path(cfg.out) if cfg.out else None
 
         data = cfg.data

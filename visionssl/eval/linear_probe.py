@@ -1,7 +1,7 @@
 """Linear probe: multinomial logistic regression on frozen features, a whole hyperparameter sweep at once.
 
 ``linear_probe`` trains one linear head per (learning rate, weight decay) pair *side by side*: the heads are
-one weight tensor (H, D, C) and a single matrix multiply gives the logits of all of them. The loss is the
+one weight tensor (D, C, H) and a single matrix multiply gives the logits of all of them. The loss is the
 sum over heads of each head's mean cross entropy, so every head gets exactly its own gradient; SGD or AdamW
 then applies each head's own learning rate and weight decay (a batched update written here, as
 ``torch.optim`` would need one parameter group, and one small kernel launch, per head). A stratified, seeded
@@ -170,19 +170,17 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
 
 
 class _Heads:
-    """H linear heads over normalised features: logits (N, H, C) from one matrix multiply."""
+    """H linear heads over normalised features. The weights are one (D, C, H) tensor (heads last, so that a
+    per-head learning rate broadcasts), the biases (C, H)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, normalizer: "_Normalizer"):
         self.weight, self.bias, self.normalizer = weight, bias, normalizer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _logits(self.normalizer(x), self.weight, self.bias)
-
-
-def _logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(N, D) features, (H, D, C) weights, (H, C) biases -> (N, H, C) logits with one matrix multiply."""
-    h, d, c = weight.shape
-    return (x @ weight.permute(1, 0, 2).reshape(d, h * c)).view(-1, h, c) + bias
+        """Logits (N, H, C) of every head, from one matrix multiply."""
+        dim, c, _ = self.weight.shape
+        logits = torch.addmm(self.bias.reshape(1, -1), self.normalizer(x), self.weight.reshape(dim, -1))
+        return logits.view(len(x), c, -1).transpose(1, 2)
 
 
 class _Normalizer:
@@ -213,7 +211,7 @@ class _Sweep:
         return int(top[torch.argmin(self.best_loss[top])])
 
     def best_heads(self, head: int) -> _Heads:
-        return _Heads(self.weight[head : head + 1], self.bias[head : head + 1], self.normalizer)
+        return _Heads(self.weight[..., head : head + 1], self.bias[..., head : head + 1], self.normalizer)
 
 
 @torch.no_grad()
@@ -223,7 +221,7 @@ def _train_heads(
     *, num_classes: int, batch_size: int | None, optimizer: str, normalize: str, seed: int,
     stop_after: int | None = None,
 ) -> _Sweep:
-    """Trains one head per setting. The gradient of softmax cross entropy is written out,
+    """Trains one head per setting. The gradient of the mean softmax cross entropy is written out,
     ``x^T (softmax(logits) - onehot(y)) / B``: no autograd graph, a handful of batched ops per step."""
     from tqdm.auto import tqdm
 
@@ -231,8 +229,9 @@ def _train_heads(
     normalizer = _Normalizer(normalize, x)
     per_batch_norm = normalize == "batchnorm"
     x_norm = x if per_batch_norm else normalizer(x)  # normalised once, not every step
-    weight = torch.zeros(h, dim, c, device=x.device)
-    bias = torch.zeros(h, c, device=x.device)
+    onehot = F.one_hot(y, c).to(x.dtype).unsqueeze(2)  # (N, C, 1)
+    weight = torch.zeros(dim, c, h, device=x.device)
+    bias = torch.zeros(c, h, device=x.device)
     heads = _Heads(weight, bias, normalizer)
     lr_all = torch.tensor([s[0] for s in settings], device=x.device)
     wd_all = torch.tensor([s[1] for s in settings], device=x.device)
@@ -252,43 +251,40 @@ def _train_heads(
             order = torch.randperm(n, generator=g).to(x.device) if batch < n else torch.arange(n, device=x.device)
             live = torch.nonzero(active).flatten()  # stopped heads cost nothing: work on the live ones only
             whole = len(live) == h
-            params = [weight, bias] if whole else [weight[live], bias[live]]
-            state = opt.state if whole else [t[live] for t in opt.state]
+            params = [weight, bias] if whole else [weight[..., live], bias[..., live]]
+            state = opt.state if whole else [t[..., live] for t in opt.state]
             lr, wd = lr_all[live], wd_all[live]
             train_loss = torch.zeros(len(live), device=x.device)
             for start in range(0, n, batch):
                 idx = order[start : start + batch]
                 xb = normalizer(x[idx], train=True) if per_batch_norm else x_norm.index_select(0, idx)
-                yb = y[idx]
                 w, b = params
                 # logits laid out (B, C, H): a softmax over dim 1 is several times faster than over a short last dim
-                probs = torch.addmm(b.T.reshape(1, -1), xb, w.permute(1, 2, 0).reshape(dim, -1)).view(len(idx), c, -1)
-                probs = probs.softmax(1)
+                probs = torch.addmm(b.reshape(1, -1), xb, w.reshape(dim, -1)).view(len(idx), c, -1).softmax(1)
                 if writer is not None:
-                    picked = probs.gather(1, yb.view(-1, 1, 1).expand(-1, 1, len(live))).squeeze(1)
+                    picked = probs.gather(1, y[idx].view(-1, 1, 1).expand(-1, 1, len(live))).squeeze(1)
                     train_loss -= picked.clamp_min(1e-12).log().sum(0) / n
-                probs -= F.one_hot(yb, c).unsqueeze(2)  # now B x dLoss/dlogits
-                probs /= len(idx)
-                grad_w = (xb.T @ probs.view(len(idx), -1)).view(dim, c, -1).permute(2, 0, 1)
-                grad_b = probs.sum(0).T
+                probs -= onehot.index_select(0, idx)  # now B x dLoss/dlogits
+                grad_w = torch.mm(xb.T, probs.view(len(idx), -1)).view_as(w).div_(len(idx))
+                grad_b = probs.sum(0).div_(len(idx))
                 opt.step(params, [grad_w, grad_b], state, lr * (0.5 * (1 + math.cos(math.pi * step / total_steps))), wd)
                 step += 1
             if not whole:
-                weight[live], bias[live] = params
+                weight[..., live], bias[..., live] = params
                 for full, part in zip(opt.state, state):
-                    full[live] = part
+                    full[..., live] = part
             if val is None:
                 continue
             val_logits = heads(val[0])
             val_acc = 100.0 * (val_logits.argmax(-1) == val[1].view(-1, 1)).float().mean(0)
-            val_loss = F.cross_entropy(val_logits.reshape(-1, c), val[1].repeat_interleave(h), reduction="none")
-            val_loss = val_loss.view(-1, h).mean(0)
+            val_loss = F.cross_entropy(val_logits.transpose(1, 2), val[1].view(-1, 1).expand(-1, h), reduction="none")
+            val_loss = val_loss.mean(0)
             # accuracy moves in steps of 1 / len(val): among equal accuracies the lower loss is better
             improved = active & ((val_acc > best_val) | ((val_acc == best_val) & (val_loss < best_loss)))
             best_val = torch.where(improved, val_acc, best_val)
             best_loss = torch.where(improved, val_loss, best_loss)
             best_epoch = torch.where(improved, epoch, best_epoch)
-            best_w[improved], best_b[improved] = weight[improved], bias[improved]
+            best_w[..., improved], best_b[..., improved] = weight[..., improved], bias[..., improved]
             bar.set_postfix(best_val=f"{float(best_val.max()):.2f}", heads=len(live))
             if writer is not None:
                 for j, i in enumerate(live.tolist()):
@@ -305,8 +301,8 @@ def _train_heads(
 
 
 class _BatchedSGD:
-    """SGD with momentum (as ``torch.optim.SGD``) on tensors whose first dimension indexes the heads, with
-    one learning rate and weight decay per head; the first tensor (the weights) is decayed, the rest not."""
+    """SGD with momentum (as ``torch.optim.SGD``) on tensors whose LAST dimension indexes the heads, with one
+    learning rate and weight decay per head; the first tensor (the weights) is decayed, the rest not."""
 
     def __init__(self, params: list[torch.Tensor], momentum: float = 0.9):
         self.momentum = momentum
@@ -315,15 +311,14 @@ class _BatchedSGD:
     @torch.no_grad()
     def step(self, params, grads, state, lr: torch.Tensor, wd: torch.Tensor) -> None:
         for i, (p, g, buf) in enumerate(zip(params, grads, state)):
-            per_head = (-1,) + (1,) * (p.ndim - 1)
-            if i == 0:
-                g = g + wd.view(per_head) * p
             buf.mul_(self.momentum).add_(g)
-            p.addcmul_(buf, lr.view(per_head), value=-1)
+            if i == 0:
+                buf.addcmul_(p, wd)  # L2 weight decay, added to the gradient
+            p.addcmul_(buf, lr, value=-1)
 
 
 class _BatchedAdamW:
-    """AdamW (as ``torch.optim.AdamW``) on tensors whose first dimension indexes the heads, with one learning
+    """AdamW (as ``torch.optim.AdamW``) on tensors whose LAST dimension indexes the heads, with one learning
     rate and (decoupled) weight decay per head; the first tensor (the weights) is decayed, the rest not."""
 
     def __init__(self, params: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -336,13 +331,12 @@ class _BatchedAdamW:
         b1, b2 = self.betas
         moments = zip(state[: len(params)], state[len(params) :])
         for i, (p, g, (m, v)) in enumerate(zip(params, grads, moments)):
-            per_head = (-1,) + (1,) * (p.ndim - 1)
             if i == 0:
-                p.mul_(1 - lr.view(per_head) * wd.view(per_head))
+                p.mul_(1 - lr * wd)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
-            p.sub_(lr.view(per_head) / (1 - b1**self.t) * m / denom)
+            p.sub_(lr / (1 - b1**self.t) * m / denom)
 
 
 def linear_probe_classic(

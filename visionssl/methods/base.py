@@ -25,6 +25,8 @@ class SSLMethod(nn.Module):
         ``on_train_start(trainer)`` / ``on_epoch_start(trainer)``: e.g. DeepCluster's clustering.
         ``on_step_end(step, total_steps)``: e.g. an EMA update of a target network.
         ``sample_weights``: per-sample weights for the next epoch's sampler, or ``None``.
+        ``check_config(hparams, config)`` (staticmethod): raise ``ConfigError`` for a combination the
+        method cannot run (e.g. a queue smaller than the batch); called before any work starts.
     """
 
     augmentation: str = "simclr"
