@@ -5,8 +5,8 @@
    the chunked ``torch.mm`` + top-k of the anchor libraries (LightlySSL's ``knn_predict``, weighted vote).
 2. A 1,000,000 x 512 bank on disk with the IVF index, in a child process whose peak RSS is reported; its
    accuracy is compared with exact (sharded) search on a sample of the queries.
-3. The linear-probe sweep (20 learning-rate x weight-decay settings trained side by side) against ONE
-   scikit-learn ``LogisticRegression`` fit, same standardised features.
+3. The linear-probe sweep (the default 20 learning-rate x weight-decay settings trained side by side, and an
+   8-setting one) against ONE scikit-learn ``LogisticRegression`` fit, same standardised features.
 4. Probe on cached features against the classic protocol (augmented images through the frozen backbone every
    epoch, SGD + cosine, BatchNorm head): wall time until the classic protocol reaches the cached probe's
    accuracy, with a tiny backbone on an elpv subset.
