@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from visionssl.cli import positive_int
 from visionssl.eval.features import extract_features, feature_cache_path, resolve_device
 from visionssl.eval.knn import knn
 from visionssl.eval.linear_probe import linear_probe
@@ -422,25 +423,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="labelled dataset spec: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, ...; repeat for a "
                             "transfer suite (default: elpv)")
         p.add_argument("--out", default=None, help=f"output directory (default: runs/benchmark-{kind})")
-        p.add_argument("--image-size", type=_positive_int, default=None,
+        p.add_argument("--image-size", type=positive_int, default=None,
                        help="backbone input size (default: the first run's augment.image_size, else 224)")
         p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
-        p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
+        p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
         p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/feature_cache)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random baselines and the probe's split")
         p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if kind == "knn":
-            p.add_argument("--k", type=_positive_int, nargs="+", default=[200, 20],
+            p.add_argument("--k", type=positive_int, nargs="+", default=[200, 20],
                            help="neighbours; several values come from one search, the first is the headline (default: 200 20)")
             p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default 0.07)")
         else:
-            p.add_argument("--epochs", type=_positive_int, default=100, help="maximum probe epochs (default 100)")
+            p.add_argument("--epochs", type=positive_int, default=100, help="maximum probe epochs (default 100)")
             p.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates of the sweep (default: 0.01 0.03 0.1 0.3 1)")
             p.add_argument("--weight-decays", type=float, nargs="+", default=None,
                            help="weight decays of the sweep (default: 0 1e-4 1e-3 1e-2)")
             p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="probe optimizer (default sgd)")
-            p.add_argument("--probe-batch-size", type=_positive_int, default=1024, help="features per probe step (default 1024)")
+            p.add_argument("--probe-batch-size", type=positive_int, default=1024, help="features per probe step (default 1024)")
         p.set_defaults(run=_run_cli, benchmark_kind=kind)
 
 
@@ -477,13 +478,3 @@ def _command_line(args: argparse.Namespace) -> str:
             words += [f"--{option.replace('_', '-')}", *map(str, getattr(args, option))]
     words += [f"--{flag.replace('_', '-')}" for flag in ("no_plots", "no_progress") if getattr(args, flag)]
     return " ".join(shlex.quote(w) for w in words)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
