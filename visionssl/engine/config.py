@@ -70,7 +70,7 @@ class TrainConfig:
     epochs: int = 100
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with hardware bf16, else fp32) | fp32 | bf16 | fp16
     deterministic: bool = False  # bit-identical runs (slower on GPU)
     compile: bool = False  # torch.compile the method
     channels_last: bool = True  # channels-last tensors (faster convolutions on CUDA and on the CPU)

@@ -9,6 +9,7 @@ Everything a run produces lives in its run directory::
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -55,6 +56,36 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device={name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX; read from /proc/cpuinfo).
+
+    On such CPUs oneDNN's bf16 convolutions are 1.5-2x faster than fp32; elsewhere bf16 is emulated
+    and slower, so ``train.precision=auto`` keeps fp32 there.
+
+    Example:
+        >>> isinstance(cpu_computes_bf16(), bool)
+        True
+    """
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:  # not Linux
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA and on CPUs with hardware bf16 (``cpu_computes_bf16``), else fp32.
+
+    Example:
+        >>> resolve_precision("fp32", torch.device("cuda")), resolve_precision("auto", torch.device("cuda"))
+        ('fp32', 'bf16')
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_computes_bf16()) else "fp32"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -198,10 +229,7 @@ class Trainer:
             self.method.param_groups(cfg.optim.weight_decay), cfg.optim.name, lr=self.lr,
             momentum=cfg.optim.momentum, betas=tuple(cfg.optim.betas), trust_coefficient=cfg.optim.trust_coefficient,
         )
-        precision = cfg.train.precision
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        self.precision = precision
+        self.precision = precision = resolve_precision(cfg.train.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.metrics: dict[str, float] = {}
