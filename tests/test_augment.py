@@ -21,12 +21,16 @@ def test_views_differ_per_sample_and_per_view():
     assert not torch.allclose(v1[0], v1[1])  # per-sample random parameters within one batch
 
 
+def aug_crop(aug):
+    return aug.pipelines[0][0]
+
+
 def test_simclr_preset_follows_image_size():
     small = vs.augment.create("simclr", image_size=32)
     large = vs.augment.create("simclr", image_size=96)
     names = lambda aug: [type(m).__name__ for m in aug.pipelines[0]]
-    assert "RandomGaussianBlur" not in names(small) and "RandomGaussianBlur" in names(large)
-    assert names(small) == ["RandomResizedCropFlip", "ColorJitterGrayscale"]
+    assert names(small) == names(large) == ["RandomResizedCropFlip", "ColorJitterGrayscale"]
+    assert aug_crop(small).blur is None and aug_crop(large).blur.p == 0.5  # the fused blur sits in the crop
     kornia = vs.augment.create("simclr", image_size=96, backend="kornia")
     assert names(kornia) == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale", "RandomGaussianBlur"]
 

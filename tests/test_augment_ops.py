@@ -1,9 +1,10 @@
 """The hand-written batched ops against torchvision's functional reference, op by op."""
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from visionssl.augment.ops import ColorJitterGrayscale, RandomGaussianBlur, RandomResizedCropFlip, color_matrix
+from visionssl.augment.ops import ColorJitterGrayscale, RandomGaussianBlur, RandomResizedCropFlip, color_matrix, resize_matrices
 
 
 def apply(matrix, x, offset=0.0):
@@ -77,3 +78,57 @@ def test_blur_matches_torchvision_for_the_drawn_sigma():
     assert torch.allclose(out, expected, atol=1e-5)
     with pytest.raises(ValueError, match="odd"):
         RandomGaussianBlur(4)
+
+
+def grid_sample_crop(x, boxes, hflip, vflip, size):
+    """The reference: one bilinear grid_sample per batch (border padding) over each box, flips by sign."""
+    n, _, height, width = x.shape
+    x0, y0, w, h = boxes.unbind(1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = w / width * torch.where(hflip, -1.0, 1.0)
+    theta[:, 0, 2] = (2 * x0 + w) / width - 1
+    theta[:, 1, 1] = h / height * torch.where(vflip, -1.0, 1.0)
+    theta[:, 1, 2] = (2 * y0 + h) / height - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def test_separable_crop_equals_grid_sample_with_both_flips():
+    x = torch.rand(64, 3, 40, 30)
+    op = RandomResizedCropFlip(16, scale=(0.08, 1.0), hflip_p=0.5, vflip_p=0.5)
+    torch.manual_seed(3)
+    out = op(x)
+    torch.manual_seed(3)  # the same draws, in the same order: boxes, horizontal, vertical flips
+    boxes = op.boxes(64, 40, 30, x.device)
+    hflip, vflip = torch.rand(64) < 0.5, torch.rand(64) < 0.5
+    assert hflip.any() and (~hflip).any() and vflip.any() and (~vflip).any()
+    assert torch.allclose(out, grid_sample_crop(x, boxes, hflip, vflip, 16), atol=1e-5)
+
+
+def test_resize_matrices_rows_are_bilinear_weights():
+    R = resize_matrices(torch.tensor([2.0, 0.0]), torch.tensor([4.0, 8.0]), 8, 4, flip=torch.tensor([False, True]))
+    assert torch.allclose(R.sum(2), torch.ones(2, 4))
+    assert torch.equal(R[0], torch.eye(8)[2:6])  # a 4-pixel segment at 4 outputs: a copy
+    assert torch.allclose(R[1], 0.5 * (torch.eye(8)[0::2] + torch.eye(8)[1::2]).flip(0))  # halved, mirrored
+
+
+def test_fused_blur_equals_crop_then_blur():
+    x = torch.rand(8, 3, 40, 40)
+    fused = RandomResizedCropFlip(24, blur_p=1.0, blur_kernel=5, blur_sigma=(0.5, 1.5))
+    torch.manual_seed(9)
+    out = fused(x)
+    torch.manual_seed(9)
+    cropped = RandomResizedCropFlip(24)(x)  # the same box and flip draws
+    torch.rand(8)  # blur's choice
+    sigma = torch.empty(8).uniform_(0.5, 1.5)
+    expected = torch.stack([TF.gaussian_blur(cropped[i], [5, 5], [float(sigma[i])] * 2) for i in range(8)])
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_uncropped_keeps_flips_and_blur_only():
+    op = RandomResizedCropFlip(8, scale=(0.1, 0.2), hflip_p=1.0, blur_p=0.3, blur_kernel=3)
+    plain = op.uncropped()
+    assert plain.blur is op.blur and (plain.scale, plain.ratio) == ((1.0, 1.0), (1.0, 1.0))
+    plain.blur = None
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(plain(x), x.flip(-1), atol=1e-6)

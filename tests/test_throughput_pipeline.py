@@ -216,7 +216,7 @@ def test_stream_views_replicate_grayscale_and_only_flip_without_colour():
     augment = vs.augment.create("simclr", image_size=8, channels=3)
     _, views = split_preset(augment)
     for pipeline in views.pipelines:  # keep the flip only: colour ops off
-        pipeline[0].p = 1.0
+        pipeline[0].hflip_p = 1.0  # the crop without cropping: flips (and blur) only
         pipeline[1].p, pipeline[1].grayscale_p = 0.0, 0.0
     crops = torch.randint(0, 256, (2, 2, 1, 8, 8), dtype=torch.uint8)
     flipped = crops.flip(-1).float().div(255).expand(-1, -1, 3, -1, -1)

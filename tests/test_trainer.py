@@ -93,3 +93,24 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     assert a["step"] == b["step"] == epochs * 3
     for key in a["method"]:
         assert torch.equal(a["method"][key], b["method"][key]), key
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu_follows_hardware_bf16(monkeypatch, tmp_path, native_bf16, expected):
+    from visionssl.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_computes_bf16", lambda: native_bf16)
+    assert trainer_module.resolve_precision("auto", torch.device("cpu")) == expected
+    assert trainer_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert trainer_module.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    t = Trainer(tiny_config(tmp_path, "train.device=cpu"))
+    assert t.precision == expected
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    from pathlib import Path
+
+    from visionssl.engine.trainer import cpu_computes_bf16
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert cpu_computes_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

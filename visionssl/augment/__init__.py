@@ -78,7 +78,7 @@ class Normalize(nn.Module):
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         if x.shape[1] == 1:
             mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
-        return (x - mean) / std
+        return (x - mean).div_(std)
 
 
 class MultiView(nn.Module):
@@ -102,8 +102,7 @@ class MultiView(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        # channels_last: grid_sample (the crop) runs ~1.6x faster on it on CPU; converted once for all views
-        x = to_float(images, self.channels).contiguous(memory_format=torch.channels_last)
+        x = to_float(images, self.channels)
         return [self.normalize(p(x)).contiguous() for p in self.pipelines]
 
 

@@ -87,23 +87,71 @@ class ColorJitterGrayscale(nn.Module):
         # contrast blends towards the mean gray level of the (brightness-scaled) image
         mean_gray = (x.mean(dim=(2, 3)) @ _color_constants(device)[0].to(x.dtype)).view(n, 1, 1, 1)
         offset = ((1 - c) * b).view(n, 1, 1, 1) * mean_gray
-        out = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset
-        return out.clamp_(0, 1)
+        out = torch.baddbmm(offset.view(n, 1, 1), matrix.to(x.dtype), x.reshape(n, 3, -1))
+        return out.clamp_(0, 1).view_as(x)
+
+
+def resize_matrices(
+    start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample (n, out_size, in_size) bilinear resampling matrices along one axis.
+
+    Row i of matrix k holds the weights with which output pixel i reads the input segment
+    ``[start[k], start[k] + length[k])`` (pixel centres, ``align_corners=False``, edge pixels repeated),
+    in reverse order where ``flip[k]``: exactly what ``grid_sample`` computes along that axis.
+
+    Example:
+        >>> R = resize_matrices(torch.tensor([0.0]), torch.tensor([4.0]), 4, 2)
+        >>> R[0].tolist()
+        [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
+    """
+    j = torch.arange(out_size, device=start.device, dtype=torch.float32) + 0.5
+    if flip is not None:
+        j = torch.where(flip.view(-1, 1), out_size - j, j)
+    pos = (start.view(-1, 1) + j * (length.view(-1, 1) / out_size) - 0.5).clamp(0, in_size - 1)
+    low = pos.floor()
+    frac = (pos - low).unsqueeze(2)
+    low = low.long().unsqueeze(2)
+    out = torch.zeros(len(start), out_size, in_size, device=start.device)
+    return out.scatter_add_(2, low, 1 - frac).scatter_add_(2, (low + 1).clamp(max=in_size - 1), frac)
+
+
+def separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows[k] @ x[k, c] @ cols[k]^T`` for every sample k and channel c: a separable linear map per image.
+
+    Example:
+        >>> x = torch.rand(2, 3, 5, 4)
+        >>> torch.allclose(separable(x, torch.eye(5).expand(2, 5, 5), torch.eye(4).expand(2, 4, 4)), x)
+        True
+    """
+    n, c, height, width = x.shape
+    y = x.reshape(n, c * height, width) @ cols.transpose(1, 2).to(x.dtype)  # along the width
+    return rows.unsqueeze(1).to(x.dtype) @ y.view(n, c, height, -1)  # along the height
 
 
 class RandomResizedCropFlip(nn.Module):
-    """Random resized crop (torchvision's sampling of scale and ratio) and horizontal flip, in one
-    bilinear ``grid_sample`` for the whole batch.
+    """Random resized crop (torchvision's sampling of scale and ratio), flips and an optional Gaussian
+    blur, all in one per-sample separable resampling: two batched matrix products per view.
+
+    Bilinear resampling is separable, so the crop and resize of sample k along each axis is a small
+    matrix; a flip reverses its rows, and a blur of the output (``blur_p`` > 0: a Gaussian with sigma
+    drawn from ``blur_sigma``, SimCLR's kernel of ``blur_kernel`` taps, reflect padding) multiplies it
+    from the left. Resampling equals ``grid_sample`` (bilinear, border) to float precision; on a CPU
+    the products are faster than ``grid_sample`` and make the blur free. Moving the blur before the
+    colour ops of a recipe changes nothing (both are linear) except at pixels the colour ops clip.
 
     Example:
-        >>> RandomResizedCropFlip(16)(torch.rand(4, 3, 40, 30)).shape
+        >>> RandomResizedCropFlip(16, blur_p=0.5)(torch.rand(4, 3, 40, 30)).shape
         torch.Size([4, 3, 16, 16])
     """
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 hflip_p: float = 0.5, tries: int = 10):
+                 hflip_p: float = 0.5, tries: int = 10, vflip_p: float = 0.0, blur_p: float = 0.0,
+                 blur_kernel: int = 3, blur_sigma: tuple[float, float] = (0.1, 2.0)):
         super().__init__()
         self.size, self.scale, self.ratio, self.hflip_p, self.tries = size, tuple(scale), tuple(ratio), hflip_p, tries
+        self.vflip_p = vflip_p
+        self.blur = RandomGaussianBlur(blur_kernel, blur_sigma, p=blur_p) if blur_p > 0 else None
 
     def boxes(self, n: int, height: int, width: int, device: torch.device) -> torch.Tensor:
         """(n, 4) crop boxes (x0, y0, w, h) in pixels; the first of ``tries`` draws that fits, else the whole image."""
@@ -121,17 +169,24 @@ class RandomResizedCropFlip(nn.Module):
         y0 = torch.rand(n, device=device) * (height - h)
         return torch.stack([x0, y0, w, h], 1)
 
+    def uncropped(self) -> "RandomResizedCropFlip":
+        """The same flips and blur without the crop, for images already cut to ``size`` (streaming)."""
+        op = RandomResizedCropFlip(self.size, (1.0, 1.0), (1.0, 1.0), self.hflip_p, 1, self.vflip_p)
+        op.blur = self.blur
+        return op
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
-        x0, y0, w, h = self.boxes(n, height, width, x.device).unbind(1)
-        flip = torch.where(torch.rand(n, device=x.device) < self.hflip_p, -1.0, 1.0)
-        theta = torch.zeros(n, 2, 3, device=x.device)
-        theta[:, 0, 0] = w / width * flip
-        theta[:, 0, 2] = (2 * x0 + w) / width - 1
-        theta[:, 1, 1] = h / height
-        theta[:, 1, 2] = (2 * y0 + h) / height - 1
-        grid = F.affine_grid(theta.to(x.dtype), [n, x.shape[1], self.size, self.size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        device = x.device
+        x0, y0, w, h = self.boxes(n, height, width, device).unbind(1)
+        hflip = torch.rand(n, device=device) < self.hflip_p
+        vflip = torch.rand(n, device=device) < self.vflip_p if self.vflip_p > 0 else None
+        rows = resize_matrices(y0, h, height, self.size, vflip)
+        cols = resize_matrices(x0, w, width, self.size, hflip)
+        if self.blur is not None:
+            blur = self.blur.matrices(n, self.size, device)
+            rows, cols = blur @ rows, blur @ cols
+        return separable(x, rows, cols)
 
 
 def blur_matrices(sigma: torch.Tensor, size: int, kernel_size: int) -> torch.Tensor:
@@ -173,12 +228,16 @@ class RandomGaussianBlur(nn.Module):
 
     def blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Blurs every image of ``x`` (n, c, h, w) with its own ``sigma`` (n,)."""
-        n, c, height, width = x.shape
+        height, width = x.shape[-2:]
         k = min(self.kernel_size, 2 * min(height, width) - 1)  # reflect padding needs the kernel inside the image
-        rows = blur_matrices(sigma, width, k).to(x.dtype)
-        cols = blur_matrices(sigma, height, k).to(x.dtype)
-        y = x.reshape(n, c * height, width) @ rows.transpose(1, 2)  # along the width
-        return cols.unsqueeze(1) @ y.view(n, c, height, width)  # along the height
+        return separable(x, blur_matrices(sigma, height, k), blur_matrices(sigma, width, k))
+
+    def matrices(self, n: int, size: int, device: torch.device) -> torch.Tensor:
+        """(n, size, size) blur matrices of a square image, drawn as ``forward`` draws (identity where not chosen)."""
+        chosen = torch.rand(n, device=device) < self.p
+        sigma = _uniform(n, *self.sigma, device)
+        blur = blur_matrices(sigma, size, min(self.kernel_size, 2 * size - 1))
+        return torch.where(chosen.view(n, 1, 1), blur, torch.eye(size, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

@@ -7,7 +7,7 @@ import kornia.augmentation as K
 from torch import nn
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
-from visionssl.augment.ops import ColorJitterGrayscale, RandomGaussianBlur, RandomResizedCropFlip, RandomSolarize
+from visionssl.augment.ops import ColorJitterGrayscale, RandomResizedCropFlip, RandomSolarize
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -25,6 +25,7 @@ def simclr_view(
     blur_p: float = 0.5,
     solarize_p: float = 0.0,
     hflip_p: float = 0.5,
+    vflip_p: float = 0.0,
     jitter: tuple[float, float, float, float] | None = None,
     backend: str = "fused",
 ) -> nn.Module:
@@ -34,8 +35,9 @@ def simclr_view(
     (the paper uses s = 1 on ImageNet and 0.5 on CIFAR). Set ``blur_p = 0`` for small images.
     ``jitter`` = (brightness, contrast, saturation, hue) sets the four strengths directly and
     overrides ``jitter_strength`` (e.g. BYOL's (0.4, 0.4, 0.2, 0.1)).
-    ``backend``: "fused" (``visionssl.augment.ops``: crop+flip in one ``grid_sample``, the colour ops as
-    one per-sample matrix; the fastest) or "kornia" (the same recipe as Kornia modules).
+    ``vflip_p`` adds vertical flips (for images with no up and down, e.g. solar cells or micrographs).
+    ``backend``: "fused" (``visionssl.augment.ops``: crop, flips and blur in one separable resampling,
+    the colour ops as one per-sample matrix; the fastest) or "kornia" (the same recipe as Kornia modules).
 
     Example:
         >>> import torch
@@ -47,11 +49,10 @@ def simclr_view(
     kernel = blur_kernel_size(image_size)
     if backend == "fused":
         ops: list[nn.Module] = [
-            RandomResizedCropFlip(image_size, scale=tuple(scale), hflip_p=hflip_p),
+            RandomResizedCropFlip(image_size, scale=tuple(scale), hflip_p=hflip_p, vflip_p=vflip_p, blur_p=blur_p,
+                                  blur_kernel=kernel, blur_sigma=(0.1, 2.0)),
             ColorJitterGrayscale(brightness, contrast, saturation, hue, p=jitter_p, grayscale_p=grayscale_p),
         ]
-        if blur_p > 0:
-            ops.append(RandomGaussianBlur(kernel, (0.1, 2.0), p=blur_p))
         if solarize_p > 0:
             ops.append(RandomSolarize(0.5, p=solarize_p))
         return nn.Sequential(*ops)
@@ -60,6 +61,7 @@ def simclr_view(
     ops = [
         K.RandomResizedCrop((image_size, image_size), scale=scale),
         K.RandomHorizontalFlip(p=hflip_p),
+        *([K.RandomVerticalFlip(p=vflip_p)] if vflip_p > 0 else []),
         K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_p),
         K.RandomGrayscale(p=grayscale_p),
     ]
@@ -77,15 +79,17 @@ def simclr(
     scale: tuple[float, float] = (0.08, 1.0),
     jitter_strength: float | None = None,
     blur_p: float | None = None,
+    vflip_p: float = 0.0,
     num_views: int = 2,
     backend: str = "fused",
     **_: Any,
 ) -> MultiView:
     """SimCLR's two views. Below 64 px: jitter strength 0.5 and no blur (the paper's CIFAR recipe);
-    from 64 px: strength 1.0 and blur with p = 0.5 (its ImageNet recipe). Either can be set.
+    from 64 px: strength 1.0 and blur with p = 0.5 (its ImageNet recipe). Either can be set;
+    ``vflip_p`` adds vertical flips (images without an up and a down).
     """
     small = image_size < 64
     s = jitter_strength if jitter_strength is not None else (0.5 if small else 1.0)
     p = blur_p if blur_p is not None else (0.0 if small else 0.5)
-    views = [simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p, backend=backend) for _ in range(num_views)]
+    views = [simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p, vflip_p=vflip_p, backend=backend) for _ in range(num_views)]
     return MultiView(views, channels=channels, normalize=Normalize())

@@ -401,23 +401,6 @@ class StreamLoader(BatchLoader):
 
 
 # ------------------------------------------------------------------------------ the device-side views
-class RandomHorizontalFlip(nn.Module):
-    """Flips each sample left-right with probability ``p`` (the flip of ``RandomResizedCropFlip`` alone).
-
-    Example:
-        >>> RandomHorizontalFlip(p=1.0)(torch.tensor([[[[1.0, 2.0]]]])).tolist()
-        [[[[2.0, 1.0]]]]
-    """
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flip = (torch.rand(x.shape[0], device=x.device) < self.p).view(-1, 1, 1, 1)
-        return torch.where(flip, x.flip(-1), x)
-
-
 class StreamViews(nn.Module):
     """The device half of a preset: uint8 crops (B, V, C, S, S) -> V normalised views (B, C', S, S).
 
@@ -446,7 +429,7 @@ def split_preset(augment: MultiView) -> tuple[list[CropSpec], StreamViews]:
     """Splits a preset into the crops the CPU workers cut and the ``StreamViews`` the device applies.
 
     Each view pipeline must start from a random resized crop (``RandomResizedCropFlip`` of the fused
-    backend, whose flip stays on the device, or Kornia's ``RandomResizedCrop``).
+    backend, whose flips and blur stay on the device, or Kornia's ``RandomResizedCrop``).
 
     Example:
         >>> import visionssl as vs
@@ -467,7 +450,7 @@ def split_preset(augment: MultiView) -> tuple[list[CropSpec], StreamViews]:
                 "(simclr, moco, simsiam, byol, vicreg)"
             )
         if isinstance(crop, RandomResizedCropFlip):
-            spec, replacement = CropSpec(crop.size, tuple(crop.scale), tuple(crop.ratio)), RandomHorizontalFlip(crop.hflip_p)
+            spec, replacement = CropSpec(crop.size, tuple(crop.scale), tuple(crop.ratio)), crop.uncropped()
         else:
             params = crop._param_generator
             spec, replacement = CropSpec(int(crop.flags["size"][0]), tuple(params.scale), tuple(params.ratio)), nn.Identity()
