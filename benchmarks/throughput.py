@@ -55,7 +55,7 @@ from _common import device_name, timed, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine.config import load_config  # noqa: E402
-from visionssl.engine.trainer import Trainer  # noqa: E402
+from visionssl.engine.trainer import Trainer, resolve_precision  # noqa: E402
 
 METHODS = ("simclr", "byol", "vicreg")
 CONFIGS = {  # backbone, view size, side of the uint8 images in memory, batch size per device type
@@ -328,7 +328,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="LightlySSL's DataLoader workers (default: every core)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                        help="both sides (default: bf16 on CUDA, fp32 on a CPU)")
+                        help="both sides (default: what train.precision=auto picks: bf16 on CUDA and on CPUs with "
+                             "hardware bf16, else fp32)")
     parser.add_argument("--compile", action="store_true", help="train.compile=true for visionssl")
     parser.add_argument("--max-images", type=int, default=4096, help="images held in memory per case")
     parser.add_argument("--large", action="store_true", help="allow the 224 px ResNet-50 cases on a CPU")
@@ -347,7 +348,7 @@ def main() -> None:
         args.methods, args.data, args.rounds = ["simclr"], ["synthetic"], 2
         args.steps = args.steps or (1 if not cuda else 10)
     args.steps = args.steps or (20 if cuda else 2)
-    args.precision = args.precision or ("bf16" if cuda else "fp32")
+    args.precision = args.precision or resolve_precision("auto", device)
 
     print(f"device: {device_name(device)}; precision {args.precision}; LightlySSL DataLoader workers: {args.workers}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; {args.rounds} rounds of {args.steps} steps")
