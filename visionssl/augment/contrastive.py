@@ -98,20 +98,6 @@ def moco(
     return _symmetric(image_size, channels, scale, blur_p, num_views, backend)
 
 
-@register_augmentation("simsiam")
-def simsiam(
-    image_size: int = 32,
-    channels: int = 3,
-    scale: tuple[float, float] = (0.2, 1.0),
-    blur_p: float | None = None,
-    num_views: int = 2,
-    backend: str = "fused",
-    **_: Any,
-) -> MultiView:
-    """SimSiam's two views: the MoCo v2 recipe (Chen & He, 2021, section 4)."""
-    return _symmetric(image_size, channels, scale, blur_p, num_views, backend)
-
-
 @register_augmentation("byol")
 def byol(
     image_size: int = 32,
@@ -127,15 +113,5 @@ def byol(
     return _asymmetric(image_size, channels, scale, blur_p, solarize_p, backend)
 
 
-@register_augmentation("vicreg")
-def vicreg(
-    image_size: int = 32,
-    channels: int = 3,
-    scale: tuple[float, float] = (0.08, 1.0),
-    blur_p: float | tuple[float, float] | None = None,
-    solarize_p: float | tuple[float, float] = (0.0, 0.2),
-    backend: str = "fused",
-    **_: Any,
-) -> MultiView:
-    """VICReg's two views: BYOL's asymmetric recipe (Bardes et al., 2022, appendix C.1)."""
-    return _asymmetric(image_size, channels, scale, blur_p, solarize_p, backend)
+register_augmentation("simsiam")(moco)  # SimSiam's views are MoCo v2's (Chen & He, 2021, section 4)
+register_augmentation("vicreg")(byol)  # VICReg's views are BYOL's (Bardes et al., 2022, appendix C.1)

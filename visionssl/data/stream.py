@@ -401,22 +401,12 @@ class StreamLoader(BatchLoader):
 
 
 # ------------------------------------------------------------------------------ the device-side views
-class StreamViews(nn.Module):
+class StreamViews(MultiView):
     """The device half of a preset: uint8 crops (B, V, C, S, S) -> V normalised views (B, C', S, S).
 
     View v goes through pipeline v (flip, colour, blur, ... without the crop) and the normalisation;
     grayscale crops are replicated to the backbone's channels, as ``MultiView`` does.
     """
-
-    def __init__(self, pipelines: Sequence[nn.Module], channels: int = 3, normalize: nn.Module | None = None):
-        super().__init__()
-        self.pipelines = nn.ModuleList(pipelines)
-        self.channels = channels
-        self.normalize = normalize if normalize is not None else nn.Identity()
-
-    @property
-    def num_views(self) -> int:
-        return len(self.pipelines)
 
     @torch.no_grad()
     def forward(self, crops: torch.Tensor) -> list[torch.Tensor]:
