@@ -103,6 +103,7 @@ def test_auto_precision_on_cpu_follows_hardware_bf16(monkeypatch, tmp_path, nati
     assert trainer_module.resolve_precision("auto", torch.device("cpu")) == expected
     assert trainer_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert trainer_module.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert trainer_module.resolve_precision("auto", torch.device("cpu"), cpu_bf16=False) == "fp32"
     t = Trainer(tiny_config(tmp_path, "train.device=cpu"))
     assert t.precision == expected
 
@@ -114,3 +115,12 @@ def test_cpu_bf16_detection_reads_the_cpu_flags():
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_computes_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_patch_methods_keep_fp32_on_cpu_under_auto(monkeypatch, tmp_path):
+    from visionssl.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_computes_bf16", lambda: True)
+    assert vs.methods.METHODS.get("context").cpu_bf16 is False and vs.methods.METHODS.get("jigsaw").cpu_bf16 is False
+    cfg = load_config("context", overrides=[o for o in TINY if not o.startswith("method.")] + [f"out={tmp_path}", "train.device=cpu"])
+    assert Trainer(cfg).precision == "fp32"

@@ -76,8 +76,10 @@ def cpu_computes_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool = True) -> str:
     """``auto`` -> bf16 on CUDA and on CPUs with hardware bf16 (``cpu_computes_bf16``), else fp32.
+
+    ``cpu_bf16=False`` (a method's ``cpu_bf16`` attribute) keeps fp32 on every CPU.
 
     Example:
         >>> resolve_precision("fp32", torch.device("cuda")), resolve_precision("auto", torch.device("cuda"))
@@ -85,7 +87,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_computes_bf16()) else "fp32"
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_computes_bf16()) else "fp32"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -229,7 +231,7 @@ class Trainer:
             self.method.param_groups(cfg.optim.weight_decay), cfg.optim.name, lr=self.lr,
             momentum=cfg.optim.momentum, betas=tuple(cfg.optim.betas), trust_coefficient=cfg.optim.trust_coefficient,
         )
-        self.precision = precision = resolve_precision(cfg.train.precision, self.device)
+        self.precision = precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.metrics: dict[str, float] = {}

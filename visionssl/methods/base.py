@@ -19,6 +19,8 @@ class SSLMethod(nn.Module):
         augmentation: name of the augmentation preset that makes this method's views.
         num_views: how many views the preset makes per image.
         recipe: name of the YAML recipe under ``visionssl/configs`` (default: the method name).
+        cpu_bf16: whether ``train.precision=auto`` may pick bf16 on a CPU (False for methods that feed
+            small patches, whose 1x1 feature maps gave non-finite gradients in oneDNN's bf16 backward).
 
     Hooks the trainer calls (all optional):
         ``param_groups(weight_decay)``: optimizer parameter groups (a group with ``"fixed_lr": True`` keeps its lr).
@@ -32,6 +34,7 @@ class SSLMethod(nn.Module):
     augmentation: str = "simclr"
     num_views: int = 2
     recipe: str | None = None
+    cpu_bf16: bool = True
     sample_weights: torch.Tensor | None = None
 
     def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):

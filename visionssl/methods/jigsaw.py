@@ -47,6 +47,7 @@ class Jigsaw(SSLMethod):
 
     augmentation = "jigsaw"
     num_views = 1
+    cpu_bf16 = False  # small patches: oneDNN's bf16 backward gave non-finite gradients on their 1x1 maps
 
     def __init__(
         self,
