@@ -4,6 +4,8 @@ The peer is what the anchor libraries do: the same recipe (random resized crop, 
 p=0.8, grayscale p=0.2, blur from 64 px) applied image by image with torchvision on PIL images,
 through a DataLoader with 2 workers, collated into float tensors. Both sides start from the same
 uint8 images in memory and end with two normalised float views per image on the device.
+visionssl is timed twice: fp32 views, and bf16 views (what a bf16 run makes: ``train.precision=auto``
+on CUDA and on CPUs with hardware bf16) where the device computes bf16 natively.
 
     python benchmarks/augment_throughput.py              # CPU (and CUDA when present), 32 and 96 px
     python benchmarks/augment_throughput.py --quick
@@ -25,6 +27,7 @@ from _common import device_name, timed, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.augment.simclr import blur_kernel_size  # noqa: E402
+from visionssl.engine.trainer import cpu_computes_bf16  # noqa: E402
 
 
 def torchvision_simclr(image_size: int):
@@ -56,7 +59,8 @@ class TwoViewDataset(Dataset):
         return self.transform(img), self.transform(img)
 
 
-def measure(image_size: int, n: int, batch_size: int, device: torch.device, workers: int) -> dict:
+def measure(image_size: int, n: int, batch_size: int, device: torch.device, workers: int,
+            dtypes: tuple[torch.dtype, ...]) -> dict:
     source = int(image_size * 1.125)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, source, source, 3), dtype=np.uint8)
@@ -75,19 +79,21 @@ def measure(image_size: int, n: int, batch_size: int, device: torch.device, work
     uint8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     aug = vs.augment.create("simclr", image_size=image_size).to(device)
     batches = [uint8[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    done = len(batches) * batch_size
+    result = {"image_size": image_size, "images": done, "batch_size": batch_size, "peer_workers": workers,
+              "torchvision_dataloader_images_per_s": done / peer_s}
 
     def ours_epoch():
         for x in batches:
             aug(x.to(device, non_blocking=True))
 
-    ours_epoch()
-    ours_s = min(timed(ours_epoch, device) for _ in range(2))
-    done = len(batches) * batch_size
-    result = {
-        "image_size": image_size, "images": done, "batch_size": batch_size, "peer_workers": workers,
-        "visionssl_images_per_s": done / ours_s, "torchvision_dataloader_images_per_s": done / peer_s,
-    }
-    result["ratio"] = result["visionssl_images_per_s"] / result["torchvision_dataloader_images_per_s"]
+    for dtype in dtypes:
+        aug.dtype = dtype
+        ours_epoch()
+        ours_s = min(timed(ours_epoch, device) for _ in range(2))
+        tag = str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
+        result[f"visionssl_{tag}_images_per_s"] = done / ours_s
+        result[f"ratio_{tag}"] = done / ours_s / result["torchvision_dataloader_images_per_s"]
     return result
 
 
@@ -105,11 +111,15 @@ def main() -> None:
     n = 512 if args.quick else args.images
     rows = []
     print(f"device: {device_name(device)}; peer: torchvision per image, DataLoader with {args.workers} workers")
-    print(f"{'px':>4} {'visionssl img/s':>16} {'torchvision img/s':>18} {'ratio':>7}")
+    native_bf16 = device.type == "cuda" or cpu_computes_bf16()
+    dtypes = (torch.float32, torch.bfloat16) if native_bf16 else (torch.float32,)
+    tags = ["fp32", "bf16"][: len(dtypes)]
+    print(f"{'px':>4} {'torchvision img/s':>18}" + "".join(f" {'visionssl ' + t:>15} {'ratio':>6}" for t in tags))
     for size in args.sizes:
-        r = measure(size, n, args.batch_size, device, args.workers)
+        r = measure(size, n, args.batch_size, device, args.workers, dtypes)
         rows.append(r)
-        print(f"{size:>4} {r['visionssl_images_per_s']:>16.0f} {r['torchvision_dataloader_images_per_s']:>18.0f} {r['ratio']:>6.1f}x", flush=True)
+        print(f"{size:>4} {r['torchvision_dataloader_images_per_s']:>18.0f}"
+              + "".join(f" {r[f'visionssl_{t}_images_per_s']:>15.0f} {r[f'ratio_{t}']:>5.1f}x" for t in tags), flush=True)
     tag = "cuda" if device.type == "cuda" else "cpu"
     path = write_results(f"augment_throughput_{tag}", {"device": device_name(device), "results": rows})
     print(f"wrote {path}")

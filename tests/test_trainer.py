@@ -36,7 +36,7 @@ def test_run_directory_holds_config_metrics_events_and_checkpoint(tmp_path):
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
-    cfg = tiny_config(tmp_path, "train.epochs=1", "optim.name=adamw", "optim.lr=0.003")
+    cfg = tiny_config(tmp_path, "train.epochs=1", "optim.name=adamw", "optim.lr=0.003", "train.precision=fp32")  # fp32 views: no autocast here
     trainer = Trainer(cfg)
     x = trainer.train_set.images[:32]
     torch.manual_seed(0)
@@ -106,6 +106,8 @@ def test_auto_precision_on_cpu_follows_hardware_bf16(monkeypatch, tmp_path, nati
     assert trainer_module.resolve_precision("auto", torch.device("cpu"), cpu_bf16=False) == "fp32"
     t = Trainer(tiny_config(tmp_path, "train.device=cpu"))
     assert t.precision == expected
+    # bf16 runs make bf16 views: autocast would round them at the first layer anyway
+    assert t.augment.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags():

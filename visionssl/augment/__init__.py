@@ -45,8 +45,8 @@ def list_augmentations(pattern: str = "*") -> list[str]:
     return AUGMENTATIONS.list(pattern)
 
 
-def to_float(images: torch.Tensor, channels: int = 3) -> torch.Tensor:
-    """uint8 (B, C, H, W) in [0, 255] (or float in [0, 1]) -> float in [0, 1] with ``channels`` channels.
+def to_float(images: torch.Tensor, channels: int = 3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (B, C, H, W) in [0, 255] (or float in [0, 1]) -> ``dtype`` in [0, 1] with ``channels`` channels.
 
     Grayscale input is replicated to 3 channels when ``channels == 3``.
 
@@ -56,13 +56,13 @@ def to_float(images: torch.Tensor, channels: int = 3) -> torch.Tensor:
     """
     if images.ndim != 4:
         raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(images.shape)}")
-    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    x = images.to(dtype).div_(255.0) if images.dtype == torch.uint8 else images.to(dtype)
     if x.shape[1] == channels:
         return x
     if x.shape[1] == 1:
         return x.expand(-1, channels, -1, -1).contiguous()
     if channels == 1 and x.shape[1] == 3:
-        return (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return (x * torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
     raise ValueError(f"cannot turn {x.shape[1]}-channel images into {channels} channels")
 
 
@@ -75,7 +75,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
         if x.shape[1] == 1:
             mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
         return (x - mean).div_(std)
@@ -88,12 +88,17 @@ class MultiView(nn.Module):
         pipelines: one module per view, mapping float [0, 1] (B, C, H, W) to (B, C, S, S).
         channels: channels the backbone expects (grayscale inputs are replicated).
         normalize: applied to every view after its pipeline (None: no normalisation).
+        dtype: the views' dtype. The trainer sets ``torch.bfloat16`` when it trains in bf16: autocast
+            would round the views to bf16 at the first layer anyway, and on CPUs with hardware bf16
+            the resampling products run about 3x faster.
     """
 
-    def __init__(self, pipelines: Sequence[nn.Module], channels: int = 3, normalize: nn.Module | None = None):
+    def __init__(self, pipelines: Sequence[nn.Module], channels: int = 3, normalize: nn.Module | None = None,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.pipelines = nn.ModuleList(pipelines)
         self.channels = channels
+        self.dtype = dtype
         self.normalize = normalize if normalize is not None else nn.Identity()
 
     @property
@@ -102,7 +107,7 @@ class MultiView(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = to_float(images, self.channels)
+        x = to_float(images, self.channels, self.dtype)
         return [self.normalize(p(x)).contiguous() for p in self.pipelines]
 
 
@@ -116,7 +121,9 @@ class Resize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] == (self.size, self.size):
             return x
-        return nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        # antialiased interpolation has no bf16 kernel on the CPU
+        y = nn.functional.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return y.to(x.dtype)
 
 
 @register_augmentation("eval")

@@ -87,7 +87,7 @@ class ColorJitterGrayscale(nn.Module):
         # contrast blends towards the mean gray level of the (brightness-scaled) image
         mean_gray = (x.mean(dim=(2, 3)) @ _color_constants(device)[0].to(x.dtype)).view(n, 1, 1, 1)
         offset = ((1 - c) * b).view(n, 1, 1, 1) * mean_gray
-        out = torch.baddbmm(offset.view(n, 1, 1), matrix.to(x.dtype), x.reshape(n, 3, -1))
+        out = torch.baddbmm(offset.view(n, 1, 1).to(x.dtype), matrix.to(x.dtype), x.reshape(n, 3, -1))
         return out.clamp_(0, 1).view_as(x)
 
 
@@ -181,10 +181,10 @@ class RandomResizedCropFlip(nn.Module):
         x0, y0, w, h = self.boxes(n, height, width, device).unbind(1)
         hflip = torch.rand(n, device=device) < self.hflip_p
         vflip = torch.rand(n, device=device) < self.vflip_p if self.vflip_p > 0 else None
-        rows = resize_matrices(y0, h, height, self.size, vflip)
-        cols = resize_matrices(x0, w, width, self.size, hflip)
+        rows = resize_matrices(y0, h, height, self.size, vflip).to(x.dtype)
+        cols = resize_matrices(x0, w, width, self.size, hflip).to(x.dtype)
         if self.blur is not None:
-            blur = self.blur.matrices(n, self.size, device)
+            blur = self.blur.matrices(n, self.size, device).to(x.dtype)
             rows, cols = blur @ rows, blur @ cols
         return separable(x, rows, cols)
 

@@ -412,7 +412,7 @@ class StreamViews(MultiView):
     def forward(self, crops: torch.Tensor) -> list[torch.Tensor]:
         if crops.ndim != 5 or crops.shape[1] != self.num_views:
             raise ValueError(f"expected crops (B, {self.num_views}, C, S, S), got shape {tuple(crops.shape)}")
-        return [self.normalize(p(to_float(crops[:, v], self.channels))).contiguous() for v, p in enumerate(self.pipelines)]
+        return [self.normalize(p(to_float(crops[:, v], self.channels, self.dtype))).contiguous() for v, p in enumerate(self.pipelines)]
 
 
 def split_preset(augment: MultiView) -> tuple[list[CropSpec], StreamViews]:
@@ -446,7 +446,7 @@ def split_preset(augment: MultiView) -> tuple[list[CropSpec], StreamViews]:
             spec, replacement = CropSpec(int(crop.flags["size"][0]), tuple(params.scale), tuple(params.ratio)), nn.Identity()
         specs.append(spec)
         pipelines.append(nn.Sequential(*[replacement if m is crop else m for m in modules]))
-    return specs, StreamViews(pipelines, channels=augment.channels, normalize=augment.normalize)
+    return specs, StreamViews(pipelines, channels=augment.channels, normalize=augment.normalize, dtype=augment.dtype)
 
 
 def stream_loader(

@@ -232,6 +232,8 @@ class Trainer:
             momentum=cfg.optim.momentum, betas=tuple(cfg.optim.betas), trust_coefficient=cfg.optim.trust_coefficient,
         )
         self.precision = precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
+        if self.precision == "bf16" and isinstance(self.augment, augment_lib.MultiView):
+            self.augment.dtype = torch.bfloat16  # autocast would round the views to bf16 at the first layer anyway
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.metrics: dict[str, float] = {}
