@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-seeds", type=int, default=5, help="untrained initialisations scored for the spread")
     parser.add_argument("--out", default="runs/methods_elpv")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -70,19 +72,27 @@ def main() -> None:
     stored = math.ceil(args.image_size * 1.125)
     train, test = vs.data.load_dataset("elpv", "train", stored), vs.data.load_dataset("elpv", "test", stored)
 
-    torch.manual_seed(args.seed)
-    random_top1 = knn_top1(vs.create_backbone(args.backbone), train, test, args.image_size, args.k)
-    print(f"random weights ({args.backbone}): kNN top-1 {random_top1:.2f}%", flush=True)
+    random_seeds = []  # the spread over initialisations says how far apart two untrained backbones are
+    for seed in range(args.seed, args.seed + args.random_seeds):
+        torch.manual_seed(seed)
+        random_seeds.append(knn_top1(vs.create_backbone(args.backbone), train, test, args.image_size, args.k))
+    random_top1 = random_seeds[0]  # the seed every method starts from: its own initialisation
+    spread = {"seeds": random_seeds, "mean": statistics.mean(random_seeds), "std": statistics.pstdev(random_seeds)}
+    print(f"random weights ({args.backbone}, seed {args.seed}): kNN top-1 {random_top1:.2f}%; over seeds "
+          f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}", flush=True)
     budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
               "epochs": args.epochs, "k": args.k, "seed": args.seed}
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     old = json.loads((RESULTS / "methods_elpv.json").read_text()) if (RESULTS / "methods_elpv.json").exists() else {}
     kept = old.get("results", []) if old.get("budget") == budget else []  # rows of another budget are dropped
+    for r in kept:  # rows written before rows named their machine ran where the file says
+        r.setdefault("device", old.get("device")), r.setdefault("torch", old.get("versions", {}).get("torch"))
     rows = {r["method"]: r for r in kept}
     for name in methods:
         overrides = [
             f"backbone.name={args.backbone}", f"augment.image_size={args.image_size}", f"data.image_size={stored}",
             f"optim.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-            "optim.warmup_epochs=1", "train.knn_every=-1", "train.progress=false", f"train.device={args.device}",
+            "optim.warmup_epochs=1", "train.knn_every=-1", "train.progress=false", f"train.device={device}",
             f"out={Path(args.out) / name}", *ELPV_OVERRIDES.get(name, []),
         ]
         cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
@@ -96,25 +106,29 @@ def main() -> None:
         top1 = knn_top1(trainer.method.backbone, train, test, args.image_size, args.k)
         rows[name] = {"method": name, "knn_top1": top1, "gain_over_random": top1 - random_top1, "train_seconds": seconds,
                       "final_loss": trainer.metrics.get("train/loss"), "precision": trainer.precision, "epochs_done": trainer.epoch,
-                      "overrides": ELPV_OVERRIDES.get(name, []), "recipe": RECIPE.get(name, name)}
+                      "overrides": ELPV_OVERRIDES.get(name, []), "recipe": RECIPE.get(name, name),
+                      "device": device_name(device), "torch": torch.__version__}
         print(f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random)  {seconds:6.0f} s", flush=True)
-        path = save(rows, budget, random_top1, device_name(trainer.device), args.k)
+        path = save(rows, budget, random_top1, spread, device_name(device), args.k)
     print(f"wrote {path}")
 
 
-def save(rows: dict, budget: dict, random_top1: float, device: str, k: int) -> Path:
+def save(rows: dict, budget: dict, random_top1: float, spread: dict, device: str, k: int) -> Path:
     """Writes the JSON and the Markdown table (methods in name order)."""
     ordered = [rows[m] for m in sorted(rows)]
     path = write_results("methods_elpv", {"device": device, "budget": budget, "random_knn_top1": random_top1,
-                                          "results": ordered})
-    lines = ["| method | kNN top-1 (%) | vs random | precision | epochs | train time (s) |", "|---|---|---|---|---|---|",
-             f"| random weights | {random_top1:.2f} | | | | |"]
+                                          "random_knn_top1_over_seeds": spread, "results": ordered})
+    seeds = spread["seeds"]
+    lines = ["| method | kNN top-1 (%) | vs random | precision | epochs | train time (s) | machine |", "|---|---|---|---|---|---|---|",
+             f"| random weights (seed {budget['seed']}, every method's initialisation) | {random_top1:.2f} | | | | | |",
+             f"| random weights, {len(seeds)} seeds: mean +- std | {spread['mean']:.2f} +- {spread['std']:.2f} "
+             f"({min(seeds):.2f}-{max(seeds):.2f}) | | | | | |"]
     lines += [f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {r['precision']} | "
-              f"{r['epochs_done']} | {r['train_seconds']:.0f} |" for r in ordered]
+              f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |" for r in ordered]
     b = budget
     (RESULTS / "methods_elpv.md").write_text(
         f"elpv defect labels, kNN (k={k}) on frozen features; {b['backbone']} at {b['image_size']} px, batch "
-        f"{b['batch_size']}, {b['epochs']} epochs, seed {b['seed']}, on {device}.\n\n" + "\n".join(lines) + "\n"
+        f"{b['batch_size']}, {b['epochs']} epochs, seed {b['seed']}; random weights scored on {device}.\n\n" + "\n".join(lines) + "\n"
     )
     return path
 

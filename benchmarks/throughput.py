@@ -8,12 +8,14 @@ For each method (SimCLR, BYOL, VICReg), configuration (ResNet-18 at 32 px, ResNe
   LightlySSL  the same backbone (the same module), LightlySSL's heads, loss and optimizer (its LARS), its
               transforms (``SimCLRTransform``, ``BYOLTransform``, ``VICRegTransform``) applied per image through a
               torch DataLoader with ``--workers`` processes (persistent, never restarted, pinned on CUDA) from the
-              same uint8 images in memory. Same precision as visionssl; its default memory format.
+              same uint8 images in memory; its default memory format. Timed at each ``--peer-precision``:
+              ``fp32`` is what a LightlySSL user gets on a CPU unless they ask for more (Lightning's default),
+              ``same`` is visionssl's precision (bf16 autocast where visionssl picks bf16).
   bare        the backbone's forward + backward on both views already on the device (2 x batch images,
               channels-last, same precision, no heads, no optimizer): the limit of any pipeline.
 
 A step of every method is one batch of ``--batch-size`` images with two views each; images/s counts images.
-Printed and saved: images/s (median over rounds), visionssl / LightlySSL, visionssl / bare (the pipeline
+Printed and saved: images/s (median over rounds), visionssl / LightlySSL (per peer precision), visionssl / bare (the pipeline
 efficiency; BYOL also runs its target network, so its ceiling is about 0.75), and the peak memory per image
 above the resting state (CUDA: max_memory_allocated; CPU: peak RSS of this process plus, for LightlySSL,
 its workers' proportional memory).
@@ -220,12 +222,11 @@ class LightlyModel(nn.Module):
 class Peer:
     """LightlySSL: per-image transforms in DataLoader workers, its heads, loss and optimizer."""
 
-    name = "LightlySSL"
-
     def __init__(self, method: str, cfg: dict, images: torch.Tensor, ours: Ours, batch: int, device: torch.device,
                  precision: str, workers: int):
         from lightly.utils.lars import LARS
 
+        self.name = f"LightlySSL {precision}"
         self.device, self.step = device, 0
         self.model = LightlyModel(method, cfg["backbone"], ours.trainer.method).to(device)
         o = ours.config.optim
@@ -294,8 +295,8 @@ def measure_case(method: str, config: str, data: str, args: argparse.Namespace, 
     images = load_images(data, cfg, max(batch, min(args.steps * batch, args.max_images)))
     torch.manual_seed(0)
     ours = Ours(method, cfg, images, batch, device, args.precision, args.compile)
-    sides = [ours, Peer(method, cfg, images.images, ours, batch, device, args.precision, args.workers),
-             Bare(cfg, batch, device, args.precision)]
+    peers = [Peer(method, cfg, images.images, ours, batch, device, p, args.workers) for p in args.peer_precisions]
+    sides = [ours, *peers, Bare(cfg, batch, device, args.precision)]
     rates: dict[str, list[float]] = {s.name: [] for s in sides}
     peaks: dict[str, int] = {s.name: 0 for s in sides}
     for round_ in range(args.rounds + 1):  # round 0 warms up (workers, allocator, autotuning, compilation)
@@ -311,7 +312,8 @@ def measure_case(method: str, config: str, data: str, args: argparse.Namespace, 
     return {
         "method": method, "config": config, "backbone": cfg["backbone"], "image_size": cfg["image_size"], "data": data,
         "batch_size": batch, "images_per_s": median, "rounds_images_per_s": rates,
-        "vs_lightly": median["visionssl"] / median["LightlySSL"], "efficiency": median["visionssl"] / median["bare"],
+        "vs_lightly": {p.name.split()[1]: median["visionssl"] / median[p.name] for p in peers},
+        "efficiency": median["visionssl"] / median["bare"],
         "peak_mb_per_image": {k: v / batch / 2**20 for k, v in peaks.items()},
     }
 
@@ -330,6 +332,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="both sides (default: what train.precision=auto picks: bf16 on CUDA and on CPUs with "
                              "hardware bf16, else fp32)")
+    parser.add_argument("--peer-precision", nargs="+", choices=("fp32", "same"), default=["fp32", "same"],
+                        help="LightlySSL's precision, each timed as its own side (same: visionssl's)")
     parser.add_argument("--compile", action="store_true", help="train.compile=true for visionssl")
     parser.add_argument("--max-images", type=int, default=4096, help="images held in memory per case")
     parser.add_argument("--large", action="store_true", help="allow the 224 px ResNet-50 cases on a CPU")
@@ -349,11 +353,14 @@ def main() -> None:
         args.steps = args.steps or (1 if not cuda else 10)
     args.steps = args.steps or (20 if cuda else 2)
     args.precision = args.precision or resolve_precision("auto", device)
+    args.peer_precisions = list(dict.fromkeys(args.precision if p == "same" else p for p in args.peer_precision))
 
     print(f"device: {device_name(device)}; precision {args.precision}; LightlySSL DataLoader workers: {args.workers}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; {args.rounds} rounds of {args.steps} steps")
-    header = (f"{'method':<7} {'config':<8} {'data':<9} {'batch':>5} {'visionssl':>10} {'LightlySSL':>10} {'bare':>8} "
-              f"{'vs Lightly':>10} {'efficiency':>10} {'MB/img ours':>11} {'MB/img Lightly':>14}")
+    peers = [f"LightlySSL {p}" for p in args.peer_precisions]
+    header = (f"{'method':<7} {'config':<8} {'data':<9} {'batch':>5} {'visionssl':>10}" + "".join(f" {p:>16}" for p in peers)
+              + f" {'bare':>8}" + "".join(f" {'vs ' + p.split()[1]:>8}" for p in peers)
+              + f" {'efficiency':>10} {'MB/img ours':>11}" + "".join(f" {'MB/img ' + p.split()[1]:>12}" for p in peers))
     print(header)
     rows = []
     for config in args.configs:
@@ -362,15 +369,17 @@ def main() -> None:
                 r = measure_case(method, config, data, args, device)
                 rows.append(r)
                 ips, mb = r["images_per_s"], r["peak_mb_per_image"]
-                print(f"{method:<7} {config:<8} {data:<9} {r['batch_size']:>5} {ips['visionssl']:>10.1f} "
-                      f"{ips['LightlySSL']:>10.1f} {ips['bare']:>8.1f} {r['vs_lightly']:>9.2f}x {r['efficiency']:>10.2f} "
-                      f"{mb['visionssl']:>11.2f} {mb['LightlySSL']:>14.2f}", flush=True)
+                print(f"{method:<7} {config:<8} {data:<9} {r['batch_size']:>5} {ips['visionssl']:>10.1f}"
+                      + "".join(f" {ips[p]:>16.1f}" for p in peers) + f" {ips['bare']:>8.1f}"
+                      + "".join(f" {r['vs_lightly'][p.split()[1]]:>7.2f}x" for p in peers)
+                      + f" {r['efficiency']:>10.2f} {mb['visionssl']:>11.2f}" + "".join(f" {mb[p]:>12.2f}" for p in peers),
+                      flush=True)
     import lightly
 
     payload = {
         "device": device_name(device),
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-        "settings": {"precision": args.precision, "steps": args.steps, "rounds": args.rounds, "workers": args.workers,
+        "settings": {"precision": args.precision, "peer_precisions": args.peer_precisions, "steps": args.steps, "rounds": args.rounds, "workers": args.workers,
                      "compile": args.compile, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                      "torch_threads": torch.get_num_threads(), "lightly": lightly.__version__},
         "results": rows,
