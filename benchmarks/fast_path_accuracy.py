@@ -31,6 +31,7 @@ from _common import RESULTS, device_name, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine import Trainer, load_config  # noqa: E402
+from visionssl.engine.trainer import resolve_device  # noqa: E402
 from visionssl.eval.knn import knn_predict  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/fast_path_accuracy")
     parser.add_argument("--score-only", action="store_true", help="score the runs already in --out (no training)")
     args = parser.parse_args()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     results = RESULTS / f"fast_path_accuracy_{device.type}.json"
     old = json.loads(results.read_text()) if args.score_only else {}
     rows, hits = [], {}

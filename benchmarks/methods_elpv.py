@@ -36,6 +36,7 @@ from _common import RESULTS, device_name, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
+from visionssl.engine.trainer import resolve_device  # noqa: E402
 
 
 ELPV_VIEWS = ["augment.kwargs.scale=[0.6,1.0]", "augment.kwargs.blur_p=0.0"]
@@ -82,7 +83,7 @@ def main() -> None:
           f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}", flush=True)
     budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
               "epochs": args.epochs, "k": args.k, "seed": args.seed}
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     old = json.loads((RESULTS / "methods_elpv.json").read_text()) if (RESULTS / "methods_elpv.json").exists() else {}
     kept = old.get("results", []) if old.get("budget") == budget else []  # rows of another budget are dropped
     for r in kept:  # rows written before rows named their machine ran where the file says
