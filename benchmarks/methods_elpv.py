@@ -17,13 +17,18 @@ recipe itself. Rows are merged into the results file by method, so a subset can 
 
     python benchmarks/methods_elpv.py                      # all methods, the quick-start budget
     python benchmarks/methods_elpv.py --methods simclr byol --epochs 20
-Writes benchmarks/results/methods_elpv.json and .md.
+    python benchmarks/methods_elpv.py --methods jigsaw --validation --set method.num_permutations=1000
+Writes benchmarks/results/methods_elpv.json and .md. ``--validation`` is for tuning a recipe without
+looking at the test split: pretraining is the same (the whole train split, no labels), but kNN scores a
+held-out quarter of the train split against the other three quarters, every 4 epochs and at the end;
+the rows go to ``<out>/validation.jsonl``, not to the table.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -36,6 +41,7 @@ from _common import RESULTS, device_name, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
+from visionssl.data.sources import stratified_split  # noqa: E402
 from visionssl.engine.trainer import resolve_device  # noqa: E402
 
 
@@ -68,15 +74,22 @@ def main() -> None:
     parser.add_argument("--random-seeds", type=int, default=5, help="untrained initialisations scored for the spread")
     parser.add_argument("--out", default="runs/methods_elpv")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--validation", action="store_true", help="score a held-out quarter of the train split (tuning)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every listed method")
     args = parser.parse_args()
     methods = vs.list_methods() if args.methods == ["all"] else args.methods
     stored = math.ceil(args.image_size * 1.125)
     train, test = vs.data.load_dataset("elpv", "train", stored), vs.data.load_dataset("elpv", "test", stored)
+    bank = train
+    if args.validation:  # the test split stays unseen: queries are a stratified quarter of the train split
+        strata = (train.targets * 2 + train.labels["type"]).numpy()
+        bank_idx, val_idx = stratified_split(strata, test_fraction=0.25, seed=args.seed)
+        bank, test = train.subset(torch.from_numpy(bank_idx)), train.subset(torch.from_numpy(val_idx))
 
     random_seeds = []  # the spread over initialisations says how far apart two untrained backbones are
     for seed in range(args.seed, args.seed + args.random_seeds):
         torch.manual_seed(seed)
-        random_seeds.append(knn_top1(vs.create_backbone(args.backbone), train, test, args.image_size, args.k))
+        random_seeds.append(knn_top1(vs.create_backbone(args.backbone), bank, test, args.image_size, args.k))
     random_top1 = random_seeds[0]  # the seed every method starts from: its own initialisation
     spread = {"seeds": random_seeds, "mean": statistics.mean(random_seeds), "std": statistics.pstdev(random_seeds)}
     print(f"random weights ({args.backbone}, seed {args.seed}): kNN top-1 {random_top1:.2f}%; over seeds "
@@ -93,25 +106,45 @@ def main() -> None:
         overrides = [
             f"backbone.name={args.backbone}", f"augment.image_size={args.image_size}", f"data.image_size={stored}",
             f"optim.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-            "optim.warmup_epochs=1", "train.knn_every=-1", "train.progress=false", f"train.device={device}",
-            f"out={Path(args.out) / name}", *ELPV_OVERRIDES.get(name, []),
+            "optim.warmup_epochs=1", f"train.knn_k={args.k}", f"train.knn_every={4 if args.validation else -1}", "train.progress=false",
+            f"train.device={device}", f"out={Path(args.out) / run_name(name, args.validation)}", *ELPV_OVERRIDES.get(name, []), *args.set,
         ]
         cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
         start = time.perf_counter()
-        trainer = Trainer(cfg, train_set=train, eval_sets=(train, test))
+        trainer = Trainer(cfg, train_set=train, eval_sets=(bank, test))
         try:
             trainer.fit()
         except NonFiniteLossError as exc:  # recorded, and the other methods still run
             print(f"{name:12s} stopped: {exc}", flush=True)
         seconds = time.perf_counter() - start
-        top1 = knn_top1(trainer.method.backbone, train, test, args.image_size, args.k)
+        top1 = knn_top1(trainer.method.backbone, bank, test, args.image_size, args.k)
+        if args.validation:
+            report_validation(trainer, name, args.set, top1, spread, seconds, Path(args.out))
+            continue
         rows[name] = {"method": name, "knn_top1": top1, "gain_over_random": top1 - random_top1, "train_seconds": seconds,
                       "final_loss": trainer.metrics.get("train/loss"), "precision": trainer.precision, "epochs_done": trainer.epoch,
                       "overrides": ELPV_OVERRIDES.get(name, []), "recipe": RECIPE.get(name, name),
                       "device": device_name(device), "torch": torch.__version__}
         print(f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random)  {seconds:6.0f} s", flush=True)
         path = save(rows, budget, random_top1, spread, device_name(device), args.k)
-    print(f"wrote {path}")
+        print(f"wrote {path}")
+
+
+def run_name(method: str, validation: bool) -> str:
+    """The run directory's name: the method, and for a tuning run also the time (each run keeps its own metrics)."""
+    return f"{method}-validation-{time.strftime('%m%d-%H%M%S')}-{os.getpid()}" if validation else method
+
+
+def report_validation(trainer: Trainer, name: str, extra: list[str], top1: float, spread: dict, seconds: float, out: Path) -> None:
+    """Prints the validation curve and appends the row to ``<out>/validation.jsonl``."""
+    lines = (trainer.out / "metrics.jsonl").read_text().splitlines()
+    curve = [(r["epoch"], r["knn/top1"]) for r in map(json.loads, lines) if "knn/top1" in r]
+    row = {"method": name, "set": extra, "validation_top1": top1, "curve": curve, "random_over_seeds": spread["seeds"],
+           "train_seconds": seconds, "final_loss": trainer.metrics.get("train/loss"), "epochs_done": trainer.epoch}
+    with open(out / "validation.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{name:12s} validation kNN top-1 {top1:6.2f}% (random {min(spread['seeds']):.2f}-{max(spread['seeds']):.2f}); "
+          f"curve {' '.join(f'{t:.1f}' for _, t in curve)}; {' '.join(extra)}; {seconds:.0f} s", flush=True)
 
 
 def save(rows: dict, budget: dict, random_top1: float, spread: dict, device: str, k: int) -> Path:

@@ -10,7 +10,7 @@ from torch import nn
 import visionssl as vs
 from visionssl.data.dataset import ImageDataset
 from visionssl.methods.deepcluster import (
-    DeepCluster, cluster_features, kmeans, nmi, pca_whiten, repair_empty_clusters,
+    DeepCluster, centroid_logits, cluster_features, fit_whitening, kmeans, nmi, pca_whiten, repair_empty_clusters,
 )
 
 
@@ -253,3 +253,54 @@ def test_pseudo_labels_survive_a_checkpoint_round_trip():
     trainer = FakeTrainer(data, epoch=3)
     restored.on_epoch_start(trainer)  # resumed within the same clustering period: keeps its labels
     assert trainer.logged == []
+
+
+# ------------------------------------------------ DeepCluster-v2's classifier: the centroids
+def test_centroid_logits_are_negative_squared_distances_and_agree_with_kmeans():
+    x, truth = gaussian_blobs(5, 300, 16)
+    mean, projection = fit_whitening(x, dim=8)
+    assert torch.allclose(pca_whiten(x, dim=8), (x - mean) @ projection, atol=1e-5)
+    z = F.normalize((x - mean) @ projection, dim=1)
+    assignments, centroids = kmeans(z, 5)
+    logits = centroid_logits(x, mean, projection, centroids, temperature=0.5)
+    by_hand = -((z[:, None, :] - centroids[None]) ** 2).sum(-1) / 0.5
+    assert torch.allclose(logits, by_hand, atol=1e-4)
+    assert torch.equal(logits.argmax(1), assignments) and nmi(assignments, truth) > 0.95
+
+
+def test_centroids_classifier_has_no_weights_and_predicts_the_pseudo_labels_at_once():
+    data = two_kinds_of_images()
+    method = make_method(classifier="centroids", temperature=0.2)
+    assert method.classifier is None
+    trainer = FakeTrainer(data)
+    trainer.optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
+    method.on_epoch_start(trainer)
+    assert method.whiten_mean.shape == (16,) and method.whiten_projection.shape == (16, 8)
+    assert method.centroids.shape == (4, 8)
+    method.eval()  # the clustering's own view and mode: the classifier reproduces the assignments exactly
+    view = vs.augment.create("eval", image_size=16)
+    out = method([view(data.images)[0]], indices=torch.arange(40))
+    assert float(out["deepcluster/accuracy"]) == 1.0
+    with torch.no_grad():
+        logits = centroid_logits(method.backbone(view(data.images)[0]), method.whiten_mean,
+                                 method.whiten_projection, method.centroids, 0.2)
+    assert torch.allclose(out["loss"], F.cross_entropy(logits, method.pseudo_labels), atol=1e-5)
+    method.train()
+    method([torch.randn(4, 3, 16, 16)], indices=torch.arange(4))["loss"].backward()
+    assert method.backbone[0].weight.grad.abs().sum() > 0  # gradients reach the backbone only
+
+
+def test_centroids_survive_a_checkpoint_round_trip():
+    method = make_method(classifier="centroids")
+    method.on_epoch_start(FakeTrainer(two_kinds_of_images(), epoch=2))
+    restored = make_method(classifier="centroids")
+    restored.load_state_dict(method.state_dict())
+    for name in ("pseudo_labels", "whiten_mean", "whiten_projection", "centroids"):
+        assert torch.equal(getattr(restored, name), getattr(method, name)), name
+
+
+def test_bad_classifier_settings_are_clear():
+    with pytest.raises(ValueError, match="classifier must be 'reset' or 'centroids', got 'linear'"):
+        make_method(classifier="linear")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        make_method(classifier="centroids", temperature=0.0)

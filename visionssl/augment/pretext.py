@@ -471,10 +471,16 @@ def jigsaw(
 
 @register_augmentation("deepcluster")
 def deepcluster(
-    image_size: int = 32, channels: int = 3, scale: tuple[float, float] | None = None, hflip_p: float = 0.5, **_: Any
+    image_size: int = 32, channels: int = 3, scale: tuple[float, float] | None = None, hflip_p: float = 0.5,
+    jitter_strength: float = 0.0, **_: Any
 ) -> MultiView:
     """DeepCluster's view (Caron et al., 2018): random resized crop and horizontal flip. The crop
-    scale is (0.08, 1) from 64 px (the paper's) and (0.2, 1) below (small images lose too much)."""
+    scale is (0.08, 1) from 64 px (the paper's) and (0.2, 1) below (small images lose too much).
+    ``jitter_strength`` s > 0 adds brightness and contrast jitter of 0.8 s (p = 0.8): for grayscale
+    data, where the paper's Sobel filter has no colour to remove but overall intensity is the cue
+    that k-means would otherwise group by."""
     scale = tuple(scale) if scale is not None else ((0.2, 1.0) if image_size < 64 else (0.08, 1.0))
-    view = nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=scale), K.RandomHorizontalFlip(p=hflip_p))
-    return MultiView([view], channels=channels, normalize=Normalize())
+    ops = [K.RandomResizedCrop((image_size, image_size), scale=scale), K.RandomHorizontalFlip(p=hflip_p)]
+    if jitter_strength > 0:
+        ops.append(K.ColorJitter(brightness=0.8 * jitter_strength, contrast=0.8 * jitter_strength, p=0.8))
+    return MultiView([nn.Sequential(*ops)], channels=channels, normalize=Normalize())

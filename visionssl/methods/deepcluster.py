@@ -28,18 +28,18 @@ from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod
 
 
-def pca_whiten(x: torch.Tensor, dim: int = 256, eps: float = 1e-5) -> torch.Tensor:
-    """Projects centred rows on the top ``dim`` principal axes and scales each to unit variance.
+def fit_whitening(x: torch.Tensor, dim: int = 256, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA whitening fitted to the rows of ``x``: ``(mean (D,), projection (D, k))``.
 
-    With the covariance C = U diag(l) U^T of the centred data, returns (x - mean) U_k diag(l_k + eps)^-1/2
-    for the k = min(dim, D, N - 1) largest eigenvalues (FAISS's PCAMatrix with eigen_power = -0.5).
-    Runs on ``x``'s device; the eigendecomposition of the D x D covariance is done in float64.
+    With the covariance C = U diag(l) U^T of the centred data, the projection is U_k diag(l_k + eps)^-1/2
+    for the k = min(dim, D, N - 1) largest eigenvalues, so ``(x - mean) @ projection`` is whitened
+    (FAISS's PCAMatrix with eigen_power = -0.5). Runs on ``x``'s device; the eigendecomposition of the
+    D x D covariance is done in float64.
 
     Example:
-        >>> x = torch.randn(1000, 8) @ torch.randn(8, 8)
-        >>> w = pca_whiten(x, dim=4)
-        >>> w.shape, torch.allclose(w.T @ w / 999, torch.eye(4), atol=1e-3)
-        (torch.Size([1000, 4]), True)
+        >>> mean, projection = fit_whitening(torch.randn(100, 8), dim=3)
+        >>> mean.shape, projection.shape
+        (torch.Size([8]), torch.Size([8, 3]))
     """
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"pca_whiten needs a (N, D) matrix with N >= 2 rows, got shape {tuple(x.shape)}")
@@ -48,12 +48,28 @@ def pca_whiten(x: torch.Tensor, dim: int = 256, eps: float = 1e-5) -> torch.Tens
     n, d = x.shape
     k = min(dim, d, n - 1)
     x = x.float()
-    centred = x - x.mean(0)
+    mean = x.mean(0)
+    centred = x - mean
     cov = (centred.T @ centred).double() / (n - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
     top = eigenvalues[-k:].flip(0).clamp_min(0)
     projection = eigenvectors[:, -k:].flip(1) / torch.sqrt(top + eps)
-    return centred @ projection.to(centred.dtype)
+    return mean, projection.to(x.dtype)
+
+
+def pca_whiten(x: torch.Tensor, dim: int = 256, eps: float = 1e-5) -> torch.Tensor:
+    """Projects centred rows on the top ``dim`` principal axes and scales each to unit variance.
+
+    ``(x - mean) @ projection`` with ``fit_whitening(x, dim, eps)``.
+
+    Example:
+        >>> x = torch.randn(1000, 8) @ torch.randn(8, 8)
+        >>> w = pca_whiten(x, dim=4)
+        >>> w.shape, torch.allclose(w.T @ w / 999, torch.eye(4), atol=1e-3)
+        (torch.Size([1000, 4]), True)
+    """
+    mean, projection = fit_whitening(x, dim, eps)
+    return (x.float() - mean) @ projection
 
 
 def kmeans(
@@ -150,6 +166,24 @@ def cluster_features(
     return kmeans(reduced, k, niter=niter, seed=seed)
 
 
+def centroid_logits(
+    features: torch.Tensor, mean: torch.Tensor, projection: torch.Tensor, centroids: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """DeepCluster-v2's classifier: the clustering itself. Features are whitened and L2-normalised as
+    for k-means, and the logit of cluster j is -||z - c_j||^2 / temperature, so the arg max is exactly
+    the k-means assignment and nothing has to be re-learnt after a clustering.
+
+    Example:
+        >>> x = torch.cat([torch.randn(50, 4), torch.randn(50, 4) + 20])
+        >>> mean, projection = fit_whitening(x, dim=4)
+        >>> assignments, centroids = kmeans(F.normalize((x - mean) @ projection, dim=1), 2)
+        >>> bool((centroid_logits(x, mean, projection, centroids, 0.1).argmax(1) == assignments).all())
+        True
+    """
+    z = F.normalize((features.float() - mean) @ projection, dim=1)
+    return -torch.cdist(z, centroids.float()).square() / temperature
+
+
 def nmi(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     """Normalized mutual information I(a; b) / mean(H(a), H(b)) of two labelings of the same items.
 
@@ -196,6 +230,13 @@ class DeepCluster(SSLMethod):
     set, rank 0 gathers and clusters them, and broadcasts the assignments: the pseudo-labels (and so
     the sampling weights and every rank's targets) are identical on all ranks.
 
+    ``classifier="centroids"`` is DeepCluster-v2's fix (Caron et al., 2020, the SwAV paper's appendix):
+    instead of a linear layer re-initialised after each clustering, the logits are the negative squared
+    distances of the whitened, L2-normalised features to the k-means centroids over ``temperature``
+    (``centroid_logits``). The classifier then agrees with the pseudo-labels from the first step; a
+    re-initialised one needs many steps before its gradients mean anything, which a small dataset's
+    epoch (tens of steps) does not give it.
+
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
         num_clusters: k (paper: 10000 on ImageNet, about 10x the classes; 100 suits a few thousand images).
@@ -204,6 +245,9 @@ class DeepCluster(SSLMethod):
         kmeans_iters: k-means iterations (the paper's code: 20).
         extract_batch_size: batch size of the feature extraction.
         seed: k-means seed (the clustering count is added, so each clustering starts differently).
+        classifier: ``"reset"`` (the paper: a linear layer, re-initialised after each clustering) or
+            ``"centroids"`` (DeepCluster-v2: the fixed centroids, no classifier weights to learn).
+        temperature: softmax temperature of the ``"centroids"`` classifier.
 
     Returns (forward): ``loss``, ``embedding`` (backbone features, detached) and ``deepcluster/accuracy``
     (agreement of the classifier with the pseudo-labels, 0-d).
@@ -230,8 +274,14 @@ class DeepCluster(SSLMethod):
         kmeans_iters: int = 20,
         extract_batch_size: int = 256,
         seed: int = 0,
+        classifier: str = "reset",
+        temperature: float = 0.1,
     ):
         super().__init__(backbone, backbone_kwargs)
+        if classifier not in ("reset", "centroids"):
+            raise ValueError(f"classifier must be 'reset' or 'centroids', got {classifier!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         for name, value in (("num_clusters", num_clusters), ("cluster_every", cluster_every), ("pca_dim", pca_dim),
                             ("kmeans_iters", kmeans_iters), ("extract_batch_size", extract_batch_size)):
             if value < 1:
@@ -244,7 +294,12 @@ class DeepCluster(SSLMethod):
         self.kmeans_iters = kmeans_iters
         self.extract_batch_size = extract_batch_size
         self.seed = seed
-        self.classifier = nn.Linear(self.num_features, num_clusters)
+        self.temperature = temperature
+        self.classifier = nn.Linear(self.num_features, num_clusters) if classifier == "reset" else None
+        # "centroids": the whitening and the centroids of the last clustering (sizes set by each clustering)
+        self.register_buffer("whiten_mean", torch.zeros(0))
+        self.register_buffer("whiten_projection", torch.zeros(0, 0))
+        self.register_buffer("centroids", torch.zeros(0, 0))
         # Saved with the weights, so that a resumed run keeps its pseudo-labels until the next clustering.
         self.register_buffer("pseudo_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("clustered_epoch", torch.tensor(-1))
@@ -268,7 +323,10 @@ class DeepCluster(SSLMethod):
                                "(or call set_pseudo_labels)")
         targets = self.pseudo_labels[indices.to(self.pseudo_labels.device)]
         features = self.backbone(views[0])
-        logits = self.classifier(features)
+        if self.classifier is None:
+            logits = centroid_logits(features, self.whiten_mean, self.whiten_projection, self.centroids, self.temperature)
+        else:
+            logits = self.classifier(features)
         return {
             "loss": F.cross_entropy(logits.float(), targets),
             "embedding": features.detach(),
@@ -290,12 +348,18 @@ class DeepCluster(SSLMethod):
         local = self.extract_features(trainer.train_set.images[start:stop], trainer.device, _view_size(trainer),
                                       getattr(trainer.augment, "channels", 3))
         features = distributed.gather_rows(local, n, dst=0)
+        dim, reduced = local.shape[1], min(self.pca_dim, local.shape[1], n - 1)
         assignments = torch.empty(n, dtype=torch.long)
+        mean, projection = torch.empty(dim, device=trainer.device), torch.empty(dim, reduced, device=trainer.device)
+        centroids = torch.empty(self.num_clusters, reduced)
         if distributed.is_main():
             seed = self.seed + int(self.num_clusterings)
             features = features.to(trainer.device)  # PCA on the GPU when there is one
-            assignments, _ = cluster_features(features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed)
-        distributed.broadcast(assignments, src=0)
+            mean, projection = fit_whitening(features, self.pca_dim)
+            whitened = F.normalize((features - mean) @ projection, dim=1)
+            assignments, centroids = kmeans(whitened, self.num_clusters, niter=self.kmeans_iters, seed=seed)
+        for tensor in (assignments, mean, projection, centroids):
+            distributed.broadcast(tensor, src=0)
         scalars = {}
         if self.pseudo_labels.numel() == n:
             scalars["deepcluster/nmi_prev"] = nmi(self.pseudo_labels, assignments)
@@ -303,10 +367,12 @@ class DeepCluster(SSLMethod):
         if targets is not None:
             scalars["deepcluster/nmi_labels"] = nmi(targets, assignments)
         self.set_pseudo_labels(assignments)
+        device = self.whiten_mean.device
+        self.whiten_mean, self.whiten_projection, self.centroids = mean.to(device), projection.to(device), centroids.to(device)
         self.clustered_epoch.fill_(int(trainer.epoch))
         self.num_clusterings += 1
         optimizer = getattr(trainer, "optimizer", None)
-        if optimizer is not None:  # momentum of the old classifier means nothing for the new clusters
+        if optimizer is not None and self.classifier is not None:  # momentum of the old classifier means nothing for the new clusters
             for p in self.classifier.parameters():
                 optimizer.state.pop(p, None)
         trainer.log_scalars(scalars)
@@ -316,8 +382,9 @@ class DeepCluster(SSLMethod):
         labels = torch.as_tensor(labels, dtype=torch.long)
         if labels.ndim != 1 or labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= self.num_clusters:
             raise ValueError(f"pseudo-labels must be a non-empty (N,) tensor of cluster indices in [0, {self.num_clusters})")
-        self.pseudo_labels = labels.to(self.classifier.weight.device)
-        self.classifier.reset_parameters()
+        self.pseudo_labels = labels.to(self.pseudo_labels.device)
+        if self.classifier is not None:
+            self.classifier.reset_parameters()
 
     @torch.no_grad()
     def extract_features(
@@ -342,9 +409,10 @@ class DeepCluster(SSLMethod):
             self.backbone.train(was_training)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
-        saved = state_dict.get(prefix + "pseudo_labels")
-        if saved is not None:  # its length is the dataset's: take the saved shape
-            self.pseudo_labels = torch.empty_like(saved, device=self.pseudo_labels.device)
+        for name in ("pseudo_labels", "whiten_mean", "whiten_projection", "centroids"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:  # sized by the dataset and the clustering: take the saved shape
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -356,4 +424,5 @@ def _view_size(trainer: Any) -> int:
         return int(trainer.train_set.images.shape[-1])
 
 
-__all__ = ["DeepCluster", "cluster_features", "kmeans", "nmi", "pca_whiten", "repair_empty_clusters"]
+__all__ = ["DeepCluster", "centroid_logits", "cluster_features", "fit_whitening", "kmeans", "nmi", "pca_whiten",
+           "repair_empty_clusters"]
