@@ -304,3 +304,23 @@ def test_bad_classifier_settings_are_clear():
         make_method(classifier="linear")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         make_method(classifier="centroids", temperature=0.0)
+
+
+def test_projection_head_is_what_gets_clustered_and_trained():
+    data = two_kinds_of_images()
+    method = make_method(classifier="centroids", projection_dim=6, projection_hidden_dim=12)
+    method.on_epoch_start(FakeTrainer(data))
+    assert method.whiten_mean.shape == (6,) and method.centroids.shape == (4, 6)  # clustered in the head's space
+    features = method.extract_features(data.images[:5], "cpu", image_size=16)
+    view = vs.augment.create("eval", image_size=16)
+    method.eval()
+    with torch.no_grad():
+        expected = method.projector(method.backbone(view(data.images[:5])[0]))
+    assert torch.allclose(features, expected, atol=1e-5)
+    method.train()
+    out = method([torch.randn(4, 3, 16, 16)], indices=torch.arange(4))
+    out["loss"].backward()
+    assert out["embedding"].shape == (4, 16)  # the backbone's features, not the head's
+    assert method.projector[0].weight.grad.abs().sum() > 0 and method.backbone[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="projection_dim must be >= 0"):
+        make_method(projection_dim=-1)

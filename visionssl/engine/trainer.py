@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from visionssl import augment as augment_lib
 from visionssl import distributed
 from visionssl.data import BatchLoader, ImageDataset, load_dataset
+from visionssl.engine.batchnorm import recalibrate_batchnorm
 from visionssl.engine.checkpoint import (
     CHECKPOINT_FORMAT, LAST, CheckpointError, atomic_save, atomic_write_text, load_checkpoint, remove_stale_temp_files,
 )
@@ -231,6 +232,7 @@ class Trainer:
             self.method.param_groups(cfg.optim.weight_decay), cfg.optim.name, lr=self.lr,
             momentum=cfg.optim.momentum, betas=tuple(cfg.optim.betas), trust_coefficient=cfg.optim.trust_coefficient,
         )
+        self.precise_bn = self._resolve_precise_bn(cfg.train.precise_bn)
         self.precision = precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
         if self.precision == "bf16" and isinstance(self.augment, augment_lib.MultiView):
             self.augment.dtype = torch.bfloat16  # autocast would round the views to bf16 at the first layer anyway
@@ -269,7 +271,10 @@ class Trainer:
                     break
                 last = self.epoch == cfg.train.epochs
                 every = cfg.train.knn_every
-                if every >= 0 and (last or (every > 0 and self.epoch % every == 0)):
+                knn_due = every >= 0 and (last or (every > 0 and self.epoch % every == 0))
+                if self.precise_bn and (last or knn_due):
+                    self.recalibrate_batchnorm()
+                if knn_due:
                     self.log_scalars(self.evaluate_knn())
                 if last or self.epoch % cfg.train.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -344,6 +349,24 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
             distributed.sync_buffers(self.method)  # rank 0's BatchNorm statistics for evaluation and clustering
+
+    def recalibrate_batchnorm(self) -> int:
+        """Re-estimates the backbone's BatchNorm statistics on whole training images (the eval view).
+
+        Done before each kNN evaluation and the final checkpoint when ``train.precise_bn`` is on (by
+        default (``null``) for methods whose ``precise_bn`` attribute is true: they train on patches, and the
+        statistics they keep describe patches). Returns the number of BatchNorm layers updated.
+        """
+        return recalibrate_batchnorm(self.method.backbone, self.train_set.images, self.config.augment.image_size,
+                                     batch_size=max(self.config.optim.batch_size, 256), device=self.device)
+
+    def _resolve_precise_bn(self, setting: bool | None) -> bool:
+        streamed = bool(self.config.data.stream)
+        if setting is None:  # the method's default, where the images are in memory
+            return bool(self.method.precise_bn) and not streamed
+        if setting and streamed:
+            raise ConfigError("train.precise_bn=true needs the images in memory; it does not run with data.stream=true")
+        return bool(setting)
 
     @torch.no_grad()
     def evaluate_knn(self) -> dict[str, float]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from visionssl import distributed
 from visionssl.methods import register_method
-from visionssl.methods.base import SSLMethod
+from visionssl.methods.base import SSLMethod, mlp
 
 
 def fit_whitening(x: torch.Tensor, dim: int = 256, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,6 +248,10 @@ class DeepCluster(SSLMethod):
         classifier: ``"reset"`` (the paper: a linear layer, re-initialised after each clustering) or
             ``"centroids"`` (DeepCluster-v2: the fixed centroids, no classifier weights to learn).
         temperature: softmax temperature of the ``"centroids"`` classifier.
+        projection_dim: 0 (the paper) clusters the backbone's features; > 0 puts a projection MLP
+            (``projection_hidden_dim`` wide) between the backbone and the clustering, as DeepCluster-v2,
+            so the cluster geometry shapes the head and the backbone's features stay general.
+        projection_hidden_dim: hidden width of that MLP.
 
     Returns (forward): ``loss``, ``embedding`` (backbone features, detached) and ``deepcluster/accuracy``
     (agreement of the classifier with the pseudo-labels, 0-d).
@@ -276,6 +280,8 @@ class DeepCluster(SSLMethod):
         seed: int = 0,
         classifier: str = "reset",
         temperature: float = 0.1,
+        projection_dim: int = 0,
+        projection_hidden_dim: int = 2048,
     ):
         super().__init__(backbone, backbone_kwargs)
         if classifier not in ("reset", "centroids"):
@@ -295,7 +301,11 @@ class DeepCluster(SSLMethod):
         self.extract_batch_size = extract_batch_size
         self.seed = seed
         self.temperature = temperature
-        self.classifier = nn.Linear(self.num_features, num_clusters) if classifier == "reset" else None
+        if projection_dim < 0:
+            raise ValueError(f"projection_dim must be >= 0 (0: no projection head), got {projection_dim}")
+        self.projector = mlp(self.num_features, projection_hidden_dim, projection_dim) if projection_dim else nn.Identity()
+        cluster_dim = projection_dim or self.num_features
+        self.classifier = nn.Linear(cluster_dim, num_clusters) if classifier == "reset" else None
         # "centroids": the whitening and the centroids of the last clustering (sizes set by each clustering)
         self.register_buffer("whiten_mean", torch.zeros(0))
         self.register_buffer("whiten_projection", torch.zeros(0, 0))
@@ -323,10 +333,11 @@ class DeepCluster(SSLMethod):
                                "(or call set_pseudo_labels)")
         targets = self.pseudo_labels[indices.to(self.pseudo_labels.device)]
         features = self.backbone(views[0])
+        projected = self.projector(features)
         if self.classifier is None:
-            logits = centroid_logits(features, self.whiten_mean, self.whiten_projection, self.centroids, self.temperature)
+            logits = centroid_logits(projected, self.whiten_mean, self.whiten_projection, self.centroids, self.temperature)
         else:
-            logits = self.classifier(features)
+            logits = self.classifier(projected)
         return {
             "loss": F.cross_entropy(logits.float(), targets),
             "embedding": features.detach(),
@@ -390,23 +401,24 @@ class DeepCluster(SSLMethod):
     def extract_features(
         self, images: torch.Tensor, device: torch.device | str, image_size: int, channels: int = 3
     ) -> torch.Tensor:
-        """Backbone features (N, D) of uint8 images through the ``eval`` view, in eval mode, batched."""
+        """Features (N, D) that are clustered: the ``eval`` view of uint8 images through the backbone
+        (and the projection head, if any), in eval mode, batched."""
         from visionssl import augment
 
         device = torch.device(device)
         view = augment.create("eval", image_size=image_size, channels=channels).to(device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-        was_training = self.backbone.training
-        self.backbone.eval()
+        was_training = self.training
+        self.eval()
         try:
             chunks = []
             for start in range(0, len(images), self.extract_batch_size):
                 batch = images[start : start + self.extract_batch_size].to(device, non_blocking=True)
                 with autocast:
-                    chunks.append(self.backbone(view(batch)[0]).float())
+                    chunks.append(self.projector(self.backbone(view(batch)[0])).float())
             return torch.cat(chunks)
         finally:
-            self.backbone.train(was_training)
+            self.train(was_training)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         for name in ("pseudo_labels", "whiten_mean", "whiten_projection", "centroids"):
