@@ -14,7 +14,8 @@ aberration to hide); the pretext and clustering methods, plain SGD classifiers, 
 learning rate by the square root of the batch ratio (sqrt(32/256)) instead of linearly: in 12 short
 epochs the linear rule left them at chance, and no scaling diverged. Jigsaw cuts its puzzle from a
 random quarter of the cell (``resize_ratio=2``: the cell's frame no longer tells a tile's place) and keeps
-its recipe's learning rate unscaled (0.1 at batch 32; sqrt scaling left it under-trained). DeepCluster
+its recipe's learning rate unscaled (0.1 at batch 32; sqrt scaling left it under-trained), and its recipe
+re-estimates the BatchNorm statistics on whole cells at the end (``train.precise_bn``). DeepCluster
 runs its small recipe (DeepCluster-v2's centroid classifier and projection head). SimCLR is the
 quick-start recipe itself. Rows are merged into the results file by method, so a subset can be rerun.
 
@@ -44,7 +45,6 @@ from _common import RESULTS, device_name, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
-from visionssl.engine.batchnorm import recalibrate_batchnorm  # noqa: E402
 from visionssl.data.sources import stratified_split  # noqa: E402
 from visionssl.engine.trainer import resolve_device  # noqa: E402
 
@@ -57,7 +57,7 @@ ELPV_OVERRIDES = {
     "deepcluster": ["augment.kwargs.scale=[0.6,1.0]", SQRT_LR],
     "context": ["method.patch_size=null", "method.gap=null", "method.jitter=null", "method.color=none", SQRT_LR],
     "rotation": [SQRT_LR],
-    "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],
+    "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # precise BN: its recipe's
 }
 RECIPE = {"simclr": "simclr_elpv"}  # the quick start
 
@@ -96,17 +96,9 @@ def main() -> None:
         torch.manual_seed(seed)
         random_seeds.append(knn_top1(vs.create_backbone(args.backbone), bank, test, args.image_size, args.k))
     random_top1 = random_seeds[0]  # the seed every method starts from: its own initialisation
-    # the patch methods end with BatchNorm statistics re-estimated on whole images (train.precise_bn): the same
-    # step on the untrained seed-0 backbone is their fairer baseline
-    torch.manual_seed(args.seed)
-    untrained = vs.create_backbone(args.backbone)
-    recalibrate_batchnorm(untrained, train.images, args.image_size)
-    random_precise_bn = knn_top1(untrained, bank, test, args.image_size, args.k)
     spread = {"seeds": random_seeds, "mean": statistics.mean(random_seeds), "std": statistics.pstdev(random_seeds)}
     print(f"random weights ({args.backbone}, seed {args.seed}): kNN top-1 {random_top1:.2f}%; over seeds "
-          f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}; "
-          f"seed {args.seed} with BatchNorm statistics re-estimated on whole images: {random_precise_bn:.2f}%", flush=True)
-    spread["seed0_precise_bn"] = random_precise_bn
+          f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}", flush=True)
     budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
               "epochs": args.epochs, "k": args.k, "seed": args.seed}
     device = resolve_device(args.device)
@@ -170,9 +162,6 @@ def save(rows: dict, budget: dict, random_top1: float, spread: dict, device: str
              f"| random weights (seed {budget['seed']}, every method's initialisation) | {random_top1:.2f} | | | | | |",
              f"| random weights, {len(seeds)} seeds: mean +- std | {spread['mean']:.2f} +- {spread['std']:.2f} "
              f"({min(seeds):.2f}-{max(seeds):.2f}) | | | | | |"]
-    if "seed0_precise_bn" in spread:
-        lines.append(f"| random weights (seed {budget['seed']}), BatchNorm statistics re-estimated on whole images "
-                     f"(what jigsaw, context and rotation end with) | {spread['seed0_precise_bn']:.2f} | | | | | |")
     lines += [f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {r['precision']} | "
               f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |" for r in ordered]
     b = budget

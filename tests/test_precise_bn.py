@@ -59,26 +59,35 @@ TINY_JIGSAW = [
 ]
 
 
-def test_patch_methods_end_with_whole_image_statistics(tmp_path):
-    trainer = Trainer(load_config("jigsaw", overrides=TINY_JIGSAW + [f"out={tmp_path}"]))
-    assert trainer.precise_bn  # jigsaw trains on tiles: on by default
+def test_with_precise_bn_the_run_ends_with_whole_image_statistics(tmp_path):
+    trainer = Trainer(load_config("jigsaw", overrides=TINY_JIGSAW + ["train.precise_bn=true", f"out={tmp_path}"]))
     trainer.fit()
-    saved = vs.engine.load_backbone(tmp_path)
+    saved = vs.engine.load_backbone(tmp_path)  # the checkpoint holds the re-estimated statistics
     stats = [m.running_mean.clone() for m in saved.modules() if isinstance(m, nn.BatchNorm2d)]
     recalibrate_batchnorm(saved, trainer.train_set.images, 32)  # again: nothing changes
     again = [m.running_mean for m in saved.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(stats, again))
 
 
-def test_precise_bn_follows_the_method_unless_set(tmp_path):
-    off = Trainer(load_config("jigsaw", overrides=TINY_JIGSAW + ["train.precise_bn=false", f"out={tmp_path / 'off'}"]))
+def test_without_it_the_statistics_are_the_training_inputs(tmp_path):
+    assert load_config("jigsaw").train.precise_bn  # the jigsaw recipe turns it on
+    assert not load_config("rotation").train.precise_bn and not load_config("context").train.precise_bn  # off by default
+    off = Trainer(load_config("jigsaw", overrides=TINY_JIGSAW + ["train.precise_bn=false", f"out={tmp_path}"]))
+    assert not off.precise_bn
     off.fit()
     stats = [m.running_mean.clone() for m in off.method.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
     recalibrate_batchnorm(off.method.backbone, off.train_set.images, 32)  # tile statistics differ from whole images'
     again = [m.running_mean for m in off.method.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
     assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(stats, again))
-    rotation = load_config("rotation", overrides=["data.name=synthetic:64", "data.image_size=32", "backbone.name=resnet10t_cifar",
-                                                   "optim.batch_size=16"])
-    assert not Trainer(rotation).precise_bn  # whole images: nothing to fix
-    rotation.train.precise_bn = True
-    assert Trainer(rotation).precise_bn
+
+
+def test_precise_bn_needs_images_in_memory(tmp_path):
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    from PIL import Image
+    for i in range(8):
+        Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    cfg = load_config("simclr", overrides=[f"data.name=imagefolder:{tmp_path / 'images'}", "data.stream=true",
+                                           "optim.batch_size=2", "train.precise_bn=true", "backbone.name=resnet10t_cifar"])
+    with pytest.raises(vs.engine.ConfigError, match="precise_bn=true needs the images in memory"):
+        Trainer(cfg)

@@ -232,8 +232,13 @@ def test_without_a_run_directory_signals_keep_their_usual_meaning(backbone_file,
     monkeypatch.setenv("SIGNAL_NAME", "SIGINT")
     cfg = tiny_config(backbone_file, "null")
     cfg.out = None
-    with pytest.raises(KeyboardInterrupt):  # nowhere to save: Ctrl-C interrupts as always
-        Trainer(cfg).fit()
+    # Python's own Ctrl-C handler, also when the suite runs as a background job (which inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # nowhere to save: Ctrl-C interrupts as always
+            Trainer(cfg).fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_stale_temporary_files_of_a_killed_save_are_removed(backbone_file, tmp_path):

@@ -86,8 +86,7 @@ class TrainConfig:
     progress: bool = True  # progress bar
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     find_unused_parameters: bool = False  # DDP: only for a method whose forward leaves some parameters unused
-    # re-estimate the backbone's BatchNorm statistics on whole images before kNN and the final checkpoint
-    precise_bn: Optional[bool] = None  # null: for the methods that train on patches (jigsaw, context) | true | false
+    precise_bn: bool = False  # re-estimate the backbone's BatchNorm statistics on whole images before kNN and the last checkpoint
 
 
 @dataclass

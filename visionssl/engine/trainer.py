@@ -168,6 +168,9 @@ class Trainer:
         self.out = Path(cfg.out) if cfg.out else None
 
         data = cfg.data
+        self.precise_bn = bool(cfg.train.precise_bn)
+        if self.precise_bn and data.stream:
+            raise ConfigError("train.precise_bn=true needs the images in memory; it does not run with data.stream=true")
         if data.stream:  # files listed here, decoded and cropped batch by batch (visionssl.data.stream)
             from visionssl.data.stream import list_image_files
 
@@ -232,7 +235,6 @@ class Trainer:
             self.method.param_groups(cfg.optim.weight_decay), cfg.optim.name, lr=self.lr,
             momentum=cfg.optim.momentum, betas=tuple(cfg.optim.betas), trust_coefficient=cfg.optim.trust_coefficient,
         )
-        self.precise_bn = self._resolve_precise_bn(cfg.train.precise_bn)
         self.precision = precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
         if self.precision == "bf16" and isinstance(self.augment, augment_lib.MultiView):
             self.augment.dtype = torch.bfloat16  # autocast would round the views to bf16 at the first layer anyway
@@ -353,20 +355,12 @@ class Trainer:
     def recalibrate_batchnorm(self) -> int:
         """Re-estimates the backbone's BatchNorm statistics on whole training images (the eval view).
 
-        Done before each kNN evaluation and the final checkpoint when ``train.precise_bn`` is on (by
-        default (``null``) for methods whose ``precise_bn`` attribute is true: they train on patches, and the
-        statistics they keep describe patches). Returns the number of BatchNorm layers updated.
+        Done before each kNN evaluation and the final checkpoint when ``train.precise_bn`` is true: for a
+        backbone trained on inputs unlike the images it is used on (tiles, patches, rotations), whose
+        running statistics describe those inputs. Returns the number of BatchNorm layers updated.
         """
         return recalibrate_batchnorm(self.method.backbone, self.train_set.images, self.config.augment.image_size,
                                      batch_size=max(self.config.optim.batch_size, 256), device=self.device)
-
-    def _resolve_precise_bn(self, setting: bool | None) -> bool:
-        streamed = bool(self.config.data.stream)
-        if setting is None:  # the method's default, where the images are in memory
-            return bool(self.method.precise_bn) and not streamed
-        if setting and streamed:
-            raise ConfigError("train.precise_bn=true needs the images in memory; it does not run with data.stream=true")
-        return bool(setting)
 
     @torch.no_grad()
     def evaluate_knn(self) -> dict[str, float]:

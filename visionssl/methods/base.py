@@ -27,8 +27,6 @@ class SSLMethod(nn.Module):
         ``on_train_start(trainer)`` / ``on_epoch_start(trainer)``: e.g. DeepCluster's clustering.
         ``on_step_end(step, total_steps)``: e.g. an EMA update of a target network.
         ``sample_weights``: per-sample weights for the next epoch's sampler, or ``None``.
-        ``precise_bn``: True for methods whose backbone trains on patches, not whole images: the
-        trainer then re-estimates its BatchNorm statistics on whole images (``train.precise_bn=auto``).
         ``check_config(hparams, config)`` (staticmethod): raise ``ConfigError`` for a combination the
         method cannot run (e.g. a queue smaller than the batch); called before any work starts.
     """
@@ -37,7 +35,6 @@ class SSLMethod(nn.Module):
     num_views: int = 2
     recipe: str | None = None
     cpu_bf16: bool = True
-    precise_bn: bool = False
     sample_weights: torch.Tensor | None = None
 
     def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):

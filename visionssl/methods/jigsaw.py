@@ -48,7 +48,6 @@ class Jigsaw(SSLMethod):
     augmentation = "jigsaw"
     num_views = 1
     cpu_bf16 = False  # small patches: oneDNN's bf16 backward gave non-finite gradients on their 1x1 maps
-    precise_bn = True  # trained on patches, used on whole images: BatchNorm statistics re-estimated on those
 
     def __init__(
         self,
