@@ -57,7 +57,7 @@ ELPV_OVERRIDES = {
     "deepcluster": ["augment.kwargs.scale=[0.6,1.0]", SQRT_LR],
     "context": ["method.patch_size=null", "method.gap=null", "method.jitter=null", "method.color=none", SQRT_LR],
     "rotation": [SQRT_LR],
-    "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # precise BN: its recipe's
+    "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # train.precise_bn comes from its recipe
 }
 RECIPE = {"simclr": "simclr_elpv"}  # the quick start
 

@@ -162,8 +162,22 @@ def cluster_features(
         >>> a.shape, c.shape, int(torch.bincount(a).min()) > 0
         (torch.Size([200]), torch.Size([10, 32]), True)
     """
-    reduced = F.normalize(pca_whiten(features, pca_dim), dim=1)
-    return kmeans(reduced, k, niter=niter, seed=seed)
+    assignments, centroids, _, _ = _fit_clustering(features, k, pca_dim, niter, seed)
+    return assignments, centroids
+
+
+def _fit_clustering(
+    features: torch.Tensor, k: int, pca_dim: int, niter: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``cluster_features`` that also returns the whitening it fitted: (assignments, centroids, mean, projection)."""
+    mean, projection = fit_whitening(features, pca_dim)
+    assignments, centroids = kmeans(_whitened_unit(features, mean, projection), k, niter=niter, seed=seed)
+    return assignments, centroids, mean, projection
+
+
+def _whitened_unit(x: torch.Tensor, mean: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """The space k-means clusters in: whitened with ``fit_whitening``'s result, then L2-normalised."""
+    return F.normalize((x.float() - mean) @ projection, dim=1)
 
 
 def centroid_logits(
@@ -180,8 +194,7 @@ def centroid_logits(
         >>> bool((centroid_logits(x, mean, projection, centroids, 0.1).argmax(1) == assignments).all())
         True
     """
-    z = F.normalize((features.float() - mean) @ projection, dim=1)
-    return -torch.cdist(z, centroids.float()).square() / temperature
+    return -torch.cdist(_whitened_unit(features, mean, projection), centroids.float()).square() / temperature
 
 
 def nmi(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -366,9 +379,8 @@ class DeepCluster(SSLMethod):
         if distributed.is_main():
             seed = self.seed + int(self.num_clusterings)
             features = features.to(trainer.device)  # PCA on the GPU when there is one
-            mean, projection = fit_whitening(features, self.pca_dim)
-            whitened = F.normalize((features - mean) @ projection, dim=1)
-            assignments, centroids = kmeans(whitened, self.num_clusters, niter=self.kmeans_iters, seed=seed)
+            assignments, centroids, mean, projection = _fit_clustering(
+                features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed)
         for tensor in (assignments, mean, projection, centroids):
             distributed.broadcast(tensor, src=0)
         scalars = {}
