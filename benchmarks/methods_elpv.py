@@ -22,10 +22,12 @@ quick-start recipe itself. Rows are merged into the results file by method, so a
     python benchmarks/methods_elpv.py                      # all methods, the quick-start budget
     python benchmarks/methods_elpv.py --methods simclr byol --epochs 20
     python benchmarks/methods_elpv.py --methods jigsaw --validation --set method.num_permutations=1000
-Writes benchmarks/results/methods_elpv.json and .md. ``--validation`` is for tuning a recipe without
+Writes benchmarks/results/methods_elpv.json and .md (``methods_elpv_seed<N>`` for ``--seed N``). ``--validation`` is for tuning a recipe without
 looking at the test split: pretraining is the same (the whole train split, no labels), but kNN scores a
 held-out quarter of the train split against the other three quarters, every 4 epochs and at the end;
-the rows go to ``<out>/validation.jsonl``, not to the table.
+the final score is also 4-fold (each quarter of the train split against the other three, so all 1,970
+train images are queries: about half the noise of one quarter); the rows go to ``<out>/validation.jsonl``,
+not to the table.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,6 +70,25 @@ def knn_top1(backbone, train, test, image_size: int, k: int) -> float:
     return vs.eval.knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=k, temperature=0.07)["top1"]
 
 
+def stratified_folds(strata: np.ndarray, num_folds: int = 4, seed: int = 0) -> np.ndarray:
+    """A fold number per sample, each stratum dealt round-robin over the folds in a seeded order."""
+    rng, folds = np.random.default_rng(seed), np.empty(len(strata), dtype=np.int64)
+    for s in np.unique(strata):
+        idx = rng.permutation(np.flatnonzero(strata == s))
+        folds[idx] = np.arange(len(idx)) % num_folds
+    return folds
+
+
+def cross_validated_knn(backbone, train, folds: np.ndarray, image_size: int, k: int) -> float:
+    """kNN top-1 (%) over every image of ``train``, each fold scored against the others (features extracted once)."""
+    x, y = vs.eval.extract_features(backbone, train, image_size=image_size, progress=False)
+    right = 0.0
+    for f in np.unique(folds):
+        query = torch.from_numpy(folds == f)
+        right += vs.eval.knn(x[~query], y[~query], x[query], y[query], k=k, temperature=0.07)["top1"] * int(query.sum())
+    return right / len(y)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["all"])
@@ -78,6 +100,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-seeds", type=int, default=5, help="untrained initialisations scored for the spread")
     parser.add_argument("--out", default="runs/methods_elpv")
+    parser.add_argument("--results", default=None, help="results file name (default: methods_elpv, "
+                        "methods_elpv_seed<N> for another --seed, so the main table keeps its seed)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--validation", action="store_true", help="score a held-out quarter of the train split (tuning)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every listed method")
@@ -90,19 +114,25 @@ def main() -> None:
         strata = (train.targets * 2 + train.labels["type"]).numpy()
         bank_idx, val_idx = stratified_split(strata, test_fraction=0.25, seed=args.seed)
         bank, test = train.subset(torch.from_numpy(bank_idx)), train.subset(torch.from_numpy(val_idx))
+        folds = stratified_folds(strata, 4, seed=args.seed)
 
-    random_seeds = []  # the spread over initialisations says how far apart two untrained backbones are
+    random_seeds, random_cv = [], []  # the spread over initialisations says how far apart two untrained backbones are
     for seed in range(args.seed, args.seed + args.random_seeds):
         torch.manual_seed(seed)
-        random_seeds.append(knn_top1(vs.create_backbone(args.backbone), bank, test, args.image_size, args.k))
+        backbone = vs.create_backbone(args.backbone)
+        random_seeds.append(knn_top1(backbone, bank, test, args.image_size, args.k))
+        if args.validation:
+            random_cv.append(cross_validated_knn(backbone, train, folds, args.image_size, args.k))
     random_top1 = random_seeds[0]  # the seed every method starts from: its own initialisation
-    spread = {"seeds": random_seeds, "mean": statistics.mean(random_seeds), "std": statistics.pstdev(random_seeds)}
+    spread = {"seeds": random_seeds, "mean": statistics.mean(random_seeds), "std": statistics.pstdev(random_seeds),
+              "cross_validated": random_cv}
     print(f"random weights ({args.backbone}, seed {args.seed}): kNN top-1 {random_top1:.2f}%; over seeds "
           f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}", flush=True)
     budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
               "epochs": args.epochs, "k": args.k, "seed": args.seed}
     device = resolve_device(args.device)
-    old = json.loads((RESULTS / "methods_elpv.json").read_text()) if (RESULTS / "methods_elpv.json").exists() else {}
+    results = args.results or ("methods_elpv" if args.seed == 0 else f"methods_elpv_seed{args.seed}")
+    old = json.loads((RESULTS / f"{results}.json").read_text()) if (RESULTS / f"{results}.json").exists() else {}
     kept = old.get("results", []) if old.get("budget") == budget else []  # rows of another budget are dropped
     for r in kept:  # rows written before rows named their machine ran where the file says
         r.setdefault("device", old.get("device")), r.setdefault("torch", old.get("versions", {}).get("torch"))
@@ -124,14 +154,15 @@ def main() -> None:
         seconds = time.perf_counter() - start
         top1 = knn_top1(trainer.method.backbone, bank, test, args.image_size, args.k)
         if args.validation:
-            report_validation(trainer, name, args.set, top1, spread, seconds, Path(args.out))
+            cv = cross_validated_knn(trainer.method.backbone, train, folds, args.image_size, args.k)
+            report_validation(trainer, name, args.set, top1, cv, spread, seconds, Path(args.out))
             continue
         rows[name] = {"method": name, "knn_top1": top1, "gain_over_random": top1 - random_top1, "train_seconds": seconds,
                       "final_loss": trainer.metrics.get("train/loss"), "precision": trainer.precision, "epochs_done": trainer.epoch,
                       "overrides": ELPV_OVERRIDES.get(name, []), "recipe": RECIPE.get(name, name),
                       "device": device_name(device), "torch": torch.__version__}
         print(f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random)  {seconds:6.0f} s", flush=True)
-        path = save(rows, budget, random_top1, spread, device_name(device), args.k)
+        path = save(results, rows, budget, random_top1, spread, device_name(device), args.k)
         print(f"wrote {path}")
 
 
@@ -140,22 +171,26 @@ def run_name(method: str, validation: bool) -> str:
     return f"{method}-validation-{time.strftime('%m%d-%H%M%S')}-{os.getpid()}" if validation else method
 
 
-def report_validation(trainer: Trainer, name: str, extra: list[str], top1: float, spread: dict, seconds: float, out: Path) -> None:
-    """Prints the validation curve and appends the row to ``<out>/validation.jsonl``."""
+def report_validation(trainer: Trainer, name: str, extra: list[str], top1: float, cv: float, spread: dict, seconds: float,
+                      out: Path) -> None:
+    """Prints the validation curve and the 4-fold score and appends the row to ``<out>/validation.jsonl``."""
     lines = (trainer.out / "metrics.jsonl").read_text().splitlines()
     curve = [(r["epoch"], r["knn/top1"]) for r in map(json.loads, lines) if "knn/top1" in r]
-    row = {"method": name, "set": extra, "validation_top1": top1, "curve": curve, "random_over_seeds": spread["seeds"],
+    row = {"method": name, "set": extra, "validation_top1": top1, "cross_validated_top1": cv, "curve": curve,
+           "random_over_seeds": spread["seeds"], "random_cross_validated": spread["cross_validated"],
            "train_seconds": seconds, "final_loss": trainer.metrics.get("train/loss"), "epochs_done": trainer.epoch}
     with open(out / "validation.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(f"{name:12s} validation kNN top-1 {top1:6.2f}% (random {min(spread['seeds']):.2f}-{max(spread['seeds']):.2f}); "
+    rcv = spread["cross_validated"]
+    print(f"{name:12s} 4-fold kNN top-1 {cv:6.2f}% (random {min(rcv):.2f}-{max(rcv):.2f}); "
+          f"validation quarter {top1:6.2f}% (random {min(spread['seeds']):.2f}-{max(spread['seeds']):.2f}); "
           f"curve {' '.join(f'{t:.1f}' for _, t in curve)}; {' '.join(extra)}; {seconds:.0f} s", flush=True)
 
 
-def save(rows: dict, budget: dict, random_top1: float, spread: dict, device: str, k: int) -> Path:
+def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dict, device: str, k: int) -> Path:
     """Writes the JSON and the Markdown table (methods in name order)."""
     ordered = [rows[m] for m in sorted(rows)]
-    path = write_results("methods_elpv", {"device": device, "budget": budget, "random_knn_top1": random_top1,
+    path = write_results(results, {"device": device, "budget": budget, "random_knn_top1": random_top1,
                                           "random_knn_top1_over_seeds": spread, "results": ordered})
     seeds = spread["seeds"]
     lines = ["| method | kNN top-1 (%) | vs random | precision | epochs | train time (s) | machine |", "|---|---|---|---|---|---|---|",
@@ -165,7 +200,7 @@ def save(rows: dict, budget: dict, random_top1: float, spread: dict, device: str
     lines += [f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {r['precision']} | "
               f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |" for r in ordered]
     b = budget
-    (RESULTS / "methods_elpv.md").write_text(
+    (RESULTS / f"{results}.md").write_text(
         f"elpv defect labels, kNN (k={k}) on frozen features; {b['backbone']} at {b['image_size']} px, batch "
         f"{b['batch_size']}, {b['epochs']} epochs, seed {b['seed']}; random weights scored on {device}.\n\n" + "\n".join(lines) + "\n"
     )
