@@ -69,7 +69,6 @@ def test_recipes_load_and_build(name):
         ("context", "resnet18_cifar", {}, 2),
         ("jigsaw", "resnet10t_cifar", {}, 2),  # 8 px tiles
         ("jigsaw", "resnet18_cifar", {"tile_size": 10}, 2),  # 10 px tiles: the whole 10 px cell
-        ("jigsaw", "resnet10t_cifar", {"puzzles_per_image": 3}, 2),  # 3 puzzles of each view, one pass
     ],
 )
 def test_forward_backward_on_32px_with_cifar_resnets(name, backbone, hparams, batch):
@@ -78,7 +77,7 @@ def test_forward_backward_on_32px_with_cifar_resnets(name, backbone, hparams, ba
     method.backbone.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
     out = method([torch.randn(batch, 3, 32, 32)])
     side = {"rotation": 32, "context": 8, "jigsaw": hparams.get("tile_size", 8)}[name]
-    count = {"rotation": 4, "context": 2, "jigsaw": 9 * hparams.get("puzzles_per_image", 1)}[name] * batch
+    count = {"rotation": 4, "context": 2, "jigsaw": 9}[name] * batch
     assert seen == [(count, 3, side, side)]  # one backbone pass over all rotations / patches / tiles
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     assert out["embedding"].shape == (batch, method.num_features) and not out["embedding"].requires_grad
@@ -127,22 +126,6 @@ def test_context_on_grayscale_backbones_skips_colour_dropping():
     out = method([torch.randn(2, 1, 32, 32)])
     out["loss"].backward()
     grads_flow(method)
-
-
-def test_jigsaw_puzzles_per_image_equal_one_puzzle_of_each_repeated_view():
-    two = Jigsaw(backbone=TinyNet(), num_permutations=10, tile_dim=8, head_hidden_dim=16, puzzles_per_image=2).eval()
-    one = Jigsaw(backbone=TinyNet(), num_permutations=10, tile_dim=8, head_hidden_dim=16).eval()
-    one.load_state_dict(two.state_dict())
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        out_two = two([x])
-        torch.manual_seed(0)
-        out_one = one([torch.cat([x, x])])  # the same draws: jitter and a permutation per puzzle
-    assert torch.allclose(out_two["loss"], out_one["loss"]) and out_two["jigsaw/accuracy"] == out_one["jigsaw/accuracy"]
-    assert torch.allclose(out_two["embedding"], out_one["embedding"][:3])  # each image's first puzzle
-    with pytest.raises(ValueError, match="puzzles_per_image"):
-        Jigsaw(backbone=TinyNet(), num_permutations=10, puzzles_per_image=0)
 
 
 def test_jigsaw_permutations_are_a_saved_buffer():

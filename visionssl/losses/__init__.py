@@ -6,9 +6,8 @@ Example:
     True
 """
 from visionssl.losses.infonce_queue import infonce_queue
-from visionssl.losses.memory_bank import instance_softmax, update_memory_bank
 from visionssl.losses.negative_cosine import negative_cosine
 from visionssl.losses.nt_xent import nt_xent
 from visionssl.losses.vicreg import vicreg
 
-__all__ = ["infonce_queue", "instance_softmax", "negative_cosine", "nt_xent", "update_memory_bank", "vicreg"]
+__all__ = ["infonce_queue", "negative_cosine", "nt_xent", "vicreg"]

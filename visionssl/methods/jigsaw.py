@@ -32,13 +32,9 @@ class Jigsaw(SSLMethod):
         tile_dim: per-tile layer width (paper: fc6, 1024); ``None``: concatenate the backbone features.
         head_hidden_dim: hidden width of the classifier MLP (paper: fc7, 4096).
         head_layers: linear layers of the classifier (paper: fc7 + fc8 = 2).
-        puzzles_per_image: puzzles cut from each view per step, each with its own tile jitter and
-            permutation (paper: 1). Like RotNet's 4 rotations in one batch: more signal per epoch, at
-            ``9 * puzzles_per_image`` tiles per image (3 puzzles of 18 px tiles are about the pixels of
-            SimCLR's two 64 px views).
 
-    Returns (forward): ``loss`` (mean over all puzzles), ``embedding`` (mean tile feature of each image's
-    first puzzle, detached) and ``jigsaw/accuracy`` (permutation accuracy, 0-d).
+    Returns (forward): ``loss``, ``embedding`` (mean tile feature per image, detached) and
+    ``jigsaw/accuracy`` (permutation accuracy, 0-d).
 
     Example:
         >>> import torch, visionssl as vs
@@ -65,14 +61,11 @@ class Jigsaw(SSLMethod):
         tile_dim: int | None = 1024,
         head_hidden_dim: int = 4096,
         head_layers: int = 2,
-        puzzles_per_image: int = 1,
     ):
         super().__init__(backbone, backbone_kwargs)
         if head_layers < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers}")
-        if puzzles_per_image < 1:
-            raise ValueError(f"puzzles_per_image must be >= 1, got {puzzles_per_image}")
-        self.grid, self.tile_size, self.puzzles_per_image = grid, tile_size, puzzles_per_image
+        self.grid, self.tile_size = grid, tile_size
         perms = hamming_permutations(num_permutations, grid * grid, permutation_seed, permutation_selection)
         self.register_buffer("permutations", perms)  # saved with the weights: the classes stay defined
         if tile_dim is None:
@@ -101,8 +94,7 @@ class Jigsaw(SSLMethod):
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 1:
             raise ValueError(f"jigsaw takes 1 view, got {len(views)}")
-        batch = views[0].shape[0]
-        x = views[0].repeat(self.puzzles_per_image, 1, 1, 1)  # puzzle p of image i at row p * batch + i
+        x = views[0]
         b, n = x.shape[0], self.grid * self.grid
         index = torch.randint(0, self.num_permutations, (b,), device=x.device)
         tiles = normalize_tiles(shuffle_tiles(jigsaw_tiles(x, self.grid, self.tile_size), self.permutations, index))
@@ -110,6 +102,6 @@ class Jigsaw(SSLMethod):
         logits = self.classifier(self.tile_head(features).reshape(b, -1))
         return {
             "loss": F.cross_entropy(logits.float(), index),
-            "embedding": features.detach().view(b, n, -1)[:batch].mean(1),
+            "embedding": features.detach().view(b, n, -1).mean(1),
             "jigsaw/accuracy": (logits.argmax(1) == index).float().mean().detach(),
         }
