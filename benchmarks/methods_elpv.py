@@ -25,12 +25,14 @@ quick-start recipe itself. Rows are merged into the results file by method, so a
     python benchmarks/methods_elpv.py                      # all methods, the quick-start budget
     python benchmarks/methods_elpv.py --methods simclr byol --epochs 20
     python benchmarks/methods_elpv.py --methods jigsaw --validation --set method.num_permutations=1000
-Writes benchmarks/results/methods_elpv.json and .md (``methods_elpv_seed<N>`` for ``--seed N``). ``--validation`` is for tuning a recipe without
-looking at the test split: pretraining is the same (the whole train split, no labels), but kNN scores a
-held-out quarter of the train split against the other three quarters, every 4 epochs and at the end;
-the final score is also 4-fold (each quarter of the train split against the other three, so all 1,970
-train images are queries: about half the noise of one quarter); the rows go to ``<out>/validation.jsonl``,
-not to the table.
+    python benchmarks/methods_elpv.py --methods rotation jigsaw --seed 1   # -> methods_elpv_seed1
+    python benchmarks/methods_elpv.py --summarize-seeds    # every seed's gain -> methods_elpv_seeds.md
+Writes benchmarks/results/methods_elpv.json and .md (``methods_elpv_seed<N>`` for ``--seed N``).
+``--validation`` is for tuning a recipe without looking at the test split: pretraining is the same
+(the whole train split, no labels), but kNN scores a held-out quarter of the train split against the
+other three quarters, every 4 epochs and at the end; the final score is also 4-fold (each quarter
+against the other three, so all 1,970 train images are queries: about half the noise of one quarter);
+the rows go to ``<out>/validation.jsonl``, not to the table.
 """
 from __future__ import annotations
 
