@@ -68,11 +68,21 @@ ELPV_OVERRIDES = {
     "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # train.precise_bn comes from its recipe
 }
 RECIPE = {"simclr": "simclr_elpv"}  # the quick start
+KNN_TEMPERATURE = 0.07
 
 
-def knn_top1(backbone, train, test, image_size: int, k: int) -> float:
-    feats = [vs.eval.extract_features(backbone, ds, image_size=image_size, progress=False) for ds in (train, test)]
-    return vs.eval.knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=k, temperature=0.07)["top1"]
+def knn_scores(backbone, train, test, split, folds: np.ndarray, image_size: int, k: int) -> tuple[float, float]:
+    """(kNN top-1 of the queries, 4-fold kNN top-1 over ``train``), in %, from one pass over the train split.
+
+    ``split`` is None (bank: ``train``, queries: ``test``) or ``(bank_idx, query_idx)`` into ``train``.
+    """
+    x, y = vs.eval.extract_features(backbone, train, image_size=image_size, progress=False)
+    if split is None:
+        bank, queries = (x, y), vs.eval.extract_features(backbone, test, image_size=image_size, progress=False)
+    else:
+        bank, queries = (x[split[0]], y[split[0]]), (x[split[1]], y[split[1]])
+    top1 = vs.eval.knn(*bank, *queries, k=k, temperature=KNN_TEMPERATURE)["top1"]
+    return top1, cross_validated_knn(x, y, folds, k)
 
 
 def stratified_folds(strata: np.ndarray, num_folds: int = 4, seed: int = 0) -> np.ndarray:
@@ -84,13 +94,12 @@ def stratified_folds(strata: np.ndarray, num_folds: int = 4, seed: int = 0) -> n
     return folds
 
 
-def cross_validated_knn(backbone, train, folds: np.ndarray, image_size: int, k: int) -> float:
-    """kNN top-1 (%) over every image of ``train``, each fold scored against the others (features extracted once)."""
-    x, y = vs.eval.extract_features(backbone, train, image_size=image_size, progress=False)
+def cross_validated_knn(x: torch.Tensor, y: torch.Tensor, folds: np.ndarray, k: int) -> float:
+    """kNN top-1 (%) over every row of ``x``, each fold scored against the others."""
     right = 0.0
     for f in np.unique(folds):
         query = torch.from_numpy(folds == f)
-        right += vs.eval.knn(x[~query], y[~query], x[query], y[query], k=k, temperature=0.07)["top1"] * int(query.sum())
+        right += vs.eval.knn(x[~query], y[~query], x[query], y[query], k=k, temperature=KNN_TEMPERATURE)["top1"] * int(query.sum())
     return right / len(y)
 
 
@@ -119,19 +128,19 @@ def main() -> None:
     methods = vs.list_methods() if args.methods == ["all"] else args.methods
     stored = math.ceil(args.image_size * 1.125)
     train, test = vs.data.load_dataset("elpv", "train", stored), vs.data.load_dataset("elpv", "test", stored)
-    bank = train
+    bank, split = train, None
     strata = (train.targets * 2 + train.labels["type"]).numpy()
     folds = stratified_folds(strata, 4, seed=0)  # the same queries for every seed: rows stay comparable
     if args.validation:  # the test split stays unseen: queries are a stratified quarter of the train split
-        bank_idx, val_idx = stratified_split(strata, test_fraction=0.25, seed=args.seed)
-        bank, test = train.subset(torch.from_numpy(bank_idx)), train.subset(torch.from_numpy(val_idx))
+        split = tuple(torch.from_numpy(i) for i in stratified_split(strata, test_fraction=0.25, seed=args.seed))
+        bank, test = train.subset(split[0]), train.subset(split[1])
 
     random_seeds, random_cv = [], []  # the spread over initialisations says how far apart two untrained backbones are
     for seed in range(args.seed, args.seed + args.random_seeds):
         torch.manual_seed(seed)
-        backbone = vs.create_backbone(args.backbone)
-        random_seeds.append(knn_top1(backbone, bank, test, args.image_size, args.k))
-        random_cv.append(cross_validated_knn(backbone, train, folds, args.image_size, args.k))
+        top1, cv = knn_scores(vs.create_backbone(args.backbone), train, test, split, folds, args.image_size, args.k)
+        random_seeds.append(top1)
+        random_cv.append(cv)
     random_top1 = random_seeds[0]  # the seed every method starts from: its own initialisation
     spread = {"seeds": random_seeds, "mean": statistics.mean(random_seeds), "std": statistics.pstdev(random_seeds),
               "cross_validated": random_cv}
@@ -165,8 +174,7 @@ def main() -> None:
                 print(f"{name:12s} stopped by {result['stopped_by']} at epoch {trainer.epoch}: no row written", flush=True)
                 return
         seconds = time.perf_counter() - start
-        top1 = knn_top1(trainer.method.backbone, bank, test, args.image_size, args.k)
-        cv = cross_validated_knn(trainer.method.backbone, train, folds, args.image_size, args.k)
+        top1, cv = knn_scores(trainer.method.backbone, train, test, split, folds, args.image_size, args.k)
         if args.validation:
             report_validation(trainer, name, args.set, top1, cv, spread, seconds, Path(args.out))
             continue

@@ -46,7 +46,7 @@ def test_cross_validated_knn_scores_each_fold_against_the_others(bench):
     for f in range(4):
         q = torch.from_numpy(folds == f)
         right += vs.eval.knn(x[~q], y[~q], x[q], y[q], k=3, temperature=0.07)["top1"] / 100 * int(q.sum())
-    assert bench.cross_validated_knn(backbone, data, folds, 8, 3) == pytest.approx(100 * right / 24)
+    assert bench.cross_validated_knn(x, y, folds, 3) == pytest.approx(100 * right / 24)
 
 
 def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
