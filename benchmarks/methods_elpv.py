@@ -27,6 +27,11 @@ quick-start recipe itself. Rows are merged into the results file by method, so a
     python benchmarks/methods_elpv.py --methods jigsaw --validation --set method.num_permutations=1000
     python benchmarks/methods_elpv.py --methods rotation jigsaw --seed 1   # -> methods_elpv_seed1
     python benchmarks/methods_elpv.py --summarize-seeds    # every seed's gain -> methods_elpv_seeds.md
+    python benchmarks/methods_elpv.py --methods context --results methods_elpv_context_64px --set augment.image_size=266 data.image_size=300
+
+The last line pretrains on larger views than kNN scores: with a ``data.image_size`` other than the budget's
+the train split is loaded again at that size for pretraining (here context prediction cuts 64 px patches
+from the cells at full resolution), and kNN still scores the budget's 64 px images.
 Writes benchmarks/results/methods_elpv.json and .md (``methods_elpv_seed<N>`` for ``--seed N``).
 ``--validation`` is for tuning a recipe without looking at the test split: pretraining is the same
 (the whole train split, no labels), but kNN scores a held-out quarter of the train split against the
@@ -164,7 +169,8 @@ def main() -> None:
         ]
         cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
         start = time.perf_counter()
-        trainer = Trainer(cfg, train_set=train, eval_sets=(bank, test))
+        pretrain_set = train if cfg.data.image_size == stored else vs.data.load_dataset("elpv", "train", cfg.data.image_size)
+        trainer = Trainer(cfg, train_set=pretrain_set, eval_sets=(bank, test))
         try:
             result = trainer.fit()
         except NonFiniteLossError as exc:  # recorded, and the other methods still run
@@ -181,7 +187,7 @@ def main() -> None:
         rows[name] = {"method": name, "knn_top1": top1, "gain_over_random": top1 - random_top1,
                       "train_4fold_top1": cv, "train_4fold_gain": cv - random_cv[0], "train_seconds": seconds,
                       "final_loss": trainer.metrics.get("train/loss"), "precision": trainer.precision, "epochs_done": trainer.epoch,
-                      "overrides": ELPV_OVERRIDES.get(name, []), "recipe": RECIPE.get(name, name),
+                      "overrides": ELPV_OVERRIDES.get(name, []), "set": args.set, "recipe": RECIPE.get(name, name),
                       "device": device_name(device), "torch": torch.__version__}
         print(f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random); 4-fold on the train split "
               f"{cv:6.2f}% ({cv - random_cv[0]:+.2f}); {seconds:6.0f} s", flush=True)
@@ -234,6 +240,8 @@ def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dic
     (RESULTS / f"{results}.md").write_text(
         f"elpv defect labels, kNN (k={k}) on frozen features; {b['backbone']} at {b['image_size']} px, batch "
         f"{b['batch_size']}, {b['epochs']} epochs, seed {b['seed']}; random weights scored on {device}.\n\n" + "\n".join(lines) + "\n"
+        + "".join(f"\n{r['method']} ran with `--set {' '.join(r['set'])}`." for r in ordered if r.get("set"))
+        + ("\n" if any(r.get("set") for r in ordered) else "")
     )
     return path
 

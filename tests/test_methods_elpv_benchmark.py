@@ -63,3 +63,20 @@ def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
     table = (tmp_path / "methods_elpv_seeds.md").read_text()
     assert "| rot | -1.00 / +0.50 | +2.00 / +1.50 | +0.50 | +1.00 | 2 |" in table
     assert "| dc | +1.00 / - |  | +1.00 | - | 1 |" in table
+
+
+def test_save_writes_the_table_and_names_extra_overrides(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys.modules[bench.write_results.__module__], "RESULTS", tmp_path)
+    row = {"method": "context", "knn_top1": 76.3, "gain_over_random": -2.29, "train_4fold_top1": 77.41,
+           "train_4fold_gain": -0.05, "train_seconds": 871.0, "precision": "fp32", "epochs_done": 12,
+           "set": ["augment.image_size=266", "data.image_size=300"], "device": "cpu", "torch": "2"}
+    budget = {"backbone": "resnet18", "image_size": 64, "batch_size": 32, "epochs": 12, "k": 20, "seed": 0}
+    spread = {"seeds": [78.59, 77.0], "mean": 77.795, "std": 0.795, "cross_validated": [77.46, 77.0]}
+    bench.save("variant", {"context": row}, budget, 78.59, spread, "cpu", 20)
+    table = (tmp_path / "variant.md").read_text()
+    assert "| context | 76.30 | -2.29 | 77.41 (-0.05) | fp32 | 12 | 871 | cpu, torch 2 |" in table
+    assert "context ran with `--set augment.image_size=266 data.image_size=300`." in table
+    bench.save("plain", {"context": {**row, "set": []}}, budget, 78.59, spread, "cpu", 20)
+    assert "ran with" not in (tmp_path / "plain.md").read_text()
+    assert json.loads((tmp_path / "variant.json").read_text())["results"][0]["set"] == row["set"]
