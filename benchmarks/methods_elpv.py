@@ -169,8 +169,8 @@ def main() -> None:
         ]
         cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
         start = time.perf_counter()
-        pretrain_set = train if cfg.data.image_size == stored else vs.data.load_dataset("elpv", "train", cfg.data.image_size)
-        trainer = Trainer(cfg, train_set=pretrain_set, eval_sets=(bank, test))
+        # another data.image_size: train_set=None lets the trainer load the train split at that size
+        trainer = Trainer(cfg, train_set=train if cfg.data.image_size == stored else None, eval_sets=(bank, test))
         try:
             result = trainer.fit()
         except NonFiniteLossError as exc:  # recorded, and the other methods still run
@@ -237,11 +237,11 @@ def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dic
     lines += [f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {train_4fold(r)} | {r['precision']} | "
               f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |" for r in ordered]
     b = budget
+    notes = [f"{r['method']} ran with `--set {' '.join(r['set'])}`." for r in ordered if r.get("set")]
     (RESULTS / f"{results}.md").write_text(
         f"elpv defect labels, kNN (k={k}) on frozen features; {b['backbone']} at {b['image_size']} px, batch "
         f"{b['batch_size']}, {b['epochs']} epochs, seed {b['seed']}; random weights scored on {device}.\n\n" + "\n".join(lines) + "\n"
-        + "".join(f"\n{r['method']} ran with `--set {' '.join(r['set'])}`." for r in ordered if r.get("set"))
-        + ("\n" if any(r.get("set") for r in ordered) else "")
+        + ("\n" + "\n".join(notes) + "\n" if notes else "")
     )
     return path
 
