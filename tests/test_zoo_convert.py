@@ -1,6 +1,7 @@
 """Converters: synthetic checkpoints built in each upstream layout load strictly and give the reference features."""
 import argparse
 import pickle
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -74,32 +75,49 @@ def moco_v1(sd):  # main_moco.py save_checkpoint; v1's head is one Linear called
     return {"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state()}
 
 
-def moco_v2(sd):  # v2: fc becomes an MLP (fc.0, fc.2); a numpy accuracy rides along as legacy metadata
+def moco_v2(sd):  # v2: fc becomes an MLP (fc.0, fc.2); main_moco.py saves epoch, arch, state_dict, optimizer
     state = {**prefixed(sd, "module.encoder_q."), **mlp_keys("module.encoder_q.fc.", bn=False),
-             **prefixed(sd, "module.encoder_k."), "module.queue": torch.randn(128, 64)}
-    return {"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state(),
-            "best_acc1": np.float64(71.1), "step": np.int64(12)}
+             **prefixed(sd, "module.encoder_k."), "module.queue": torch.randn(128, 64),
+             "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    return {"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state()}
 
 
 def mocov3(sd):
     state = {**prefixed(sd, "module.base_encoder."), **mlp_keys("module.base_encoder.fc."),
              **prefixed(sd, "module.momentum_encoder."), **mlp_keys("module.momentum_encoder.fc."),
              **mlp_keys("module.predictor.", dims=(32, 64, 32))}
-    return {"epoch": 1000, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state(),
-            "scaler": {"scale": 65536.0, "growth_factor": 2.0}}
+    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 17}  # torch.cuda.amp.GradScaler.state_dict()
+    lars = {"state": {0: {"mu": torch.randn(3)}}, "param_groups": [{"lr": 4.8, "weight_decay": 1e-6, "momentum": 0.9,
+                                                                    "trust_coefficient": 0.001, "params": [0]}]}
+    return {"epoch": 1000, "arch": "resnet18", "state_dict": state, "optimizer": lars, "scaler": scaler}
 
 
-def simsiam(sd):  # the projector lives in encoder.fc; args as an argparse.Namespace (legacy metadata)
+def simsiam(sd):  # the projector lives in encoder.fc; main_simsiam.py saves epoch, arch, state_dict, optimizer
     state = {**prefixed(sd, "module.encoder."), **mlp_keys("module.encoder.fc."),
              **mlp_keys("module.predictor.", dims=(32, 64, 32))}
-    return {"epoch": 100, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state(),
-            "args": argparse.Namespace(arch="resnet18", lr=0.05, fix_pred_lr=True)}
+    return {"epoch": 100, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state()}
 
 
-def swav(sd):  # a flat DDP state dict with the projection head and prototypes
-    return {**prefixed(sd, "module."), **prefixed(mlp_keys("projection_head."), "module."),
-            "module.prototypes.prototypes0.weight": torch.randn(30, 32),
-            "module.prototypes.prototypes1.weight": torch.randn(30, 32)}
+def swav_model(sd, prototypes: dict) -> dict:  # the DDP state dict of swav's ResNet: trunk, projection head, prototypes
+    return {**prefixed(sd, "module."), **prefixed(mlp_keys("projection_head."), "module."), **prototypes}
+
+
+def swav_release(sd):  # swav_800ep_pretrain.pth.tar: the flat state dict; SwAV has one prototypes Linear
+    return swav_model(sd, {"module.prototypes.weight": torch.randn(30, 32)})
+
+
+def deepclusterv2_release(sd):  # deepclusterv2_800ep_pretrain.pth.tar: MultiPrototypes, one Linear per clustering
+    return swav_model(sd, {f"module.prototypes.prototypes{i}.weight": torch.randn(30, 32) for i in range(3)})
+
+
+def swav_training(sd):  # main_swav.py's checkpoint.pth.tar: epoch, state_dict, optimizer (LARC over SGD), amp
+    return {"epoch": 800, "state_dict": swav_release(sd), "optimizer": optimizer_state(),
+            "amp": OrderedDict(loss_scaler0={"loss_scale": 65536.0, "unskipped": 0})}
+
+
+def deepclusterv2_training(sd):  # main_deepclusterv2.py's checkpoint.pth.tar: no amp entry
+    return {"epoch": 800, "state_dict": deepclusterv2_release(sd), "optimizer": optimizer_state()}
 
 
 def vissl(sd):
@@ -114,10 +132,17 @@ def vissl_model_state_dict(sd):  # the converted VISSL files
     return {"model_state_dict": prefixed(sd, "_feature_blocks.")}
 
 
-def openmmlab(sd):  # mmselfsup: backbone, neck, head and the momentum target network under state_dict
+def openmmlab(sd):  # mmselfsup 0.x (mmcv save_checkpoint, publish_model.py drops the optimizer): meta + state_dict
     state = {**prefixed(sd, "backbone."), **mlp_keys("neck.mlp."), **mlp_keys("head.predictor.mlp.", dims=(32, 64, 32)),
              **prefixed(sd, "target_net.0."), **mlp_keys("target_net.1.mlp.")}
-    return {"meta": {"epoch": 200, "mmengine_version": "0.1.0", "config": "model = dict(type='BYOL')"}, "state_dict": state}
+    meta = {"env_info": "sys.platform: linux", "seed": 0, "exp_name": "byol_resnet50.py", "config": "model = dict(type='BYOL')",
+            "mmcv_version": "1.4.2", "time": "Wed Dec 15 10:00:00 2021", "epoch": 200, "iter": 250200,
+            "hook_msgs": {"last_ckpt": "work_dirs/byol/epoch_200.pth"}}
+    return {"meta": meta, "state_dict": state}
+
+
+def openmmlab_extracted(sd):  # mmselfsup's extract_backbone_weights.py: the backbone keys, prefix removed
+    return {"state_dict": dict(sd), "author": "MMSelfSup"}
 
 
 def torchvision_flat(sd):  # VICReg's backbone-only file: the bare state dict
@@ -134,8 +159,9 @@ def visionssl_run(sd):  # our own training checkpoint
 
 
 LAYOUTS = [
-    ("moco", moco_v1), ("moco", moco_v2), ("mocov3", mocov3), ("simsiam", simsiam), ("swav", swav),
-    ("vissl", vissl), ("vissl", vissl_model_state_dict), ("openmmlab", openmmlab),
+    ("moco", moco_v1), ("moco", moco_v2), ("mocov3", mocov3), ("simsiam", simsiam),
+    ("swav", swav_release), ("swav", deepclusterv2_release), ("swav", swav_training), ("swav", deepclusterv2_training),
+    ("vissl", vissl), ("vissl", vissl_model_state_dict), ("openmmlab", openmmlab), ("openmmlab", openmmlab_extracted),
     ("torchvision", torchvision_flat), ("torchvision", torchvision_with_classifier), ("visionssl", visionssl_run),
 ]
 

@@ -12,9 +12,9 @@ it against torchvision).
 ``load_strict`` then loads the result into the backbone: a missing or unexpected key, or a shape
 that does not fit, is an error that lists the keys.
 
-Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-plus an allow-list of harmless classes that legacy checkpoints carry (``argparse.Namespace``,
-numpy scalars and arrays). Anything else is refused unless the caller passes ``unsafe=True``.
+Checkpoints are read by ``visionssl.zoo.safe_load.read_checkpoint``: ``torch.load(weights_only=True)``
+with an allow-list of the bookkeeping that real upstream files carry (mmengine's ``message_hub``,
+numpy arrays and scalars); anything else is refused unless the caller passes ``unsafe=True``.
 
 Example:
     >>> import torch, timm
@@ -26,12 +26,7 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import pickle
-import re
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -39,8 +34,7 @@ from torch import nn
 
 from visionssl.registry import Registry
 from visionssl.zoo.registry import ZooError
-
-logger = logging.getLogger(__name__)
+from visionssl.zoo.safe_load import read_checkpoint, safe_globals  # noqa: F401  (re-exported)
 
 CONVERTERS = Registry("checkpoint format")
 StateDict = dict[str, torch.Tensor]
@@ -168,12 +162,18 @@ def simsiam(checkpoint: Mapping[str, Any]) -> StateDict:
 
 @register_converter("swav")
 def swav(checkpoint: Mapping[str, Any]) -> StateDict:
-    """facebookresearch/swav releases (SwAV, DeepCluster-v2): a flat ``module.*`` state dict; heads dropped.
+    """facebookresearch/swav (SwAV, DeepCluster-v2): ``module.*``; projection head and prototypes dropped.
 
-    Their ResNet pads the input by 1 and uses padding 2 in the stem convolution, which computes
-    exactly what timm's padding 3 computes, so the weights need no change.
+    The releases are the flat DDP state dict; the training checkpoints of ``main_swav.py`` and
+    ``main_deepclusterv2.py`` (``{epoch, state_dict, optimizer[, amp]}``) hold it under
+    ``state_dict``, which is unwrapped as upstream's ``eval_linear.py`` does. Their ResNet pads the
+    input by 1 and uses padding 2 in the stem convolution, which computes exactly what timm's
+    padding 3 computes, so the weights need no change.
     """
-    return take_prefix(unwrap(checkpoint), "module.", drop=("projection_head.", "prototypes."))
+    state = unwrap(checkpoint)
+    if isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    return take_prefix(state, "module.", drop=("projection_head.", "prototypes."))
 
 
 @register_converter("vissl")
@@ -190,8 +190,15 @@ def vissl(checkpoint: Mapping[str, Any]) -> StateDict:
 
 @register_converter("openmmlab")
 def openmmlab(checkpoint: Mapping[str, Any]) -> StateDict:
-    """OpenMMLab (mmselfsup, mmpretrain): ``state_dict`` -> ``backbone.*``; neck, head and target network dropped."""
-    return take_prefix(unwrap(checkpoint, "state_dict"), "backbone.")
+    """OpenMMLab (mmselfsup, mmpretrain): ``state_dict`` -> ``backbone.*``; neck, head and target network dropped.
+
+    A ``state_dict`` with no ``backbone.`` key is taken whole: it is the backbone alone, as
+    mmselfsup's ``extract_backbone_weights.py`` writes it (``{state_dict: {conv1...}, author}``).
+    """
+    state = unwrap(checkpoint, "state_dict")
+    if any(k.startswith("backbone.") for k in state):
+        return take_prefix(state, "backbone.")
+    return take_prefix(state, "")
 
 
 @register_converter("visionssl")
@@ -202,68 +209,6 @@ def visionssl_state(checkpoint: Mapping[str, Any]) -> StateDict:
     if isinstance(checkpoint, Mapping) and checkpoint.get("format") == CHECKPOINT_FORMAT and "method" in checkpoint:
         return backbone_state_dict(checkpoint["method"])
     return dict(unwrap(checkpoint))
-
-
-# ----------------------------------------------------------------------------------------------
-# reading a checkpoint file safely
-
-
-def safe_globals() -> list[Any]:
-    """The classes allowed in ``weights_only`` loads beyond torch's defaults.
-
-    Legacy checkpoints carry them as metadata (MoCo/SimSiam-style ``args``, numpy epochs and
-    accuracies). None of them runs code when unpickled.
-    """
-    import numpy as np
-
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    allowed: list[Any] = [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
-    # files written with numpy 1.x name the module numpy.core.multiarray
-    allowed += [(multiarray.scalar, "numpy.core.multiarray.scalar"),
-                (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes as these classes
-    if dtypes is not None:
-        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return allowed
-
-
-def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
-    """Loads a checkpoint file without running code from it (``.safetensors`` or a torch file).
-
-    ``unsafe=True`` falls back to full unpickling, which runs whatever code the file holds: use it
-    only for files from a source you trust, after the safe load has refused them.
-
-    Example:
-        >>> import tempfile, torch
-        >>> p = tempfile.mkdtemp() + "/w.pt"
-        >>> torch.save({"state_dict": {"w": torch.ones(1)}}, p)
-        >>> read_checkpoint(p)["state_dict"]["w"].tolist()
-        [1.0]
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as exc:  # safetensors raises its own error types
-            raise ZooError(f"cannot read {path} as safetensors (truncated or not a safetensors file): {exc}") from None
-    try:
-        if unsafe:
-            logger.warning("loading %s with full unpickling (unsafe=True): it may run code", path)
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"the object {found.group(1)!r}" if found else "Python objects other than tensors and plain containers"
-        raise ZooError(
-            f"refusing to load {path}: it holds {what}, which is not on the allow-list; unpickling it could run "
-            f"code from the file. If you trust where the file comes from, load it with unsafe=True "
-            f"(CLI: --unsafe-load)."
-        ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise ZooError(f"cannot read checkpoint {path} (truncated, or not a torch file): {exc}") from None
 
 
 def load_file(path: str | os.PathLike, format: str, backbone: str, *, unsafe: bool = False,  # noqa: A002
