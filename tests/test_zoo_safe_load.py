@@ -10,11 +10,18 @@ import importlib.util
 import sys
 import types
 from collections import OrderedDict
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
-from test_zoo_convert import backbone_state, mlp_keys, optimizer_state, prefixed, reference_net
+from test_zoo_convert import (
+    backbone_state,
+    mlp_keys,
+    optimizer_state,
+    prefixed,
+    reference_net,
+)
 
 from visionssl.zoo import ZooError, load_file, read_checkpoint
 from visionssl.zoo.cli import main as zoo_main
@@ -26,7 +33,7 @@ HISTORY_MODULE = "mmengine.logging.history_buffer"
 class HistoryBuffer:
     """What mmengine's HistoryBuffer pickles: max_length and two numpy arrays (+ statistics_methods since 0.7.3)."""
 
-    _statistics_methods: dict = {}
+    _statistics_methods: ClassVar[dict] = {}
     pickles_statistics = False  # mmengine >= 0.7.3 (__getstate__ adds statistics_methods)
 
     def __init__(self, log_history=(), count_history=(), max_length=1000000):
@@ -122,9 +129,9 @@ def save(obj, path, *, legacy: bool = False, statistics: bool = False, numpy1: b
 
 # publish_model.py writes the legacy format; 2022 files are numpy 1.x; mmengine >= 0.7.3 adds statistics_methods
 FILES = {
-    "mmselfsup_1x_published_2022": dict(build=lambda sd: publish(mmengine_byol(sd)), legacy=True, numpy1=True),
-    "mmengine_training_checkpoint": dict(build=mmengine_byol),
-    "mmengine_0_7_3_published": dict(build=lambda sd: publish(mmengine_byol(sd)), legacy=True, statistics=True),
+    "mmselfsup_1x_published_2022": {"build": lambda sd: publish(mmengine_byol(sd)), "legacy": True, "numpy1": True},
+    "mmengine_training_checkpoint": {"build": mmengine_byol},
+    "mmengine_0_7_3_published": {"build": lambda sd: publish(mmengine_byol(sd)), "legacy": True, "statistics": True},
 }
 
 
