@@ -223,3 +223,38 @@ def test_unsafe_load_of_known_bookkeeping_needs_no_mmengine(tmp_path, capsys):
         assert zoo_main(argv + extra) == 0
         from safetensors.torch import load_file as load_safetensors
         assert torch.equal(load_safetensors(out)["conv1.weight"], reference.conv1.weight)
+
+
+def test_the_packaged_byol_entry_loads_its_publish_model_file_into_timm_resnet50(tmp_path, monkeypatch):
+    # the zoo's own entry (format openmmlab, backbone resnet50), its URL pointed at a file rebuilt like the release:
+    # torchvision's ResNet-50 (what mmselfsup trains) in mmselfsup 1.x's published layout, numpy 1.x names
+    import torchvision
+    import yaml
+
+    import visionssl as vs
+    from visionssl.zoo import sha256_file
+
+    reference = torchvision.models.resnet50()
+    reference.fc = torch.nn.Identity()
+    with torch.no_grad():
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    reference.eval()
+    path = tmp_path / "byol_resnet50_16xb256-coslr-200e_in1k_20220825-de817331.pth"
+    save(publish(mmengine_byol(backbone_state(reference))), path, legacy=True, numpy1=True)
+
+    entry = vs.zoo.info("byol_rn50_200ep_mmselfsup").to_dict()
+    entry.pop("published_hash", None)
+    entry.update(urls=[str(path)], sha256=sha256_file(path), size=None)
+    zoo_file = tmp_path / "zoo.yaml"
+    zoo_file.write_text(yaml.safe_dump({"models": [entry]}))
+    monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VISIONSSL_ZOO", str(zoo_file))
+
+    net = vs.zoo.load("byol_rn50_200ep_mmselfsup").eval()
+
+    assert type(net).__module__.startswith("timm") and "mmengine" not in sys.modules
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net(x), reference(x), rtol=1e-4, atol=1e-5)
