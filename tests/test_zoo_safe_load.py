@@ -6,6 +6,7 @@ pickled under their real module names by a stand-in ``mmengine`` package put in 
 saving only, so loading works without mmengine, as on a user's machine.
 """
 import contextlib
+import copyreg
 import importlib.util
 import sys
 import types
@@ -180,15 +181,28 @@ class BigBytes:
 
 
 class GetattrOnStandIn:
+    def __init__(self, *args):
+        self.args = args
+
     def __reduce__(self):
-        return getattr, (HistoryBuffer, "__init__")
+        return getattr, (HistoryBuffer, *self.args)
 
 
-@pytest.mark.parametrize("payload, named", [(BigBytes(), "builtins.bytes"), (GetattrOnStandIn(), "builtins.getattr")])
-def test_bytes_and_getattr_are_allowed_only_in_their_harmless_form(tmp_path, payload, named):
+def history_buffer_with_arguments(monkeypatch):
+    monkeypatch.setattr(HistoryBuffer, "__reduce_ex__", lambda self, protocol: (copyreg.__newobj__, (HistoryBuffer, 10**9), None))
+    return HistoryBuffer()
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda _: BigBytes(), "builtins.bytes"), (lambda _: GetattrOnStandIn("__init__"), "builtins.getattr"),
+    (lambda _: GetattrOnStandIn("min", None), "builtins.getattr"),
+    (history_buffer_with_arguments, HISTORY_MODULE + ".HistoryBuffer"),
+])
+def test_bytes_getattr_and_the_stand_in_are_allowed_only_in_their_harmless_form(tmp_path, monkeypatch, make, named):
+    payload = make(monkeypatch)
     path = tmp_path / "crafted.pth"
     save({"state_dict": {"w": torch.ones(1)}, "x": payload}, path)
-    with pytest.raises(ZooError, match=rf"refusing to load .*crafted\.pth: it holds the object '{named}'"):
+    with pytest.raises(ZooError, match=rf"refusing to load .*crafted\.pth: it holds the object '{named}' in a form the allow-list does not accept \(.+\)"):
         read_checkpoint(path)
 
 

@@ -66,29 +66,35 @@ class HistoryBuffer:
     pickled_name = "mmengine.logging.history_buffer.HistoryBuffer"
     statistics = ("min", "max", "current", "mean")  # mmengine >= 0.7.3 pickles these as statistics_methods
 
+    def __new__(cls, *args: Any) -> HistoryBuffer:
+        if args:
+            raise _not_allowed(cls.pickled_name, "created with arguments, mmengine writes none")
+        return super().__new__(cls)
+
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
-            raise pickle.UnpicklingError(f"GLOBAL {self.pickled_name} with a state of type {type(state).__name__}, "
-                                         f"not the dict mmengine writes")
+            raise _not_allowed(self.pickled_name, f"a state of type {type(state).__name__}, not the dict mmengine writes")
         vars(self).update(state)
 
     def __repr__(self) -> str:
         return f"<stand-in for {self.pickled_name}: {sorted(vars(self))}>"
 
 
-def _bookkeeping_getattr(owner: Any, name: Any) -> str:
+def _not_allowed(name: str, why: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(f"GLOBAL {name} in a form not allowed ({why})")
+
+
+def _bookkeeping_getattr(*args: Any) -> str:
     """``getattr`` as pickled for a stand-in's methods: the method's name, never a callable."""
-    if owner is HistoryBuffer and name in HistoryBuffer.statistics:
-        return f"{HistoryBuffer.pickled_name}.{name}"
-    raise pickle.UnpicklingError(f"GLOBAL builtins.getattr on {owner!r}, {name!r}: only {HistoryBuffer.pickled_name}"
-                                 f".{{{','.join(HistoryBuffer.statistics)}}} are allowed")
+    if len(args) == 2 and args[0] is HistoryBuffer and args[1] in HistoryBuffer.statistics:
+        return f"{HistoryBuffer.pickled_name}.{args[1]}"
+    raise _not_allowed("builtins.getattr", f"only HistoryBuffer.{'/'.join(HistoryBuffer.statistics)} are allowed")
 
 
 def _empty_bytes(*args: Any) -> bytes:
     """``bytes()`` as numpy pickles an empty array's data; any argument is refused."""
     if args:
-        raise pickle.UnpicklingError("GLOBAL builtins.bytes called with arguments: only bytes() (the data of an "
-                                     "empty numpy array) is allowed")
+        raise _not_allowed("builtins.bytes", "only bytes with no argument, the data of an empty numpy array, is allowed")
     return b""
 
 
@@ -142,14 +148,16 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
     except pickle.UnpicklingError as exc:
         if unsafe:
             return _read_unsafe(path)
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)(?: in a form not allowed \(([^)]*)\))?", str(exc))
         what = f"the object {found.group(1)!r}" if found else "Python objects other than tensors and plain containers"
+        why = f" in a form the allow-list does not accept ({found.group(2)})" if found and found.group(2) else (
+            ", which is not on the allow-list")
         raise ZooError(
-            f"refusing to load {path}: it holds {what}, which is not on the allow-list; unpickling it could run "
+            f"refusing to load {path}: it holds {what}{why}; unpickling it could run "
             f"code from the file. If you trust where the file comes from, load it with unsafe=True "
             f"(CLI: --unsafe-load)."
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, ValueError, TypeError, OSError) as exc:
         raise ZooError(f"cannot read checkpoint {path} (truncated, or not a torch file): {exc}") from None
 
 
