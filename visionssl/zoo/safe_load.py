@@ -66,7 +66,7 @@ class HistoryBuffer:
     pickled_name = "mmengine.logging.history_buffer.HistoryBuffer"
     statistics = ("min", "max", "current", "mean")  # mmengine >= 0.7.3 pickles these as statistics_methods
 
-    def __new__(cls, *args: Any) -> HistoryBuffer:
+    def __new__(cls, *args: Any) -> HistoryBuffer:  # noqa: PYI034  (typing.Self needs Python 3.11)
         if args:
             raise _not_allowed(cls.pickled_name, "created with arguments, mmengine writes none")
         return super().__new__(cls)
