@@ -19,7 +19,7 @@ Each allowed name is there because a real upstream file needs it:
   (what ``torch.save`` uses), e.g. a ``HistoryBuffer`` that never got a value. It is mapped to a
   function that returns ``b""`` for no argument and refuses any argument (``bytes(n)`` would
   allocate n bytes), so empty arrays load and nothing else does.
-- ``argparse.Namespace``: DINO, iBOT and MAE training checkpoints keep their command line as
+- ``argparse.Namespace``: DINO's and MAE's training checkpoints keep their command line as
   ``args``. No format of the zoo needs it (MoCo, SimSiam and SwAV save no ``args``); it is harmless
   (attributes only) and lets converters of your own read those files.
 
