@@ -193,7 +193,10 @@ def test_torchvision_upstream_weights_give_the_same_features_in_timm(tmp_path):
 
 
 def test_every_zoo_format_has_a_synthetic_layout_test():
-    assert {fmt for fmt, _ in LAYOUTS} == set(list_formats()) - {f for f in list_formats() if f.startswith("doc_")}
+    from test_zoo_convert_vit import RESNET_LAYOUTS, VIT_LAYOUTS
+
+    tested = {fmt for fmt, _ in LAYOUTS + VIT_LAYOUTS + RESNET_LAYOUTS}
+    assert tested == set(list_formats()) - {f for f in list_formats() if f.startswith("doc_")}
 
 
 def test_legacy_non_zip_torch_file_loads(tmp_path):

@@ -154,6 +154,49 @@ def mocov3(checkpoint: Mapping[str, Any]) -> StateDict:
     return take_prefix(unwrap(checkpoint, "state_dict"), "module.base_encoder.", drop=("fc.",))
 
 
+@register_converter("mocov3_vit")
+def mocov3_vit(checkpoint: Mapping[str, Any]) -> StateDict:
+    """facebookresearch/moco-v3 ViT: ``state_dict`` -> ``module.base_encoder.*``; the projector ``head`` is dropped.
+
+    Also reads the ``{model}`` file of upstream's ``convert_to_deit.py`` (keys unprefixed, head
+    already gone). Upstream's ViT is timm 0.4.9's ``VisionTransformer``, whose keys are today's
+    timm keys; its ViT-S has 12 heads (timm's ``vit_small_patch16_224`` has 6: pass ``num_heads=12``).
+    """
+    if isinstance(checkpoint, Mapping) and "state_dict" not in checkpoint and "model" in checkpoint:
+        return take_prefix(unwrap(checkpoint, "model"), "", drop=("head.",))
+    return take_prefix(unwrap(checkpoint, "state_dict"), "module.base_encoder.", drop=("head.",))
+
+
+@register_converter("dino")
+def dino(checkpoint: Mapping[str, Any]) -> StateDict:
+    """facebookresearch/dino: the backbone-only release (a flat state dict) or the full checkpoint's ``teacher``.
+
+    The full checkpoint (``*_full_checkpoint.pth``, ``main_dino.py``'s ``checkpoint.pth``) is
+    ``{student, teacher, optimizer, epoch, args, dino_loss[, fp16_scaler]}``; the teacher is taken,
+    as upstream's ``eval_linear.py`` / ``eval_knn.py`` do, ``module.`` (DDP, ResNets only) and
+    ``backbone.`` removed and the DINO ``head`` dropped. The ViTs' keys are timm's; the ResNet is
+    torchvision's (a classifier ``fc.`` is dropped).
+    """
+    state = unwrap(checkpoint)
+    if "teacher" not in state:
+        return take_prefix(state, "", drop=("fc.", "head."))
+    teacher = {k.removeprefix("module."): v for k, v in unwrap(checkpoint, "teacher").items()}
+    return take_prefix(teacher, "backbone.")
+
+
+@register_converter("mae")
+def mae(checkpoint: Mapping[str, Any]) -> StateDict:
+    """facebookresearch/mae: ``model`` -> the encoder; ``mask_token`` and the ``decoder_*`` modules are dropped.
+
+    Reads the releases (``mae_pretrain_vit_base.pth``, encoder only) and ``main_pretrain.py``'s
+    ``checkpoint-N.pth`` (``{model, optimizer, epoch, scaler, args}``, the whole autoencoder). The
+    encoder's final ``norm`` is kept: it fits timm's ViT with ``global_pool="token"`` (the CLS
+    token, MAE's linear probe with ``--cls_token``) or ``global_pool="avg", fc_norm=False`` (norm,
+    then the mean of the patch tokens). MAE's fine-tuning ``fc_norm`` is trained then, not released.
+    """
+    return take_prefix(unwrap(checkpoint, "model"), "", drop=("decoder_", "mask_token", "head."))
+
+
 @register_converter("simsiam")
 def simsiam(checkpoint: Mapping[str, Any]) -> StateDict:
     """facebookresearch/simsiam: ``state_dict`` -> ``module.encoder.*``; the projector ``fc`` is dropped."""
