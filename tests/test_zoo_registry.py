@@ -73,6 +73,7 @@ BAD = [
     ("recipe keys", lambda e: e.update(recipe={"dataset": "x"}), "field 'recipe' must be a mapping with dataset, epochs and batch_size"),
     ("metric source", lambda e: e["metrics"][0].pop("source"), "field 'metrics' has .* needs a name, a numeric value and a source"),
     ("published hash", lambda e: e.update(published_hash="crc:1234"), "field 'published_hash' must look like"),
+    ("published hash too short", lambda e: e.update(published_hash="md5:8cad7"), r"\(6 to 64 hex digits\), got 'md5:8cad7'"),
     ("kwargs", lambda e: e.update(backbone_kwargs=[1]), "field 'backbone_kwargs' must be a mapping"),
 ]
 
@@ -143,3 +144,23 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.mark.skipif(not README.is_file(), reason="runs from a source checkout only")
 def test_documented_table_is_the_generated_one():
     assert vs.zoo.markdown_table() in README.read_text(), "regenerate README's table with `visionssl zoo list --markdown`"
+
+
+def test_vit_dino_and_mae_entries_name_their_converters_and_published_metrics():
+    # issue 22: MoCo v3 ViT, DINO (ViT-S/16, ResNet-50) and MAE, with the numbers of the authors' READMEs
+    entries = read_zoo_file(PACKAGED_ZOO)
+    got = {name: (entries[name].format, entries[name].backbone, {m["name"]: m["value"] for m in entries[name].metrics})
+           for name in ("moco_v3_vit_s_300ep", "moco_v3_vit_b_300ep", "dino_vit_s16", "dino_rn50", "mae_vit_b16_1600ep")}
+    assert got == {
+        "moco_v3_vit_s_300ep": ("mocov3_vit", "vit_small_patch16_224", {"imagenet_linear_top1": 73.2}),
+        "moco_v3_vit_b_300ep": ("mocov3_vit", "vit_base_patch16_224", {"imagenet_linear_top1": 76.7}),
+        "dino_vit_s16": ("dino", "vit_small_patch16_224", {"imagenet_linear_top1": 77.0, "imagenet_knn_top1": 74.5}),
+        "dino_rn50": ("dino", "resnet50", {"imagenet_linear_top1": 75.3, "imagenet_knn_top1": 67.5}),
+        "mae_vit_b16_1600ep": ("mae", "vit_base_patch16_224", {"imagenet_linear_top1": 68.0, "imagenet_finetune_top1": 83.6}),
+    }
+    # MAE publishes a 6-digit md5 prefix; the others publish nothing: trust on first use, said in the note
+    assert entries["mae_vit_b16_1600ep"].published_hash == "md5:8cad7c"
+    assert all(entries[n].sha256 is None and "no " in entries[n].note for n in got)
+    # moco-v3 vits.py: ViT-S with 12 heads, where timm's vit_small has 6 (same weight shapes, other features)
+    vit_s = vs.create_backbone("vit_small_patch16_224", depth=1, **entries["moco_v3_vit_s_300ep"].backbone_kwargs)
+    assert vit_s.blocks[0].attn.num_heads == 12

@@ -36,7 +36,7 @@ REQUIRED = ("name", "method", "backbone", "urls", "sha256", "size", "format", "r
 OPTIONAL = ("note", "backbone_kwargs", "published_hash")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the name is a cache folder: no "/", no ".."
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-PUBLISHED_HASH_PATTERN = re.compile(r"^(md5|sha256):([0-9a-f]{8,64})$")
+PUBLISHED_HASH_PATTERN = re.compile(r"^(md5|sha256):([0-9a-f]{6,64})$")
 
 
 class ZooError(RuntimeError):
@@ -169,7 +169,7 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
         fail("note", "is required when sha256 is null: say why there is no checksum")
     published = raw.get("published_hash")
     if published is not None and not (isinstance(published, str) and PUBLISHED_HASH_PATTERN.match(published)):
-        fail("published_hash", f"must look like 'md5:b251726a' or 'sha256:<hex>' (8 to 64 hex digits), got {published!r}")
+        fail("published_hash", f"must look like 'md5:b251726a' or 'sha256:<hex>' (6 to 64 hex digits), got {published!r}")
 
     size = raw["size"]
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
