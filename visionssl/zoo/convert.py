@@ -161,6 +161,12 @@ def mocov3_vit(checkpoint: Mapping[str, Any]) -> StateDict:
     Also reads the ``{model}`` file of upstream's ``convert_to_deit.py`` (keys unprefixed, head
     already gone). Upstream's ViT is timm 0.4.9's ``VisionTransformer``, whose keys are today's
     timm keys; its ViT-S has 12 heads (timm's ``vit_small_patch16_224`` has 6: pass ``num_heads=12``).
+
+    Example:
+        >>> one = torch.ones(1)
+        >>> list(mocov3_vit({"state_dict": {"module.base_encoder.norm.weight": one, "module.base_encoder.head.0.weight": one,
+        ...                                 "module.momentum_encoder.norm.weight": one, "module.predictor.0.weight": one}}))
+        ['norm.weight']
     """
     if isinstance(checkpoint, Mapping) and "state_dict" not in checkpoint and "model" in checkpoint:
         return take_prefix(unwrap(checkpoint, "model"), "", drop=("head.",))
@@ -176,6 +182,12 @@ def dino(checkpoint: Mapping[str, Any]) -> StateDict:
     as upstream's ``eval_linear.py`` / ``eval_knn.py`` do, ``module.`` (DDP, ResNets only) and
     ``backbone.`` removed and the DINO ``head`` dropped. The ViTs' keys are timm's; the ResNet is
     torchvision's (a classifier ``fc.`` is dropped).
+
+    Example:
+        >>> one = torch.ones(1)
+        >>> full = {"student": {"module.backbone.norm.weight": one}, "teacher": {"backbone.norm.weight": one, "head.mlp.0.weight": one}}
+        >>> list(dino(full)), list(dino({"norm.weight": one}))
+        (['norm.weight'], ['norm.weight'])
     """
     state = unwrap(checkpoint)
     if "teacher" not in state:
@@ -193,6 +205,11 @@ def mae(checkpoint: Mapping[str, Any]) -> StateDict:
     encoder's final ``norm`` is kept: it fits timm's ViT with ``global_pool="token"`` (the CLS
     token, MAE's linear probe with ``--cls_token``) or ``global_pool="avg", fc_norm=False`` (norm,
     then the mean of the patch tokens). MAE's fine-tuning ``fc_norm`` is trained then, not released.
+
+    Example:
+        >>> one = torch.ones(1)
+        >>> list(mae({"model": {"cls_token": one, "norm.weight": one, "mask_token": one, "decoder_pred.weight": one}}))
+        ['cls_token', 'norm.weight']
     """
     return take_prefix(unwrap(checkpoint, "model"), "", drop=("decoder_", "mask_token", "head."))
 

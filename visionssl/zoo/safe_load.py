@@ -20,8 +20,9 @@ Each allowed name is there because a real upstream file needs it:
   function that returns ``b""`` for no argument and refuses any argument (``bytes(n)`` would
   allocate n bytes), so empty arrays load and nothing else does.
 - ``argparse.Namespace``: DINO's and MAE's training checkpoints keep their command line as
-  ``args``. No format of the zoo needs it (MoCo, SimSiam and SwAV save no ``args``); it is harmless
-  (attributes only) and lets converters of your own read those files.
+  ``args`` (DINO's ``*_full_checkpoint.pth``, ``main_dino.py``'s and MAE's ``main_pretrain.py``'s
+  checkpoints, read by the ``dino`` and ``mae`` formats; the releases the zoo lists hold none). It is
+  harmless: attributes only.
 
 None of them runs code when unpickled. Anything else is refused with one line naming the object.
 
