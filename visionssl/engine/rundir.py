@@ -116,10 +116,18 @@ def claim_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
 
     A missing directory is checked before anything is created, so a refused command leaves nothing behind.
     """
-    if not str(run_dir).strip() or not Path(run_dir).is_dir():
+    created = not Path(run_dir).is_dir()
+    if not str(run_dir).strip() or created:
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    with run_lock(run_dir) as folder:
-        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        if overwrite:
-            clear_run_dir(folder)
-        yield folder
+    try:
+        with run_lock(run_dir) as folder:
+            check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            if overwrite:
+                clear_run_dir(folder)
+            yield folder
+    except BaseException:
+        if created and not run_files(run_dir):  # refused before writing anything: leave no empty run behind
+            with contextlib.suppress(OSError):
+                (Path(run_dir) / LOCK).unlink()
+                Path(run_dir).rmdir()
+        raise
