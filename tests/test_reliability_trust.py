@@ -292,7 +292,8 @@ def mutated_checkpoints(draw):
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(content=st.one_of(mutated_checkpoints(), st.binary(max_size=512)), truncate=st.integers(0, 100))
+@given(content=st.one_of(mutated_checkpoints(), mutated_checkpoints(), mutated_checkpoints(), st.binary(max_size=512)),
+       truncate=st.integers(0, 100))
 def test_fuzzed_checkpoint_contents_succeed_or_fail_in_one_line(tmp_path_factory, content, truncate):
     folder = tmp_path_factory.mktemp("fuzz")
     path = folder / "ck.pt"
@@ -300,8 +301,8 @@ def test_fuzzed_checkpoint_contents_succeed_or_fail_in_one_line(tmp_path_factory
         path.write_bytes(content)
     else:
         torch.save(content, path)
-        if truncate < 20:  # cut the file short now and then
-            path.write_bytes(path.read_bytes()[: path.stat().st_size * truncate // 20])
+        if truncate < 10:  # cut the file short now and then
+            path.write_bytes(path.read_bytes()[: path.stat().st_size * truncate // 10])
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(["eval", "knn", "--checkpoint", str(path), *EVAL, "--no-baseline"])
