@@ -21,7 +21,6 @@ import visionssl as vs
 from visionssl.backbones.trust import UntrustedCodeError, check_backbone_spec
 from visionssl.cli import main
 from visionssl.engine import CheckpointError, load_backbone
-from visionssl.engine.checkpoint import atomic_save
 
 EVAL = ["--data", "synthetic:16", "--image-size", "16", "--k", "3", "--batch-size", "16"]
 TINY_RUN = ["--data", "synthetic:32", "--image-size", "16", "--batch-size", "16", "--no-progress", "data.image_size=16",
@@ -89,7 +88,7 @@ def payloads(tmp_path, marker):
 
 def test_the_payloads_are_live(tmp_path):
     marker = tmp_path / "pwned"
-    subprocess.run(["touch", str(marker)])  # what subprocess:run with those arguments does
+    subprocess.run(["touch", str(marker)], check=True)  # what subprocess:run with those arguments does
     assert marker.exists()
     marker.unlink()
     vs.create_backbone(*payloads(tmp_path, marker)["file.py:fn"][:1])  # the user's own call imports the file

@@ -20,8 +20,8 @@ import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from visionssl.engine.checkpoint import LAST
 from visionssl.engine.config import ConfigError
