@@ -140,6 +140,7 @@ def test_resume_from_a_bad_checkpoint_gives_one_line_not_a_traceback(tmp_path, r
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace(str(run_dir), str(out)))
+    (out / "trusted_code.json").write_text((run_dir / "trusted_code.json").read_text())  # our own run: its code is trusted
     good = (run_dir / "checkpoints" / "last.pt").read_bytes()
     ckpt_path = out / "checkpoints" / "last.pt"
     marker = tmp_path / "pwned"

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from visionssl.backbones.trust import TRUST_CODE_HELP
+
 EPILOG = "Docs: README.md. Every config key can be overridden as KEY=VALUE, e.g. optim.lr=0.5 train.knn_every=5."
 
 
@@ -57,6 +59,11 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--out", required=True, help="run directory: config, metrics.jsonl, TensorBoard events, checkpoints")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its files are removed first); without it a non-empty --out is refused")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow a backbone named as code (module:function, file.py:function) by the --config file or the "
+                        "resumed run's config; not needed for --backbone, nor to resume your own run")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (reported) instead of stopping")
     p.add_argument("--deterministic", action="store_true", help="bit-identical runs (slower on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,12 +97,34 @@ def pretrain_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
+    from visionssl.engine.rundir import check_run_dir, claim_run_dir
+
+    if int(os.environ.get("RANK", "0")):  # under torchrun rank 0 alone checks, locks and writes the run directory
+        if not args.out.strip():
+            check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        claim = contextlib.nullcontext()
+    else:
+        claim = claim_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    with claim:
+        return _pretrain(args)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from visionssl.backbones.trust import check_backbone_spec, is_code_spec, run_trusts
     from visionssl.engine import Trainer, load_config
 
     config = args.config
     if args.resume and config is None and (Path(args.out) / "config.yaml").is_file():
         config = str(Path(args.out) / "config.yaml")  # a resumed run keeps its own config
-    cfg = load_config(method=args.method if args.method or config else "simclr", config=config, overrides=pretrain_overrides(args))
+    overrides = pretrain_overrides(args)
+    cfg = load_config(method=args.method if args.method or config else "simclr", config=config, overrides=overrides)
+    name = str(cfg.backbone.name)
+    given = any(o.startswith("backbone.name=") for o in overrides)  # --backbone or a KEY=VALUE: the user's own words
+    if is_code_spec(name) and not (given or args.trust_code or (args.resume and run_trusts(args.out, name))):
+        check_backbone_spec(name, {}, source=f"the config {config}")  # raises UntrustedCodeError, one line
     trainer = Trainer(cfg)
     if trainer.rank:  # under torchrun, rank 0 alone reports (and writes the run directory)
         trainer.fit(resume=args.resume)
@@ -144,17 +173,25 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weights baseline")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-weights baseline")
+    p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
 
-def load_for_eval(checkpoint: str) -> tuple[Any, dict[str, Any]]:
-    """(backbone, run config or {}) from a run directory, checkpoint file, exported .safetensors or zoo name."""
+def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[str, Any], tuple[str, dict] | None]:
+    """(backbone, run config or {}, (backbone name, kwargs) for the random baseline) from a run directory,
+    checkpoint file, exported .safetensors or zoo name."""
     from visionssl import zoo
     from visionssl.engine.checkpoint import load_checkpoint
 
-    backbone = zoo.load_backbone(checkpoint)
-    path = Path(checkpoint)
-    config = load_checkpoint(path).get("config", {}) if path.exists() and path.suffix != ".safetensors" else {}
-    return backbone, config
+    backbone = zoo.load_backbone(checkpoint, trust_code=trust_code)  # checks the backbone the file names
+    path = Path(checkpoint).expanduser()
+    if path.exists() and path.suffix == ".safetensors":
+        return backbone, {}, zoo.safetensors_backbone(path, trust_code=trust_code)
+    if path.exists():
+        config = load_checkpoint(path)["config"]  # load_backbone checked its shape
+        spec = config["backbone"]
+        return backbone, {k: v if isinstance(v, dict) else {} for k, v in config.items()}, (spec["name"], spec.get("kwargs") or {})
+    entry = zoo.info(checkpoint)
+    return backbone, {}, (entry.backbone, dict(entry.backbone_kwargs))
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -168,8 +205,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from visionssl.eval.distributed import extract_features_distributed
 
     device = distributed.init(resolve_device(args.device))  # under torchrun the ranks share the extraction
-    backbone, cfg = load_for_eval(args.checkpoint)
-    data_cfg, aug_cfg, bb_cfg = cfg.get("data", {}), cfg.get("augment", {}), cfg.get("backbone", {})
+    backbone, cfg, baseline = load_for_eval(args.checkpoint, args.trust_code)
+    data_cfg, aug_cfg = cfg.get("data", {}), cfg.get("augment", {})
     spec = args.data or data_cfg.get("eval") or data_cfg.get("name") or "elpv"
     image_size = args.image_size or aug_cfg.get("image_size") or 224
     stored = data_cfg.get("image_size") if spec == data_cfg.get("name") else None
@@ -180,9 +217,8 @@ def run_eval(args: argparse.Namespace) -> int:
     models = [(args.checkpoint, backbone)]
     if not args.no_baseline:
         torch.manual_seed(args.seed)
-        name = bb_cfg.get("name") or getattr(backbone, "default_cfg", {}).get("architecture")
-        if name:
-            models.append((f"random weights ({name})", create_backbone(name, **(bb_cfg.get("kwargs") or {}))))
+        name, kwargs = baseline  # the checkpoint's own architecture, already checked by load_for_eval
+        models.append((f"random weights ({name})", create_backbone(name, **kwargs)))
     if distributed.is_main():
         print(f"{args.evaluator} on {spec} (label: {train.label}), {len(train)} train / {len(test)} test images at {image_size} px")
     width = max(len(n) for n, _ in models)

@@ -176,18 +176,54 @@ def backbone_state_dict(method_state: dict[str, torch.Tensor]) -> dict[str, torc
     return {k[len(prefix):]: v for k, v in method_state.items() if k.startswith(prefix)}
 
 
-def load_backbone(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_backbone(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                  trust_code: bool = False) -> nn.Module:
     """Rebuilds the backbone of a visionssl checkpoint (file or run directory), weights loaded strictly.
+
+    The checkpoint's config may name a registered or timm backbone; a ``module:function`` /
+    ``file.py:function`` backbone is built only from the run directory that recorded it (your own
+    run, see ``visionssl.backbones.trust``) or with ``trust_code=True``. Anything malformed raises
+    ``CheckpointError`` in one line naming the file.
 
     Example (with a run made by ``visionssl pretrain --out runs/demo``):
         >>> backbone = load_backbone("runs/demo")  # doctest: +SKIP
     """
-    from visionssl.backbones import create_backbone
+    from visionssl.backbones.trust import create_backbone_from_file, run_dir_of, run_trusts
 
     ckpt = load_checkpoint(path, map_location)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a visionssl checkpoint (no format='visionssl' field)")
-    spec = ckpt["config"]["backbone"]
-    backbone = create_backbone(spec["name"], **(spec.get("kwargs") or {}))
-    backbone.load_state_dict(backbone_state_dict(ckpt["method"]), strict=True)
+    name, kwargs, state = checkpoint_backbone(ckpt, path)
+    trusted = trust_code or (isinstance(name, str) and run_trusts(run_dir_of(path), name))
+    try:
+        backbone = create_backbone_from_file(name, kwargs, source=f"checkpoint {path}", trust_code=trusted)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"the weights in {path} do not fit its backbone {name!r}: "
+                              f"{detail[:300]}{'...' if len(detail) > 300 else ''}") from None
     return backbone.to(map_location)
+
+
+def checkpoint_backbone(ckpt: Any, path: str | os.PathLike) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+    """``(backbone name, kwargs, backbone state dict)`` of a loaded checkpoint; ``CheckpointError`` if malformed."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a visionssl checkpoint: {what}")
+
+    if not isinstance(ckpt, dict):
+        raise bad(f"it holds a {type(ckpt).__name__}, not a dict")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise bad("no format='visionssl' field")
+    config, method = ckpt.get("config"), ckpt.get("method")
+    spec = config.get("backbone") if isinstance(config, dict) else None
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise bad("no config['backbone']['name']")
+    if not isinstance(method, dict) or not method:
+        raise bad("no 'method' state dict")
+    if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in method.items()):
+        raise bad("its 'method' state dict holds entries that are not named tensors")
+    state = backbone_state_dict(method)
+    if not state:
+        raise bad("its 'method' state dict has no 'backbone.' weights")
+    return spec["name"], spec.get("kwargs"), state

@@ -260,6 +260,17 @@ class Trainer:
         the current step finishes, a checkpoint is written, a line says how to resume, and the result
         holds ``"stopped_by": "SIGTERM"`` (a second SIGINT interrupts at once).
         """
+        with self._run_lock():  # one live run per directory (rank 0 holds it; the other ranks write nothing)
+            return self._fit(resume)
+
+    def _run_lock(self):
+        if self.out is None or not distributed.is_main():
+            return nullcontext()
+        from visionssl.engine.rundir import run_lock
+
+        return run_lock(self.out)
+
+    def _fit(self, resume: bool) -> dict[str, float]:
         cfg = self.config
         if resume:
             self.resume()
@@ -519,6 +530,10 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.checkpoint_path)  # left by a run killed while saving
         atomic_write_text(OmegaConf.to_yaml(self.config), self.out / "config.yaml")  # --resume reads it
+        from visionssl.backbones.trust import is_code_spec, record_trust
+
+        if is_code_spec(str(self.config.backbone.name)):  # whoever built this Trainer vouched for that code
+            record_trust(self.out, str(self.config.backbone.name))
         self._metrics_file = open(self.out / "metrics.jsonl", "a")
         from torch.utils.tensorboard import SummaryWriter
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from visionssl.backbones.trust import TRUST_CODE_HELP
 from visionssl.cli import positive_int
 from visionssl.eval.features import extract_features, feature_cache_path, resolve_device
 from visionssl.eval.knn import knn
@@ -59,6 +60,7 @@ def run_benchmark(
     progress: bool = True,
     command: str | None = None,
     echo: Callable[[str], Any] = print,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluates every checkpoint on every dataset and writes the tables and plots; returns the JSON payload.
 
@@ -68,6 +70,8 @@ def run_benchmark(
             (random weights of the first checkpoint's backbone) or ``random:BACKBONE``.
         datasets: ``load_dataset`` specs, or ``(train_set, test_set)`` pairs of ``ImageDataset``.
         out_dir: where the results go (created).
+        trust_code: allow checkpoints whose backbone is code (``module:function``); by default a file may
+            name registered or timm backbones only (your own runs excepted, see ``visionssl.backbones.trust``).
         image_size: side of the backbone input (default: the first run's ``augment.image_size``, else 224);
             images are decoded at 1.125x and resized, as ``visionssl eval`` and the trainer's online kNN do.
         device: ``"auto"`` (default), ``"cpu"``, ``"cuda"``.
@@ -100,7 +104,7 @@ def run_benchmark(
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[float, float]]] = {}
     for spec in checkpoints:
-        name, backbone = _load_checkpoint(spec, checkpoints, seed)
+        name, backbone = _load_checkpoint(spec, checkpoints, seed, trust_code)
         curve = read_knn_curve(spec) if not str(spec).startswith("random") else []
         if curve:
             curves[name] = curve
@@ -232,7 +236,7 @@ def read_knn_curve(spec: str | Path) -> list[tuple[float, float]]:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int) -> tuple[str, nn.Module]:
+def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: bool = False) -> tuple[str, nn.Module]:
     from visionssl.backbones import create_backbone
 
     spec = str(spec)
@@ -242,44 +246,45 @@ def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int) -> tuple[st
             source = next((s for s in all_specs if not str(s).startswith("random")), None)
             if source is None:
                 raise ValueError("'random' copies the backbone of the first checkpoint; give one, or use random:BACKBONE")
-            name, kwargs = _backbone_spec(str(source))
+            name, kwargs = _backbone_spec(str(source), trust_code)
         torch.manual_seed(seed)
         return f"random ({name})", create_backbone(name, **kwargs)
-    return spec, _load_backbone(spec)
+    return spec, _load_backbone(spec, trust_code)
 
 
-def _load_backbone(spec: str) -> nn.Module:
+def _load_backbone(spec: str, trust_code: bool = False) -> nn.Module:
     try:
         from visionssl.zoo import load_backbone  # zoo names, .safetensors exports, runs and checkpoint files
     except ImportError:
         load_backbone = None
     if load_backbone is not None:
-        return load_backbone(spec)
+        return load_backbone(spec, trust_code=trust_code)
     from visionssl.engine.checkpoint import load_backbone as load_run_backbone
 
     if not Path(spec).exists():
         raise FileNotFoundError(f"checkpoint {spec} does not exist (and the model zoo is not available)")
-    return load_run_backbone(spec)
+    return load_run_backbone(spec, trust_code=trust_code)
 
 
-def _backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """(backbone name, kwargs) of a checkpoint, without building it."""
+def _backbone_spec(spec: str, trust_code: bool = False) -> tuple[str, dict[str, Any]]:
+    """(backbone name, kwargs) of a checkpoint, without building it; checked like any name read from a file."""
+    from visionssl.backbones.trust import check_backbone_spec, run_dir_of, run_trusts
+
     path = Path(spec)
     if path.exists() and path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from visionssl.zoo import safetensors_backbone
 
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        return meta["backbone"], json.loads(meta.get("backbone_kwargs") or "{}")
+        return safetensors_backbone(path, trust_code=trust_code)
     if path.exists():
-        from visionssl.engine.checkpoint import load_checkpoint
+        from visionssl.engine.checkpoint import checkpoint_backbone, load_checkpoint
 
-        backbone = load_checkpoint(path)["config"]["backbone"]
-        return backbone["name"], dict(backbone.get("kwargs") or {})
+        name, kwargs, _ = checkpoint_backbone(load_checkpoint(path), path)
+        trusted = trust_code or (isinstance(name, str) and run_trusts(run_dir_of(path), name))
+        return check_backbone_spec(name, kwargs, source=f"checkpoint {path}", trust_code=trusted)
     from visionssl import zoo
 
     entry = zoo.info(spec)
-    return entry.backbone, dict(entry.backbone_kwargs or {})
+    return check_backbone_spec(entry.backbone, entry.backbone_kwargs, source=f"zoo entry {spec!r}", trust_code=trust_code)
 
 
 def _run_image_size(checkpoints: Sequence[str]) -> int | None:
@@ -431,6 +436,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--seed", type=int, default=0, help="seed of the random baselines and the probe's split")
         p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
         if kind == "knn":
             p.add_argument("--k", type=positive_int, nargs="+", default=[200, 20],
                            help="neighbours; several values come from one search, the first is the headline (default: 200 20)")
@@ -458,7 +464,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         image_size=args.image_size, device=args.device, batch_size=args.batch_size,
         k=getattr(args, "k", (200, 20)), temperature=getattr(args, "temperature", 0.07), probe_options=probe,
         cache_dir=args.cache_dir, plots=not args.no_plots, seed=args.seed, progress=not args.no_progress,
-        command=_command_line(args),
+        command=_command_line(args), trust_code=args.trust_code,
     )
     return 0
 

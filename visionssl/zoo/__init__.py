@@ -60,7 +60,7 @@ __all__ = [
     "CONVERTERS", "ExportedModel", "UnverifiedDownloadWarning", "ZooEntry", "ZooError", "all_entries", "cache_dir",
     "cached_path", "convert_checkpoint", "download", "export_run", "fetch", "info", "list", "list_formats", "load",
     "load_backbone", "load_file", "load_strict", "markdown_table", "pin", "read_checkpoint", "register_converter",
-    "sha256_file", "verify", "zoo_files",
+    "safetensors_backbone", "sha256_file", "verify", "zoo_files",
 ]
 
 
@@ -101,7 +101,7 @@ def download(name: str, *, offline: bool | None = None, timeout: float = DEFAULT
 
 
 def load(name: str, *, offline: bool | None = None, unsafe: bool = False, timeout: float = DEFAULT_TIMEOUT,
-         progress: bool = True) -> nn.Module:
+         progress: bool = True, trust_code: bool = False) -> nn.Module:
     """The backbone of zoo entry ``name`` with its pretrained weights loaded strictly.
 
     The backbone is built with ``vs.create_backbone(entry.backbone, **entry.backbone_kwargs)`` (a
@@ -115,8 +115,14 @@ def load(name: str, *, offline: bool | None = None, unsafe: bool = False, timeou
             the file holds: only for files from a source you trust.
         timeout: seconds to wait for a server before trying the next mirror.
         progress: show a progress bar while downloading.
+        trust_code: allow an entry whose backbone is code (``module:function`` / ``file.py:function``);
+            by default an entry may name registered or timm backbones only.
     """
+    from visionssl.backbones.trust import check_backbone_spec
+
     entry = get_entry(name)
+    check_backbone_spec(entry.backbone, entry.backbone_kwargs, source=f"zoo entry {name!r} ({entry.origin})",
+                        trust_code=trust_code)
     path = fetch(entry, offline=offline, timeout=timeout, progress=progress)
     return load_file(path, entry.format, entry.backbone, unsafe=unsafe, **entry.backbone_kwargs)
 
@@ -166,10 +172,13 @@ def pin(name: str, *, file: str | os.PathLike | None = None, **download_kwargs: 
     return digest, save_entry(pinned, file)
 
 
-def load_backbone(spec: str | os.PathLike, *, unsafe: bool = False, offline: bool | None = None) -> nn.Module:
+def load_backbone(spec: str | os.PathLike, *, unsafe: bool = False, offline: bool | None = None,
+                  trust_code: bool = False) -> nn.Module:
     """A backbone from a zoo name, an exported ``.safetensors`` file, or a visionssl checkpoint / run directory.
 
-    This is what every CLI ``--checkpoint`` option accepts.
+    This is what every CLI ``--checkpoint`` option accepts. The backbone a file names must be a
+    registered or timm model unless ``trust_code=True`` (or your own run directory recorded it,
+    see ``visionssl.backbones.trust``).
 
     Example:
         >>> import visionssl as vs
@@ -181,21 +190,45 @@ def load_backbone(spec: str | os.PathLike, *, unsafe: bool = False, offline: boo
     path = Path(spec).expanduser()
     if path.exists():
         if path.suffix == ".safetensors":
-            import json
-
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            if "backbone" not in meta:
-                raise ZooError(f"{path} does not name its backbone (metadata 'backbone'); add a zoo entry for it")
-            return load_file(path, "visionssl", meta["backbone"], **json.loads(meta.get("backbone_kwargs") or "{}"))
+            name, kwargs = safetensors_backbone(path, trust_code=trust_code)
+            return load_file(path, "visionssl", name, **kwargs)
         from visionssl.engine.checkpoint import load_backbone as load_run_backbone
 
-        return load_run_backbone(path)
+        return load_run_backbone(path, trust_code=trust_code)
     if "/" in str(spec) or path.suffix in (".pt", ".pth", ".tar", ".safetensors"):
         raise ZooError(f"checkpoint {spec} does not exist (expected a run directory, a checkpoint file or a zoo name)")
-    return load(str(spec), offline=offline, unsafe=unsafe)
+    return load(str(spec), offline=offline, unsafe=unsafe, trust_code=trust_code)
+
+
+def safetensors_backbone(path: str | os.PathLike, *, trust_code: bool = False) -> tuple[str, dict]:
+    """``(backbone, kwargs)`` named by a ``.safetensors`` file's metadata, checked like any file's (one-line errors).
+
+    Example:
+        >>> import tempfile, torch, safetensors.torch
+        >>> p = tempfile.mkdtemp() + "/w.safetensors"
+        >>> safetensors.torch.save_file({"w": torch.ones(1)}, p, metadata={"backbone": "resnet18_cifar"})
+        >>> safetensors_backbone(p)
+        ('resnet18_cifar', {})
+    """
+    import json
+
+    from safetensors import safe_open
+
+    from visionssl.backbones.trust import check_backbone_spec
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types for damaged headers)
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ZooError(f"cannot read {path} (truncated or not a safetensors file): {detail}") from None
+    if "backbone" not in meta:
+        raise ZooError(f"{path} does not name its backbone (metadata 'backbone'); add a zoo entry for it")
+    try:
+        kwargs = json.loads(meta.get("backbone_kwargs") or "{}")
+    except ValueError:
+        raise ZooError(f"{path}: its metadata 'backbone_kwargs' is not JSON") from None
+    return check_backbone_spec(meta["backbone"], kwargs, source=f"{path} (metadata)", trust_code=trust_code)
 
 
 def markdown_table() -> str:

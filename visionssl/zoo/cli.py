@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from visionssl.backbones.trust import TRUST_CODE_HELP
 from visionssl.zoo.download import DEFAULT_TIMEOUT
 
 OFFLINE_HELP = "use only the cache and local files (same as VISIONSSL_OFFLINE=1)"
@@ -70,6 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default=None, help="upstream format of a file (see `visionssl zoo info`; e.g. moco, vissl)")
     p.add_argument("--backbone", default=None, help="timm / visionssl backbone name for a file (e.g. resnet50)")
     p.add_argument("--unsafe-load", action="store_true", help=UNSAFE_HELP)
+    p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     add_network_options(p)
     p.set_defaults(run=run_convert)
 
@@ -81,6 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a run directory (or one of its checkpoint files)")
     p.add_argument("--out", default=None, help="the .safetensors file to write (default RUN_DIR/export/NAME.safetensors)")
     p.add_argument("--name", default=None, help="the zoo name (default: the run directory's name)")
+    p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     p.set_defaults(run=run_export)
 
 
@@ -166,7 +169,12 @@ def run_convert(args: argparse.Namespace) -> int:
                                f"and --backbone")
         path, fmt, backbone, kwargs = Path(args.source), args.format, args.backbone, {}
     else:
+        from visionssl.backbones.trust import check_backbone_spec
+
         entry = zoo.info(args.source)
+        if not args.backbone:  # the entry's backbone is the zoo file's word, not the user's: check it first
+            check_backbone_spec(entry.backbone, entry.backbone_kwargs, source=f"zoo entry {entry.name!r} ({entry.origin})",
+                                trust_code=args.trust_code)
         path = zoo.fetch(entry, **network_kwargs(args))
         fmt, backbone, kwargs = entry.format, args.backbone or entry.backbone, entry.backbone_kwargs
     net = zoo.load_file(path, fmt, backbone, unsafe=args.unsafe_load, **kwargs)
@@ -184,7 +192,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from visionssl.zoo.export import export_run
 
-    exported = export_run(args.run_dir, args.out, name=args.name)
+    exported = export_run(args.run_dir, args.out, name=args.name, trust_code=args.trust_code)
     print(f"weights: {exported.path}\nsha256:  {exported.sha256}  ({exported.sha256_path})\nentry:   {exported.entry_path}")
     print(f"try it:  VISIONSSL_ZOO={exported.entry_path} visionssl zoo info {exported.entry['name']}")
     return 0
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ZooError, CheckpointError) as exc:
+    except (ZooError, CheckpointError, ValueError) as exc:
         print(f"visionssl: error: {exc}", file=sys.stderr)
         return 2
 

@@ -41,31 +41,35 @@ class ExportedModel:
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-               name: str | None = None) -> ExportedModel:
+               name: str | None = None, trust_code: bool = False) -> ExportedModel:
     """Writes the backbone of a run (a run directory or a checkpoint file) as safetensors + sha256 + zoo entry.
 
     Args:
         run_dir: a visionssl run directory, or one of its checkpoint files.
         out: the ``.safetensors`` file to write (default ``<run_dir>/export/<name>.safetensors``).
         name: the zoo name (default: the run directory's name, made safe for a folder name).
+        trust_code: allow a code backbone (``module:function``) that the run directory did not record
+            as its own (see ``visionssl.backbones.trust``). The exported file's loaders need it again.
     """
     from safetensors.torch import save_file
 
-    from visionssl.backbones import create_backbone
+    from visionssl.backbones.trust import create_backbone_from_file, run_dir_of, run_trusts
     from visionssl.engine.checkpoint import CHECKPOINT_FORMAT, backbone_state_dict, load_checkpoint
     from visionssl.zoo.convert import load_strict
 
     run = Path(run_dir)
     ckpt = load_checkpoint(run)
-    if ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt or "method" not in ckpt:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt or "method" not in ckpt:
         raise ZooError(f"{run} is not a visionssl training checkpoint (it needs format='visionssl', config and method)")
-    config = ckpt["config"]
-    spec = config.get("backbone") or {}
+    config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    spec = config.get("backbone") if isinstance(config.get("backbone"), dict) else {}
     if not spec.get("name"):
         raise ZooError(f"{run}: the run's config has no backbone name (config['backbone']['name'])")
     state = {k: v.detach().cpu().contiguous() for k, v in backbone_state_dict(ckpt["method"]).items()}
     kwargs = dict(spec.get("kwargs") or {})
-    load_strict(create_backbone(spec["name"], **kwargs), state, source=f"the backbone of {run}")
+    trusted = trust_code or (isinstance(spec["name"], str) and run_trusts(run_dir_of(run), spec["name"]))
+    net = create_backbone_from_file(spec["name"], kwargs, source=f"checkpoint {run}", trust_code=trusted)
+    load_strict(net, state, source=f"the backbone of {run}")
 
     run_name = run.name if run.is_dir() else run.stem
     name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-.") or "model"

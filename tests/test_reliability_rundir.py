@@ -1,0 +1,142 @@
+"""Issue 23: a run directory belongs to one run: never overwritten by accident, never shared by two live processes."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from visionssl.cli import main
+from visionssl.engine import Trainer, load_config
+from visionssl.engine.rundir import RunDirError, run_lock
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--data", "synthetic:32", "--image-size", "16", "--batch-size", "16", "--epochs", "1", "--no-progress",
+        "data.image_size=16", "method.proj_hidden_dim=16", "method.proj_dim=8", "train.knn_every=-1",
+        "backbone.name=resnet10t_cifar"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path / "home"))
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err):
+    return err.count("\n") == 1 and err.startswith("visionssl: error: ") and "Traceback" not in err
+
+
+def snapshot(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_second_run_into_a_finished_run_is_refused_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "r1"
+    code, _, err = cli(capsys, "pretrain", "--out", run, *TINY)
+    assert code == 0, err
+    before = snapshot(run)
+    code, _, err = cli(capsys, "pretrain", "--method", "byol", "--out", run, *TINY)
+    assert code == 2 and one_line(err)
+    assert f"run directory {run} is not empty" in err and "--resume" in err and "--overwrite" in err
+    assert snapshot(run) == before
+
+
+def test_overwrite_replaces_the_old_run_cleanly(tmp_path, capsys):
+    run = tmp_path / "r1"
+    assert cli(capsys, "pretrain", "--out", run, *TINY)[0] == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"old_run": True}) + "\n")
+    (run / "checkpoints" / "old.pt").write_bytes(b"old")
+    code, _, err = cli(capsys, "pretrain", "--method", "byol", "--out", run, "--overwrite", *TINY)
+    assert code == 0, err
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines and not any("old_run" in line for line in lines)
+    assert not (run / "checkpoints" / "old.pt").exists()
+    assert "name: byol" in (run / "config.yaml").read_text()
+
+
+def test_overwrite_never_deletes_files_a_run_did_not_write(tmp_path, capsys):
+    folder = tmp_path / "home_dir"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    code, _, err = cli(capsys, "pretrain", "--out", folder, "--overwrite", *TINY)
+    assert code == 2 and one_line(err) and "thesis.tex" in err
+    assert (folder / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("out", ["", " "])
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "pretrain", "--out", out, *TINY)
+    assert code == 2 and one_line(err) and "--out is empty" in err
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_resume_with_nothing_to_resume_says_so_before_loading_data(tmp_path, capsys, monkeypatch, state):
+    import visionssl.engine.trainer as trainer_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr(trainer_module, "load_dataset", no_data)
+    run = tmp_path / "run"
+    if state == "empty":
+        run.mkdir()
+    code, _, err = cli(capsys, "pretrain", "--out", run, "--resume", *TINY)
+    assert code == 2 and one_line(err) and f"nothing to resume in {run}" in err
+    assert run.exists() == (state == "empty")
+
+
+HOLDER = textwrap.dedent("""
+    import fcntl, os, sys  # the documented protocol of run_lock, without paying for importing visionssl twice
+    os.makedirs(sys.argv[1], exist_ok=True)
+    fd = os.open(os.path.join(sys.argv[1], ".lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getpid()}\\n".encode())
+    print("locked", flush=True)
+    sys.stdin.read()  # hold the lock until the test closes our stdin
+""")
+
+
+def test_a_second_live_process_fails_at_once_naming_the_holder(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "-m", "visionssl", "pretrain", "--out", str(run), *TINY],
+                                capture_output=True, text=True, timeout=240, env=env, check=False)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+        assert f"run directory {run} is in use by another run (process {holder.pid})" in second.stderr
+
+        # the lock binds API users of the Trainer too, in this very process
+        cfg = load_config("simclr", overrides=[a for a in TINY if "=" in a] + [
+            "data.name=synthetic:32", "augment.image_size=16", "optim.batch_size=16", "train.epochs=1",
+            "train.progress=false", f"out={run}"])
+        with pytest.raises(RunDirError, match=rf"in use by another run \(process {holder.pid}\)"):
+            Trainer(cfg).fit()
+        assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    with run_lock(run):  # released with its holder
+        pass
+
+
+def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
+    with run_lock(tmp_path / "r") as folder:
+        with run_lock(folder):
+            pass
+        assert (folder / ".lock").read_text().strip() == str(os.getpid())
+    with run_lock(tmp_path / "r"):
+        pass
