@@ -257,9 +257,10 @@ def summary_markdown(rows: list[dict], goals: list[dict], header: str) -> str:
 
     lines = [header, "", "| step | status | seconds | key figures |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['status']} | {r['seconds']} | {fig(r)} |" for r in rows]
-    lines += ["", "| target | goal | measured | status | margin (measured / goal) | what |", "|---|---|---|---|---|---|"]
+    lines += ["", "| target | goal | measured | status | margin (measured / goal) | what | profile |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| {g['target']} | >= {g['goal']} | {g.get('measured', '')} | {g['status']} | {g.get('margin', '')} | "
-              f"{g.get('what', '')} |" for g in goals]
+              f"{g.get('what', '')} | {g.get('profile', '')} |" for g in goals]
     return "\n".join(lines) + "\n"
 
 
