@@ -86,7 +86,7 @@ def measure(image_size: int, n: int, batch_size: int, device: torch.device, work
     for backend in backends:
         aug = vs.augment.create("simclr", image_size=image_size, backend=backend).to(device)
 
-        def ours_epoch():
+        def ours_epoch(aug=aug):
             for x in batches:
                 aug(x.to(device, non_blocking=True))
 

@@ -5,8 +5,9 @@
 
 Steps, each a subprocess under its own timeout (and all under ``--budget`` seconds):
 
-  install        ``pip install -e ".[dev,bench]"`` then faiss-cpu swapped for faiss-gpu (README); offline from the
-                 wheels in ``--wheels`` (default ``.whl/``) when that folder exists. Not run by ``--dry-run``.
+  install        ``pip install -e ".[dev,bench]"`` then faiss-cpu swapped for faiss-gpu (README) when faiss-gpu can be
+                 had; offline from ``--wheels`` (default ``.whl/``, packed by ``benchmarks/gpu_pack.sh``) when that
+                 folder exists. Not run by ``--dry-run``.
   versions       torch, CUDA, cuDNN, faiss, kornia, timm versions, the GPU, ``faiss.get_num_gpus()``.
   cuda_tests     ``pytest -m cuda tests/test_cuda.py`` (all skipped without a GPU).
   throughput_*   ``throughput.py``: SimCLR, ResNet-18 at 32 px batch 512 and ResNet-50 at 224 px batch 256,
@@ -69,11 +70,19 @@ def steps(args: argparse.Namespace, out: Path) -> list[tuple[str, int, list[str]
 
 
 def install_command(wheels: str) -> str:
-    """The install as one shell line: offline from ``wheels`` when that folder exists (the device has no network)."""
-    offline = f"--no-index --find-links {wheels} --no-build-isolation " if Path(wheels).is_dir() else ""
-    pip = f"{sys.executable} -m pip install -q {offline}"
-    return (f'{pip}-e ".[dev,bench]" && ({sys.executable} -m pip uninstall -y faiss-cpu && {pip}faiss-gpu '
-            f'|| echo "faiss-gpu not installed: kNN on the GPU runs as torch.mm + top-k")')
+    """The install as one shell line. Offline when ``wheels`` exists (``benchmarks/gpu_pack.sh`` packs it: the device
+    has no network): its wheels, then visionssl itself without dependencies (elpv comes as labels + caches)."""
+    py = sys.executable
+    if Path(wheels).is_dir():
+        offline = f"{py} -m pip install -q --no-index --no-deps --no-build-isolation"
+        install = f"{offline} {wheels}/*.whl {wheels}/*.tar.gz && {offline} -e ."
+        gpu, cpu = f"{offline} --find-links {wheels} faiss-gpu", f"{offline} {wheels}/faiss_cpu-*.whl"
+    else:
+        install, gpu, cpu = f'{py} -m pip install -q -e ".[dev,bench]"', f"{py} -m pip install -q faiss-gpu", f"{py} -m pip install -q faiss-cpu"
+    # both builds install the module faiss: one out before the other in; faiss-cpu back if faiss-gpu cannot be had
+    # (then kNN on the GPU runs as visionssl's torch.mm + top-k)
+    return (f"{install} && {py} -m pip uninstall -y -q faiss-cpu && "
+            f"{{ {gpu} || {{ echo 'faiss-gpu could not be installed: faiss-cpu kept'; {cpu}; }}; }}")
 
 
 def run_step(name: str, timeout: int, command, out: Path, env: dict) -> dict:
@@ -83,7 +92,7 @@ def run_step(name: str, timeout: int, command, out: Path, env: dict) -> dict:
     start = time.perf_counter()
     with log.open("w") as f:
         try:
-            done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT, env=env,
+            done = subprocess.run(command, check=False, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT, env=env,
                                   shell=isinstance(command, str), start_new_session=True)
             status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
         except subprocess.TimeoutExpired:
@@ -291,6 +300,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
            "PYTHONUNBUFFERED": "1"}
+    packed = Path(args.wheels)
+    if (packed / "home").is_dir():  # elpv as gpu_pack.sh packs it: its labels (a stub package) and decoded caches
+        env["VISIONSSL_HOME"] = str(packed / "home")
+        env["PYTHONPATH"] += os.pathsep + str(packed / "elpv_stub")
     plan = steps(args, out)
     unknown = set(args.steps or []) - {name for name, _, _ in plan}
     if unknown:
