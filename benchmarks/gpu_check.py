@@ -56,7 +56,7 @@ def steps(args: argparse.Namespace, out: Path) -> list[tuple[str, int, list[str]
     return [
         ("install", 240, None if dry else install_command(args.wheels)),
         ("versions", 60, [py, me, "--versions", str(out / "versions.json")]),
-        ("cuda_tests", 150, [py, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-p", "no:cacheprovider",
+        ("cuda_tests", 200, [py, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-p", "no:cacheprovider",
                              f"--junitxml={out / 'cuda_tests.xml'}"]),
         ("throughput_r18_32", 120, tp + ["--configs", "r18_32", "--batch-size", "8" if dry else "512",
                                          "--out", str(out / "throughput_r18_32")] + tp_size),
