@@ -18,8 +18,9 @@ Steps, each a subprocess under its own timeout (and all under ``--budget`` secon
 
 Then the targets: pipeline efficiency (visionssl / bare) >= 0.85 at both sizes, >= 2x LightlySSL at 224 px,
 two-view augmentation >= 50x per-image torchvision at 224 px. Each is printed as pass or miss with its margin;
-a miss gets a ``torch.profiler`` table of the top ops (``profile_<target>.txt``). Everything lands in ``--out``:
-one log per step, the benchmarks' JSON files, ``summary.json`` and ``summary.md``; ``--archive`` packs it.
+a miss gets a ``torch.profiler`` table of the top ops of its step (``profile_<r18_32|r50_224|augment>.txt``).
+Everything lands in ``--out``: one log per step, the benchmarks' JSON files, ``summary.json`` and ``summary.md``;
+``--archive`` packs it.
 """
 from __future__ import annotations
 
@@ -240,7 +241,7 @@ def profile(target: str, path: str, dry: bool) -> None:
         spec.loader.exec_module(tp)
         config = "r18_32" if target == "efficiency_r18_32" else "r50_224"
         cfg = tp.CONFIGS[config]
-        batch = 4 if dry else cfg["batch"]["cuda"]
+        batch = 2 if dry else cfg["batch"]["cuda"]
         images = vs.data.load_dataset(f"synthetic:{batch * 4}", image_size=cfg["source"])
         precision = tp.resolve_precision("auto", device)
         ours = tp.Ours("simclr", cfg, images, batch, device, precision, False)
@@ -323,14 +324,18 @@ def main() -> int:
             rows[-1]["status"] = "skipped (no GPU)"
         print(f"{rows[-1]['step']:<20} {rows[-1]['status']:<24} {rows[-1]['seconds']:>7.1f} s  "
               f"{json.dumps(rows[-1].get('figures') or rows[-1].get('note') or '')}", flush=True)
-    goals = targets(out)
+    goals, profiled = targets(out), {}
     for goal in goals:
-        if goal["status"] == "miss" and int(deadline - time.monotonic()) >= 30:
-            file = out / f"profile_{goal['target']}.txt"
+        # both 224 px throughput targets come from one step: one profile serves them
+        what = {"augment_224": "augment", "efficiency_r18_32": "r18_32"}.get(goal["target"], "r50_224")
+        if goal["status"] == "miss" and what not in profiled and int(deadline - time.monotonic()) >= 30:
+            file = out / f"profile_{what}.txt"
             command = [sys.executable, str(Path(__file__).resolve()), "--profile", goal["target"], str(file)]
             command += ["--dry-run"] if args.dry_run else []
-            step = run_step(f"profile_{goal['target']}", min(120, int(deadline - time.monotonic())), command, out, env)
-            goal["profile"] = file.name if file.is_file() else step["status"]
+            step = run_step(f"profile_{what}", min(120, int(deadline - time.monotonic())), command, out, env)
+            profiled[what] = file.name if file.is_file() else step["status"]
+        if goal["status"] == "miss":
+            goal["profile"] = profiled.get(what, "not run (budget spent)")
     versions_info = _json(out / "versions.json") or {}
     header = (f"# GPU check{' (dry run on a CPU)' if args.dry_run else ''}: {versions_info.get('gpu') or 'no GPU'}, "
               f"{time.strftime('%Y-%m-%d %H:%M')}")
