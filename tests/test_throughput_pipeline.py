@@ -12,10 +12,12 @@ import visionssl as vs
 from visionssl.augment.ops import RandomGaussianBlur
 from visionssl.data import BadImageError
 from visionssl.data.loader import BatchLoader, prefetch_to_device
+from visionssl.augment.stream import split_preset
 from visionssl.data.stream import (
-    CropSpec, ImageFiles, StreamLoader, list_image_files, random_crop_box, read_crops, split_preset, stream_loader,
+    CropSpec, ImageFiles, StreamLoader, list_image_files, random_crop_box, read_crops,
 )
 from visionssl.engine.optim import create_optimizer
+from visionssl.engine.stream import stream_loader
 
 # ------------------------------------------------------------------------------ host synchronisation
 SYNCING_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "_linalg_check_errors", "masked_select"}

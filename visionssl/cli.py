@@ -202,7 +202,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from visionssl.data import load_dataset
     from visionssl import distributed
     from visionssl.engine.trainer import resolve_device
-    from visionssl.eval.distributed import extract_features_distributed
+    from visionssl.eval.sharded import extract_features_distributed
 
     device = distributed.init(resolve_device(args.device))  # under torchrun the ranks share the extraction
     backbone, cfg, baseline = load_for_eval(args.checkpoint, args.trust_code)

@@ -130,7 +130,7 @@ def _entry(rank: int, fn, port: int, out: str) -> None:
 def equivalence(rank: int, out: Path) -> None:
     from visionssl import distributed
     from visionssl.eval import knn
-    from visionssl.eval.distributed import extract_features_distributed
+    from visionssl.eval.sharded import extract_features_distributed
 
     results: dict = {}
 

@@ -22,10 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 import kornia.augmentation as K
@@ -34,6 +31,7 @@ import torch
 from torch import nn
 
 from visionssl.augment import MultiView, Normalize, Resize, register_augmentation
+from visionssl.files import atomic_write, visionssl_home
 
 # The 8 neighbours of the centre of a 3x3 grid in raster order: label -> (row, col) offset.
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -395,8 +393,6 @@ def _select_permutations(num: int, num_tiles: int, seed: int, selection: str) ->
 
 @functools.lru_cache(maxsize=16)
 def _cached_permutations(num: int, num_tiles: int, seed: int, selection: str) -> np.ndarray:
-    from visionssl.data.cache import visionssl_home
-
     path = visionssl_home() / "permutations" / f"hamming-{selection}-{num}x{num_tiles}-seed{seed}.npy"
     try:
         perms = np.load(path)
@@ -406,23 +402,11 @@ def _cached_permutations(num: int, num_tiles: int, seed: int, selection: str) ->
         pass  # missing or damaged: rebuilt below
     perms = _select_permutations(num, num_tiles, seed, selection)
     try:
-        _atomic_save_npy(path, perms)
+        atomic_write(path, lambda f: np.save(f, perms))
     except OSError as exc:
         warnings.warn(f"could not cache the permutation set at {path}: {exc}", stacklevel=3)
     perms.setflags(write=False)
     return perms
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------ presets

@@ -31,6 +31,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from visionssl.files import visionssl_home
+
 logger = logging.getLogger(__name__)
 
 TRUST_RECORD = "trusted_code.json"
@@ -144,7 +146,7 @@ def _short(value: Any) -> str:
 
 # ----------------------------------------------------------------- trust records in run directories
 def _key(create: bool) -> bytes | None:
-    home = Path(os.environ.get("VISIONSSL_HOME") or "~/.cache/visionssl").expanduser()
+    home = visionssl_home()
     path = home / "trust_key"
     try:
         if path.is_file():

@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-
-def visionssl_home() -> Path:
-    """``$VISIONSSL_HOME`` or ``~/.cache/visionssl``: where caches and downloads live."""
-    return Path(os.environ.get("VISIONSSL_HOME", Path.home() / ".cache" / "visionssl"))
+from visionssl.files import atomic_write, visionssl_home  # noqa: F401  (visionssl_home: re-exported)
 
 
 def cached_arrays(
@@ -38,14 +34,15 @@ def cached_arrays(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_files(folder, key)
-        _atomic_write(npy, lambda f: np.save(f, images))
-        _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
+        atomic_write(npy, lambda f: np.save(f, images))
+        atomic_write(meta, json.dumps(info))
     except OSError as exc:  # a read-only or full disk must not stop training: warn and go on uncached
         import warnings
 
         if not meta.is_file():
             npy.unlink(missing_ok=True)  # never leave images without their metadata
-        warnings.warn(f"could not write the dataset cache {npy}: {exc.strerror or exc}; going on without it", stacklevel=2)
+        reason = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # atomic_write's error names the file
+        warnings.warn(f"could not write the dataset cache {npy}: {reason.strerror or reason}; going on without it", stacklevel=2)
     return images, info
 
 
@@ -60,15 +57,3 @@ def _remove_stale_temp_files(folder: Path, key: str) -> None:
         except OSError:
             pass
 
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -44,7 +44,7 @@ def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.nd
             if img.width * img.height > MAX_PIXELS:
                 raise BadImageError(path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
             img.load()
-            img = _to_8bit(img, channels)
+            img = to_8bit(img, channels)
     except BadImageError:
         raise
     except Exception as exc:  # PIL raises many kinds on broken files; any of them is this file's fault
@@ -94,7 +94,13 @@ def _not_a_file_reason(path: Path) -> str:
     return "not a regular file"
 
 
-def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
+def to_8bit(img: Image.Image, channels: int) -> Image.Image:
+    """The image as 8-bit ``L`` (``channels=1``) or ``RGB``: 16-bit and float scaled to 0..255, alpha over white.
+
+    Example:
+        >>> to_8bit(Image.new("I;16", (2, 2), 1000), 3).mode
+        'RGB'
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         hi = arr.max() if arr.size else 1.0

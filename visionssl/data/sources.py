@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,8 @@ import torch
 
 from visionssl.data.cache import cached_arrays
 from visionssl.data.dataset import ImageDataset
-from visionssl.data.decode import IMAGE_EXTENSIONS, decode_images
+from visionssl.data.decode import decode_images
+from visionssl.data.folders import list_image_folder
 from visionssl.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -102,21 +102,7 @@ def imagefolder(
     root = Path(arg).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    split_dirs = {"train": root / "train", "test": root / "test" if (root / "test").is_dir() else root / "val"}
-    presplit = split_dirs["train"].is_dir() and split_dirs["test"].is_dir()
-    folder = split_dirs[split] if presplit and split != "all" else root
-    class_names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_names:
-        raise ValueError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
-    paths, targets = [], []
-    for c, name in enumerate(class_names):
-        for dirpath, _, files in os.walk(folder / name, followlinks=False):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(Path(dirpath) / f)
-                    targets.append(c)
-    if not paths:
-        raise ValueError(f"image folder {folder} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
+    folder, presplit, paths, targets, class_names = list_image_folder(root, split)
     size = image_size or 224
     listing = hashlib.sha256()
     for p in paths:

@@ -4,7 +4,8 @@ CPU workers (a torch ``DataLoader``) read each file, decode it and cut every vie
 straight to the training size: uint8 out, no float work on the CPU. A JPEG is decoded at a reduced
 scale (libjpeg's DCT scaling) whenever all of its crops stay at least as large as the output. Flip,
 colour, blur, solarisation and normalisation run batched on the device, from the same presets as the
-in-memory path: ``split_preset`` moves each view's crop to the workers and keeps the rest.
+in-memory path: ``visionssl.augment.stream.split_preset`` moves each view's crop to the workers and keeps
+the rest, and ``visionssl.engine.stream.stream_loader`` pairs the two halves.
 
 With ``gpu_decode`` the workers only read the bytes and draw the crop boxes (from the file header);
 nvJPEG decodes the batch on the GPU (``torchvision.io.decode_jpeg(device="cuda")``) and the crops are
@@ -15,6 +16,7 @@ augment.image_size=224 data.workers=16`` (``data.gpu_decode=true`` for nvJPEG).
 
 Example:
     >>> import tempfile, torch, visionssl as vs
+    >>> from visionssl.engine.stream import stream_loader
     >>> from PIL import Image
     >>> root = tempfile.mkdtemp()
     >>> for c in ("cat", "dog"):
@@ -35,16 +37,14 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
-from visionssl.augment import MultiView, to_float
-from visionssl.augment.ops import RandomResizedCropFlip
-from visionssl.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, _to_8bit
+from visionssl.data.decode import MAX_PIXELS, BadImageError, to_8bit
+from visionssl.data.folders import list_image_folder
 from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.data.sources import stratified_split
 
@@ -109,22 +109,7 @@ def list_image_files(spec: str, split: str = "train") -> ImageFiles:
         raise FileNotFoundError(
             f"data.stream needs an image folder (a directory or 'imagefolder:PATH'); {root} is not a directory"
         )
-    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    presplit = (root / "train").is_dir() and test_dir.is_dir()
-    folder = {"train": root / "train", "test": test_dir}.get(split, root) if presplit else root
-    class_names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_names:
-        raise ValueError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
-    paths, targets = [], []
-    for c, class_name in enumerate(class_names):
-        for dirpath, dirnames, files in os.walk(folder / class_name):
-            dirnames.sort()
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(Path(dirpath) / f)
-                    targets.append(c)
-    if not paths:
-        raise ValueError(f"image folder {folder} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
+    _, presplit, paths, targets, class_names = list_image_folder(root, split)
     y = torch.tensor(targets, dtype=torch.long)
     if not presplit and split != "all":
         keep = stratified_split(y.numpy())[0 if split == "train" else 1]
@@ -186,7 +171,7 @@ def read_crops(path: str | os.PathLike, specs: Sequence[CropSpec], channels: int
                 if shrink >= 2:
                     img.draft("L" if channels == 1 else "RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
             img.load()
-            img = _to_8bit(img, channels)
+            img = to_8bit(img, channels)
             sx, sy = img.width / width, img.height / height
             out = np.empty((len(specs), channels, specs[0].size, specs[0].size), dtype=np.uint8)
             for v, ((x0, y0, w, h), spec) in enumerate(zip(boxes, specs)):
@@ -277,7 +262,7 @@ class StreamLoader(BatchLoader):
 
     Args:
         files: from ``list_image_files``.
-        crops: one ``CropSpec`` per view (``split_preset`` takes them from an augmentation preset).
+        crops: one ``CropSpec`` (or ``(size, scale, ratio)``) per view (``split_preset`` takes them from a preset).
         batch_size, device, seed, shuffle, drop_last, rank, world_size: as ``BatchLoader``.
         num_workers: decoding processes (default: every core; 0 decodes in this process).
         channels: 3 (RGB) or 1 (grayscale) crops.
@@ -304,6 +289,7 @@ class StreamLoader(BatchLoader):
     ):
         super().__init__(files, batch_size, device, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank,
                          world_size=world_size)
+        crops = [CropSpec(*c) for c in crops]  # split_preset hands plain (size, scale, ratio) tuples
         if not crops or len({c.size for c in crops}) != 1:
             raise ValueError(f"crops must be one CropSpec per view, all of one size; got {list(crops)}")
         if channels not in (1, 3):
@@ -398,65 +384,3 @@ class StreamLoader(BatchLoader):
                 height, width = max(1, min(int(round(h)), image.shape[1] - top)), max(1, min(int(round(w)), image.shape[2] - left))
                 out[row, v] = resized_crop(image, top, left, height, width, [spec.size, spec.size], antialias=True)
         return out
-
-
-# ------------------------------------------------------------------------------ the device-side views
-class StreamViews(MultiView):
-    """The device half of a preset: uint8 crops (B, V, C, S, S) -> V normalised views (B, C', S, S).
-
-    View v goes through pipeline v (flip, colour, blur, ... without the crop) and the normalisation;
-    grayscale crops are replicated to the backbone's channels, as ``MultiView`` does.
-    """
-
-    @torch.no_grad()
-    def forward(self, crops: torch.Tensor) -> list[torch.Tensor]:
-        if crops.ndim != 5 or crops.shape[1] != self.num_views:
-            raise ValueError(f"expected crops (B, {self.num_views}, C, S, S), got shape {tuple(crops.shape)}")
-        return [self.normalize(p(to_float(crops[:, v], self.channels, self.dtype))).contiguous() for v, p in enumerate(self.pipelines)]
-
-
-def split_preset(augment: MultiView) -> tuple[list[CropSpec], StreamViews]:
-    """Splits a preset into the crops the CPU workers cut and the ``StreamViews`` the device applies.
-
-    Each view pipeline must start from a random resized crop (``RandomResizedCropFlip`` of the fused
-    backend, whose flips and blur stay on the device, or Kornia's ``RandomResizedCrop``).
-
-    Example:
-        >>> import visionssl as vs
-        >>> crops, views = split_preset(vs.augment.create("byol", image_size=32))
-        >>> crops[0], views.num_views
-        (CropSpec(size=32, scale=(0.08, 1.0), ratio=(0.75, 1.3333333333333333)), 2)
-    """
-    import kornia.augmentation as K
-
-    specs, pipelines = [], []
-    for view, pipeline in enumerate(augment.pipelines):
-        modules = list(pipeline) if isinstance(pipeline, nn.Sequential) else [pipeline]
-        crop = next((m for m in modules if isinstance(m, (RandomResizedCropFlip, K.RandomResizedCrop))), None)
-        if crop is None:
-            raise ValueError(
-                f"view {view} of this augmentation preset has no random resized crop ({type(pipeline).__name__}); "
-                "data.stream=true moves that crop to the CPU workers, so it needs a crop-based preset "
-                "(simclr, moco, simsiam, byol, vicreg)"
-            )
-        if isinstance(crop, RandomResizedCropFlip):
-            spec, replacement = CropSpec(crop.size, tuple(crop.scale), tuple(crop.ratio)), crop.uncropped()
-        else:
-            params = crop._param_generator
-            spec, replacement = CropSpec(int(crop.flags["size"][0]), tuple(params.scale), tuple(params.ratio)), nn.Identity()
-        specs.append(spec)
-        pipelines.append(nn.Sequential(*[replacement if m is crop else m for m in modules]))
-    return specs, StreamViews(pipelines, channels=augment.channels, normalize=augment.normalize, dtype=augment.dtype)
-
-
-def stream_loader(
-    files: ImageFiles, augment: MultiView, batch_size: int, device: str | torch.device = "cpu", **kwargs: Any
-) -> tuple[StreamLoader, StreamViews]:
-    """The streaming pair for a preset: a ``StreamLoader`` cutting its crops and the ``StreamViews`` finishing them.
-
-    ``kwargs`` go to ``StreamLoader`` (seed, num_workers, gpu_decode, skip_bad_images, rank, world_size).
-    Crops are grayscale when the backbone takes one channel, else RGB.
-    """
-    specs, views = split_preset(augment)
-    kwargs.setdefault("channels", 1 if augment.channels == 1 else 3)
-    return StreamLoader(files, specs, batch_size, device, **kwargs), views.to(device)

@@ -41,7 +41,7 @@ def recalibrate_batchnorm(
         14
     """
     from visionssl.augment import create as create_augmentation
-    from visionssl.eval.features import input_channels
+    from visionssl.backbones.features import input_channels
 
     if batch_size < 1 or max_images < 1:
         raise ValueError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from visionssl.files import atomic_write, remove_stale_temp_files  # noqa: F401  (remove_stale_temp_files: re-exported)
+
 CHECKPOINT_FORMAT = "visionssl"
 LAST = "last.pt"
-TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -44,30 +43,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         >>> load_checkpoint(p)["x"].tolist()
         [1.0, 1.0]
     """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)  # make the rename itself survive a power cut
-    except Exception as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        cause = _os_error_in(exc)  # torch reports a failed write as RuntimeError with the OSError as context
-        if cause is None:
-            raise
-        raise OSError(cause.errno, f"could not write {path}: {cause.strerror or cause}{_free_space(path.parent)}") from exc
-    except BaseException:  # KeyboardInterrupt mid-write: no half-written file is left
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
@@ -78,71 +54,7 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
         >>> atomic_write_text("epochs: 3\\n", tempfile.mkdtemp() + "/config.yaml").read_text()
         'epochs: 3\\n'
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}{_free_space(path.parent)}") from exc
-        raise
-    return path
-
-
-def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
-    """Deletes the temporary files an ``atomic_save(..., path)`` killed mid-write left beside ``path``.
-
-    Only for files one process writes (a run's own checkpoint): another writer's file in progress
-    would be deleted too.
-
-    Example:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp()); (folder / ".last.pt.abc.tmp").write_bytes(b"half")
-        4
-        >>> [p.name for p in remove_stale_temp_files(folder / "last.pt")]
-        ['.last.pt.abc.tmp']
-    """
-    path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}")) if path.parent.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def _os_error_in(exc: BaseException | None) -> OSError | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _free_space(folder: Path) -> str:
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return ""
-    return f" ({free / 2**20:.1f} MiB free on that disk)"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not every file system can fsync a directory
-    finally:
-        os.close(fd)
+    return atomic_write(path, text)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -10,7 +10,6 @@ Everything a run produces lives in its run directory::
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import logging
 import math
@@ -30,13 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from visionssl import augment as augment_lib
 from visionssl import distributed
+from visionssl.backbones.features import input_channels, resolve_device
 from visionssl.data import BatchLoader, ImageDataset, load_dataset
 from visionssl.engine.batchnorm import recalibrate_batchnorm
 from visionssl.engine.checkpoint import (
     CHECKPOINT_FORMAT, LAST, CheckpointError, atomic_save, atomic_write_text, load_checkpoint, remove_stale_temp_files,
 )
 from visionssl.engine.config import ConfigError, to_dict
-from visionssl.eval.features import input_channels
+from visionssl.engine.evaluators import EVALUATORS
 from visionssl.engine.optim import cosine_with_warmup, create_optimizer, set_lr
 from visionssl.methods import SSLMethod, create_method
 
@@ -45,18 +45,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available; use 'cpu' or 'auto'")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device={name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,8 +119,8 @@ class Trainer:
         train_set: the unlabelled training images (default: ``config.data`` train split).
         eval_sets: (bank, queries) labelled datasets for online kNN (default: the train and test splits).
 
-    Attributes the method hooks may use: ``train_set``, ``device``, ``epoch``, ``augment``, ``config``,
-    ``log_scalars``.
+    The method hooks see it as a ``visionssl.methods.base.TrainingContext``: ``train_set``, ``device``,
+    ``epoch``, ``augment``, ``config``, ``optimizer``, ``log_scalars``.
 
     Under ``torchrun`` (see docs/distributed.md) every process builds a Trainer: it joins the process
     group, wraps the method in DistributedDataParallel, takes its block of each global batch
@@ -160,7 +148,11 @@ class Trainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         # under torchrun: joins the process group (NCCL on GPUs, gloo on CPUs) and takes cuda:LOCAL_RANK
-        self.device = distributed.init(resolve_device(cfg.train.device))
+        try:
+            device = resolve_device(cfg.train.device, "train.device")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.device = distributed.init(device)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         if self.device.type == "cuda" and not cfg.train.deterministic:
@@ -210,11 +202,11 @@ class Trainer:
             self._forward = torch.compile(self._forward)
         if self.rank:  # every rank draws its own augmentations (the weights are rank 0's: DDP copies them)
             seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
-        self._pass_indices = "indices" in inspect.signature(self.method.forward).parameters
+        self._pass_indices = bool(getattr(self.method, "needs_indices", False))
 
         # optim.batch_size is the global batch: each rank takes its block of batch_size / world_size images
         if data.stream:  # the preset's crops move to the loader's workers; self.augment keeps the rest
-            from visionssl.data.stream import stream_loader
+            from visionssl.engine.stream import stream_loader
 
             self.loader, self.augment = stream_loader(
                 self.train_set, self.augment, cfg.optim.batch_size, self.device, seed=cfg.train.seed,
@@ -376,24 +368,16 @@ class Trainer:
     @torch.no_grad()
     def evaluate_knn(self) -> dict[str, float]:
         """kNN accuracy of the current backbone (bank: labelled train split, queries: test split)."""
-        from visionssl import eval as eval_lib
-
         bank, queries = self._eval_sets()
         if bank is None or bank.targets is None:
             return {}
-        from visionssl.eval.distributed import extract_features_distributed
-
         cfg = self.config
-        feats = [  # under torchrun each rank extracts its block; rank 0 receives them all and searches
-            extract_features_distributed(self.method.backbone, ds, batch_size=max(cfg.optim.batch_size, 256),
-                                         image_size=cfg.augment.image_size, device=self.device, dst=0)
-            for ds in (bank, queries)
-        ]
+        evaluate = EVALUATORS.get("knn")  # registered by visionssl.eval
+        result = evaluate(self.method.backbone, bank, queries, batch_size=max(cfg.optim.batch_size, 256),
+                          image_size=cfg.augment.image_size, device=self.device, k=min(cfg.train.knn_k, len(bank)),
+                          temperature=cfg.train.knn_temperature)
         self.method.train()
-        result = None
-        if distributed.is_main():
-            k = min(cfg.train.knn_k, len(bank))
-            result = eval_lib.knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=k, temperature=cfg.train.knn_temperature)
+        if result is not None:
             result = {f"knn/{key}": float(v) for key, v in result.items() if key in ("top1", "top5")}
         return distributed.broadcast_object(result)
 

@@ -15,6 +15,7 @@ Example:
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
 from visionssl.eval.linear_probe import linear_probe, linear_probe_classic, stratified_split
+from visionssl.eval import sharded  # noqa: F401  (registers the trainer's online "knn" evaluator)
 from visionssl.eval.benchmark import run_benchmark  # noqa: E402  (after the functions it uses)
 
 __all__ = [

@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from visionssl.backbones.features import batched_features, input_channels, resolve_device
+from visionssl.files import atomic_write
+
 CACHE_VERSION = 1
 
 __all__ = ["extract_features", "feature_cache_path", "weights_hash", "input_channels", "resolve_device"]
@@ -74,30 +77,9 @@ def extract_features(
             return cached, labels
 
     from visionssl.augment import create as create_augmentation
-    from tqdm.auto import tqdm
 
-    transform = create_augmentation("eval", image_size=image_size, channels=input_channels(backbone)).to(device)
-    was_training = backbone.training
-    backbone.to(device).eval()
-    features = None
-    images = dataset.images
-    try:
-        with torch.no_grad(), tqdm(total=len(dataset), unit="img", desc="features", disable=not progress) as bar:
-            for start in range(0, len(dataset), batch_size):
-                batch = images[start : start + batch_size]
-                if device.type == "cuda":
-                    batch = batch.pin_memory()
-                x = transform(batch.to(device, non_blocking=True))[0]
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    out = backbone(x)
-                if out.ndim != 2:
-                    raise ValueError(f"the backbone must return (B, D) features, got shape {tuple(out.shape)}")
-                if features is None:
-                    features = torch.empty(len(dataset), out.shape[1], dtype=torch.float32)
-                features[start : start + len(batch)] = out.float().cpu()
-                bar.update(len(batch))
-    finally:
-        backbone.train(was_training)
+    view = create_augmentation("eval", image_size=image_size, channels=input_channels(backbone)).to(device)
+    features = batched_features(backbone, dataset.images, lambda x: view(x)[0], batch_size, device, progress)
     if path is not None:
         _write_cache(path, features)
     return features, labels
@@ -156,35 +138,6 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def input_channels(backbone: nn.Module) -> int:
-    """Channels the backbone expects: ``in_channels`` of its first convolution (3 when it has none).
-
-    Example:
-        >>> import visionssl as vs
-        >>> input_channels(vs.create_backbone("resnet10t_cifar")), input_channels(vs.create_backbone("resnet18", in_chans=1))
-        (3, 1)
-    """
-    for module in backbone.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"`` -> CUDA when available, else CPU; anything else as given.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no GPU; use 'cpu' or 'auto'")
-    return device
-
-
 def _read_cache(path: Path, n: int) -> torch.Tensor | None:
     if not path.is_file():
         return None
@@ -200,9 +153,7 @@ def _read_cache(path: Path, n: int) -> torch.Tensor | None:
 
 def _write_cache(path: Path, features: torch.Tensor) -> None:
     """Atomic (an older cache file stays whole); a full or read-only disk only costs the cache: a warning."""
-    from visionssl.engine.checkpoint import atomic_save
-
     try:
-        atomic_save({"features": features}, path)
+        atomic_write(path, lambda f: torch.save({"features": features}, f))
     except OSError as exc:
         warnings.warn(f"feature cache not written: {exc.strerror or exc}; going on without it", stacklevel=3)

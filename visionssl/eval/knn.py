@@ -89,7 +89,7 @@ def knn(
         100.0
     """
     ks = _check_ks(k)
-    test_labels = _labels(test_y, "test_y", len(test_x))
+    test_labels = check_labels(test_y, "test_y", len(test_x))
     scores = knn_predict(
         train_x, train_y, test_x, ks, temperature, vote=vote, index=index, nlist=nlist, nprobe=nprobe,
         shard_size=shard_size, device=device,
@@ -136,7 +136,7 @@ def knn_predict(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     train_x = _features(train_x, "train_x")
-    bank_labels = _labels(train_y, "train_y", len(train_x))
+    bank_labels = check_labels(train_y, "train_y", len(train_x))
     if num_classes is None:
         num_classes = _num_classes(bank_labels)
     elif int(bank_labels.max()) >= num_classes:
@@ -374,7 +374,13 @@ def _normalized(x: np.ndarray | _NpyRows, name: str, row_offset: int = 0, copy: 
     return out
 
 
-def _labels(y: Array, name: str, n: int) -> torch.Tensor:
+def check_labels(y: Array, name: str, n: int) -> torch.Tensor:
+    """``y`` as a CPU long tensor of ``n`` class indices; ``ValueError`` naming ``name`` when it is not that.
+
+    Example:
+        >>> check_labels([2, 0, 1], "train_y", 3).tolist()
+        [2, 0, 1]
+    """
     y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).detach().cpu()
     if y.ndim != 1 or len(y) != n:
         raise ValueError(f"{name} must hold one label per feature row: expected shape ({n},), got {tuple(y.shape)}")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionssl.eval.features import extract_features, input_channels, resolve_device
-from visionssl.eval.knn import Array, _labels, rank_accuracy
+from visionssl.eval.knn import Array, check_labels, rank_accuracy
 
 OPTIMIZERS = ("sgd", "adamw")
 NORMALIZATIONS = ("standardize", "batchnorm", "none")
@@ -104,7 +104,7 @@ def linear_probe(
     train_x, test_x = _matrix(train_x, "train_x"), _matrix(test_x, "test_x")
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"feature dimensions differ: train_x has {train_x.shape[1]}, test_x has {test_x.shape[1]}")
-    train_y, test_y = _labels(train_y, "train_y", len(train_x)), _labels(test_y, "test_y", len(test_x))
+    train_y, test_y = check_labels(train_y, "train_y", len(train_x)), check_labels(test_y, "test_y", len(test_x))
     num_classes = num_classes or 1 + int(max(train_y.max(), test_y.max()))
     settings = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
     _check_options(settings, epochs, batch_size, optimizer, normalize, val_fraction, patience)

@@ -1,12 +1,35 @@
 """The base class every self-supervised method derives from."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from visionssl.backbones import resolve_backbone
+
+
+class TrainingContext(Protocol):
+    """What a method's hooks may rely on: the part of ``visionssl.engine.Trainer`` they see.
+
+    Attributes:
+        train_set: the training images (``len()``, ``.images`` uint8 (N, C, H, W), ``.targets`` or None).
+        device: where the method runs.
+        epoch: the number of finished epochs.
+        augment: the view-making preset (``.channels``: the backbone's input channels).
+        config: the resolved run config (``config.augment.image_size``, ...).
+        optimizer: the optimizer (a hook may drop the per-parameter state of re-initialised parameters).
+    """
+
+    train_set: Any
+    device: torch.device
+    epoch: int
+    augment: Any
+    config: Any
+    optimizer: torch.optim.Optimizer
+
+    def log_scalars(self, scalars: dict[str, float]) -> None:
+        """Records scalars in the run's metrics at the current step."""
 
 
 class SSLMethod(nn.Module):
@@ -21,10 +44,13 @@ class SSLMethod(nn.Module):
         recipe: name of the YAML recipe under ``visionssl/configs`` (default: the method name).
         cpu_bf16: whether ``train.precision=auto`` may pick bf16 on a CPU (False for methods that feed
             small patches, whose 1x1 feature maps gave non-finite gradients in oneDNN's bf16 backward).
+        needs_indices: whether ``forward(views, indices=...)`` takes the dataset indices of the batch
+            (e.g. DeepCluster's pseudo-labels); the trainer passes them only then.
 
     Hooks the trainer calls (all optional):
         ``param_groups(weight_decay)``: optimizer parameter groups (a group with ``"fixed_lr": True`` keeps its lr).
-        ``on_train_start(trainer)`` / ``on_epoch_start(trainer)``: e.g. DeepCluster's clustering.
+        ``on_train_start(context)`` / ``on_epoch_start(context)``: e.g. DeepCluster's clustering; ``context``
+        is a ``TrainingContext`` (the trainer, seen through what the hooks may use).
         ``on_step_end(step, total_steps)``: e.g. an EMA update of a target network.
         ``sample_weights``: per-sample weights for the next epoch's sampler, or ``None``.
         ``check_config(hparams, config)`` (staticmethod): raise ``ConfigError`` for a combination the
@@ -35,6 +61,7 @@ class SSLMethod(nn.Module):
     num_views: int = 2
     recipe: str | None = None
     cpu_bf16: bool = True
+    needs_indices: bool = False
     sample_weights: torch.Tensor | None = None
 
     def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):
@@ -59,10 +86,10 @@ class SSLMethod(nn.Module):
             {"params": no_decay, "weight_decay": 0.0},  # timm LARS does not adapt groups without decay
         ]
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: TrainingContext) -> None:
         pass
 
-    def on_epoch_start(self, trainer: Any) -> None:
+    def on_epoch_start(self, trainer: TrainingContext) -> None:
         pass
 
     def on_step_end(self, step: int, total_steps: int) -> None:

@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -24,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionssl import distributed
+from visionssl.backbones.features import batched_features
 from visionssl.methods import register_method
-from visionssl.methods.base import SSLMethod, mlp
+from visionssl.methods.base import SSLMethod, TrainingContext, mlp
 
 
 def fit_whitening(x: torch.Tensor, dim: int = 256, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,6 +280,7 @@ class DeepCluster(SSLMethod):
 
     augmentation = "deepcluster"
     num_views = 1
+    needs_indices = True  # forward(views, indices): the pseudo-labels of the batch
 
     def __init__(
         self,
@@ -358,7 +359,7 @@ class DeepCluster(SSLMethod):
         }
 
     # ------------------------------------------------------------------ clustering
-    def on_epoch_start(self, trainer: Any) -> None:
+    def on_epoch_start(self, trainer: TrainingContext) -> None:
         """Re-clusters the training set when due (first epoch, then every ``cluster_every`` epochs)."""
         n = len(trainer.train_set)
         due = int(trainer.epoch) - int(self.clustered_epoch) >= self.cluster_every
@@ -413,22 +414,16 @@ class DeepCluster(SSLMethod):
     def extract_features(
         self, images: torch.Tensor, device: torch.device | str, image_size: int, channels: int = 3
     ) -> torch.Tensor:
-        """Features (N, D) that are clustered: the ``eval`` view of uint8 images through the backbone
-        (and the projection head, if any), in eval mode, batched."""
+        """Features (N, D), float32 on the CPU, that are clustered: the ``eval`` view of uint8 images through the
+        backbone (and the projection head, if any), in eval mode, batched (``backbones.features.batched_features``)."""
         from visionssl import augment
 
-        device = torch.device(device)
         view = augment.create("eval", image_size=image_size, channels=channels).to(device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         was_training = self.training
         self.eval()
         try:
-            chunks = []
-            for start in range(0, len(images), self.extract_batch_size):
-                batch = images[start : start + self.extract_batch_size].to(device, non_blocking=True)
-                with autocast:
-                    chunks.append(self.projector(self.backbone(view(batch)[0])).float())
-            return torch.cat(chunks)
+            return batched_features(lambda x: self.projector(self.backbone(x)), images, lambda x: view(x)[0],
+                                    self.extract_batch_size, device)
         finally:
             self.train(was_training)
 
@@ -440,7 +435,7 @@ class DeepCluster(SSLMethod):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _view_size(trainer: Any) -> int:
+def _view_size(trainer: TrainingContext) -> int:
     """The side of the training views: ``trainer.config.augment.image_size``, else the images' own."""
     try:
         return int(trainer.config.augment.image_size)

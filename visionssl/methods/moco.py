@@ -12,7 +12,7 @@ from torch import nn
 from visionssl import distributed
 from visionssl.losses import infonce_queue
 from visionssl.methods import register_method
-from visionssl.methods.base import SSLMethod
+from visionssl.methods.base import SSLMethod, TrainingContext
 from visionssl.methods.momentum import copy_frozen, cosine_momentum, ema_update_
 
 
@@ -155,7 +155,7 @@ class MoCo(SSLMethod):
         self.queue.index_copy_(0, index, keys)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: TrainingContext) -> None:
         train_set = getattr(trainer, "train_set", None)
         if train_set is not None and self.queue.shape[0] >= len(train_set):
             warnings.warn(

@@ -38,7 +38,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
 from urllib.request import Request, url2pathname, urlopen
 
-from visionssl.zoo.registry import ZooEntry, ZooError, home_dir
+from visionssl.files import visionssl_home
+from visionssl.zoo.registry import ZooEntry, ZooError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class UnverifiedDownloadWarning(UserWarning):
 
 def cache_dir() -> Path:
     """The download cache, ``$VISIONSSL_HOME/zoo``."""
-    return home_dir() / "zoo"
+    return visionssl_home() / "zoo"
 
 
 def cached_path(entry: ZooEntry) -> Path:

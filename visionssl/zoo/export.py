@@ -19,12 +19,12 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from visionssl.files import atomic_write
 from visionssl.zoo.download import sha256_file
 from visionssl.zoo.registry import ZooError, parse_zoo
 
@@ -51,7 +51,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         trust_code: allow a code backbone (``module:function``) that the run directory did not record
             as its own (see ``visionssl.backbones.trust``). The exported file's loaders need it again.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from visionssl.backbones.trust import create_backbone_from_file, run_dir_of, run_trusts
     from visionssl.engine.checkpoint import CHECKPOINT_FORMAT, backbone_state_dict, load_checkpoint
@@ -79,16 +79,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     method = (config.get("method") or {}).get("name", "unknown")
     metadata = {"format": "visionssl", "backbone": spec["name"], "backbone_kwargs": json.dumps(kwargs),
                 "method": str(method), "epoch": str(ckpt.get("epoch", ""))}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        digest = sha256_file(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, save(state, metadata=metadata))
+    digest = sha256_file(out)
     sha_path = out.with_name(out.name + ".sha256")
     sha_path.write_text(f"{digest}  {out.name}\n")
 

@@ -25,11 +25,12 @@ import difflib
 import fnmatch
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from visionssl.files import atomic_write, visionssl_home
 
 PACKAGED_ZOO = Path(__file__).with_name("model_zoo.yaml")
 REQUIRED = ("name", "method", "backbone", "urls", "sha256", "size", "format", "recipe", "metrics", "paper", "license")
@@ -204,14 +205,9 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
     )
 
 
-def home_dir() -> Path:
-    """``$VISIONSSL_HOME``, default ``~/.cache/visionssl``: the cache and the user's zoo file live here."""
-    return Path(os.environ.get("VISIONSSL_HOME") or "~/.cache/visionssl").expanduser()
-
-
 def user_zoo_path() -> Path:
     """The user's own zoo file, ``$VISIONSSL_HOME/zoo.yaml`` (it may not exist yet)."""
-    return home_dir() / "zoo.yaml"
+    return visionssl_home() / "zoo.yaml"
 
 
 def env_zoo_paths() -> list[Path]:
@@ -264,16 +260,7 @@ def save_entry(entry: Mapping[str, Any], path: str | os.PathLike) -> Path:
     data = {"models": models + [dict(entry)]}
     parse_zoo(data, origin=path)
     header = "# visionssl zoo file (see model_zoo.yaml in visionssl for the schema). Entries here override by name.\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def filter_names(names: Iterable[str], pattern: str) -> list[str]:

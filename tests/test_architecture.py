@@ -1,0 +1,105 @@
+"""Architecture rules, read from the source (AST): imports point one way and never form a cycle.
+
+Layers, lowest first (a module may import its own layer's package and any lower layer, never a higher one;
+the packages of one layer do not import each other):
+
+    0  registry, distributed, files          (generic helpers: no visionssl imports above them)
+    1  data | augment | backbones | losses   (siblings: independent of each other)
+    2  methods
+    3  engine
+    4  eval
+    5  zoo
+    6  the package root (visionssl/__init__.py re-exports the public API)
+    7  cli;  8  __main__
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import visionssl
+
+PACKAGE = Path(visionssl.__file__).resolve().parent
+LAYERS = {
+    "registry": 0, "distributed": 0, "files": 0,
+    "data": 1, "augment": 1, "backbones": 1, "losses": 1,
+    "methods": 2, "engine": 3, "eval": 4, "zoo": 5, "": 6, "cli": 7, "__main__": 8,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """visionssl modules imported anywhere in the file (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n == "visionssl" or n.startswith("visionssl."))
+    return found
+
+
+def top_package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_top_level_package_has_a_layer():
+    assert {top_package(m) for m in all_modules()} <= set(LAYERS), "add new packages to LAYERS"
+
+
+def test_imports_point_down_the_layers():
+    modules = all_modules()
+    wrong = []
+    for name, path in modules.items():
+        here = top_package(name)
+        for target in imported_modules(path, modules):
+            there = top_package(target)
+            if there == here:
+                continue
+            if LAYERS[there] > LAYERS[here] or (LAYERS[there] == LAYERS[here] and here != ""):
+                wrong.append(f"{name} imports {target} (layer {LAYERS[here]} -> {LAYERS[there]})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles():
+    modules = all_modules()
+    graph = {m: {t for t in imported_modules(p, modules) if t in modules and t != m} for m, p in modules.items()}
+    # the package root and each package's __init__ re-export their submodules; an import of `visionssl.x.y`
+    # runs `visionssl.x` first, so a submodule importing its own package root is not a cycle worth reporting
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if node.startswith(nxt + "."):  # a submodule using its own package (e.g. a register decorator)
+                continue
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_module_is_longer_than_a_newcomer_reads_in_one_sitting():
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
+    assert not long, long
