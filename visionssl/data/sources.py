@@ -192,7 +192,9 @@ def synthetic(
 
     ``synthetic:N`` sets the number of images per split.
     """
-    n = int(arg) if arg else size
+    n = int(arg) if arg and arg.strip().isdigit() else (size if not arg else 0)
+    if n < 1:
+        raise ValueError(f"data 'synthetic:{arg or size}': N must be a whole number of images >= 1 (e.g. synthetic:256)")
     s = image_size or 32
     g = torch.Generator().manual_seed(seed + (0 if split != "test" else 1))
     y = torch.arange(n) % num_classes

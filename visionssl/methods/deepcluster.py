@@ -280,6 +280,7 @@ class DeepCluster(SSLMethod):
 
     augmentation = "deepcluster"
     num_views = 1
+    hparam_ranges = {"projection_dim": (0, None, True)}  # 0: no projection head
 
     def __init__(
         self,
