@@ -256,14 +256,25 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if not found and "global" not in str(exc).lower():  # random or damaged bytes, not a refused object
+            raise ZooError(f"cannot read checkpoint {path} (truncated, damaged, or not a torch file): "
+                           f"{_last_line(exc)}") from None
         what = f"the object {found.group(1)!r}" if found else "Python objects other than tensors and plain containers"
         raise ZooError(
             f"refusing to load {path}: it holds {what}, which is not on the allow-list; unpickling it could run "
             f"code from the file. If you trust where the file comes from, load it with unsafe=True "
             f"(CLI: --unsafe-load)."
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise ZooError(f"cannot read checkpoint {path} (truncated, or not a torch file): {exc}") from None
+    except OSError as exc:
+        raise ZooError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # damaged bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
+        raise ZooError(f"cannot read checkpoint {path} (truncated, damaged, or not a torch file): "
+                       f"{type(exc).__name__}: {_last_line(exc)}") from None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip() and "Check the documentation" not in line]
+    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def load_file(path: str | os.PathLike, format: str, backbone: str, *, unsafe: bool = False,  # noqa: A002

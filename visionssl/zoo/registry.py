@@ -31,8 +31,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-
 from visionssl.data.cache import file_mode
+
 PACKAGED_ZOO = Path(__file__).with_name("model_zoo.yaml")
 REQUIRED = ("name", "method", "backbone", "urls", "sha256", "size", "format", "recipe", "metrics", "paper", "license")
 OPTIONAL = ("note", "backbone_kwargs", "published_hash")
