@@ -87,7 +87,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", default=None, help=OFFLINE_HELP)
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a server (default %(default)s)")
+    p.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
+                   help="idle limit: seconds with less than 1 KiB from a server (default %(default)s)")
+    p.add_argument("--total-timeout", type=positive_seconds, default=None,
+                   help="seconds a whole download from one server may take (default: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -207,7 +210,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def network_kwargs(args: argparse.Namespace) -> dict:
-    return {"offline": args.offline, "timeout": args.timeout, "progress": not args.no_progress}
+    kwargs = {"offline": args.offline, "timeout": args.timeout, "progress": not args.no_progress}
+    return kwargs | ({"total_timeout": args.total_timeout} if args.total_timeout is not None else {})
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
