@@ -178,12 +178,12 @@ def load_config(
                     raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
             source = "the key=value overrides"
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
+        validate(cfg)  # inside: reading a value resolves interpolations (${...}), which may fail
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc)) from None
     except yaml.YAMLError as exc:  # a hand-edited or damaged YAML file
         where = " ".join(str(exc).split())
         raise ConfigError(f"{source}: not valid YAML ({where})") from None
-    validate(cfg)
     return cfg
 
 
