@@ -44,7 +44,13 @@ from torch import nn
 
 from visionssl.augment import MultiView, to_float
 from visionssl.augment.ops import RandomResizedCropFlip
-from visionssl.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, _to_8bit, display_path
+from visionssl.data.decode import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    BadImageError,
+    _to_8bit,
+    display_path,
+)
 from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.data.sources import stratified_split
 

@@ -35,11 +35,11 @@ from visionssl.zoo.convert import (
 from visionssl.zoo.download import (
     DEFAULT_TIMEOUT,
     UnverifiedDownloadWarning,
+    _read_sidecar,
     cache_dir,
     cached_path,
     check_hash,
     fetch,
-    _read_sidecar,
     local_path,
     sha256_file,
 )

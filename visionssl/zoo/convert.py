@@ -267,7 +267,7 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
         ) from None
     except OSError as exc:
         raise ZooError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # damaged bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
+    except Exception as exc:  # noqa: BLE001  damaged bytes make the unpickler fail in many ways (IndexError, ...)
         raise ZooError(f"cannot read checkpoint {path} (truncated, damaged, or not a torch file): "
                        f"{type(exc).__name__}: {_last_line(exc)}") from None
 
