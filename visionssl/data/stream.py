@@ -238,8 +238,10 @@ class _CropFiles(torch.utils.data.Dataset):
                     data = f.read()
                 if data[:3] == JPEG_MAGIC:
                     with Image.open(io.BytesIO(data)) as img:  # the header only: the size for the boxes
-                        boxes = crop_boxes(img.width, img.height, self.specs, rng)
-                    return _Item(index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8), boxes=boxes)
+                        upright = img.getexif().get(0x0112, 1) == 1  # nvJPEG ignores EXIF: turned ones go to PIL
+                        boxes = crop_boxes(img.width, img.height, self.specs, rng) if upright else None
+                    if upright:
+                        return _Item(index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8), boxes=boxes)
             return _Item(index, crops=read_crops(path, self.specs, self.channels, rng))
         except BadImageError as exc:
             return _Item(index, error=exc.reason)
