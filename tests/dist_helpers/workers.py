@@ -54,6 +54,8 @@ METHODS = {
     "simclr": {"proj_hidden_dim": 16, "proj_dim": 8, "temperature": 0.5},
     "moco": {"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 24, "temperature": 0.2, "momentum": 0.9},
     "vicreg": {"expander_dim": 16},
+    "barlow_twins": {"proj_dim": 16},
+    "mocov3": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16, "momentum": 0.9},
 }
 
 
@@ -147,7 +149,7 @@ def equivalence(rank: int, out: Path) -> None:
     results["object"] = distributed.broadcast_object({"rank": rank}, src=1)
     results["buffer"] = distributed.broadcast(torch.tensor([rank]), src=1)
 
-    # SimCLR, MoCo, VICReg: one DDP step per process on its B images
+    # SimCLR, MoCo, VICReg, Barlow Twins, MoCo v3, ...: one DDP step per process on its B images
     for name, hparams in METHODS.items():
         method = build(name, **hparams)
         model = distributed.wrap_ddp(method, torch.device("cpu"))
