@@ -83,3 +83,65 @@ def test_barlow_twins_equals_lightly():
 
 def test_vs_losses_exports_them():
     assert {"barlow_twins", "infonce"} <= set(vs.losses.__all__)
+
+
+# ---------- SwAV ----------
+
+def sinkhorn_by_loops(scores, epsilon, iterations):
+    b, k = len(scores), len(scores[0])
+    q = [[math.exp(scores[i][j] / epsilon) for i in range(b)] for j in range(k)]  # K x B
+    total = sum(map(sum, q))
+    q = [[v / total for v in row] for row in q]
+    for _ in range(iterations):
+        q = [[v / sum(row) / k for v in row] for row in q]  # rows sum to 1/K
+        cols = [sum(q[j][i] for j in range(k)) for i in range(b)]
+        q = [[q[j][i] / cols[i] / b for i in range(b)] for j in range(k)]  # columns sum to 1/B
+    return [[q[j][i] * b for j in range(k)] for i in range(b)]
+
+
+def test_sinkhorn_equals_the_algorithm_worked_with_loops():
+    scores = torch.randn(5, 3, generator=torch.Generator().manual_seed(2)) * 0.3
+    expected = torch.tensor(sinkhorn_by_loops(scores.tolist(), 0.5, 3))
+    torch.testing.assert_close(vs.losses.sinkhorn(scores, epsilon=0.5, iterations=3), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sinkhorn_of_a_uniform_matrix_is_uniform():
+    torch.testing.assert_close(vs.losses.sinkhorn(torch.zeros(4, 2)), torch.full((4, 2), 0.5))
+
+
+def test_swav_equals_swapped_prediction_worked_with_loops():
+    g = torch.Generator().manual_seed(3)
+    scores = [torch.randn(4, 3, generator=g) for _ in range(4)]  # 2 global + 2 local crops
+    t = 0.1
+    total = 0.0
+    for i in range(2):
+        q = sinkhorn_by_loops(scores[i].tolist(), 0.05, 3)
+        sub = 0.0
+        for v in range(4):
+            if v == i:
+                continue
+            for b in range(4):
+                row = [x / t for x in scores[v][b].tolist()]
+                log_z = math.log(sum(math.exp(x) for x in row))
+                sub += -sum(q[b][k] * (row[k] - log_z) for k in range(3)) / 4
+        total += sub / 3
+    assert float(vs.losses.swav(scores, temperature=t)) == pytest.approx(total / 2, rel=1e-5)
+
+
+def test_swav_queue_scores_join_sinkhorn_only():
+    g = torch.Generator().manual_seed(4)
+    scores = [torch.randn(4, 3, generator=g) for _ in range(2)]
+    queue = [torch.randn(6, 3, generator=g) for _ in range(2)]
+    with_queue = vs.losses.swav(scores, queue_scores=queue)
+    q0 = vs.losses.sinkhorn(torch.cat([scores[0], queue[0]]))[:4]
+    q1 = vs.losses.sinkhorn(torch.cat([scores[1], queue[1]]))[:4]
+    expected = (-(q0 * F.log_softmax(scores[1] / 0.1, 1)).sum(1).mean() - (q1 * F.log_softmax(scores[0] / 0.1, 1)).sum(1).mean()) / 2
+    torch.testing.assert_close(with_queue, expected)
+
+
+def test_swav_equals_lightly():
+    loss = _lightly().SwaVLoss(temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05)
+    scores = [torch.randn(16, 10) for _ in range(5)]
+    queue = [torch.randn(32, 10) for _ in range(2)]
+    torch.testing.assert_close(vs.losses.swav(scores), loss(scores[:2], scores[2:]).squeeze(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vs.losses.swav(scores, queue_scores=queue), loss(scores[:2], scores[2:], queue).squeeze(0), rtol=1e-5, atol=1e-5)

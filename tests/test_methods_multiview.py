@@ -1,5 +1,6 @@
 """Barlow Twins, MoCo v3, SwAV, DINO and MAE: losses inside the methods, gradients, schedules, recipes."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from visionssl.methods import method_hparams
 SMALL = {
     "barlow_twins": dict(proj_dim=64),
     "mocov3": dict(proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64),
+    "swav": dict(proj_hidden_dim=64, proj_dim=16, num_prototypes=12, freeze_prototypes_epochs=0),
 }
+MULTI_CROP = {"swav"}
 CONFIGS = Path(vs.__file__).parent / "configs"
 
 
@@ -106,16 +109,99 @@ def test_mocov3_random_patch_projection_on_a_vit():
         small("mocov3", freeze_patch_embed=True)
 
 
+# ---------- multi-crop ----------
+
+def test_multicrop_preset_draws_each_view_independently_in_one_call_per_group():
+    aug = vs.augment.create("multicrop", image_size=16, num_local=3, local_size=8)
+    images = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
+    torch.manual_seed(0)
+    out = aug(images)
+    assert [tuple(v.shape) for v in out] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 3
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[2], out[3])
+    calls = []
+    for group in aug.pipelines:
+        group.register_forward_hook(lambda mod, args, result: calls.append(args[0].shape[0]))
+    aug(images)
+    assert calls == [2 * 4, 3 * 4]  # one batched call per crop group
+
+
+def test_multicrop_default_sizes_and_errors():
+    aug = vs.augment.create("multicrop", image_size=224)
+    assert aug.num_views == 8 and aug.num_local == 6
+    with pytest.raises(ValueError, match="num_local >= 0"):
+        vs.augment.create("multicrop", image_size=32, num_local=-1)
+
+
+# ---------- SwAV ----------
+
+def test_swav_method_loss_is_swapped_prediction_of_normalised_scores():
+    m = small("swav")
+    v = views(local=2)
+    out = m(v)
+    w = m.prototypes.weight
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(12))  # normalised before the step
+    z = [torch.nn.functional.normalize(m.projector(h), dim=1) for h in
+         [m.backbone(torch.cat(v[:2]))[:8], m.backbone(torch.cat(v[:2]))[8:], *m.backbone(torch.cat(v[2:])).chunk(2)]]
+    expected = vs.losses.swav([zv @ w.T for zv in z], temperature=0.1)
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_swav_prototypes_are_frozen_during_the_first_epoch():
+    m = small("swav", freeze_prototypes_epochs=1)
+    m.on_train_start(SimpleNamespace(steps_per_epoch=3))
+    for step in range(4):
+        m.zero_grad()
+        m(views())["loss"].backward()
+        frozen = float(m.prototypes.weight.grad.abs().max()) == 0.0
+        assert frozen == (step < 3), step
+        assert m.projector[0].weight.grad.abs().max() > 0
+        m.on_step_end(step + 1, 10)
+
+
+def test_swav_queue_starts_at_its_epoch_holds_the_newest_first_and_joins_when_full():
+    m = small("swav", queue_length=12, queue_start_epoch=1)
+    m.on_train_start(SimpleNamespace(steps_per_epoch=2))
+    batches = [views(batch=4) for _ in range(5)]
+    for step, v in enumerate(batches[:2]):
+        m(v)
+        m.on_step_end(step + 1, 10)
+    assert not m.queue.any()  # epoch 0: no queue
+    seen = []
+    for step, v in enumerate(batches[2:]):
+        m(v)
+        seen.append(m.queue[0, :4].clone())
+        m.on_step_end(step + 3, 10)
+    assert m.queue[0].abs().sum(1).gt(0).all()  # 3 batches of 4 fill 12 rows
+    torch.testing.assert_close(m.queue[0, 4:8], seen[1])  # newest first: the previous batch moved down
+    torch.testing.assert_close(m.queue[0, 8:12], seen[0])
+
+
+def test_swav_with_a_full_queue_uses_its_scores_in_sinkhorn():
+    m = small("swav", queue_length=8, queue_start_epoch=0)
+    m.train()
+    m(views(batch=4))
+    m(views(batch=4))  # the queue is now full
+    queue = m.queue.clone()
+    v = views(batch=4)
+    torch.manual_seed(5)
+    out = m(v)
+    w = m.prototypes.weight
+    feats = m.backbone(torch.cat(v)).chunk(2)
+    z = [torch.nn.functional.normalize(m.projector(h), dim=1) for h in feats]
+    expected = vs.losses.swav([zv @ w.T for zv in z], queue_scores=[queue[i] @ w.T for i in range(2)])
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-4, atol=1e-5)
+
+
 # ---------- every method ----------
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_a_few_sgd_steps_lower_the_loss(name):
     torch.manual_seed(0)
-    losses = steps_lower_the_loss(small(name), views)
+    losses = steps_lower_the_loss(small(name), (lambda: views(local=2)) if name in MULTI_CROP else views)
     assert losses[-1] < losses[0], losses
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", sorted(set(SMALL) - MULTI_CROP))
 def test_two_view_methods_reject_other_view_counts(name):
     with pytest.raises(ValueError, match="takes 2 views, got 3"):
         small(name)(views(3))

@@ -54,7 +54,8 @@ METHODS = {
     "simclr": {"proj_hidden_dim": 16, "proj_dim": 8, "temperature": 0.5},
     "moco": {"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 24, "temperature": 0.2, "momentum": 0.9},
     "vicreg": {"expander_dim": 16},
-    "barlow_twins": {"proj_dim": 16},
+    "barlow_twins": {"proj_dim": 8},
+    "swav": {"proj_hidden_dim": 16, "proj_dim": 8, "num_prototypes": 6, "freeze_prototypes_epochs": 0},
     "mocov3": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16, "momentum": 0.9},
 }
 

@@ -10,6 +10,7 @@ from visionssl.losses.infonce import infonce
 from visionssl.losses.infonce_queue import infonce_queue
 from visionssl.losses.negative_cosine import negative_cosine
 from visionssl.losses.nt_xent import nt_xent
+from visionssl.losses.swav import sinkhorn, swav
 from visionssl.losses.vicreg import vicreg
 
-__all__ = ["barlow_twins", "infonce", "infonce_queue", "negative_cosine", "nt_xent", "vicreg"]
+__all__ = ["barlow_twins", "infonce", "infonce_queue", "negative_cosine", "nt_xent", "sinkhorn", "swav", "vicreg"]

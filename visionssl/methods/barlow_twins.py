@@ -18,7 +18,7 @@ LARGE_IMAGE = 224
 @register_method("barlow_twins")
 class BarlowTwins(SSLMethod):
     """Barlow Twins with the paper's loss weight lambda = 0.0051 and a 3-layer projector
-    (Linear-BN-ReLU, Linear-BN-ReLU, Linear), every layer ``proj_dim`` wide.
+    (Linear-BN-ReLU, Linear-BN-ReLU, Linear without bias), every layer ``proj_dim`` wide.
 
     Data-parallel training (torchrun): the projections of every rank are gathered with gradients
     before the loss, so the normalisation and the cross-correlation are those of the global batch.
@@ -56,6 +56,8 @@ class BarlowTwins(SSLMethod):
             proj_dim = 8192 if image_size >= LARGE_IMAGE else 4 * self.num_features
         self.lambd = lambd
         self.projector = mlp(self.num_features, proj_dim, proj_dim, num_layers=proj_layers)
+        last = self.projector[-1]  # no bias, as the reference code: the batch normalisation of the loss removes it
+        self.projector[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 2:
