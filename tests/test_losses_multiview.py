@@ -145,3 +145,49 @@ def test_swav_equals_lightly():
     queue = [torch.randn(32, 10) for _ in range(2)]
     torch.testing.assert_close(vs.losses.swav(scores), loss(scores[:2], scores[2:]).squeeze(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(vs.losses.swav(scores, queue_scores=queue), loss(scores[:2], scores[2:], queue).squeeze(0), rtol=1e-5, atol=1e-5)
+
+
+# ---------- DINO ----------
+
+def test_dino_equals_the_papers_formula_worked_with_loops():
+    g = torch.Generator().manual_seed(5)
+    teacher = [torch.randn(3, 4, generator=g) for _ in range(2)]
+    student = [torch.randn(3, 4, generator=g) for _ in range(3)]
+    center = torch.randn(4, generator=g) * 0.1
+    st, tt = 0.1, 0.04
+
+    def softmax(row):
+        m = max(row)
+        e = [math.exp(x - m) for x in row]
+        return [x / sum(e) for x in e]
+
+    total, terms = 0.0, 0
+    for i in range(2):
+        for v in range(3):
+            if v == i:
+                continue
+            for b in range(3):
+                p = softmax([(teacher[i][b][k] - center[k]).item() / tt for k in range(4)])
+                q = softmax([student[v][b][k].item() / st for k in range(4)])
+                total += -sum(p[k] * math.log(q[k]) for k in range(4)) / 3
+            terms += 1
+    assert float(vs.losses.dino(student, teacher, center, st, tt)) == pytest.approx(total / terms, rel=1e-5)
+
+
+def test_dino_center_hand_values():
+    teacher = [torch.tensor([[1.0, 3.0], [3.0, 5.0]]), torch.tensor([[0.0, 0.0], [4.0, 4.0]])]
+    new = vs.losses.dino_center(torch.tensor([[10.0, 20.0]]), teacher, momentum=0.9)
+    torch.testing.assert_close(new, torch.tensor([[0.9 * 10 + 0.1 * 2.0, 0.9 * 20 + 0.1 * 3.0]]))
+
+
+def test_dino_equals_lightly():
+    lightly = _lightly().DINOLoss(output_dim=10, warmup_teacher_temp=0.04, teacher_temp=0.04, student_temp=0.1,
+                                  center_momentum=0.9)
+    teacher = [torch.randn(8, 10) for _ in range(2)]
+    student = [torch.randn(8, 10) for _ in range(6)]
+    center = torch.zeros(1, 10)
+    for _ in range(2):  # the second call uses the updated center
+        expected = lightly(teacher, student, teacher_temp=0.04)
+        torch.testing.assert_close(vs.losses.dino(student, teacher, center, 0.1, 0.04), expected, rtol=1e-5, atol=1e-5)
+        center = vs.losses.dino_center(center, teacher, 0.9)
+        torch.testing.assert_close(center, lightly.center.reshape(1, 10), rtol=1e-5, atol=1e-6)

@@ -16,7 +16,8 @@ SMALL = {
     "mocov3": dict(proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64),
     "swav": dict(proj_hidden_dim=64, proj_dim=16, num_prototypes=12, freeze_prototypes_epochs=0),
 }
-MULTI_CROP = {"swav"}
+SMALL["dino"] = dict(out_dim=16, hidden_dim=32, bottleneck_dim=8, freeze_last_layer_epochs=0, warmup_teacher_temp_epochs=0)
+MULTI_CROP = {"swav", "dino"}
 CONFIGS = Path(vs.__file__).parent / "configs"
 
 
@@ -190,6 +191,58 @@ def test_swav_with_a_full_queue_uses_its_scores_in_sinkhorn():
     z = [torch.nn.functional.normalize(m.projector(h), dim=1) for h in feats]
     expected = vs.losses.swav([zv @ w.T for zv in z], queue_scores=[queue[i] @ w.T for i in range(2)])
     torch.testing.assert_close(out["loss"], expected, rtol=1e-4, atol=1e-5)
+
+
+# ---------- DINO ----------
+
+def test_dino_loss_student_on_every_crop_teacher_on_the_globals_then_center_moves():
+    m = small("dino")
+    with torch.no_grad():
+        m.center.fill_(0.5)
+    v = views(local=2)
+    out = m(v)
+    student = [m.head(h) for h in [*m.backbone(torch.cat(v[:2])).chunk(2), *m.backbone(torch.cat(v[2:])).chunk(2)]]
+    teacher = list(m.teacher_head(m.teacher_backbone(torch.cat(v[:2]))).chunk(2))
+    center = torch.full((1, 16), 0.5)
+    torch.testing.assert_close(out["loss"], vs.losses.dino(student, teacher, center, 0.1, 0.04), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.center, vs.losses.dino_center(center, teacher, 0.9))
+
+
+def test_dino_teacher_temperature_warms_up_per_epoch():
+    m = small("dino", warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=4)
+    m.on_train_start(SimpleNamespace(steps_per_epoch=10))
+    temps = []
+    for step in (0, 9, 10, 25, 30, 40, 100):
+        m.iteration.fill_(step)
+        temps.append(m.teacher_temperature())
+    assert temps == pytest.approx([0.04, 0.04, 0.05, 0.06, 0.07, 0.07, 0.07])
+
+
+def test_dino_last_layer_frozen_in_the_first_epoch_and_teacher_moves_by_ema():
+    m = small("dino", freeze_last_layer_epochs=1, momentum=0.5)
+    m.on_train_start(SimpleNamespace(steps_per_epoch=2))
+    for step in range(3):
+        m.zero_grad()
+        m(views())["loss"].backward()
+        assert (float(m.head.last_layer.weight.grad.abs().max()) == 0.0) == (step < 2)
+        assert all(p.grad is None for p in m.teacher_head.parameters())
+        before = [p.clone() for p in m.teacher_head.parameters()]
+        with torch.no_grad():
+            for p in m.head.parameters():
+                p.add_(0.1)
+        m.on_step_end(step + 1, 3)
+        tau = vs.methods.momentum.cosine_momentum(step, 2, 0.5, 1.0)
+        for b, t, o in zip(before, m.teacher_head.parameters(), m.head.parameters()):
+            torch.testing.assert_close(t, tau * b + (1 - tau) * o)
+
+
+def test_dino_on_a_small_image_vit_with_local_crops():
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, dynamic_img_size=True)
+    m = vs.create_method("dino", backbone="vit_tiny_patch16_224", backbone_kwargs=kwargs, out_dim=16, hidden_dim=32,
+                         bottleneck_dim=8)
+    out = m(views(batch=4, local=2))
+    out["loss"].backward()
+    assert out["embedding"].shape == (4, 32) and m.backbone.blocks[0].attn.qkv.weight.grad.abs().max() > 0
 
 
 # ---------- every method ----------

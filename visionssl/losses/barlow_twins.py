@@ -9,7 +9,7 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps:
 
     Each embedding dimension is normalised along the batch (zero mean, unit biased variance, as the
     reference code's ``BatchNorm1d(affine=False)``), C = z1n^T z2n / N is the (D, D) cross-correlation,
-    and the loss is ``sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2``. Computed in float32.
+    and the loss is ``sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2``. Computed in float32 (or float64).
     Data-parallel training: pass the embeddings of the global batch (``all_gather_with_grad``).
 
     Args:
@@ -28,7 +28,8 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps:
     if z1.shape[0] < 2:
         raise ValueError(f"Barlow Twins needs at least 2 samples per batch to normalise, got N = {z1.shape[0]}")
     with torch.autocast(z1.device.type, enabled=False):
-        z1n, z2n = _batch_normalize(z1.float(), eps), _batch_normalize(z2.float(), eps)
+        dtype = torch.promote_types(z1.dtype, torch.float32)  # float32, or float64 when given
+        z1n, z2n = _batch_normalize(z1.to(dtype), eps), _batch_normalize(z2.to(dtype), eps)
         c = z1n.T @ z2n / z1.shape[0]
         on_diag = (torch.diagonal(c) - 1).pow(2).sum()
         off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
