@@ -191,3 +191,43 @@ def test_dino_equals_lightly():
         torch.testing.assert_close(vs.losses.dino(student, teacher, center, 0.1, 0.04), expected, rtol=1e-5, atol=1e-5)
         center = vs.losses.dino_center(center, teacher, 0.9)
         torch.testing.assert_close(center, lightly.center.reshape(1, 10), rtol=1e-5, atol=1e-6)
+
+
+# ---------- MAE ----------
+
+def test_patchify_hand_values():
+    x = torch.arange(2 * 4 * 4.0).view(1, 2, 4, 4)  # 2 channels
+    patches = vs.losses.patchify(x, 2)
+    assert patches.shape == (1, 4, 8)
+    # patch 0 (top-left): pixels (0,0),(0,1),(1,0),(1,1), channels last
+    assert patches[0, 0].tolist() == [0.0, 16.0, 1.0, 17.0, 4.0, 20.0, 5.0, 21.0]
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        vs.losses.patchify(torch.randn(1, 3, 5, 5), 2)
+
+
+def test_mae_equals_the_papers_formula_worked_with_loops():
+    g = torch.Generator().manual_seed(6)
+    pred, target = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    total = 0.0
+    for b in range(2):
+        for i in range(3):
+            if mask[b, i]:
+                t = target[b, i].tolist()
+                mean = sum(t) / 4
+                var = sum((v - mean) ** 2 for v in t) / 3
+                t = [(v - mean) / math.sqrt(var + 1e-6) for v in t]
+                total += sum((p - v) ** 2 for p, v in zip(pred[b, i].tolist(), t)) / 4
+    assert float(vs.losses.mae(pred, target, mask)) == pytest.approx(total / 3, rel=1e-5)
+
+
+def test_mae_equals_lightlys_mse_on_the_masked_patches():
+    utils = pytest.importorskip("lightly.models.utils", reason="LightlySSL is not installed (the [bench] extra)")
+    images = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(vs.losses.patchify(images, 4), utils.patchify(images, 4))
+    pred, target = torch.randn(4, 16, 48), vs.losses.patchify(images, 4)
+    idx_mask = torch.stack([torch.randperm(16)[:12] for _ in range(4)])  # 12 masked patches per image
+    mask = torch.zeros(4, 16).scatter_(1, idx_mask, 1.0)
+    pick = lambda x: utils.get_at_index(x, idx_mask)  # noqa: E731
+    expected = torch.nn.MSELoss()(pick(pred), pick(target))
+    torch.testing.assert_close(vs.losses.mae(pred, target, mask, norm_pix=False), expected, rtol=1e-5, atol=1e-6)

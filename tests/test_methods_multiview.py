@@ -245,6 +245,76 @@ def test_dino_on_a_small_image_vit_with_local_crops():
     assert out["embedding"].shape == (4, 32) and m.backbone.blocks[0].attn.qkv.weight.grad.abs().max() > 0
 
 
+# ---------- MAE ----------
+
+VIT = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+
+
+def small_mae(**kwargs):
+    return vs.create_method("mae", backbone="vit_tiny_patch16_224", backbone_kwargs={**VIT, **kwargs.pop("vit", {})},
+                            decoder_dim=16, decoder_depth=1, decoder_heads=2, **kwargs)
+
+
+def test_mae_masks_75_percent_per_sample_and_the_encoder_sees_only_the_visible_patches():
+    m = small_mae()
+    lengths = []
+    m.backbone.blocks[0].register_forward_hook(lambda mod, args, out: lengths.append(args[0].shape[1]))
+    torch.manual_seed(0)
+    out = m([torch.randn(3, 3, 16, 16)])
+    assert out["mask"].shape == (3, 16) and out["mask"].sum(1).tolist() == [12.0] * 3
+    assert not torch.equal(out["mask"][0], out["mask"][1])  # per-sample masks
+    assert lengths == [1 + 4]  # the class token and the 4 visible patches
+    out["loss"].backward()
+    assert m.backbone.patch_embed.proj.weight.grad.abs().max() > 0 and m.mask_token.grad.abs().max() > 0
+
+
+def test_mae_loss_is_the_normalised_pixel_error_on_masked_patches():
+    m = small_mae()
+    x = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(1)
+    out = m([x])
+    torch.manual_seed(1)
+    latent, mask, ids_restore = m.encode_visible(x)
+    pred = m.decode(latent, ids_restore)
+    assert torch.equal(mask, out["mask"])
+    torch.testing.assert_close(out["loss"], vs.losses.mae(pred, vs.losses.patchify(x, 4), mask))
+    # the prediction at a visible position does not enter the loss
+    pred_grad = torch.autograd.grad(vs.losses.mae(pred, vs.losses.patchify(x, 4), mask), pred)[0]
+    assert (pred_grad.abs().sum(-1)[mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_mae_backbone_is_the_encoder_with_pooled_features(pool):
+    m = small_mae(vit={"global_pool": pool})
+    features = m.backbone(torch.randn(2, 3, 16, 16))
+    assert features.shape == (2, m.num_features) == (2, 32)
+
+
+def test_mae_rejects_a_backbone_that_is_not_a_vit():
+    with pytest.raises(ValueError, match="needs a timm ViT backbone"):
+        vs.create_method("mae", backbone=tiny_backbone())
+
+
+def test_mae_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    m = small_mae()
+    x = torch.randn(4, 3, 16, 16)
+
+    def fixed():
+        torch.manual_seed(3)  # the same masks at every step
+        return [x]
+
+    optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        loss = m(fixed())["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+
 # ---------- every method ----------
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -268,7 +338,7 @@ def test_registered_and_listed(name):
     assert aug.num_views == method_cls.num_views
 
 
-@pytest.mark.parametrize("recipe", [f"{m}{s}" for m in SMALL for s in ("", "_imagenet")])
+@pytest.mark.parametrize("recipe", [f"{m}{s}" for m in [*SMALL, "mae"] for s in ("", "_imagenet")])
 def test_recipes_follow_the_simclr_schema_and_name_valid_hparams(recipe):
     from visionssl.engine.config import load_config
 
