@@ -349,3 +349,42 @@ def test_recipes_follow_the_simclr_schema_and_name_valid_hparams(recipe):
     assert method.pop("name") == recipe.removesuffix("_imagenet")
     assert set(method) <= set(method_hparams(recipe.removesuffix("_imagenet")))
     assert config["optim"]["name"] in OPTIMIZERS
+
+
+# ---------- through the trainer ----------
+
+TRAINER = {
+    "swav": ["backbone.name=resnet10t_cifar", "method.proj_hidden_dim=32", "method.proj_dim=16", "method.num_prototypes=10",
+             "method.queue_length=16", "method.queue_start_epoch=1", "method.freeze_prototypes_epochs=1",
+             "augment.kwargs={num_local: 2, local_size: 8}"],
+    "dino": ["backbone.kwargs={img_size: 16, patch_size: 4, dynamic_img_size: true, depth: 1}", "method.out_dim=16",
+             "method.hidden_dim=32", "method.bottleneck_dim=8", "method.warmup_teacher_temp_epochs=2",
+             "augment.kwargs={num_local: 2, local_size: 8}"],
+    "mae": ["backbone.kwargs={img_size: 16, patch_size: 4, depth: 1}", "method.decoder_dim=16", "method.decoder_depth=1",
+            "method.decoder_heads=2"],
+}
+
+
+@pytest.mark.parametrize("name", list(TRAINER))
+def test_two_epochs_through_the_trainer_with_checkpoints(tmp_path, name):
+    from visionssl.engine import Trainer, load_config
+
+    overrides = ["data.name=synthetic:32", "data.image_size=20", "augment.image_size=16", "optim.batch_size=16",
+                 "optim.warmup_epochs=0", "train.epochs=2", "train.progress=false", "train.knn_every=-1",
+                 "train.precision=fp32", "train.num_threads=1", f"out={tmp_path}", *TRAINER[name]]
+    trainer = Trainer(load_config(name, overrides=overrides))
+    result = trainer.fit()
+    assert result["step"] == 4 and int(trainer.method.iteration if hasattr(trainer.method, "iteration") else 4) == 4
+    assert torch.isfinite(torch.tensor(result["train/loss"]))
+    if name == "swav":
+        assert trainer.method.steps_per_epoch == 2 and trainer.method.queue[:, :8].abs().sum() > 0  # filled in epoch 1
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4
+
+
+def test_visionssl_methods_lists_the_new_methods(capsys):
+    from visionssl.cli import main
+
+    assert main(["methods"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert {"barlow_twins", "mocov3", "swav", "dino", "mae"} <= listed
