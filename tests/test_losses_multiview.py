@@ -9,8 +9,6 @@ import torch.nn.functional as F
 import visionssl as vs
 from visionssl.losses import barlow_twins, infonce
 
-
-
 # ---------- Barlow Twins ----------
 
 def barlow_twins_by_loops(z1, z2, lambd):
@@ -228,6 +226,6 @@ def test_mae_equals_lightlys_mse_on_the_masked_patches():
     pred, target = torch.randn(4, 16, 48), vs.losses.patchify(images, 4)
     idx_mask = torch.stack([torch.randperm(16)[:12] for _ in range(4)])  # 12 masked patches per image
     mask = torch.zeros(4, 16).scatter_(1, idx_mask, 1.0)
-    pick = lambda x: utils.get_at_index(x, idx_mask)  # noqa: E731
+    pick = lambda x: utils.get_at_index(x, idx_mask)
     expected = torch.nn.MSELoss()(pick(pred), pick(target))
     torch.testing.assert_close(vs.losses.mae(pred, target, mask, norm_pix=False), expected, rtol=1e-5, atol=1e-6)

@@ -213,7 +213,7 @@ def test_dino_teacher_temperature_warms_up_per_epoch():
     m.on_train_start(SimpleNamespace(steps_per_epoch=10))
     temps = []
     for step in (0, 9, 10, 25, 30, 40, 100):
-        m.iteration.fill_(step)
+        m.on_step_end(step, 100)
         temps.append(m.teacher_temperature())
     assert temps == pytest.approx([0.04, 0.04, 0.05, 0.06, 0.07, 0.07, 0.07])
 
@@ -234,6 +234,17 @@ def test_dino_last_layer_frozen_in_the_first_epoch_and_teacher_moves_by_ema():
         tau = vs.methods.momentum.cosine_momentum(step, 2, 0.5, 1.0)
         for b, t, o in zip(before, m.teacher_head.parameters(), m.head.parameters()):
             torch.testing.assert_close(t, tau * b + (1 - tau) * o)
+
+
+def test_epoch_progress_survives_a_checkpoint():
+    m = small("dino")
+    m.on_train_start(SimpleNamespace(steps_per_epoch=4))
+    m.on_step_end(6, 100)
+    resumed = small("dino")
+    resumed.on_train_start(SimpleNamespace(steps_per_epoch=4))
+    assert resumed.epoch == 0
+    resumed.load_state_dict(m.state_dict())
+    assert resumed.epoch == 1.5
 
 
 def test_dino_on_a_small_image_vit_with_local_crops():

@@ -14,7 +14,9 @@ class EpochProgress(SSLMethod):
 
     ``iteration`` (a buffer, so a resumed run continues its schedules) counts the optimizer steps
     taken; ``steps_per_epoch`` comes from the trainer in ``on_train_start``. Outside the trainer it
-    stays 1 (every step counts as an epoch) unless set by hand.
+    stays 1 (every step counts as an epoch) unless set by hand. The count is mirrored on the host, so
+    reading ``epoch`` in the step costs no device synchronisation (the buffer is read once after
+    construction or ``load_state_dict``).
     """
 
     iteration: torch.Tensor
@@ -22,17 +24,22 @@ class EpochProgress(SSLMethod):
 
     def _init_progress(self) -> None:
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self._host_iteration: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host_iteration", None))
 
     @property
     def epoch(self) -> float:
         """Epochs completed so far (fractional within an epoch)."""
-        return int(self.iteration) / max(self.steps_per_epoch, 1)
+        if self._host_iteration is None:
+            self._host_iteration = int(self.iteration)
+        return self._host_iteration / max(self.steps_per_epoch, 1)
 
     def on_train_start(self, trainer: Any) -> None:
         self.steps_per_epoch = int(getattr(trainer, "steps_per_epoch", 1) or 1)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.iteration.fill_(step)
+        self._host_iteration = step
 
 
 def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
