@@ -399,3 +399,13 @@ def test_visionssl_methods_lists_the_new_methods(capsys):
     assert main(["methods"]) == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert {"barlow_twins", "mocov3", "swav", "dino", "mae"} <= listed
+
+
+@pytest.mark.parametrize("name", [*SMALL, "mae"])
+def test_bf16_autocast_keeps_the_loss_in_float32(name):
+    m = small_mae() if name == "mae" else small(name)
+    v = [torch.randn(4, 3, 16, 16)] if name == "mae" else views(batch=4, local=2 if name in MULTI_CROP else 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(v)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
