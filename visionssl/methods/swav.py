@@ -122,6 +122,7 @@ class SwAV(EpochProgress):
         """Newest first: shift the queue down by the batch and write the batch at the top."""
         b = min(len(z[0]), queue.shape[1])
         for i in range(2):
-            queue[i, b:] = queue[i, :-b].clone() if b < queue.shape[1] else queue[i, b:]
+            if b < queue.shape[1]:
+                queue[i, b:] = queue[i, :-b].clone()
             queue[i, :b] = z[i][:b].detach().to(queue.dtype)
         self._queued = min(queue.shape[1], (self._queued or 0) + b)
