@@ -35,6 +35,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
     ``content`` is bytes, text (UTF-8) or a function that writes into the open binary file. A crash at
     any moment leaves the old file or the new one, never half of one; a failed write removes the
     temporary file and raises ``OSError`` naming ``path`` (with the free space, for a full disk).
+    The file gets the umask's mode (``file_mode``), as any other file the user writes.
     Temporary files are named ``.<name>.<random>.tmp`` (see ``remove_stale_temp_files``).
 
     Example:
@@ -48,6 +49,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, file_mode())  # like any other file the user writes, not mkstemp's 0600
         text = isinstance(content, str)
         with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f:
             if callable(content):
@@ -71,6 +73,22 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask (``mkstemp`` alone would give 0600).
+
+    Example:
+        >>> 0 < file_mode() <= 0o666
+        True
+    """
+    try:  # read without changing it: os.umask() sets it, which would race with other threads
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:

@@ -43,6 +43,9 @@ def split_preset(augment: MultiView) -> tuple[list[CropParams], StreamViews]:
     """
     import kornia.augmentation as K
 
+    if augment.num_views != len(augment.pipelines):  # e.g. multicrop: one pipeline per crop group, not per view
+        raise ValueError(f"data.stream cannot split the {type(augment).__name__} preset ({augment.num_views} views from "
+                         f"{len(augment.pipelines)} crop groups); train from in-memory data (data.stream=false)")
     specs, pipelines = [], []
     for view, pipeline in enumerate(augment.pipelines):
         modules = list(pipeline) if isinstance(pipeline, nn.Sequential) else [pipeline]

@@ -36,11 +36,14 @@ def cached_arrays(
         _remove_stale_temp_files(folder, key)
         atomic_write(npy, lambda f: np.save(f, images))
         atomic_write(meta, json.dumps(info))
-    except OSError as exc:  # a read-only or full disk must not stop training: warn and go on uncached
+    except OSError as exc:  # a read-only or full disk, VISIONSSL_HOME naming a file: warn and go on uncached
         import warnings
 
-        if not meta.is_file():
-            npy.unlink(missing_ok=True)  # never leave images without their metadata
+        try:
+            if not meta.is_file():
+                npy.unlink(missing_ok=True)  # never leave images without their metadata
+        except OSError:
+            pass  # the folder is not even a directory: nothing was written
         reason = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # atomic_write's error names the file
         warnings.warn(f"could not write the dataset cache {npy}: {reason.strerror or reason}; going on without it", stacklevel=2)
     return images, info

@@ -15,7 +15,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -281,6 +281,7 @@ class DeepCluster(SSLMethod):
     augmentation = "deepcluster"
     num_views = 1
     needs_indices = True  # forward(views, indices): the pseudo-labels of the batch
+    hparam_ranges: ClassVar[dict] = {"projection_dim": (0, None, True)}  # 0: no projection head
 
     def __init__(
         self,
