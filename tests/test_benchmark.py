@@ -6,7 +6,7 @@ import torch
 
 import visionssl as vs
 from visionssl.engine.checkpoint import atomic_save
-from visionssl.eval.benchmark import run_benchmark
+from visionssl.cli.benchmark import run_benchmark
 
 OUTPUTS = ["results.md", "results.csv", "results.json", "accuracy.png", "knn_over_epochs.png"]
 

@@ -12,7 +12,7 @@ import yaml
 
 import visionssl as vs
 from visionssl.zoo import UnverifiedDownloadWarning, ZooError
-from visionssl.zoo.registry import PACKAGED_ZOO
+from visionssl.zoo.catalog import PACKAGED_ZOO
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -9,7 +9,7 @@ import yaml
 
 import visionssl as vs
 from visionssl.engine.checkpoint import atomic_save
-from visionssl.zoo.cli import main
+from visionssl.cli import main
 
 
 @pytest.fixture(autouse=True)

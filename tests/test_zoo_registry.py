@@ -7,7 +7,7 @@ import yaml
 
 import visionssl as vs
 from visionssl.zoo import ZooError
-from visionssl.zoo.registry import PACKAGED_ZOO, parse_entry, parse_zoo, read_zoo_file, save_entry
+from visionssl.zoo.catalog import PACKAGED_ZOO, parse_entry, parse_zoo, read_zoo_file, save_entry
 
 ROOT_ZOO = Path(__file__).resolve().parents[1] / "model_zoo.yaml"
 

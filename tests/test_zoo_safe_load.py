@@ -25,7 +25,7 @@ from test_zoo_convert import (
 )
 
 from visionssl.zoo import ZooError, load_file, read_checkpoint
-from visionssl.zoo.cli import main as zoo_main
+from visionssl.cli import main as zoo_main
 from visionssl.zoo.safe_load import HistoryBuffer as StandIn
 
 HISTORY_MODULE = "mmengine.logging.history_buffer"

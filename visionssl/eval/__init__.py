@@ -1,5 +1,5 @@
 """Evaluation of frozen features: FAISS kNN, a linear probe with a parallel sweep, cached feature extraction,
-and the checkpoints x datasets benchmark behind ``visionssl benchmark``.
+and the report of the checkpoints x datasets benchmark (run by ``visionssl benchmark``, ``visionssl.cli.benchmark``).
 
 Example:
     >>> import torch, visionssl as vs
@@ -16,9 +16,8 @@ from visionssl.eval.features import extract_features, feature_cache_path, weight
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
 from visionssl.eval.linear_probe import linear_probe, linear_probe_classic, stratified_split
 from visionssl.eval import sharded  # noqa: F401  (registers the trainer's online "knn" evaluator)
-from visionssl.eval.benchmark import run_benchmark  # noqa: E402  (after the functions it uses)
 
 __all__ = [
     "extract_features", "feature_cache_path", "knn", "knn_predict", "knn_scores", "knn_search", "linear_probe",
-    "linear_probe_classic", "rank_accuracy", "run_benchmark", "stratified_split", "weights_hash",
+    "linear_probe_classic", "rank_accuracy", "stratified_split", "weights_hash",
 ]

@@ -16,6 +16,7 @@ class TrainingContext(Protocol):
         train_set: the training images (``len()``, ``.images`` uint8 (N, C, H, W), ``.targets`` or None).
         device: where the method runs.
         epoch: the number of finished epochs.
+        steps_per_epoch: optimizer steps in one epoch.
         augment: the view-making preset (``.channels``: the backbone's input channels).
         config: the resolved run config (``config.augment.image_size``, ...).
         optimizer: the optimizer (a hook may drop the per-parameter state of re-initialised parameters).
@@ -24,6 +25,7 @@ class TrainingContext(Protocol):
     train_set: Any
     device: torch.device
     epoch: int
+    steps_per_epoch: int
     augment: Any
     config: Any
     optimizer: torch.optim.Optimizer

@@ -2,11 +2,10 @@
 survives checkpoints, and the trainer's steps per epoch."""
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
-from visionssl.methods.base import SSLMethod
+from visionssl.methods.base import SSLMethod, TrainingContext
 
 
 class EpochProgress(SSLMethod):
@@ -34,7 +33,7 @@ class EpochProgress(SSLMethod):
             self._host_iteration = int(self.iteration)
         return self._host_iteration / max(self.steps_per_epoch, 1)
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: TrainingContext) -> None:
         self.steps_per_epoch = int(getattr(trainer, "steps_per_epoch", 1) or 1)
 
     def on_step_end(self, step: int, total_steps: int) -> None:

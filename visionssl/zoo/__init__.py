@@ -1,6 +1,6 @@
 """The model zoo: pretrained self-supervised checkpoints by name, verified, loaded into timm backbones.
 
-The checkpoints are listed in ``model_zoo.yaml`` (see ``visionssl.zoo.registry`` for how it merges
+The checkpoints are listed in ``model_zoo.yaml`` (see ``visionssl.zoo.catalog`` for how it merges
 with ``$VISIONSSL_HOME/zoo.yaml`` and ``VISIONSSL_ZOO``). ``load`` downloads a checkpoint into the
 cache (``visionssl.zoo.download``), checks its sha256, reads it without running code from it and
 converts its upstream layout into the backbone's keys (``visionssl.zoo.convert``).
@@ -44,7 +44,7 @@ from visionssl.zoo.download import (
     sha256_file,
 )
 from visionssl.zoo.export import ExportedModel, export_run
-from visionssl.zoo.registry import (
+from visionssl.zoo.catalog import (
     PACKAGED_ZOO,
     ZooEntry,
     ZooError,
@@ -193,7 +193,7 @@ def load_backbone(spec: str | os.PathLike, *, unsafe: bool = False, offline: boo
         >>> vs.zoo.load_backbone("no_such_model_or_file")
         Traceback (most recent call last):
         ...
-        visionssl.zoo.registry.ZooError: no zoo entry named 'no_such_model_or_file'; known: ...
+        visionssl.zoo.catalog.ZooError: no zoo entry named 'no_such_model_or_file'; known: ...
     """
     path = Path(spec).expanduser()
     if path.exists():

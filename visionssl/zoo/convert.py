@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from visionssl.registry import Registry
-from visionssl.zoo.registry import ZooError
+from visionssl.zoo.errors import ZooError
 from visionssl.zoo.safe_load import read_checkpoint, safe_globals  # noqa: F401  (re-exported)
 
 CONVERTERS = Registry("checkpoint format")

@@ -28,7 +28,7 @@ Offline mode (``VISIONSSL_OFFLINE=1`` or ``offline=True``) uses the cache and lo
 
 Example (a local file, so nothing is downloaded):
     >>> import hashlib, tempfile, pathlib
-    >>> from visionssl.zoo.registry import parse_entry
+    >>> from visionssl.zoo.catalog import parse_entry
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.pt"
     >>> _ = p.write_bytes(b"weights")
     >>> entry = parse_entry({"name": "doc", "method": "m", "backbone": "resnet18", "urls": [str(p)],
@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlparse
 from urllib.request import Request, url2pathname, urlopen
 
 from visionssl.files import visionssl_home
-from visionssl.zoo.registry import ZooEntry, ZooError
+from visionssl.zoo.catalog import ZooEntry, ZooError
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import yaml
 
 from visionssl.files import atomic_write
 from visionssl.zoo.download import sha256_file
-from visionssl.zoo.registry import ZooError, parse_zoo
+from visionssl.zoo.catalog import ZooError, parse_zoo
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from visionssl.zoo.registry import ZooError
+from visionssl.zoo.errors import ZooError
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from visionssl.files import atomic_write, visionssl_home
+from visionssl.zoo.convert import CONVERTERS
+from visionssl.zoo.errors import ZooError
 
 PACKAGED_ZOO = Path(__file__).with_name("model_zoo.yaml")
 REQUIRED = ("name", "method", "backbone", "urls", "sha256", "size", "format", "recipe", "metrics", "paper", "license")
@@ -38,10 +40,6 @@ OPTIONAL = ("note", "backbone_kwargs", "published_hash")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the name is a cache folder: no "/", no ".."
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 PUBLISHED_HASH_PATTERN = re.compile(r"^(md5|sha256):([0-9a-f]{6,64})$")
-
-
-class ZooError(RuntimeError):
-    """A zoo problem with a message that names the file, entry, field or URL and says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +120,6 @@ def parse_zoo(data: Any, origin: str | os.PathLike = "<zoo>") -> dict[str, ZooEn
 
 def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -> ZooEntry:
     """Validates one entry; errors read ``FILE: entry 'NAME': field 'F' <what is wrong>``."""
-    from visionssl.zoo.convert import CONVERTERS
 
     where = str(origin)
     if not isinstance(raw, Mapping):

@@ -1,9 +1,4 @@
-"""``visionssl zoo list|info|download|verify|pin|convert`` and ``visionssl export RUN_DIR``.
-
-``add_parser(subparsers)`` adds both commands to the main ``visionssl`` parser; each sets
-``run=handler`` (``handler(args) -> exit code``). ``main`` runs them alone:
-``python -m visionssl.zoo.cli zoo list --markdown``.
-"""
+"""``visionssl zoo list|info|download|verify|pin|convert``: the model zoo from the command line."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from visionssl.backbones.trust import TRUST_CODE_HELP
+from visionssl.cli.options import positive_seconds
 from visionssl.zoo.download import DEFAULT_TIMEOUT
 
 OFFLINE_HELP = "use only the cache and local files (same as VISIONSSL_OFFLINE=1)"
@@ -23,7 +19,7 @@ UNSAFE_HELP = ("allow full unpickling of a checkpoint the safe loader refuses; i
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``zoo`` (with its sub-commands) and ``export`` to the ``visionssl`` command line."""
+    """Adds ``zoo`` (with its sub-commands) to the ``visionssl`` command line."""
     zoo = subparsers.add_parser(
         "zoo", help="pretrained checkpoints: list, info, download, verify, pin, convert",
         description="The model zoo (model_zoo.yaml, plus $VISIONSSL_HOME/zoo.yaml and VISIONSSL_ZOO files). "
@@ -75,17 +71,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     add_network_options(p)
     p.set_defaults(run=run_convert)
-
-    p = subparsers.add_parser(
-        "export", help="write a run's backbone as safetensors + sha256 + a ready model_zoo.yaml entry",
-        description="Exports the backbone of a visionssl run for publishing: RUN_DIR/export/NAME.safetensors, "
-                    "its .sha256, and NAME.zoo.yaml (use it with VISIONSSL_ZOO=...).",
-    )
-    p.add_argument("run_dir", help="a run directory (or one of its checkpoint files)")
-    p.add_argument("--out", default=None, help="the .safetensors file to write (default RUN_DIR/export/NAME.safetensors)")
-    p.add_argument("--name", default=None, help="the zoo name (default: the run directory's name)")
-    p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
-    p.set_defaults(run=run_export)
 
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
@@ -208,44 +193,6 @@ def load_hint(backbone: str, kwargs: dict, out: Path) -> str:
     return f"timm.create_model({backbone!r}, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file={str(out)!r}))"
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from visionssl.zoo.export import export_run
-
-    exported = export_run(args.run_dir, args.out, name=args.name, trust_code=args.trust_code)
-    print(f"weights: {exported.path}\nsha256:  {exported.sha256}  ({exported.sha256_path})\nentry:   {exported.entry_path}")
-    print(f"try it:  VISIONSSL_ZOO={exported.entry_path} visionssl zoo info {exported.entry['name']}")
-    return 0
-
-
 def network_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"offline": args.offline, "timeout": args.timeout, "progress": not args.no_progress}
     return kwargs | ({"total_timeout": args.total_timeout} if args.total_timeout is not None else {})
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Runs the zoo and export commands on their own (the ``visionssl`` command adds them too)."""
-    from visionssl.engine.checkpoint import CheckpointError
-    from visionssl.zoo.registry import ZooError
-
-    parser = argparse.ArgumentParser(prog="visionssl")
-    add_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (ZooError, CheckpointError, ValueError) as exc:
-        print(f"visionssl: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,14 +12,12 @@ online kNN, ``knn_over_epochs.png``. The summary gives every checkpoint its mean
 its mean rank (1 = best on a dataset; ties share the average rank), as SUPERB does for speech.
 
 Example:
-    >>> from visionssl.eval.benchmark import run_benchmark
+    >>> from visionssl.cli.benchmark import run_benchmark
     >>> result = run_benchmark("knn", ["runs/demo", "random"], ["elpv", "elpv:type"], "bench")  # doctest: +SKIP
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import platform
@@ -31,15 +29,17 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from visionssl.backbones.features import resolve_device
 from visionssl.backbones.trust import TRUST_CODE_HELP
-from visionssl.cli import positive_int
-from visionssl.eval.features import extract_features, feature_cache_path, resolve_device
+from visionssl.cli.options import positive_int
+from visionssl.eval.features import extract_features, feature_cache_path
 from visionssl.eval.knn import knn
 from visionssl.eval.linear_probe import linear_probe
+from visionssl.eval.report import jsonable, markdown_table, read_knn_curve, slug, summarize, write_plots, write_tables
 
 KINDS = ("knn", "linear-probe")
 
-__all__ = ["run_benchmark", "summarize", "add_parser", "read_knn_curve", "markdown_table"]
+__all__ = ["KINDS", "add_parser", "run_benchmark"]
 
 
 def run_benchmark(
@@ -125,7 +125,7 @@ def run_benchmark(
                 row.update(top1=metrics[f"top1@k{first}"], top5=metrics[f"top5@k{first}"], **metrics)
             else:
                 options = {"seed": seed, "progress": progress, "device": dev, **(probe_options or {})}
-                log_dir = out_dir / "tensorboard" / _slug(name) / _slug(data_name)
+                log_dir = out_dir / "tensorboard" / slug(name) / slug(data_name)
                 metrics = linear_probe(train_x, train_y, test_x, test_y, log_dir=log_dir, **options)
                 row.update({key: metrics[key] for key in ("top1", "top5", "lr", "weight_decay", "val_top1", "best_epoch")})
                 row["sweep"] = metrics["sweep"]
@@ -140,102 +140,21 @@ def run_benchmark(
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": round(time.time() - started, 1),
         "settings": {"image_size": image_size, "device": str(dev), "batch_size": batch_size,
-                     **({"k": ks, "temperature": temperature} if kind == "knn" else {"probe_options": _jsonable(probe_options or {})})},
+                     **({"k": ks, "temperature": temperature} if kind == "knn" else {"probe_options": jsonable(probe_options or {})})},
         "environment": _environment(dev),
         "rows": rows,
         "summary": summarize(rows),
         "curves": {name: [{"epoch": e, "knn/top1": v} for e, v in curve] for name, curve in curves.items()},
     }
-    payload["files"] = _write_tables(payload, out_dir)
+    payload["files"] = write_tables(payload, out_dir)
     if plots:
-        payload["files"] += _write_plots(payload, out_dir)
+        payload["files"] += write_plots(payload, out_dir)
         (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     echo(markdown_table(payload))
     echo("wrote " + ", ".join(str(out_dir / f) for f in payload["files"]))
     return payload
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One transfer-suite score per checkpoint: mean top-1 over datasets and mean rank (1 = best).
-
-    Example:
-        >>> rows = [{"checkpoint": "a", "dataset": "x", "top1": 90.0}, {"checkpoint": "b", "dataset": "x", "top1": 80.0},
-        ...         {"checkpoint": "a", "dataset": "y", "top1": 50.0}, {"checkpoint": "b", "dataset": "y", "top1": 50.0}]
-        >>> [(s["checkpoint"], s["mean_top1"], s["mean_rank"]) for s in summarize(rows)]
-        [('a', 70.0, 1.25), ('b', 65.0, 1.75)]
-    """
-    names = list(dict.fromkeys(r["checkpoint"] for r in rows))
-    ranks: dict[str, list[float]] = {n: [] for n in names}
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        scores = {r["checkpoint"]: r["top1"] for r in rows if r["dataset"] == dataset}
-        for name, score in scores.items():
-            better = sum(s > score for s in scores.values())
-            equal = sum(s == score for s in scores.values())
-            ranks[name].append(better + (equal + 1) / 2)  # ties share the average of their ranks
-    summary = [
-        {"checkpoint": n, "datasets": len(ranks[n]),
-         "mean_top1": round(sum(r["top1"] for r in rows if r["checkpoint"] == n) / len(ranks[n]), 4),
-         "mean_rank": round(sum(ranks[n]) / len(ranks[n]), 4)}
-        for n in names
-    ]
-    return sorted(summary, key=lambda s: (s["mean_rank"], -s["mean_top1"]))
-
-
-def markdown_table(payload: dict[str, Any]) -> str:
-    """The results (checkpoint x dataset) and the summary as Markdown tables.
-
-    Top-5 shows "-" for datasets of at most 5 classes (it is 100% there); the JSON and CSV keep the number.
-    """
-    kind, rows = payload["kind"], payload["rows"]
-    if kind == "knn":
-        metrics = [c for c in rows[0] if c.startswith("top") and "@" in c]
-        headline = f"top-1 at k={payload['settings']['k'][0]}"
-    else:
-        metrics, headline = ["top1", "top5", "lr", "weight_decay", "val_top1"], "top-1"
-    cols = ["checkpoint", "dataset"] + metrics + ["features"]
-    title = "kNN" if kind == "knn" else "Linear probe"
-    lines = [f"### {title} accuracy (%)", "", _md_row(cols), _md_row(["---"] * len(cols))]
-    for r in rows:
-        few_classes = r.get("classes", 6) <= 5
-        lines.append(_md_row(["-" if few_classes and c.startswith("top5") else _fmt(r.get(c)) for c in cols]))
-    lines += ["", f"### Transfer-suite summary ({headline})", "",
-              _md_row(["checkpoint", "datasets", "mean top-1", "mean rank"]), _md_row(["---"] * 4)]
-    lines += [_md_row([s["checkpoint"], s["datasets"], _fmt(s["mean_top1"]), _fmt(s["mean_rank"])]) for s in payload["summary"]]
-    return "\n".join(lines)
-
-
-def read_knn_curve(spec: str | Path) -> list[tuple[float, float]]:
-    """(epoch, knn/top1) pairs from the ``metrics.jsonl`` of a run directory (or of the run a checkpoint file
-    belongs to); empty when there is none.
-
-    Example:
-        >>> import json, tempfile, pathlib
-        >>> run = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 3.0}) + "\\n"
-        ...                                         + json.dumps({"epoch": 2, "knn/top1": 61.5}) + "\\n")
-        >>> read_knn_curve(run)
-        [(2.0, 61.5)]
-    """
-    path = Path(spec)
-    if not path.exists():
-        return []
-    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
-    for run in candidates:
-        metrics = run / "metrics.jsonl"
-        if metrics.is_file():
-            curve = []
-            for line in metrics.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a killed run
-                if "knn/top1" in record and "epoch" in record:
-                    curve.append((float(record["epoch"]), float(record["knn/top1"])))
-            return curve
-    return []
-
-
-# ---------------------------------------------------------------------------------------------------- loading
 def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: bool = False) -> tuple[str, nn.Module]:
     from visionssl.backbones import create_backbone
 
@@ -312,72 +231,14 @@ def _load_data(spec: str | tuple[Any, Any], image_size: int) -> tuple[str, Any, 
     return spec, train_set, test_set
 
 
-# ---------------------------------------------------------------------------------------------------- output
-def _write_tables(payload: dict[str, Any], out_dir: Path) -> list[str]:
-    rows = payload["rows"]
-    header = f"# {payload['kind']} benchmark\n\n"
-    if payload.get("command"):
-        header += f"Made by `{payload['command']}` on {payload['environment']['device']}, {payload['date']}.\n\n"
-    (out_dir / "results.md").write_text(header + markdown_table(payload) + "\n")
-    columns = list(dict.fromkeys(c for r in rows for c in r if c != "sweep"))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    (out_dir / "results.csv").write_text(buf.getvalue())
-    files = ["results.md", "results.csv", "results.json"]
-    (out_dir / "results.json").write_text(json.dumps({**payload, "files": files}, indent=2) + "\n")
-    return files
-
-
-def _write_plots(payload: dict[str, Any], out_dir: Path) -> list[str]:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            "the benchmark plots need matplotlib: pip install matplotlib (or visionssl[bench]); "
-            "or pass --no-plots (plots=False). The tables were written."
-        ) from None
-    rows, files = payload["rows"], []
-    names = list(dict.fromkeys(r["checkpoint"] for r in rows))
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig = Figure(figsize=(max(6.0, 1.6 * len(datasets) * max(1, len(names)) ** 0.5), 4.2), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        scores = {r["dataset"]: r["top1"] for r in rows if r["checkpoint"] == name}
-        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(datasets))]
-        bars = ax.bar(xs, [scores.get(d, float("nan")) for d in datasets], width, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(datasets)), datasets)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{'kNN' if payload['kind'] == 'knn' else 'linear probe'} top-1 per checkpoint and dataset")
-    fig.legend(loc="outside lower center", ncols=min(3, len(names)), fontsize=8)
-    fig.savefig(out_dir / "accuracy.png", dpi=120)
-    files.append("accuracy.png")
-    if payload["curves"]:
-        fig = Figure(figsize=(6.0, 4.0), layout="constrained")
-        ax = fig.subplots()
-        for name, points in payload["curves"].items():
-            ax.plot([p["epoch"] for p in points], [p["knn/top1"] for p in points], marker="o", label=name)
-        ax.set_xlabel("pretraining epoch")
-        ax.set_ylabel("online kNN top-1 (%)")
-        ax.set_title("kNN accuracy over pretraining (from metrics.jsonl)")
-        fig.legend(loc="outside lower center", ncols=min(3, len(payload["curves"])), fontsize=8)
-        fig.savefig(out_dir / "knn_over_epochs.png", dpi=120)
-        files.append("knn_over_epochs.png")
-    return files
-
-
 def _environment(device: torch.device) -> dict[str, Any]:
     import faiss
 
-    import visionssl
+    from visionssl import __version__
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "visionssl": visionssl.__version__, "torch": torch.__version__, "faiss": faiss.__version__}
+            "visionssl": __version__, "torch": torch.__version__, "faiss": faiss.__version__}
 
 
 def _cpu_name() -> str:
@@ -390,25 +251,6 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _md_row(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.0e}"
-    return "" if value is None else str(value)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "x"
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``benchmark knn`` and ``benchmark linear-probe`` to the ``visionssl`` command line (``run=`` handler)."""
     bench = subparsers.add_parser(
