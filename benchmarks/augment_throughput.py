@@ -28,7 +28,7 @@ from _common import device_name, timed, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.augment.simclr import blur_kernel_size  # noqa: E402
-from visionssl.engine.trainer import cpu_computes_bf16  # noqa: E402
+from visionssl.engine.runtime import cpu_computes_bf16  # noqa: E402
 
 
 def torchvision_simclr(image_size: int):

@@ -31,7 +31,7 @@ from _common import RESULTS, device_name, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine import Trainer, load_config  # noqa: E402
-from visionssl.engine.trainer import resolve_device  # noqa: E402
+from visionssl.backbones.features import resolve_device  # noqa: E402
 from visionssl.eval.knn import knn_predict  # noqa: E402
 
 

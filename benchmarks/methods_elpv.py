@@ -59,7 +59,7 @@ from _common import RESULTS, device_name, write_results  # noqa: E402
 import visionssl as vs  # noqa: E402
 from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
 from visionssl.data.sources import stratified_split  # noqa: E402
-from visionssl.engine.trainer import resolve_device  # noqa: E402
+from visionssl.backbones.features import resolve_device  # noqa: E402
 
 
 ELPV_VIEWS = ["augment.kwargs.scale=[0.6,1.0]", "augment.kwargs.blur_p=0.0"]

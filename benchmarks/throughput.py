@@ -57,7 +57,8 @@ from _common import device_name, timed, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine.config import load_config  # noqa: E402
-from visionssl.engine.trainer import Trainer, resolve_precision  # noqa: E402
+from visionssl.engine.runtime import resolve_precision  # noqa: E402
+from visionssl.engine.trainer import Trainer  # noqa: E402
 
 METHODS = ("simclr", "byol", "vicreg")
 CONFIGS = {  # backbone, view size, side of the uint8 images in memory, batch size per device type

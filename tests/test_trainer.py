@@ -113,7 +113,7 @@ def test_auto_precision_on_cpu_follows_hardware_bf16(monkeypatch, tmp_path, nati
 def test_cpu_bf16_detection_reads_the_cpu_flags():
     from pathlib import Path
 
-    from visionssl.engine.trainer import cpu_computes_bf16
+    from visionssl.engine.runtime import cpu_computes_bf16
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_computes_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

@@ -35,7 +35,15 @@ from visionssl.cli.options import positive_int
 from visionssl.eval.features import extract_features, feature_cache_path
 from visionssl.eval.knn import knn
 from visionssl.eval.linear_probe import linear_probe
-from visionssl.eval.report import jsonable, markdown_table, read_knn_curve, slug, summarize, write_plots, write_tables
+from visionssl.eval.report import (
+    jsonable,
+    markdown_table,
+    read_knn_curve,
+    slug,
+    summarize,
+    write_plots,
+    write_tables,
+)
 
 KINDS = ("knn", "linear-probe")
 
@@ -173,7 +181,9 @@ def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code:
 
 def _load_backbone(spec: str, trust_code: bool = False) -> nn.Module:
     try:
-        from visionssl.zoo import load_backbone  # zoo names, .safetensors exports, runs and checkpoint files
+        from visionssl.zoo import (
+            load_backbone,  # zoo names, .safetensors exports, runs and checkpoint files
+        )
     except ImportError:
         load_backbone = None
     if load_backbone is not None:

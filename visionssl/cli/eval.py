@@ -10,7 +10,6 @@ from visionssl.backbones.trust import TRUST_CODE_HELP
 from visionssl.cli.options import EPILOG, positive_float, positive_int
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Adds ``eval knn`` and ``eval linear`` to the ``visionssl`` command line."""
     p = sub.add_parser("eval", help="evaluate a pretrained backbone (kNN, linear probe)", epilog=EPILOG)
@@ -61,11 +60,11 @@ def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from visionssl import distributed
     from visionssl import eval as eval_lib
     from visionssl.backbones import create_backbone
-    from visionssl.data import load_dataset
-    from visionssl import distributed
     from visionssl.backbones.features import resolve_device
+    from visionssl.data import load_dataset
     from visionssl.eval.sharded import extract_features_distributed
 
     device = distributed.init(resolve_device(args.device))  # under torchrun the ranks share the extraction

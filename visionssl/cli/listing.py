@@ -5,7 +5,6 @@ import argparse
 import sys
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Adds ``methods``, ``backbones`` and ``recipes`` to the ``visionssl`` command line."""
     m = sub.add_parser("methods", help="list the registered methods")

@@ -8,7 +8,6 @@ from pathlib import Path
 from visionssl.cli.options import EPILOG, positive_float, positive_int
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Adds ``pretrain`` to the ``visionssl`` command line."""
     p = sub.add_parser(

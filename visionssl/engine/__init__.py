@@ -8,7 +8,8 @@ Example:
 from visionssl.engine.checkpoint import CheckpointError, atomic_save, load_backbone, load_checkpoint
 from visionssl.engine.config import ConfigError, list_recipes, load_config
 from visionssl.engine.optim import cosine_with_warmup, create_optimizer
-from visionssl.engine.trainer import NonFiniteLossError, Trainer
+from visionssl.engine.guards import NonFiniteLossError
+from visionssl.engine.trainer import Trainer
 
 __all__ = [
     "CheckpointError", "ConfigError", "NonFiniteLossError", "Trainer", "atomic_save", "cosine_with_warmup",

@@ -9,23 +9,15 @@ Everything a run produces lives in its run directory::
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
-import os
-import random
-import shlex
-import signal
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from visionssl import augment as augment_lib
 from visionssl import distributed
@@ -34,84 +26,22 @@ from visionssl.data import BatchLoader, ImageDataset, load_dataset
 from visionssl.data.decode import display_path
 from visionssl.engine.batchnorm import recalibrate_batchnorm
 from visionssl.engine.checkpoint import (
-    CHECKPOINT_FORMAT, LAST, CheckpointError, atomic_save, atomic_write_text, load_checkpoint, remove_stale_temp_files,
+    CHECKPOINT_FORMAT, LAST, CheckpointError, atomic_save, load_checkpoint,
 )
 from visionssl.engine.config import ConfigError, to_dict
 from visionssl.engine.evaluators import EVALUATORS
+from visionssl.engine.guards import Guards, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: re-exported)
 from visionssl.engine.optim import cosine_with_warmup, create_optimizer, set_lr
+from visionssl.engine.runlog import RunLog
+from visionssl.engine.runtime import (  # noqa: F401  (cpu_computes_bf16: re-exported)
+    cpu_computes_bf16, resolve_precision, rng_state, seed_everything, set_rng_state,
+)
 from visionssl.methods import SSLMethod, create_method
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX; read from /proc/cpuinfo).
-
-    On such CPUs oneDNN's bf16 convolutions are 1.5-2x faster than fp32; elsewhere bf16 is emulated
-    and slower, so ``train.precision=auto`` keeps fp32 there.
-
-    Example:
-        >>> isinstance(cpu_computes_bf16(), bool)
-        True
-    """
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:  # not Linux
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
-def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool = True) -> str:
-    """``auto`` -> bf16 on CUDA and on CPUs with hardware bf16 (``cpu_computes_bf16``), else fp32.
-
-    ``cpu_bf16=False`` (a method's ``cpu_bf16`` attribute) keeps fp32 on every CPU.
-
-    Example:
-        >>> resolve_precision("fp32", torch.device("cuda")), resolve_precision("auto", torch.device("cuda"))
-        ('fp32', 'bf16')
-    """
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_computes_bf16()) else "fp32"
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seeds python, numpy and torch; with ``deterministic`` also asks torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def rng_state() -> dict[str, Any]:
-    """All RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class Trainer:
+class Trainer(RunLog, Guards):
     """Pretrains one method on one dataset as the config says.
 
     Args:
@@ -382,19 +312,6 @@ class Trainer:
             result = {f"knn/{key}": float(v) for key, v in result.items() if key in ("top1", "top5")}
         return distributed.broadcast_object(result)
 
-    def log_scalars(self, scalars: dict[str, float], step: int | None = None) -> None:
-        """Records scalars in metrics.jsonl and TensorBoard (and in ``self.metrics``)."""
-        if not scalars:
-            return
-        step = self.step if step is None else step
-        self.metrics.update(scalars)
-        if self._metrics_file is not None:
-            epoch = self.epoch + self.batch_in_epoch / self.steps_per_epoch  # epochs completed, fractional mid-epoch
-            self._metrics_file.write(json.dumps({"step": step, "epoch": round(epoch, 4), **scalars}) + "\n")
-            self._metrics_file.flush()
-        if self._writer is not None:
-            for key, value in scalars.items():
-                self._writer.add_scalar(key, value, step)
 
     # ------------------------------------------------------------ checkpoints
     @property
@@ -482,189 +399,4 @@ class Trainer:
                 self.eval_sets = (None, None)
         return self.eval_sets
 
-    def _check_finite(self, nonfinite: torch.Tensor) -> None:
-        """With train.on_nonfinite=stop, raises if a step since the last check had a NaN/inf loss or gradient."""
-        if self.config.train.on_nonfinite == "stop" and bool(nonfinite):
-            raise NonFiniteLossError(
-                f"the loss or the gradients became NaN or infinite near step {self.step} (epoch {self.epoch}); "
-                f"{self._kept_checkpoint()}. Try a lower optim.lr, optim.grad_clip, train.precision=fp32, "
-                f"or train.on_nonfinite=skip."
-            )
 
-    def _extra_scalars(self, out: dict[str, torch.Tensor]) -> dict[str, float]:
-        scalars = {k: float(v) for k, v in out.items() if k not in ("loss", "embedding") and torch.is_tensor(v) and v.ndim == 0}
-        emb = out.get("embedding")
-        if emb is not None and bool(torch.isfinite(emb).all()):  # a skipped step's embedding may be NaN
-            from visionssl.engine.monitor import effective_rank, embedding_std
-
-            scalars["collapse/embedding_std"] = float(embedding_std(emb))
-            scalars["collapse/effective_rank"] = float(effective_rank(emb))
-        return scalars
-
-    def _progress_bar(self):
-        if not self.config.train.progress or not distributed.is_main():
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
-                    unit="step", leave=False, dynamic_ncols=True)
-
-    def _open_run_dir(self) -> None:
-        if self.out is None or not distributed.is_main():  # rank 0 alone writes the run directory
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(self.checkpoint_path)  # left by a run killed while saving
-        atomic_write_text(OmegaConf.to_yaml(self.config), self.out / "config.yaml")  # --resume reads it
-        from visionssl.backbones.trust import is_code_spec, record_trust
-
-        if is_code_spec(str(self.config.backbone.name)):  # whoever built this Trainer vouched for that code
-            record_trust(self.out, str(self.config.backbone.name))
-        self._metrics_file = open(self.out / "metrics.jsonl", "a")
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
-
-    def _close_run_dir(self) -> None:
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    # ------------------------------------------- reliability: preemption and NaN/inf steps
-    def _catch_stop_signals(self) -> Callable[[], None]:
-        """Makes SIGTERM/SIGINT set ``stop_signal`` (checked at step boundaries); returns the undo.
-
-        Only with a run directory (there is somewhere to save) and in the main thread (Python's rule).
-        A second SIGINT raises KeyboardInterrupt at once.
-        """
-        if self.out is None or threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_signal = signal.Signals(signum).name
-            logger.warning("%s received: stopping after the current step to save a checkpoint (SIGINT again stops at once)",
-                           self.stop_signal)
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-        return restore
-
-    def _stop_requested(self) -> bool:
-        """Whether to stop at this step boundary. (Under DDP every rank must return the same answer.)
-
-        Distributed: a signal may reach the ranks at different steps (or only one of them), so the ranks
-        agree here, on the host (no GPU synchronisation): any rank's signal stops them all at this step.
-        """
-        if distributed.is_distributed():
-            mine = int(getattr(signal, self.stop_signal, signal.SIGTERM)) if self.stop_signal else 0
-            signum = distributed.max_over_ranks(mine)
-            if signum and self.stop_signal is None:
-                self.stop_signal = signal.Signals(signum).name
-        return self.stop_signal is not None
-
-    def _save_on_stop(self) -> None:
-        path = self.save_checkpoint()
-        where = (f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}/{self.steps_per_epoch}" if self.batch_in_epoch
-                 else f"the end of epoch {self.epoch}")
-        self.resume_command = f"visionssl pretrain --out {shlex.quote(str(self.out))} --resume"
-        if self.world_size > 1:  # the same launcher again (any number of processes: the global batch is kept)
-            self.resume_command = f"torchrun <the same options> -m {self.resume_command}"
-        logger.warning("stopped by %s at step %d (%s); checkpoint saved to %s. Resume with: %s "
-                       "(from Python: Trainer(config).fit(resume=True))", self.stop_signal, self.step, where, path,
-                       self.resume_command)
-
-    def _snapshot_buffers(self) -> None:
-        """With train.on_nonfinite=skip, keeps the buffers (BatchNorm statistics, queues) from before the
-        forward pass, so that a skipped step leaves no trace of its NaN/inf in them either."""
-        if self.config.train.on_nonfinite != "skip":
-            return
-        buffers = list(self.method.buffers())
-        if self._buffers_before_step is None or len(self._buffers_before_step) != len(buffers):
-            self._buffers_before_step = [b.detach().clone() for b in buffers]
-        else:
-            for saved, b in zip(self._buffers_before_step, buffers):
-                saved.copy_(b)
-
-    def _optimizer_step(self, loss: torch.Tensor) -> torch.Tensor:
-        """Unscales, clips and steps; returns a 0-d bool tensor: was the loss or a gradient NaN/inf?
-
-        ``train.on_nonfinite=stop`` steps anyway (no host synchronisation; the next log step raises and
-        no checkpoint of the damaged state is written). ``skip`` leaves weights, buffers and optimizer
-        state as they were before this step, at the cost of one host synchronisation per step. Under
-        fp16 the GradScaler skips steps with inf/NaN gradients itself: that is how it tunes its scale.
-        """
-        cfg, scaler = self.config, self.scaler
-        if scaler.is_enabled() or cfg.optim.grad_clip:
-            scaler.unscale_(self.optimizer)
-        bad = ~torch.isfinite(loss.detach())
-        if not scaler.is_enabled():
-            grads = [p.grad for p in self.method.parameters() if p.grad is not None]
-            if grads:  # the max-abs norm is NaN/inf exactly when some gradient entry is; it never overflows
-                bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))
-        if distributed.is_distributed():  # one verdict on every rank (an inf loss on one rank may leave finite gradients)
-            bad = distributed.all_reduce(bad.float(), "max") > 0
-        if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
-        if cfg.train.on_nonfinite == "skip" and bool(bad):
-            self._skip_step()
-        else:
-            self._skipped_in_a_row = 0
-            scaler.step(self.optimizer)
-        scaler.update()
-        return bad
-
-    def _skip_step(self) -> None:
-        self.skipped_steps += 1
-        self._skipped_in_a_row += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._buffers_before_step is not None:
-            for saved, b in zip(self._buffers_before_step, self.method.buffers()):
-                b.copy_(saved)
-        limit = self.config.train.max_skipped_steps
-        logger.warning("step %d: NaN or infinite loss or gradients, optimizer step skipped (%d in a row, %d in all)",
-                       self.step + 1, self._skipped_in_a_row, self.skipped_steps)
-        if self._skipped_in_a_row > limit:
-            raise NonFiniteLossError(
-                f"{self._skipped_in_a_row} steps in a row had a NaN or infinite loss or gradients (more than "
-                f"train.max_skipped_steps={limit}) at step {self.step + 1}; {self._kept_checkpoint()}. "
-                f"Try a lower optim.lr, optim.grad_clip or train.precision=fp32."
-            )
-
-    def _numerics_scalars(self) -> dict[str, float]:
-        """train/skipped_steps (skip mode) and train/loss_scale (fp16); warns once when the scale underflows."""
-        scalars: dict[str, float] = {}
-        if self.config.train.on_nonfinite == "skip":
-            scalars["train/skipped_steps"] = float(self.skipped_steps)
-        if self.scaler.is_enabled():
-            scale = self.scaler.get_scale()
-            scalars["train/loss_scale"] = scale
-            low = scale < self.config.train.min_loss_scale
-            if low and not self._low_scale_warned:
-                logger.warning(
-                    "fp16 loss scale fell to %.3g (below train.min_loss_scale=%g) at step %d: the gradients keep "
-                    "overflowing, and those steps are skipped. Try train.precision=bf16 or fp32, a lower optim.lr "
-                    "or optim.grad_clip.", scale, self.config.train.min_loss_scale, self.step)
-            self._low_scale_warned = low
-        return scalars
-
-    def _assert_finite_state(self) -> None:
-        state = {k: v for k, v in self.method.state_dict().items() if torch.is_floating_point(v)}
-        if not state or bool(torch.stack([torch.isfinite(v).all() for v in state.values()]).all()):
-            return
-        name = next(k for k, v in state.items() if not bool(torch.isfinite(v).all()))
-        raise NonFiniteLossError(
-            f"not writing a checkpoint at step {self.step}: {name} holds NaN or infinite values; "
-            f"{self._kept_checkpoint()}. Try a lower optim.lr, optim.grad_clip or train.on_nonfinite=skip."
-        )
-
-    def _kept_checkpoint(self) -> str:
-        path = self.checkpoint_path
-        return f"the last good checkpoint is kept at {path}" if path is not None and path.is_file() else "no checkpoint was written yet"
