@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import visionssl as vs
+from visionssl.augment import permutations
 from visionssl.augment import pretext as P
 
 
@@ -211,17 +212,17 @@ def test_permutation_set_is_deterministic_and_seeded():
 
 def test_permutation_set_is_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path))
-    P._cached_permutations.cache_clear()
+    permutations._cached_permutations.cache_clear()
     try:
         perms = P.hamming_permutations(30, 9, seed=7)
         files = list((tmp_path / "permutations").glob("*.npy"))
         assert [f.name for f in files] == ["hamming-maxmin-30x9-seed7.npy"]
         assert np.array_equal(np.load(files[0]), perms.numpy())
-        P._cached_permutations.cache_clear()
+        permutations._cached_permutations.cache_clear()
         np.save(files[0], np.zeros((30, 9), dtype=np.int8))  # a damaged file is rebuilt, not trusted
         assert torch.equal(P.hamming_permutations(30, 9, seed=7), perms)
     finally:
-        P._cached_permutations.cache_clear()
+        permutations._cached_permutations.cache_clear()
 
 
 def test_permutation_arguments_are_checked():
