@@ -1,29 +1,14 @@
-"""Data-parallel training on ``torch.distributed``: one process per GPU (NCCL) or per CPU worker (gloo).
+"""Collectives on tensors and modules; each is a no-op (or returns its input) in a single process.
 
-``torchrun`` starts the processes and describes them in environment variables (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); ``init`` joins that process group. Every function
-here also works in a single, non-distributed process, where it is a no-op (rank 0 of 1), so methods and
-losses call them unconditionally and behave exactly as before when run on one device.
-
-The collectives with gradients follow one rule, which makes a data-parallel step equal to a
-single-process step on the global batch: each rank returns a loss ``L_r`` whose mean over the ranks is
-the global loss, ``all_gather_with_grad`` sums the gradients of every rank's copy of a gathered slice
-back onto the rank that owns it, and DistributedDataParallel averages the parameter gradients.
-
-Example (one process: rank 0 of 1, the gathers return their input):
+Example:
     >>> import torch
-    >>> rank(), world_size(), is_main()
-    (0, 1, True)
     >>> x = torch.randn(4, 8, requires_grad=True)
     >>> all_gather_with_grad(x) is x
     True
 """
 from __future__ import annotations
 
-import atexit
 import inspect
-import logging
-import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -31,97 +16,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "init", "shutdown", "is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier",
-    "all_gather_with_grad", "all_gather_no_grad", "all_reduce", "broadcast", "broadcast_object", "all_gather_object",
-    "any_rank", "max_over_ranks", "local_slice", "shard_bounds", "gather_rows", "sync_buffers",
-    "convert_sync_batchnorm", "wrap_ddp",
-]
-
-_started_here = False  # init() created the process group (so shutdown() may destroy it)
-_cpu_group: Any = None  # a gloo group for small host-side values when the default backend is NCCL
-
-
-# ----------------------------------------------------------------------------- process group
-def init(device: str | torch.device = "cpu", timeout_s: float | None = None) -> torch.device:
-    """Joins the process group that ``torchrun`` describes, and returns this rank's device.
-
-    Does nothing when the group already exists (started by the caller, e.g. with ``torch.multiprocessing``)
-    or when the process was not started by torchrun. Under ``torchrun --nproc_per_node=1`` a group of one
-    process is joined, so that every collective really runs (a cheap check of a cluster setup). The backend is NCCL
-    for a CUDA ``device`` and gloo otherwise; on CUDA each rank uses ``cuda:LOCAL_RANK``.
-
-    Args:
-        device: the device asked for (``"cpu"``, ``"cuda"``, a ``torch.device``); on CUDA under several
-            processes its index is replaced by ``LOCAL_RANK``.
-        timeout_s: collective timeout (default: torch's).
-
-    Example:
-        >>> init("cpu")  # a plain process: nothing to join
-        device(type='cpu')
-    """
-    global _started_here
-    device = torch.device(device)
-    if not dist.is_available():
-        return device
-    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and missing:
-        raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: "
-                           "start the processes with torchrun (see docs/distributed.md)")
-    if not dist.is_initialized() and not missing:  # started by torchrun (even --nproc_per_node=1)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(_rank_device(device))
-        kwargs = {"timeout": _timedelta(timeout_s)} if timeout_s else {}
-        dist.init_process_group(backend, **kwargs)
-        _started_here = True
-        atexit.register(shutdown)
-        logger.info("rank %d of %d joined the process group (%s)", rank(), world_size(), backend)
-    if is_distributed() and device.type == "cuda":
-        device = _rank_device(device)
-        torch.cuda.set_device(device)
-    return device
-
-
-def shutdown() -> None:
-    """Destroys the process group if ``init`` created it (a no-op otherwise)."""
-    global _started_here, _cpu_group
-    if _started_here and dist.is_initialized():
-        dist.destroy_process_group()
-    _started_here, _cpu_group = False, None
-
-
-def is_distributed() -> bool:
-    """True when a process group is running (even of one process: its collectives then run for real)."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    """The number of processes (1 when not distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def local_rank() -> int:
-    """The rank within this node (``LOCAL_RANK`` set by torchrun; 0 otherwise)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main() -> bool:
-    """True on rank 0, the process that writes logs, TensorBoard events and checkpoints."""
-    return rank() == 0
-
-
-def barrier() -> None:
-    """Waits for every rank (a no-op when not distributed)."""
-    if is_distributed():
-        dist.barrier(group=_host_group())
+from visionssl.distributed.group import (
+    comm_device,
+    host_group,
+    is_distributed,
+    rank,
+    world_size,
+)
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -216,7 +117,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src, group=_host_group())
+    dist.broadcast_object_list(holder, src, group=host_group())
     return holder[0]
 
 
@@ -230,7 +131,7 @@ def all_gather_object(obj: Any) -> list[Any]:
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj, group=_host_group())
+    dist.all_gather_object(out, obj, group=host_group())
     return out
 
 
@@ -244,7 +145,7 @@ def max_over_ranks(value: int) -> int:
     if not is_distributed():
         return value
     t = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(t, dist.ReduceOp.MAX, group=_host_group())
+    dist.all_reduce(t, dist.ReduceOp.MAX, group=host_group())
     return int(t)
 
 
@@ -303,7 +204,7 @@ def gather_rows(local: torch.Tensor, total: int, dst: int | None = None, chunk_r
         raise ValueError(f"rank {rank()} holds {local.shape[0]} rows, but its block of {total} is rows {start}:{stop}")
     if not is_distributed():
         return local
-    device = _comm_device()
+    device = comm_device()
     w, block = world_size(), -(-total // world_size())
     bounds = [shard_bounds(total, r, w) for r in range(w)]
     keep = dst is None or rank() == dst
@@ -372,7 +273,6 @@ def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bo
                                    **no_forward_sync)
 
 
-# ----------------------------------------------------------------------------- internals
 def _all_gather(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     if dist.get_backend() == "nccl":  # straight into one buffer
@@ -387,44 +287,10 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def _on_comm_device(x: torch.Tensor) -> Iterator[torch.Tensor]:
     """``x`` itself, or under NCCL a GPU copy of a CPU ``x`` whose result is copied back into ``x``."""
-    device = _comm_device()
+    device = comm_device()
     if x.device.type == device.type:
         yield x
     else:
         y = x.to(device)
         yield y
         x.copy_(y)
-
-
-def _host_group() -> Any:
-    """The group for small host-side exchanges: the default one under gloo, a gloo group under NCCL
-    (created on first use, which every rank reaches at the same point since it is a collective)."""
-    global _cpu_group
-    if dist.get_backend() == "gloo":
-        return None
-    if _cpu_group is None:
-        _cpu_group = dist.new_group(backend="gloo")
-    return _cpu_group
-
-
-def _comm_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _rank_device(device: torch.device) -> torch.device:
-    index = local_rank()
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise RuntimeError(f"LOCAL_RANK={index} but only {count} GPU(s) are visible: start at most {count} "
-                           "processes per node (torchrun --nproc_per_node)")
-    if device.index is not None and device.index != index and world_size() > 1:
-        logger.warning("device %s ignored under torchrun: rank %d uses cuda:%d (LOCAL_RANK)", device, rank(), index)
-    return torch.device("cuda", index)
-
-
-def _timedelta(seconds: float):  # noqa: ANN202
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
