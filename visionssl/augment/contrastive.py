@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
+from visionssl.augment.ops import SMALL_IMAGE
 from visionssl.augment.simclr import simclr_view
 
-SMALL_IMAGE = 64  # below this side (pixels) the presets drop Gaussian blur
 
 MOCO_V2_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)

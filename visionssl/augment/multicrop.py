@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from visionssl.augment import MultiView, Normalize, register_augmentation, to_float
-from visionssl.augment.contrastive import BYOL_JITTER, SMALL_IMAGE
+from visionssl.augment.contrastive import BYOL_JITTER
+from visionssl.augment.ops import SMALL_IMAGE
 from visionssl.augment.simclr import simclr_view
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SMALL_IMAGE = 64  # below this side (pixels) the presets are the papers' small-image (CIFAR) recipes: no blur
 LUMA = (0.2989, 0.587, 0.114)  # the weights of torchvision's rgb_to_grayscale (ITU-R 601)
 RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 

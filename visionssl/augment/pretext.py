@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from visionssl.augment import MultiView, Normalize, Resize, register_augmentation
+from visionssl.augment.ops import SMALL_IMAGE
 from visionssl.augment.permutations import hamming_permutations, min_hamming_distance  # noqa: F401  (re-exported)
 
 # The 8 neighbours of the centre of a 3x3 grid in raster order: label -> (row, col) offset.
@@ -358,7 +359,7 @@ def deepcluster(
     ``jitter_strength`` s > 0 adds brightness and contrast jitter of 0.8 s (p = 0.8): for grayscale
     data, where the paper's Sobel filter has no colour to remove but overall intensity is the cue
     that k-means would otherwise group by."""
-    scale = tuple(scale) if scale is not None else ((0.2, 1.0) if image_size < 64 else (0.08, 1.0))
+    scale = tuple(scale) if scale is not None else ((0.2, 1.0) if image_size < SMALL_IMAGE else (0.08, 1.0))
     ops = [K.RandomResizedCrop((image_size, image_size), scale=scale), K.RandomHorizontalFlip(p=hflip_p)]
     if jitter_strength > 0:
         ops.append(K.ColorJitter(brightness=0.8 * jitter_strength, contrast=0.8 * jitter_strength, p=0.8))

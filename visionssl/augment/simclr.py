@@ -7,7 +7,7 @@ import kornia.augmentation as K
 from torch import nn
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
-from visionssl.augment.ops import ColorJitterGrayscale, RandomResizedCropFlip, RandomSolarize
+from visionssl.augment.ops import SMALL_IMAGE, ColorJitterGrayscale, RandomResizedCropFlip, RandomSolarize
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -88,7 +88,7 @@ def simclr(
     from 64 px: strength 1.0 and blur with p = 0.5 (its ImageNet recipe). Either can be set;
     ``vflip_p`` adds vertical flips (images without an up and a down).
     """
-    small = image_size < 64
+    small = image_size < SMALL_IMAGE
     s = jitter_strength if jitter_strength is not None else (0.5 if small else 1.0)
     p = blur_p if blur_p is not None else (0.0 if small else 0.5)
     views = [simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p, vflip_p=vflip_p, backend=backend) for _ in range(num_views)]

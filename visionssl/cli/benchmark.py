@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shlex
 import time
@@ -32,8 +31,10 @@ from torch import nn
 from visionssl.backbones.features import resolve_device
 from visionssl.backbones.trust import TRUST_CODE_HELP
 from visionssl.cli.options import positive_int
+from visionssl.data.dataset import stored_size
 from visionssl.eval.features import extract_features, feature_cache_path
 from visionssl.eval.knn import knn
+from visionssl.eval.linear_probe import OPTIMIZERS as PROBE_OPTIMIZERS
 from visionssl.eval.linear_probe import linear_probe
 from visionssl.eval.report import (
     jsonable,
@@ -234,7 +235,7 @@ def _load_data(spec: str | tuple[Any, Any], image_size: int) -> tuple[str, Any, 
         return train_set.name, train_set, test_set
     from visionssl.data import load_dataset
 
-    stored = math.ceil(image_size * 1.125)
+    stored = stored_size(image_size)
     train_set, test_set = load_dataset(spec, "train", stored), load_dataset(spec, "test", stored)
     if train_set.targets is None or test_set.targets is None:
         raise ValueError(f"dataset {spec!r} has no labels to evaluate with")
@@ -298,7 +299,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates of the sweep (default: 0.01 0.03 0.1 0.3 1)")
             p.add_argument("--weight-decays", type=float, nargs="+", default=None,
                            help="weight decays of the sweep (default: 0 1e-4 1e-3 1e-2)")
-            p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="probe optimizer (default sgd)")
+            p.add_argument("--optimizer", choices=PROBE_OPTIMIZERS, default="sgd", help="probe optimizer (default sgd)")
             p.add_argument("--probe-batch-size", type=positive_int, default=1024, help="features per probe step (default 1024)")
         p.set_defaults(run=_run_cli, benchmark_kind=kind)
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 from visionssl.backbones.trust import TRUST_CODE_HELP
 from visionssl.cli.options import EPILOG, positive_float, positive_int
+from visionssl.data.dataset import stored_size
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +73,7 @@ def run_eval(args: argparse.Namespace) -> int:
     spec = args.data or data_cfg.get("eval") or data_cfg.get("name") or "elpv"
     image_size = args.image_size or aug_cfg.get("image_size") or 224
     stored = data_cfg.get("image_size") if spec == data_cfg.get("name") else None
-    stored = stored or math.ceil(image_size * 1.125)
+    stored = stored or stored_size(image_size)
     train, test = load_dataset(spec, "train", stored), load_dataset(spec, "test", stored)
     if train.targets is None:
         raise ValueError(f"dataset {spec!r} has no labels to evaluate with")

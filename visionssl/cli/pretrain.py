@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from visionssl.cli.options import EPILOG, positive_float, positive_int
+from visionssl.data.dataset import STORED_RATIO, stored_size
+from visionssl.engine.optim import OPTIMIZERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, default=None, help="number of training epochs")
     p.add_argument("--batch-size", type=positive_int, default=None, help="images per step, over all processes under torchrun (optim.batch_size)")
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate for batch 256 (optim.lr)")
-    p.add_argument("--optimizer", choices=("sgd", "lars", "adamw"), default=None, help="optim.name")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optim.name")
     p.add_argument("--image-size", type=positive_int, default=None,
-                   help="side of the views fed to the backbone (augment.image_size); images are kept at 1.125x this")
+                   help=f"side of the views fed to the backbone (augment.image_size); images are kept at {STORED_RATIO}x this")
     p.add_argument("--device", default=None, help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed (train.seed)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
@@ -58,7 +59,7 @@ def pretrain_overrides(args: argparse.Namespace) -> list[str]:
     }
     o += [f"{k}={v}" for k, v in pairs.items() if v is not None]
     if args.image_size:
-        o += [f"augment.image_size={args.image_size}", f"data.image_size={math.ceil(args.image_size * 1.125)}"]
+        o += [f"augment.image_size={args.image_size}", f"data.image_size={stored_size(args.image_size)}"]
     if args.skip_bad_images:
         o.append("data.skip_bad_images=true")
     if args.deterministic:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from visionssl.data.dataset import ImageDataset
+from visionssl.data.dataset import ImageDataset, stored_size
 from visionssl.data.decode import BadImageError, decode_image, decode_images
 from visionssl.data.loader import BatchLoader
 from visionssl.data.sources import DATASETS, register_dataset, stratified_split
@@ -54,5 +54,5 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 __all__ = [
     "BadImageError", "BatchLoader", "DATASETS", "ImageDataset", "decode_image", "decode_images",
-    "list_datasets", "load_dataset", "register_dataset", "stratified_split",
+    "list_datasets", "load_dataset", "register_dataset", "stored_size", "stratified_split",
 ]

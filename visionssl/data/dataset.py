@@ -2,9 +2,22 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import torch
+
+STORED_RATIO = 1.125  # images are kept (decoded, cached) at this multiple of the view side: room for the crops
+
+
+def stored_size(view_size: int) -> int:
+    """The side images are kept at for views of ``view_size`` pixels (``STORED_RATIO`` times, rounded up).
+
+    Example:
+        >>> stored_size(32), stored_size(224)
+        (36, 252)
+    """
+    return math.ceil(view_size * STORED_RATIO)
 
 
 @dataclass

@@ -22,6 +22,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from visionssl.engine.optim import OPTIMIZERS
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -104,7 +106,7 @@ class Config:
 
 
 CHOICES = {
-    "optim.name": ("sgd", "lars", "adamw"),
+    "optim.name": OPTIMIZERS,
     "optim.lr_scaling": ("linear", "sqrt", "none"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.on_nonfinite": ("stop", "skip"),
