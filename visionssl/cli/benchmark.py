@@ -181,19 +181,9 @@ def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code:
 
 
 def _load_backbone(spec: str, trust_code: bool = False) -> nn.Module:
-    try:
-        from visionssl.zoo import (
-            load_backbone,  # zoo names, .safetensors exports, runs and checkpoint files
-        )
-    except ImportError:
-        load_backbone = None
-    if load_backbone is not None:
-        return load_backbone(spec, trust_code=trust_code)
-    from visionssl.engine.checkpoint import load_backbone as load_run_backbone
+    from visionssl import zoo
 
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"checkpoint {spec} does not exist (and the model zoo is not available)")
-    return load_run_backbone(spec, trust_code=trust_code)
+    return zoo.load_backbone(spec, trust_code=trust_code)  # zoo names, .safetensors exports, runs and checkpoint files
 
 
 def _backbone_spec(spec: str, trust_code: bool = False) -> tuple[str, dict[str, Any]]:

@@ -88,7 +88,7 @@ def backbone_state_dict(method_state: dict[str, torch.Tensor]) -> dict[str, torc
     return {k[len(prefix):]: v for k, v in method_state.items() if k.startswith(prefix)}
 
 
-def load_backbone(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+def load_run_backbone(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
                   trust_code: bool = False) -> nn.Module:
     """Rebuilds the backbone of a visionssl checkpoint (file or run directory), weights loaded strictly.
 
@@ -98,7 +98,7 @@ def load_backbone(path: str | os.PathLike, map_location: str | torch.device = "c
     ``CheckpointError`` in one line naming the file.
 
     Example (with a run made by ``visionssl pretrain --out runs/demo``):
-        >>> backbone = load_backbone("runs/demo")  # doctest: +SKIP
+        >>> backbone = load_run_backbone("runs/demo")  # doctest: +SKIP
     """
     from visionssl.backbones.trust import create_backbone_from_file, run_dir_of, run_trusts
 

@@ -200,7 +200,7 @@ def load_backbone(spec: str | os.PathLike, *, unsafe: bool = False, offline: boo
         if path.suffix == ".safetensors":
             name, kwargs = safetensors_backbone(path, trust_code=trust_code)
             return load_file(path, "visionssl", name, **kwargs)
-        from visionssl.engine.checkpoint import load_backbone as load_run_backbone
+        from visionssl.engine.checkpoint import load_run_backbone
 
         return load_run_backbone(path, trust_code=trust_code)
     if "/" in str(spec) or path.suffix in (".pt", ".pth", ".tar", ".safetensors"):
