@@ -10,7 +10,7 @@ from torch import nn
 from visionssl.losses import negative_cosine
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
-from visionssl.methods.momentum import copy_frozen, cosine_momentum, ema_update_
+from visionssl.methods.momentum import copy_frozen, ema_step_, momentum_at
 
 
 @register_method("byol")
@@ -80,9 +80,8 @@ class BYOL(SSLMethod):
 
     def target_momentum(self, step: int, total_steps: int) -> float:
         """tau after optimizer step ``step`` (counted from 1) of ``total_steps``."""
-        return cosine_momentum(step - 1, total_steps - 1, self.momentum, self.final_momentum)
+        return momentum_at(step, total_steps, self.momentum, self.final_momentum)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        tau = self.target_momentum(step, total_steps)
-        ema_update_(self.target_backbone, self.backbone, tau)
-        ema_update_(self.target_projector, self.projector, tau)
+        ema_step_([(self.target_backbone, self.backbone), (self.target_projector, self.projector)],
+                  step, total_steps, self.momentum, self.final_momentum)

@@ -11,7 +11,7 @@ from torch import nn
 
 from visionssl.losses import dino, dino_center
 from visionssl.methods import register_method
-from visionssl.methods.momentum import copy_frozen, cosine_momentum, ema_update_
+from visionssl.methods.momentum import copy_frozen, ema_step_
 from visionssl.methods.progress import EpochProgress, scale_grad
 from visionssl.methods.swav import encode_crops
 
@@ -131,6 +131,5 @@ class DINO(EpochProgress):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         super().on_step_end(step, total_steps)
-        tau = cosine_momentum(step - 1, total_steps - 1, self.momentum, 1.0)
-        ema_update_(self.teacher_backbone, self.backbone, tau)
-        ema_update_(self.teacher_head, self.head, tau)
+        ema_step_([(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)],
+                  step, total_steps, self.momentum, 1.0)

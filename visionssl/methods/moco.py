@@ -13,7 +13,7 @@ from visionssl import distributed
 from visionssl.losses import infonce_queue
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, TrainingContext
-from visionssl.methods.momentum import copy_frozen, cosine_momentum, ema_update_
+from visionssl.methods.momentum import copy_frozen, ema_step_
 
 
 @register_method("moco")
@@ -166,8 +166,5 @@ class MoCo(SSLMethod):
             )
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        momentum = self.momentum
-        if self.final_momentum is not None:
-            momentum = cosine_momentum(step - 1, total_steps - 1, self.momentum, self.final_momentum)
-        ema_update_(self.momentum_backbone, self.backbone, momentum)
-        ema_update_(self.momentum_projector, self.projector, momentum)
+        ema_step_([(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
+                  step, total_steps, self.momentum, self.final_momentum)

@@ -10,7 +10,7 @@ from torch import nn
 from visionssl.losses import infonce
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
-from visionssl.methods.momentum import copy_frozen, cosine_momentum, ema_update_
+from visionssl.methods.momentum import copy_frozen, ema_step_
 
 
 @register_method("mocov3")
@@ -86,6 +86,5 @@ class MoCoV3(SSLMethod):
         return {"loss": loss, "embedding": h1.detach()}
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        tau = cosine_momentum(step - 1, total_steps - 1, self.momentum, 1.0)
-        ema_update_(self.momentum_backbone, self.backbone, tau)
-        ema_update_(self.momentum_projector, self.projector, tau)
+        ema_step_([(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
+                  step, total_steps, self.momentum, 1.0)

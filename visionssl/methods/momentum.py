@@ -1,8 +1,9 @@
-"""Momentum (EMA) target networks shared by MoCo and BYOL: copy, update, schedule."""
+"""Momentum (EMA) target networks shared by MoCo, BYOL, MoCo v3 and DINO: copy, update, schedule."""
 from __future__ import annotations
 
 import copy
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -63,3 +64,35 @@ def cosine_momentum(step: float, total_steps: float, base: float = 0.996, final:
     """
     progress = min(max(step / total_steps, 0.0), 1.0) if total_steps > 0 else 1.0
     return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def momentum_at(step: int, total_steps: int, base: float, final: float | None = None) -> float:
+    """The momentum after optimizer step ``step`` (counted from 1) of ``total_steps``: ``base`` throughout
+    when ``final`` is None, else ``cosine_momentum`` from ``base`` (step 1) to ``final`` (the last step).
+
+    Example:
+        >>> momentum_at(1, 101, 0.99), momentum_at(101, 101, 0.99, 1.0), momentum_at(7, 101, 0.999)
+        (0.99, 1.0, 0.999)
+    """
+    return base if final is None else cosine_momentum(step - 1, total_steps - 1, base, final)
+
+
+def ema_step_(pairs: Iterable[tuple[nn.Module, nn.Module]], step: int, total_steps: int, base: float,
+              final: float | None = None) -> float:
+    """The EMA update after an optimizer step, for every ``(target, online)`` pair; returns the momentum used.
+
+    One home for the momentum encoders of MoCo, BYOL, MoCo v3 and DINO (their ``on_step_end``).
+
+    Example:
+        >>> online, target = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = online.weight.fill_(4.0), target.weight.fill_(0.0)
+        >>> ema_step_([(target, online)], step=1, total_steps=10, base=0.75)
+        0.75
+        >>> target.weight.tolist()
+        [[1.0, 1.0]]
+    """
+    momentum = momentum_at(step, total_steps, base, final)
+    for target, online in pairs:
+        ema_update_(target, online, momentum)
+    return momentum
