@@ -39,22 +39,40 @@ def all_modules() -> dict[str, Path]:
 
 
 def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
-    """visionssl modules imported anywhere in the file (top level or inside functions)."""
+    """visionssl modules imported anywhere in the file (top level or inside functions), relative imports included."""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package.pop()  # a module's relative imports start from its package
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = absolute_module(node, package)
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         else:
             continue
         found.update(n for n in names if n == "visionssl" or n.startswith("visionssl."))
     return found
 
 
+def absolute_module(node: ast.ImportFrom, package: list[str]) -> str:
+    """The module a ``from ... import`` names, with a relative one (``from . import x``) resolved in ``package``."""
+    if not node.level:
+        return node.module or ""
+    return ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+
+
 def top_package(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
+
+
+def test_relative_imports_are_resolved():
+    here = ["visionssl", "eval"]  # the package of visionssl/eval/knn.py
+    assert absolute_module(ast.parse("from .features import x").body[0], here) == "visionssl.eval.features"
+    assert absolute_module(ast.parse("from .. import cli").body[0], here) == "visionssl"
+    assert absolute_module(ast.parse("from visionssl.zoo import load").body[0], here) == "visionssl.zoo"
 
 
 def test_every_top_level_package_has_a_layer():
