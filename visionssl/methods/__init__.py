@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from visionssl.methods.base import SSLMethod, mlp
+from visionssl.methods.base import SSLMethod, TrainingContext, mlp  # noqa: F401  (re-exported)
 from visionssl.registry import Registry
 
 METHODS = Registry("method", entry_point_group="visionssl.methods")
