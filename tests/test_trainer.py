@@ -97,13 +97,13 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_on_cpu_follows_hardware_bf16(monkeypatch, tmp_path, native_bf16, expected):
-    from visionssl.engine import trainer as trainer_module
+    from visionssl.engine import runtime
 
-    monkeypatch.setattr(trainer_module, "cpu_computes_bf16", lambda: native_bf16)
-    assert trainer_module.resolve_precision("auto", torch.device("cpu")) == expected
-    assert trainer_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert trainer_module.resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert trainer_module.resolve_precision("auto", torch.device("cpu"), cpu_bf16=False) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: native_bf16)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
+    assert runtime.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert runtime.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert runtime.resolve_precision("auto", torch.device("cpu"), cpu_bf16=False) == "fp32"
     t = Trainer(tiny_config(tmp_path, "train.device=cpu"))
     assert t.precision == expected
     # bf16 runs make bf16 views: autocast would round them at the first layer anyway

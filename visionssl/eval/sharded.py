@@ -87,7 +87,7 @@ def online_knn(backbone: nn.Module, bank, queries, *, batch_size: int = 256, ima
         >>> from visionssl.data import load_dataset
         >>> bank, queries = load_dataset("synthetic:16", "train", 16), load_dataset("synthetic:8", "test", 16)
         >>> sorted(online_knn(vs.create_backbone("resnet10t_cifar"), bank, queries, k=5))
-        ['top1', 'top5']
+        ['top1', 'top1@k5', 'top5', 'top5@k5']
     """
     feats = [extract_features_distributed(backbone, ds, batch_size=batch_size, image_size=image_size, device=device, dst=0)
              for ds in (bank, queries)]
