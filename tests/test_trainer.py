@@ -120,9 +120,9 @@ def test_cpu_bf16_detection_reads_the_cpu_flags():
 
 
 def test_patch_methods_keep_fp32_on_cpu_under_auto(monkeypatch, tmp_path):
-    from visionssl.engine import trainer as trainer_module
+    from visionssl.engine import runtime
 
-    monkeypatch.setattr(trainer_module, "cpu_computes_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: True)
     assert vs.methods.METHODS.get("context").cpu_bf16 is False and vs.methods.METHODS.get("jigsaw").cpu_bf16 is False
     cfg = load_config("context", overrides=[o for o in TINY if not o.startswith("method.")]
                       + ["method.patch_size=4", "method.gap=1", f"out={tmp_path}", "train.device=cpu"])
