@@ -26,3 +26,55 @@ def test_nt_xent_runs_in_float32_under_bf16_autocast():
         under_autocast = vs.losses.nt_xent(z1, z2, temperature=0.1)
     assert under_autocast.dtype == torch.float32
     assert abs(float(under_autocast) - float(reference)) <= 1e-5 * abs(float(reference))
+
+
+def _torchvision_jitter(x, b, c, s, h, order):
+    import torchvision.transforms.v2.functional as TF
+
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = []
+    for i in range(len(x)):
+        img, factors = x[i], (float(b[i]), float(c[i]), float(s[i]), float(h[i]))
+        for op in order[i].tolist():
+            img = ops[op](img, factors[op])
+        out.append(img)
+    return torch.stack(out)
+
+
+def test_fused_colour_jitter_matches_torchvision_in_each_samples_order():
+    from visionssl.augment.ops import color_affine
+
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    x = 0.35 + 0.3 * torch.rand(n, 3, 8, 8, generator=g)  # mild factors keep every intermediate inside [0, 1]
+    b, c, s = (0.85 + 0.3 * torch.rand(n, generator=g) for _ in range(3))
+    order = torch.rand(n, 4, generator=g).argsort(1)
+    assert len({tuple(o) for o in order.tolist()}) > 1
+    no_hue, no_gray = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+    matrix, offset = color_affine(x.mean(dim=(2, 3)), b, c, s, no_hue, no_gray, order)
+    ours = apply_affine(matrix, offset, x)
+    assert torch.allclose(ours, _torchvision_jitter(x, b, c, s, no_hue, order), atol=1e-5)
+    # without clipping the linear ops commute; a hue rotation moves the mean gray contrast blends towards
+    hue = torch.full((n,), 0.1)
+    hue_first, contrast_first = torch.tensor([[3, 1, 0, 2]] * n), torch.tensor([[1, 3, 0, 2]] * n)
+    assert not torch.allclose(color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, hue_first)[1],
+                              color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, contrast_first)[1], atol=1e-4)
+
+
+def apply_affine(matrix, offset, x):
+    return (torch.einsum("nij,njhw->nihw", matrix, x) + offset.view(-1, 3, 1, 1)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("hue", [0.02, 0.05, 0.1])
+def test_hue_rotation_turns_the_way_torchvision_does(hue):
+    import torchvision.transforms.v2.functional as TF
+
+    from visionssl.augment.ops import hue_matrix
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 16, 16, generator=g)
+    reference = TF.adjust_hue(x, hue)
+    rotated = apply_affine(hue_matrix(torch.full((16,), hue)), torch.zeros(16, 3), x)
+    error, shift = (rotated - reference).abs().mean(), (x - reference).abs().mean()
+    assert error < shift  # the old YIQ rotation turned the other way: its error was about twice the shift
+    assert (apply_affine(hue_matrix(torch.full((16,), -hue)), torch.zeros(16, 3), x) - reference).abs().mean() > shift
