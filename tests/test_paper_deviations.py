@@ -78,3 +78,34 @@ def test_hue_rotation_turns_the_way_torchvision_does(hue):
     error, shift = (rotated - reference).abs().mean(), (x - reference).abs().mean()
     assert error < shift  # the old YIQ rotation turned the other way: its error was about twice the shift
     assert (apply_affine(hue_matrix(torch.full((16,), -hue)), torch.zeros(16, 3), x) - reference).abs().mean() > shift
+
+
+def test_deepcluster_classifier_is_reinitialised_as_the_reference_and_has_no_momentum():
+    m = vs.create_method("deepcluster", backbone="resnet10t_cifar", num_clusters=500)
+    with torch.no_grad():
+        m.classifier.weight.fill_(1.0), m.classifier.bias.fill_(1.0)
+    m.set_pseudo_labels(torch.arange(500))
+    w = m.classifier.weight
+    assert abs(float(w.std()) - 0.01) < 0.001 and abs(float(w.mean())) < 0.001 and not m.classifier.bias.any()
+    groups = m.param_groups(1e-5)
+    head = [g for g in groups if any(p is m.classifier.weight for p in g["params"])]
+    assert len(head) == 1 and head[0]["momentum"] == 0.0 and head[0]["weight_decay"] == 1e-5
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    from visionssl.engine.optim import create_optimizer
+
+    opt = create_optimizer(groups, "sgd", lr=0.1, momentum=0.9)
+    assert [g["momentum"] for g in opt.param_groups if g["params"]][-1] == 0.0
+
+
+def test_deepcluster_samples_uniformly_over_clusters_without_replacement():
+    from visionssl.data.loader import uniform_over_labels
+
+    labels = torch.tensor([0] * 90 + [1] * 6 + [2] * 4)  # one big cluster, two small ones
+    order = uniform_over_labels(labels, 100, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels[order], minlength=3)
+    assert len(order) == 100 and counts.min() >= 100 // 3 - 1  # 34 draws per cluster before the cut to 100
+    big = order[labels[order] == 0]
+    assert len(set(big.tolist())) == len(big)  # no image of the big cluster twice in an epoch
+    m = vs.create_method("deepcluster", backbone="resnet10t_cifar", num_clusters=3)
+    m.set_pseudo_labels(labels)
+    assert torch.equal(m.sample_labels, labels)
