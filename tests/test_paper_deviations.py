@@ -85,7 +85,7 @@ def test_deepcluster_classifier_is_reinitialised_as_the_reference_and_has_no_mom
     with torch.no_grad():
         m.classifier.weight.fill_(1.0), m.classifier.bias.fill_(1.0)
     m.set_pseudo_labels(torch.arange(500))
-    w = m.classifier.weight
+    w = m.classifier.weight.detach()
     assert abs(float(w.std()) - 0.01) < 0.001 and abs(float(w.mean())) < 0.001 and not m.classifier.bias.any()
     groups = m.param_groups(1e-5)
     head = [g for g in groups if any(p is m.classifier.weight for p in g["params"])]
@@ -109,3 +109,44 @@ def test_deepcluster_samples_uniformly_over_clusters_without_replacement():
     m = vs.create_method("deepcluster", backbone="resnet10t_cifar", num_clusters=3)
     m.set_pseudo_labels(labels)
     assert torch.equal(m.sample_labels, labels)
+
+
+def _backbone_inputs(method, views):
+    seen = []
+    handle = method.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    method(views)
+    handle.remove()
+    return seen[0]
+
+
+def test_context_normalises_each_patch_and_pixelates_about_a_third():
+    from visionssl.augment.pretext import pixelate
+
+    torch.manual_seed(0)
+    m = vs.create_method("context", backbone="resnet10t_cifar", patch_size=8, gap=3, jitter=1)
+    patches = _backbone_inputs(m, [torch.randn(8, 3, 32, 32) * 3 + 1])
+    assert torch.allclose(patches.mean((1, 2, 3)), torch.zeros(16), atol=1e-4)
+    assert torch.allclose(patches.std((1, 2, 3), unbiased=False), torch.ones(16), atol=1e-3)
+    x = torch.rand(3000, 1, 10, 10)
+    changed = (pixelate(x, p=1 / 3) != x).flatten(1).any(1).float().mean()
+    assert 0.28 < float(changed) < 0.39
+    # a pixelated patch is the area-downsampled patch upsampled back: constant 2x2 blocks survive a halving
+    blocks = torch.rand(50, 1, 5, 5).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    assert torch.allclose(pixelate(blocks, p=1.0, min_fraction=0.5)[:, :, ::2, ::2].mean(), blocks.mean(), atol=0.05)
+
+
+def test_jigsaw_jitters_each_tile_and_normalises_with_one_mean_and_std_per_tile():
+    from visionssl.augment.pretext import jitter_tile_colors, normalize_tiles
+
+    tiles = torch.rand(4, 9, 3, 6, 6)
+    jittered = jitter_tile_colors(tiles, 0.05)
+    offsets = (jittered - tiles)[..., 0, 0]
+    assert offsets.abs().max() <= 0.05 and offsets.std() > 0.01  # one offset per tile and channel
+    assert torch.allclose(jittered - tiles, offsets[..., None, None].expand_as(tiles), atol=1e-6)
+    # per-channel statistics would cancel the offsets; one mean/std per tile keeps them
+    assert torch.allclose(normalize_tiles(jittered), normalize_tiles(tiles), atol=1e-4)
+    assert not torch.allclose(normalize_tiles(jittered, per_channel=False), normalize_tiles(tiles, per_channel=False), atol=1e-3)
+    m = vs.create_method("jigsaw", backbone="resnet10t_cifar", num_permutations=10, tile_dim=16, head_hidden_dim=32)
+    fed = _backbone_inputs(m, [torch.randn(2, 3, 32, 32)])
+    assert torch.allclose(fed.mean((1, 2, 3)), torch.zeros(18), atol=1e-4)
+    assert not torch.allclose(fed.mean((2, 3)), torch.zeros(18, 3), atol=1e-3)  # channel means are kept
