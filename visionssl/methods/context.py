@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionssl.augment.pretext import (color_drop, color_project, context_geometry, context_pairs, grid_positions,
-                                      normalize_tiles, pixelate)
+from visionssl.augment.pretext import (
+    color_drop,
+    color_project,
+    context_geometry,
+    context_pairs,
+    grid_positions,
+    normalize_tiles,
+    pixelate,
+)
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
 

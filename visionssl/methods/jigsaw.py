@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionssl.augment.pretext import hamming_permutations, jigsaw_tiles, jitter_tile_colors, normalize_tiles, shuffle_tiles
+from visionssl.augment.pretext import (
+    hamming_permutations,
+    jigsaw_tiles,
+    jitter_tile_colors,
+    normalize_tiles,
+    shuffle_tiles,
+)
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
 
