@@ -73,7 +73,7 @@ def uniform_over_labels(labels: torch.Tensor, n: int, generator: torch.Generator
 class BatchLoader:
     """Seeded, resumable batches of ``(indices, uint8 images on device)``.
 
-    The order of an epoch depends only on ``(seed, epoch)`` (and ``sample_weights`` if given), so a
+    The order of an epoch depends only on ``(seed, epoch)`` (and ``sample_labels`` or ``sample_weights``), so a
     resumed run sees exactly the batches it would have seen.
 
     Data-parallel training: ``batch_size`` is the GLOBAL batch. Every rank computes the same order and
