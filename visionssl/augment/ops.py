@@ -75,19 +75,21 @@ def color_affine(
     eye = torch.eye(3, device=device).expand(n, 3, 3)
     to_gray = torch.ones(3, 1, device=device) * luma  # every channel becomes the luma
     s = saturation.view(n, 1, 1)
-    ops = (brightness.view(n, 1, 1) * eye, contrast.view(n, 1, 1) * eye, s * eye + (1 - s) * to_gray, hue_matrix(hue))
+    ops = torch.stack([brightness.view(n, 1, 1) * eye, contrast.view(n, 1, 1) * eye, s * eye + (1 - s) * to_gray,
+                       hue_matrix(hue)], dim=1)  # (n, 4, 3, 3), indexed by op
     if order is None:
         order = torch.arange(4, device=device).expand(n, 4)
-    matrix, offset = eye, torch.zeros(n, 3, device=device)
+    rows = torch.arange(n, device=device)
+    matrix, offset = eye, torch.zeros(n, 3, 1, device=device)
     for step in range(4):
-        op = order[:, step].view(n, 1, 1)
-        step_m = sum(torch.where(op == i, m, 0.0) for i, m in enumerate(ops))
-        mean_gray = ((matrix @ x_mean.unsqueeze(2)).squeeze(2) + offset) @ luma  # (n,): the image as it is now
-        blend = torch.where(op.view(n) == CONTRAST, (1 - contrast) * mean_gray, 0.0)
+        op = order[:, step]
+        step_m = ops[rows, op]
+        mean_gray = (matrix @ x_mean.unsqueeze(2) + offset).squeeze(2) @ luma  # (n,): the image as it is now
+        blend = torch.where(op == CONTRAST, (1 - contrast) * mean_gray, 0.0)
         matrix = step_m @ matrix
-        offset = (step_m @ offset.unsqueeze(2)).squeeze(2) + blend.unsqueeze(1)
+        offset = step_m @ offset + blend.view(n, 1, 1)
     gray_m = torch.where(gray.view(n, 1, 1), to_gray.expand(n, 3, 3), eye)
-    return gray_m @ matrix, (gray_m @ offset.unsqueeze(2)).squeeze(2)
+    return gray_m @ matrix, (gray_m @ offset).squeeze(2)
 
 
 class ColorJitterGrayscale(nn.Module):
