@@ -61,14 +61,14 @@ def linear_probe(
     cv_max_samples: int = 20_000,
     max_iter: int = 100,
     tol: float = 1e-4,
-    lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
-    weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-    epochs: int = 100,
+    lrs: Sequence[float] | None = None,
+    weight_decays: Sequence[float] | None = None,
+    epochs: int | None = None,
     batch_size: int | None = 1024,
-    optimizer: str = "sgd",
+    optimizer: str | None = None,
     normalize: str | None = "standardize",
     val_fraction: float = 0.1,
-    patience: int = 10,
+    patience: int | None = None,
     refit: bool = True,
     num_classes: int | None = None,
     device: str | torch.device | None = None,
@@ -82,8 +82,9 @@ def linear_probe(
         train_x, test_x: features (N, D), (Q, D); torch tensors or numpy arrays.
         train_y, test_y: integer class labels (N,), (Q,).
         solver: ``"lbfgs"`` (full batch, to the regularised optimum), ``"sgd"`` (minibatch sweep below), or
-            ``"auto"``: L-BFGS unless its working set (about ``N * len(Cs) * folds * C`` logits plus the
-            L-BFGS memory) passes 8 GiB.
+            ``"auto"``: SGD when an SGD-only option (``lrs``, ``weight_decays``, ``epochs``, ``optimizer``,
+            ``patience``, ``normalize="batchnorm"``) is given or L-BFGS's working set (about
+            ``N * len(Cs) * folds * C`` logits plus its memory) would pass 8 GiB; L-BFGS otherwise.
         Cs: L-BFGS: inverse regularisation strengths, scikit-learn's ``C`` (penalty ``1 / (C * n)`` on the
             mean cross entropy; equivalent SGD weight decay ``1 / (C * n)``). Default ``1e-4 ... 100``.
         folds: L-BFGS: k of the stratified, seeded k-fold cross-validation that picks C (highest mean fold
@@ -92,17 +93,18 @@ def linear_probe(
             (``val_fraction``) instead of by k-fold.
         max_iter, tol: L-BFGS iterations per head and gradient tolerance (``max |grad| <= tol``), as
             scikit-learn's.
-        lrs, weight_decays: SGD: the sweep; every pair is one head. Weight decay is decoupled for AdamW (as in
+        lrs, weight_decays: SGD: the sweep; every pair is one head (default ``0.01 0.03 0.1 0.3 1`` x
+            ``0 1e-5 1e-4 1e-3 1e-2 1e-1``). Weight decay is decoupled for AdamW (as in
             ``torch.optim.AdamW``) and added to the gradient for SGD (as in ``torch.optim.SGD``).
-        epochs: SGD: maximum passes over the training features (cosine learning-rate schedule over them).
+        epochs: SGD: maximum passes over the training features (cosine learning-rate schedule; default 100).
         batch_size: SGD: features per step; None: full batch.
-        optimizer: SGD: ``"sgd"`` (momentum 0.9) or ``"adamw"``. With its weight decay SGD is L2-regularised
+        optimizer: SGD: ``"sgd"`` (momentum 0.9, the default) or ``"adamw"``. With its weight decay SGD is L2-regularised
             logistic regression, while Adam's per-coordinate steps fit noise dimensions as fast as signal ones.
         normalize: ``"standardize"`` (per-dimension mean and std of the training features), ``"batchnorm"``
             (SGD only: batch statistics while training, running statistics after), or ``"none"``/None.
         val_fraction: share of every class held out for choosing the setting (stratified, seeded): always for
             SGD, for L-BFGS from ``cv_max_samples`` on. SGD: 0 is allowed only for a single setting.
-        patience: SGD: a head stops after this many epochs without a better validation accuracy (or an equal
+        patience: SGD: a head stops after this many epochs (default 10) without a better validation accuracy (or an equal
             one with a lower validation loss); so each head ends exactly as it would have trained alone.
         refit: retrain the chosen setting on the whole training split before testing (SGD: for its best
             number of epochs); False: test the chosen head as selected (L-BFGS with k-fold: the mean of the
@@ -134,6 +136,9 @@ def linear_probe(
     num_classes = num_classes or 1 + int(max(train_y.max(), test_y.max()))
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    sgd_only = (lrs, weight_decays, epochs, optimizer, patience)
+    if solver == "auto" and (any(v is not None for v in sgd_only) or normalize == "batchnorm"):
+        solver = "sgd"
     if solver == "auto":
         n, dim = train_x.shape
         heads = len(Cs) * (folds if n < cv_max_samples else 1)
@@ -145,6 +150,10 @@ def linear_probe(
         train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
         return _lbfgs_probe(train_x, train_y, test_x, test_y, [float(c) for c in Cs], folds, cv_max_samples,
                             max_iter, tol, normalize or "none", val_fraction, refit, num_classes, seed)
+    lrs = (0.01, 0.03, 0.1, 0.3, 1.0) if lrs is None else lrs
+    weight_decays = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1) if weight_decays is None else weight_decays
+    epochs, patience = 100 if epochs is None else epochs, 10 if patience is None else patience
+    optimizer = optimizer or "sgd"
     settings = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
     _check_options(settings, epochs, batch_size, optimizer, normalize, val_fraction, patience)
     train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
