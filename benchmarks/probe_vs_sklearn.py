@@ -23,12 +23,11 @@ import warnings
 
 import numpy as np
 import torch
+from _common import RESULTS, device_name, write_results
 
 import visionssl as vs
 from visionssl.eval.linear_probe import DEFAULT_CS
 from visionssl.eval.probe_lbfgs import stratified_kfold
-
-from _common import RESULTS, device_name, write_results
 
 
 def sklearn_cv(xtr, ytr, xte, yte, folds, cs=DEFAULT_CS, max_iter=100):

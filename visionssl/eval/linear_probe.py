@@ -27,7 +27,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Sequence
 
