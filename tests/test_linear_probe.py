@@ -13,6 +13,7 @@ import visionssl as vs
 
 probe_module = importlib.import_module("visionssl.eval.linear_probe")  # vs.eval.linear_probe is the function
 fit_heads, stratified_kfold = probe_module.fit_heads, probe_module.stratified_kfold
+sgd_module = importlib.import_module("visionssl.eval.probe_sgd")
 
 
 def sklearn_tuned(xtr, ytr, xte, yte, cs=(0.01, 0.1, 1.0, 10.0)):
@@ -136,7 +137,7 @@ def test_batched_update_equals_torch_optim_per_head(kind):
     grads = [(torch.randn(4, 5, 3), torch.randn(5, 3)) for _ in range(4)]
     scales = [1.0, 0.8, 0.5, 0.1]  # a schedule
     params = [weight.clone(), bias.clone()]
-    batched = (probe_module._BatchedSGD if kind == "sgd" else probe_module._BatchedAdamW)(params)
+    batched = (sgd_module._BatchedSGD if kind == "sgd" else sgd_module._BatchedAdamW)(params)
     for (gw, gb), scale in zip(grads, scales):
         batched.step(params, [gw, gb], batched.state, lrs * scale, wds)
     for h in range(3):
