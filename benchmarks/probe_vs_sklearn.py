@@ -155,12 +155,13 @@ def main() -> None:
     parser.add_argument("--simclr-steps", type=int, default=40, help="SimCLR steps of 32 images (default 40)")
     parser.add_argument("--speed-size", type=int, nargs=3, default=[50_000, 2048, 100], metavar=("N", "D", "CLASSES"))
     parser.add_argument("--no-accuracy", action="store_true", help="the speed case only")
+    parser.add_argument("--no-elpv", action="store_true", help="the synthetic feature sets only")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--sklearn-limit", type=float, default=1200.0)
     parser.add_argument("--results", default="probe_vs_sklearn")
     args = parser.parse_args()
     rows = []
-    for name, *data in ([] if args.no_accuracy else elpv_sets(args.simclr_steps)):
+    for name, *data in ([] if args.no_accuracy or args.no_elpv else elpv_sets(args.simclr_steps)):
         rows.append(compare(name, *data))
     for dim in () if args.no_accuracy else (64, 2048):
         for label, separation in (("well", 5.0), ("badly", 2.0)):  # distance between two class means
