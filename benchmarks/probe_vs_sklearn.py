@@ -17,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import time
 import warnings
@@ -98,7 +99,7 @@ def elpv_sets(simclr_steps: int, batch: int = 32, seed: int = 0):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    print(f"SimCLR: {simclr_steps} steps of {batch} images in {time.perf_counter() - tic:.0f}s, last loss {float(loss):.3f}",
+    print(f"SimCLR: {simclr_steps} steps of {batch} images in {time.perf_counter() - tic:.0f}s, last loss {float(loss.detach()):.3f}",
           flush=True)
     backbones[f"SimCLR {simclr_steps} steps"] = method.backbone
     for name, backbone in backbones.items():
@@ -159,7 +160,18 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--sklearn-limit", type=float, default=1200.0)
     parser.add_argument("--results", default="probe_vs_sklearn")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="NAME",
+                        help="no runs: gather the rows and speed case of results/NAME.json files into --results")
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.merge]
+        payload = {**{k: v for k, v in parts[0].items() if k not in ("date", "versions")},
+                   "rows": [r for p in parts for r in p["rows"]],
+                   "speed": next((p["speed"] for p in parts if p.get("speed")), None), "merged_from": args.merge}
+        write_results(args.results, payload)
+        (RESULTS / f"{args.results}.md").write_text(markdown(payload) + "\n")
+        print(markdown(payload))
+        return
     rows = []
     for name, *data in ([] if args.no_accuracy or args.no_elpv else elpv_sets(args.simclr_steps)):
         rows.append(compare(name, *data))
