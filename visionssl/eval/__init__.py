@@ -12,12 +12,17 @@ Example:
     >>> "top1" in vs.eval.linear_probe(train_x, train_y, test_x, test_y, epochs=5)
     True
 """
+from visionssl.eval import sharded  # noqa: F401  (registers the trainer's online "knn" evaluator)
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
-from visionssl.eval.linear_probe import linear_probe, linear_probe_classic, stratified_split
-from visionssl.eval import sharded  # noqa: F401  (registers the trainer's online "knn" evaluator)
+from visionssl.eval.linear_probe import (
+    linear_probe,
+    linear_probe_classic,
+    stratified_kfold,
+    stratified_split,
+)
 
 __all__ = [
     "extract_features", "feature_cache_path", "knn", "knn_predict", "knn_scores", "knn_search", "linear_probe",
-    "linear_probe_classic", "rank_accuracy", "stratified_split", "weights_hash",
+    "linear_probe_classic", "rank_accuracy", "stratified_kfold", "stratified_split", "weights_hash",
 ]

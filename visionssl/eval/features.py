@@ -26,7 +26,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from visionssl.backbones.features import batched_features, input_channels, resolve_device
+from visionssl.backbones.features import (
+    batched_features,
+    input_channels,
+    resolve_device,
+)
 from visionssl.files import atomic_write
 
 CACHE_VERSION = 1
@@ -43,6 +47,7 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     cache_key: str | None = None,
     progress: bool = True,
+    layer: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs ``backbone`` over every image of ``dataset``: features float32 (N, D) and labels (N,), on the CPU.
 
@@ -57,6 +62,8 @@ def extract_features(
         cache_key: identifies the weights in the cache key (e.g. a checkpoint's sha256); default: a hash of
             the backbone's state dict.
         progress: show a progress bar.
+        layer: ``None`` or ``"final"`` (the backbone's output) or a stage such as ``"stage3"``, pooled
+            with global average pooling (``visionssl.eval.layers``; part of the cache key).
 
     Returns:
         ``(features, labels)``; ``labels`` is ``dataset.targets`` (all -1 for an unlabelled dataset).
@@ -65,13 +72,16 @@ def extract_features(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(dataset) == 0:
         raise ValueError(f"dataset {getattr(dataset, 'name', '')!r} is empty")
+    from visionssl.eval.layers import with_layer
+
     device = resolve_device(device)
+    model = with_layer(backbone, layer)  # the weights stay the backbone's: the cache key hashes those
     image_size = int(image_size or dataset.images.shape[-1])
     labels = dataset.targets if dataset.targets is not None else torch.full((len(dataset),), -1)
     labels = torch.as_tensor(labels).long()
     path = None
     if cache_dir is not None:
-        path = feature_cache_path(backbone, dataset, cache_dir, image_size, device, cache_key)
+        path = feature_cache_path(backbone, dataset, cache_dir, image_size, device, cache_key, layer)
         cached = _read_cache(path, len(dataset))
         if cached is not None:
             return cached, labels
@@ -79,7 +89,11 @@ def extract_features(
     from visionssl.augment import create as create_augmentation
 
     view = create_augmentation("eval", image_size=image_size, channels=input_channels(backbone)).to(device)
-    features = batched_features(backbone, dataset.images, lambda x: view(x)[0], batch_size, device, progress)
+    was_training = backbone.training
+    try:
+        features = batched_features(model, dataset.images, lambda x: view(x)[0], batch_size, device, progress)
+    finally:
+        backbone.train(was_training)  # a stage wrapper's mode is not the backbone's: restore the backbone's own
     if path is not None:
         _write_cache(path, features)
     return features, labels
@@ -92,11 +106,13 @@ def feature_cache_path(
     image_size: int | None = None,
     device: str | torch.device | None = None,
     cache_key: str | None = None,
+    layer: str | None = None,
 ) -> Path:
     """The cache file ``extract_features`` reads and writes for these weights, data and transform.
 
     The key covers the weights (``cache_key`` or ``weights_hash(backbone)``), ``dataset.fingerprint()``, the
-    eval transform (image size, input channels) and the precision (bf16 on CUDA, float32 elsewhere).
+    eval transform (image size, input channels), the precision (bf16 on CUDA, float32 elsewhere) and
+    the ``layer`` read (absent from the key for the final output, so older caches stay valid).
 
     Example:
         >>> import torch
@@ -117,6 +133,8 @@ def feature_cache_path(
                       "channels": input_channels(backbone)},
         "precision": "bf16" if device.type == "cuda" else "float32",
     }
+    if layer not in (None, "final"):
+        key["layer"] = layer
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return Path(cache_dir) / f"{digest}.pt"
 

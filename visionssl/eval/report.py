@@ -55,7 +55,7 @@ def markdown_table(payload: dict[str, Any]) -> str:
         metrics = [c for c in rows[0] if c.startswith("top") and "@" in c]
         headline = f"top-1 at k={payload['settings']['k'][0]}"
     else:
-        metrics, headline = ["top1", "top5", "lr", "weight_decay", "val_top1"], "top-1"
+        metrics, headline = ["top1", "top5", "solver", "selection", "C", "lr", "weight_decay", "val_top1"], "top-1"
     cols = ["checkpoint", "dataset"] + metrics + ["features"]
     title = "kNN" if kind == "knn" else "Linear probe"
     lines = [f"### {title} accuracy (%)", "", _md_row(cols), _md_row(["---"] * len(cols))]
