@@ -43,7 +43,7 @@ from throughput import PeerImages  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.engine import Trainer, load_config  # noqa: E402
-from visionssl.engine.trainer import resolve_device  # noqa: E402
+from visionssl.backbones.features import resolve_device  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg")
 LABELS = ("defect", "type")
