@@ -130,7 +130,7 @@ def speed_case(limit: float, n=50_000, dim=2048, classes=100):
     ours_s = time.perf_counter() - tic
     print(f"speed case visionssl: {ours_s:.1f}s, top-1 {ours['top1']:.2f}, {ours['selection']}, C={ours['C']:g}", flush=True)
     # the same selection visionssl made (a stratified validation split), so the same number of fits per C
-    _, held = vs.eval.stratified_split(torch.from_numpy(ytr), 0.1, seed=0)
+    _, held = vs.eval.holdout_split(torch.from_numpy(ytr), 0.1, seed=0)
     folds = np.full(n, -1)
     folds[held.numpy()] = 0
     queue = mp.get_context("fork").Queue()

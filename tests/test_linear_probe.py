@@ -169,11 +169,11 @@ def test_written_out_gradient_equals_autograd():
 
 def test_stratified_split_is_seeded_disjoint_and_keeps_class_shares():
     labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20 + [3])
-    keep, held = vs.eval.stratified_split(labels, 0.2, seed=3)
+    keep, held = vs.eval.holdout_split(labels, 0.2, seed=3)
     assert torch.equal(torch.cat([keep, held]).sort().values, torch.arange(len(labels)))
     assert labels[held].bincount(minlength=4).tolist() == [10, 6, 4, 0]  # a single-sample class stays in keep
-    again, _ = vs.eval.stratified_split(labels, 0.2, seed=3)
-    other, _ = vs.eval.stratified_split(labels, 0.2, seed=4)
+    again, _ = vs.eval.holdout_split(labels, 0.2, seed=3)
+    other, _ = vs.eval.holdout_split(labels, 0.2, seed=4)
     assert torch.equal(keep, again) and not torch.equal(keep, other)
 
 

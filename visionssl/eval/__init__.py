@@ -16,13 +16,13 @@ from visionssl.eval import sharded  # noqa: F401  (registers the trainer's onlin
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
 from visionssl.eval.linear_probe import (
+    holdout_split,
     linear_probe,
     linear_probe_classic,
     stratified_kfold,
-    stratified_split,
 )
 
 __all__ = [
     "extract_features", "feature_cache_path", "knn", "knn_predict", "knn_scores", "knn_search", "linear_probe",
-    "linear_probe_classic", "rank_accuracy", "stratified_kfold", "stratified_split", "weights_hash",
+    "linear_probe_classic", "rank_accuracy", "stratified_kfold", "holdout_split", "weights_hash",
 ]

@@ -45,7 +45,7 @@ NORMALIZATIONS = ("standardize", "batchnorm", "none")
 DEFAULT_CS = tuple(10.0**k for k in range(-4, 3))  # 1e-4 ... 100: strong to nearly none
 LBFGS_MEMORY_BYTES = 8 * 2**30  # "auto" picks SGD when L-BFGS's working set would pass this
 
-__all__ = ["linear_probe", "linear_probe_classic", "stratified_kfold", "stratified_split"]
+__all__ = ["linear_probe", "linear_probe_classic", "stratified_kfold", "holdout_split"]
 
 
 def linear_probe(
@@ -159,7 +159,7 @@ def linear_probe(
     normalize = normalize or "none"
     options = dict(num_classes=num_classes, batch_size=batch_size, optimizer=optimizer, normalize=normalize, seed=seed)
     if val_fraction > 0:
-        fit_idx, val_idx = (i.to(device) for i in stratified_split(train_y.cpu(), val_fraction, seed))
+        fit_idx, val_idx = (i.to(device) for i in holdout_split(train_y.cpu(), val_fraction, seed))
         if len(val_idx) == 0:
             raise ValueError(f"val_fraction={val_fraction} leaves no validation sample; raise it or pass 0")
         writer = _summary_writer(log_dir)
@@ -194,13 +194,13 @@ def linear_probe(
     return result
 
 
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def holdout_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices ``(keep, held_out)``: ``round(fraction * n_c)`` random samples of every class ``c`` are held out,
     at least one and never all (a class with a single sample stays in ``keep``). Seeded: the same call gives
     the same split.
 
     Example:
-        >>> keep, held = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), 0.5)
+        >>> keep, held = holdout_split(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), 0.5)
         >>> len(keep), len(held), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])[held].bincount().tolist()
         (5, 5, [2, 3])
     """
@@ -263,7 +263,7 @@ def _lbfgs_probe(train_x, train_y, test_x, test_y, Cs, folds, cv_max_samples, ma
         selection = f"{folds}-fold"
     else:
         held = torch.zeros(n, 1, dtype=torch.bool, device=device)
-        held[stratified_split(train_y.cpu(), val_fraction, seed)[1].to(device)] = True
+        held[holdout_split(train_y.cpu(), val_fraction, seed)[1].to(device)] = True
         selection = "validation"
     k, m = held.shape[1], len(Cs)
     fit_mask = (~held).repeat_interleave(m, dim=1)  # heads fold-major: head f * m + j
