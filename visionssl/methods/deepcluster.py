@@ -3,13 +3,11 @@
 The clustering step is made of plain functions usable on their own, in ``visionssl.methods.clustering``
 (and re-exported here): ``pca_whiten``, ``kmeans``, ``repair_empty_clusters``, ``cluster_features``, ``nmi``.
 
+The trainer passes each batch's dataset indices (``needs_indices``): they select the pseudo-labels.
+
 Example:
-    >>> import torch
-    >>> centres = torch.randn(5, 32) * 10
-    >>> truth = torch.arange(500) % 5
-    >>> x = centres[truth] + torch.randn(500, 32)
-    >>> assignments, _ = cluster_features(x, 5, pca_dim=16)
-    >>> nmi(assignments, truth) > 0.95
+    >>> import visionssl as vs
+    >>> vs.methods.METHODS.get("deepcluster").needs_indices
     True
 """
 from __future__ import annotations
