@@ -198,7 +198,7 @@ def knn_speed(path: str, bank_n: int, queries_n: int, k: int = 20) -> None:
     import torch
 
     import visionssl as vs
-    from visionssl.eval.knn import _device
+    from visionssl.eval.knn import search_backend
 
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((bank_n, 512), dtype=np.float32)
@@ -207,7 +207,7 @@ def knn_speed(path: str, bank_n: int, queries_n: int, k: int = 20) -> None:
     runs = {"cpu": "cpu"} | ({"gpu": "cuda"} if torch.cuda.is_available() else {})
     found = {}
     for name, device in runs.items():
-        result[f"{name}_backend"] = _device(device)
+        result[f"{name}_backend"] = search_backend(device)
         if device == "cuda":
             vs.eval.knn_search(bank[:1000], queries[:10], k, device=device)  # warm-up: CUDA context, kernels
         start = time.perf_counter()

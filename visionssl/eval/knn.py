@@ -229,7 +229,7 @@ def knn_search(
         raise ValueError(f"k must be between 1 and the bank size ({len(bank)} training features), got {k}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    use = _device(device)
+    use = search_backend(device)
     queries = _normalized(queries, "test_x")
     if index == "ivf":
         return _ivf_search(bank, queries, k, nlist, nprobe, shard_size, use == "faiss-gpu", seed)
@@ -293,7 +293,13 @@ def _torch_search(bank: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     return torch.cat(sims).numpy(), torch.cat(ids).numpy()
 
 
-def _device(device: str) -> str:
+def search_backend(device: str) -> str:
+    """The backend ``knn_search`` uses for ``device``: ``faiss-cpu``, ``faiss-gpu`` or ``torch-cuda``.
+
+    Example:
+        >>> search_backend("cpu")
+        'faiss-cpu'
+    """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
     faiss_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
