@@ -118,6 +118,16 @@ def test_no_import_cycles():
     assert not cycles, "\n".join(cycles)
 
 
+def test_no_private_name_is_imported_from_another_module():
+    private = []
+    for name, path in all_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("visionssl"):
+                private += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, "\n".join(private)
+
+
 def test_no_module_is_longer_than_a_newcomer_reads_in_one_sitting():
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
     assert not long, long

@@ -35,7 +35,7 @@ from visionssl.zoo.convert import (
 from visionssl.zoo.download import (
     DEFAULT_TIMEOUT,
     UnverifiedDownloadWarning,
-    _read_sidecar,
+    read_sidecar,
     cache_dir,
     cached_path,
     check_hash,
@@ -143,7 +143,7 @@ def verify(name: str) -> str:
     if path is None:
         raise ZooError(f"{name} is not downloaded (no file at {cached_path(entry)}); run `visionssl zoo download {name}`")
     digest = sha256_file(path)
-    recorded = _read_sidecar(path) if path == cached_path(entry) else None
+    recorded = read_sidecar(path) if path == cached_path(entry) else None
     if entry.sha256 is None and recorded is not None and digest != recorded:
         raise ZooError(f"{path}: sha256 {digest} differs from the one recorded when it was downloaded ({recorded}); "
                        f"the file changed. Replace it with `visionssl zoo download {name} --force`.")

@@ -170,7 +170,7 @@ def check_cached(dest: Path, entry: ZooEntry) -> str | None:
     recorded when it was hashed; if they changed (or were never recorded: a file placed by hand) the
     file is hashed again and checked against the zoo's hashes, or the recorded one for an entry
     without a sha256."""
-    recorded, stat = _read_sidecar(dest), _read_stat(dest)
+    recorded, stat = read_sidecar(dest), _read_stat(dest)
     st = dest.stat()
     if recorded is not None and stat == (st.st_size, st.st_mtime_ns):
         digest = recorded
@@ -350,7 +350,8 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _read_sidecar(path: Path) -> str | None:
+def read_sidecar(path: Path) -> str | None:
+    """The sha256 recorded beside a downloaded file (its ``.sha256``), or None when there is none."""
     try:
         text = _sidecar(path).read_text().split()
     except OSError:
