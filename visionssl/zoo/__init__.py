@@ -23,27 +23,6 @@ from typing import Any
 
 from torch import nn
 
-from visionssl.zoo.convert import (
-    CONVERTERS,
-    convert_checkpoint,
-    list_formats,
-    load_file,
-    load_strict,
-    read_checkpoint,
-    register_converter,
-)
-from visionssl.zoo.download import (
-    DEFAULT_TIMEOUT,
-    UnverifiedDownloadWarning,
-    read_sidecar,
-    cache_dir,
-    cached_path,
-    check_hash,
-    fetch,
-    local_path,
-    sha256_file,
-)
-from visionssl.zoo.export import ExportedModel, export_run
 from visionssl.zoo.catalog import (
     PACKAGED_ZOO,
     ZooEntry,
@@ -56,6 +35,27 @@ from visionssl.zoo.catalog import (
     user_zoo_path,
     zoo_files,
 )
+from visionssl.zoo.convert import (
+    CONVERTERS,
+    convert_checkpoint,
+    list_formats,
+    load_file,
+    load_strict,
+    read_checkpoint,
+    register_converter,
+)
+from visionssl.zoo.download import (
+    DEFAULT_TIMEOUT,
+    UnverifiedDownloadWarning,
+    cache_dir,
+    cached_path,
+    check_hash,
+    fetch,
+    local_path,
+    read_sidecar,
+    sha256_file,
+)
+from visionssl.zoo.export import ExportedModel, export_run
 
 __all__ = [
     "CONVERTERS", "ExportedModel", "UnverifiedDownloadWarning", "ZooEntry", "ZooError", "all_entries", "cache_dir",
