@@ -19,7 +19,6 @@ from visionssl.augment import MultiView, Normalize, register_augmentation
 from visionssl.augment.ops import SMALL_IMAGE
 from visionssl.augment.simclr import simclr_view
 
-
 MOCO_V2_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 

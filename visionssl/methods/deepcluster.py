@@ -23,7 +23,14 @@ from visionssl.backbones.features import batched_features
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, TrainingContext, mlp
 from visionssl.methods.clustering import (  # noqa: F401  (re-exported: the clustering step's functions)
-    centroid_logits, cluster_features, fit_clustering, fit_whitening, kmeans, nmi, pca_whiten, repair_empty_clusters,
+    centroid_logits,
+    cluster_features,
+    fit_clustering,
+    fit_whitening,
+    kmeans,
+    nmi,
+    pca_whiten,
+    repair_empty_clusters,
 )
 
 

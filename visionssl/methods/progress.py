@@ -2,7 +2,6 @@
 survives checkpoints, and the trainer's steps per epoch."""
 from __future__ import annotations
 
-
 import torch
 
 from visionssl.methods.base import SSLMethod, TrainingContext

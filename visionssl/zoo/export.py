@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from visionssl.files import atomic_write
-from visionssl.zoo.download import sha256_file
 from visionssl.zoo.catalog import ZooError, parse_zoo
+from visionssl.zoo.download import sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +53,16 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     """
     from safetensors.torch import save
 
-    from visionssl.backbones.trust import create_backbone_from_file, run_dir_of, run_trusts
-    from visionssl.engine.checkpoint import CHECKPOINT_FORMAT, backbone_state_dict, load_checkpoint
+    from visionssl.backbones.trust import (
+        create_backbone_from_file,
+        run_dir_of,
+        run_trusts,
+    )
+    from visionssl.engine.checkpoint import (
+        CHECKPOINT_FORMAT,
+        backbone_state_dict,
+        load_checkpoint,
+    )
     from visionssl.zoo.convert import load_strict
 
     run = Path(run_dir)
