@@ -72,7 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from visionssl.eval.layers import with_layer
     from visionssl.eval.sharded import extract_features_distributed
 
-    device = distributed.init(resolve_device(args.device))  # under torchrun the ranks share the extraction
+    device = distributed.init(resolve_device(args.device, "--device"))  # under torchrun the ranks share the extraction
     backbone, cfg, baseline = load_for_eval(args.checkpoint, args.trust_code)
     with_layer(backbone, args.layer)  # a bad --layer fails here, naming the valid stages, before any data loads
     data_cfg, aug_cfg = cfg.get("data", {}), cfg.get("augment", {})
