@@ -15,19 +15,16 @@ From the command line: ``visionssl pretrain --method simclr data.name=/data/imag
 augment.image_size=224 data.workers=16`` (``data.gpu_decode=true`` for nvJPEG).
 
 Example:
-    >>> import tempfile, torch, visionssl as vs
-    >>> from visionssl.engine.stream import stream_loader
+    >>> import tempfile
     >>> from PIL import Image
     >>> root = tempfile.mkdtemp()
     >>> for c in ("cat", "dog"):
-    ...     for i in range(4):
-    ...         (Path(root) / c).mkdir(exist_ok=True)
-    ...         Image.new("RGB", (48, 40), (60 * i, 100, 0)).save(f"{root}/{c}/{i}.jpg")
-    >>> files = list_image_files(root, split="all")
-    >>> loader, views = stream_loader(files, vs.augment.create("simclr", image_size=16), batch_size=4, num_workers=0)
+    ...     (Path(root) / c).mkdir()
+    ...     Image.new("RGB", (48, 40)).save(f"{root}/{c}/0.jpg")
+    >>> loader = StreamLoader(list_image_files(root, split="all"), [CropSpec(16)], batch_size=2, num_workers=0)
     >>> indices, crops = next(iter(loader.epoch(0)))
-    >>> crops.shape, crops.dtype, [tuple(v.shape) for v in views(crops)]
-    (torch.Size([4, 2, 3, 16, 16]), torch.uint8, [(4, 3, 16, 16), (4, 3, 16, 16)])
+    >>> crops.shape, crops.dtype
+    (torch.Size([2, 1, 3, 16, 16]), torch.uint8)
 """
 from __future__ import annotations
 

@@ -19,6 +19,22 @@ def stream_loader(
 
     ``kwargs`` go to ``StreamLoader`` (seed, num_workers, gpu_decode, skip_bad_images, rank, world_size).
     Crops are grayscale when the backbone takes one channel, else RGB.
+
+    Example:
+        >>> import tempfile, torch, visionssl as vs
+        >>> from pathlib import Path
+        >>> from visionssl.data.stream import list_image_files
+        >>> from PIL import Image
+        >>> root = tempfile.mkdtemp()
+        >>> for c in ("cat", "dog"):
+        ...     for i in range(4):
+        ...         (Path(root) / c).mkdir(exist_ok=True)
+        ...         Image.new("RGB", (48, 40), (60 * i, 100, 0)).save(f"{root}/{c}/{i}.jpg")
+        >>> files = list_image_files(root, split="all")
+        >>> loader, views = stream_loader(files, vs.augment.create("simclr", image_size=16), batch_size=4, num_workers=0)
+        >>> indices, crops = next(iter(loader.epoch(0)))
+        >>> crops.shape, crops.dtype, [tuple(v.shape) for v in views(crops)]
+        (torch.Size([4, 2, 3, 16, 16]), torch.uint8, [(4, 3, 16, 16), (4, 3, 16, 16)])
     """
     specs, views = split_preset(augment)
     kwargs.setdefault("channels", 1 if augment.channels == 1 else 3)
