@@ -31,7 +31,8 @@ def stream_loader(
         ...         (Path(root) / c).mkdir(exist_ok=True)
         ...         Image.new("RGB", (48, 40), (60 * i, 100, 0)).save(f"{root}/{c}/{i}.jpg")
         >>> files = list_image_files(root, split="all")
-        >>> loader, views = stream_loader(files, vs.augment.create("simclr", image_size=16), batch_size=4, num_workers=0)
+        >>> augment = vs.augment.create("simclr", image_size=16)
+        >>> loader, views = stream_loader(files, augment, batch_size=4, num_workers=0)
         >>> indices, crops = next(iter(loader.epoch(0)))
         >>> crops.shape, crops.dtype, [tuple(v.shape) for v in views(crops)]
         (torch.Size([4, 2, 3, 16, 16]), torch.uint8, [(4, 3, 16, 16), (4, 3, 16, 16)])
