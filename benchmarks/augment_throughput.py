@@ -9,6 +9,7 @@ on CUDA and on CPUs with hardware bf16) where the device computes bf16 natively.
 
     python benchmarks/augment_throughput.py              # CPU (and CUDA when present), 32 and 96 px
     python benchmarks/augment_throughput.py --quick
+    python benchmarks/augment_throughput.py --backends fused kornia --sizes 224   # both backends
 Prints images/s and the ratio; writes benchmarks/results/augment_throughput_<device>.json.
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ class TwoViewDataset(Dataset):
 
 
 def measure(image_size: int, n: int, batch_size: int, device: torch.device, workers: int,
-            dtypes: tuple[torch.dtype, ...]) -> dict:
+            dtypes: tuple[torch.dtype, ...], backends: tuple[str, ...] = ("fused",)) -> dict:
     source = int(image_size * 1.125)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, source, source, 3), dtype=np.uint8)
@@ -77,23 +78,26 @@ def measure(image_size: int, n: int, batch_size: int, device: torch.device, work
     del loader
 
     uint8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    aug = vs.augment.create("simclr", image_size=image_size).to(device)
     batches = [uint8[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
     done = len(batches) * batch_size
     result = {"image_size": image_size, "images": done, "batch_size": batch_size, "peer_workers": workers,
               "torchvision_dataloader_images_per_s": done / peer_s}
 
-    def ours_epoch():
-        for x in batches:
-            aug(x.to(device, non_blocking=True))
+    for backend in backends:
+        aug = vs.augment.create("simclr", image_size=image_size, backend=backend).to(device)
 
-    for dtype in dtypes:
-        aug.dtype = dtype
-        ours_epoch()
-        ours_s = min(timed(ours_epoch, device) for _ in range(2))
-        tag = str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
-        result[f"visionssl_{tag}_images_per_s"] = done / ours_s
-        result[f"ratio_{tag}"] = done / ours_s / result["torchvision_dataloader_images_per_s"]
+        def ours_epoch(aug=aug):
+            for x in batches:
+                aug(x.to(device, non_blocking=True))
+
+        for dtype in dtypes:
+            aug.dtype = dtype
+            ours_epoch()
+            ours_s = min(timed(ours_epoch, device) for _ in range(2))
+            tag = str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
+            tag = tag if backend == "fused" else f"{backend}_{tag}"  # the fused keys keep their earlier names
+            result[f"visionssl_{tag}_images_per_s"] = done / ours_s
+            result[f"ratio_{tag}"] = done / ours_s / result["torchvision_dataloader_images_per_s"]
     return result
 
 
@@ -104,7 +108,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the per-image peer")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backends", nargs="+", default=["fused"], choices=("fused", "kornia"),
+                        help="visionssl's augmentation backends to time (keys of kornia rows start with kornia_)")
     parser.add_argument("--quick", action="store_true", help="512 images")
+    parser.add_argument("--out", default=None, help="results name or path (default: augment_throughput_<device>)")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -113,15 +120,15 @@ def main() -> None:
     print(f"device: {device_name(device)}; peer: torchvision per image, DataLoader with {args.workers} workers")
     native_bf16 = device.type == "cuda" or cpu_computes_bf16()
     dtypes = (torch.float32, torch.bfloat16) if native_bf16 else (torch.float32,)
-    tags = ["fp32", "bf16"][: len(dtypes)]
+    tags = [t if b == "fused" else f"{b}_{t}" for b in args.backends for t in ["fp32", "bf16"][: len(dtypes)]]
     print(f"{'px':>4} {'torchvision img/s':>18}" + "".join(f" {'visionssl ' + t:>15} {'ratio':>6}" for t in tags))
     for size in args.sizes:
-        r = measure(size, n, args.batch_size, device, args.workers, dtypes)
+        r = measure(size, n, args.batch_size, device, args.workers, dtypes, tuple(args.backends))
         rows.append(r)
         print(f"{size:>4} {r['torchvision_dataloader_images_per_s']:>18.0f}"
               + "".join(f" {r[f'visionssl_{t}_images_per_s']:>15.0f} {r[f'ratio_{t}']:>5.1f}x" for t in tags), flush=True)
     tag = "cuda" if device.type == "cuda" else "cpu"
-    path = write_results(f"augment_throughput_{tag}", {"device": device_name(device), "results": rows})
+    path = write_results(args.out or f"augment_throughput_{tag}", {"device": device_name(device), "results": rows})
     print(f"wrote {path}")
 
 
