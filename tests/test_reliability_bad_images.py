@@ -112,9 +112,9 @@ def test_every_valid_mode_decodes_to_uint8(tmp_path, fmt, mode, save, channels):
     path = tmp_path / f"x.{fmt.lower()}"
     if mode == "I;16":
         Image.fromarray(np.arange(14 * 20, dtype=np.uint16).reshape(14, 20) * 200).save(path)
-    elif mode in ("I", "F"):
+    elif mode in ("I", "F"):  # scaled by bit depth (issue 23): I spans the 16-bit range, F a range of its own
         arr = np.arange(14 * 20).reshape(14, 20)
-        Image.fromarray(arr.astype(np.int32 if mode == "I" else np.float32)).save(path)
+        Image.fromarray((arr * 200).astype(np.int32) if mode == "I" else arr.astype(np.float32)).save(path)
     else:
         path.write_bytes(encoded(fmt, mode, **save))
     out = decode_image(path, 8, channels)

@@ -122,7 +122,7 @@ def test_download_streams_verifies_and_caches(server, home, tmp_path, monkeypatc
     use_zoo(tmp_path, monkeypatch, dict(urls=[server.url("w.pth")]))
     path = vs.zoo.download("blob", progress=True)
     assert path == home / "zoo" / "blob" / "w.pth" and path.read_bytes() == DATA
-    assert cache_files(home) == ["blob/w.pth", "blob/w.pth.sha256"]
+    assert cache_files(home) == ["blob/w.pth", "blob/w.pth.sha256", "blob/w.pth.stat"]
     assert (home / "zoo" / "blob" / "w.pth.sha256").read_text() == f"{SHA}  w.pth\n"
     assert vs.zoo.download("blob") == path and len(server.requests) == 1  # the second call is a cache hit
     assert vs.zoo.verify("blob") == SHA
@@ -138,7 +138,7 @@ def test_interrupted_download_resumes_with_range(server, home, tmp_path, monkeyp
 
     path = vs.zoo.download("blob", progress=False)
     assert server.requests[-1] == ("w.pth", "bytes=150000-")
-    assert path.read_bytes() == DATA and cache_files(home) == ["blob/w.pth", "blob/w.pth.sha256"]
+    assert path.read_bytes() == DATA and cache_files(home) == ["blob/w.pth", "blob/w.pth.sha256", "blob/w.pth.stat"]
 
 
 def test_interrupted_download_without_range_support_keeps_nothing(server, home, tmp_path, monkeypatch):

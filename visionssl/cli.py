@@ -133,9 +133,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"pretraining {cfg.method['name']} on {cfg.data.name} ({len(trainer.train_set)} images) with {cfg.backbone.name} "
           f"for {cfg.train.epochs} epochs on {where}; run directory: {cfg.out}", flush=True)
     if trainer.train_set.skipped:
+        from visionssl.data.decode import display_path
+
         print(f"skipped {len(trainer.train_set.skipped)} unreadable images:", flush=True)
         for path, reason in trainer.train_set.skipped:
-            print(f"  {path}: {reason}")
+            print(f"  {display_path(path)}: {reason}")
     result = trainer.fit(resume=args.resume)
     if result.get("stopped_by"):  # preempted (SIGTERM) or Ctrl-C: a clean stop, the run goes on with --resume
         print(f"stopped by {result['stopped_by']} at step {result['step']}; "

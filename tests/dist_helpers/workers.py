@@ -40,6 +40,8 @@ def build(name: str, **hparams) -> nn.Module:
 
     torch.manual_seed(0)
     method = vs.create_method(name, backbone=TinyBackbone(), **hparams)
+    if name in FLOAT64:
+        method.double()
     return freeze_batchnorm(method.train())
 
 
@@ -54,7 +56,22 @@ METHODS = {
     "simclr": {"proj_hidden_dim": 16, "proj_dim": 8, "temperature": 0.5},
     "moco": {"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 24, "temperature": 0.2, "momentum": 0.9},
     "vicreg": {"expander_dim": 16},
+    "barlow_twins": {"proj_dim": 8},
+    "swav": {"proj_hidden_dim": 16, "proj_dim": 8, "num_prototypes": 6, "freeze_prototypes_epochs": 0},
+    "dino": {"out_dim": 12, "hidden_dim": 16, "bottleneck_dim": 8, "freeze_last_layer_epochs": 0, "momentum": 0.9},
+    "mocov3": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16, "momentum": 0.9},
 }
+
+
+# Gradients too large for a 1e-5 bound in float32: Barlow Twins' reach ~80 at B = 4 (a batch normalisation of
+# 4-8 samples; float32 alone differs from float64 by ~3e-5), DINO's ~7e3 (the L2 normalisation of a small
+# bottleneck; float32 differs by ~4e-3). They are compared in float64 (gloo reduces float64 as well).
+FLOAT64 = {"barlow_twins", "dino"}
+
+
+def views_for(name: str):
+    """``global_views`` in the dtype the method ``name`` is compared in."""
+    return (lambda step: [v.double() for v in global_views(step)]) if name in FLOAT64 else global_views
 
 
 def global_views(step: int) -> list[torch.Tensor]:
@@ -147,11 +164,12 @@ def equivalence(rank: int, out: Path) -> None:
     results["object"] = distributed.broadcast_object({"rank": rank}, src=1)
     results["buffer"] = distributed.broadcast(torch.tensor([rank]), src=1)
 
-    # SimCLR, MoCo, VICReg: one DDP step per process on its B images
+    # SimCLR, MoCo, VICReg, Barlow Twins, MoCo v3, ...: one DDP step per process on its B images
     for name, hparams in METHODS.items():
         method = build(name, **hparams)
         model = distributed.wrap_ddp(method, torch.device("cpu"))
-        results[name] = train_steps(method, model, lambda s: [v[rank * B : (rank + 1) * B] for v in global_views(s)])
+        views_of = views_for(name)
+        results[name] = train_steps(method, model, lambda s, views_of=views_of: [v[rank * B : (rank + 1) * B] for v in views_of(s)])
 
     # kNN on features extracted by both ranks
     bank, queries = knn_data()

@@ -40,11 +40,14 @@ def cached_arrays(
         _remove_stale_temp_files(folder, key)
         _atomic_write(npy, lambda f: np.save(f, images))
         _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
-    except OSError as exc:  # a read-only or full disk must not stop training: warn and go on uncached
+    except OSError as exc:  # a read-only or full disk, VISIONSSL_HOME naming a file: warn and go on uncached
         import warnings
 
-        if not meta.is_file():
-            npy.unlink(missing_ok=True)  # never leave images without their metadata
+        try:
+            if not meta.is_file():
+                npy.unlink(missing_ok=True)  # never leave images without their metadata
+        except OSError:
+            pass  # the folder is not even a directory: nothing was written
         warnings.warn(f"could not write the dataset cache {npy}: {exc.strerror or exc}; going on without it", stacklevel=2)
     return images, info
 
@@ -61,9 +64,26 @@ def _remove_stale_temp_files(folder: Path, key: str) -> None:
             pass
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask (``mkstemp`` alone would give 0600).
+
+    Example:
+        >>> 0 < file_mode() <= 0o666
+        True
+    """
+    try:  # read without changing it: os.umask() sets it, which would race with other threads
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

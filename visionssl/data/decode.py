@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")  # .gif: first frame
 MAX_PIXELS = 100_000_000  # larger images are refused as decompression bombs
 
 
@@ -18,7 +18,22 @@ class BadImageError(ValueError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path, self.reason = str(path), reason
-        super().__init__(f"cannot read image {path}: {reason} (pass --skip-bad-images to skip such files)")
+        super().__init__(f"cannot read image {display_path(path)}: {reason} (pass --skip-bad-images to skip such files)")
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as printable text: a name that is not valid UTF-8 is shown as the repr of its bytes.
+
+    Example:
+        >>> display_path("a/b.png"), display_path(os.fsdecode(b"a/\\xff.png"))
+        ('a/b.png', "b'a/\\\\xff.png'")
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # undecodable bytes in the file name (surrogate escapes)
+        return repr(os.fsencode(text))
 
 
 def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.ndarray:
@@ -44,7 +59,7 @@ def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.nd
             if img.width * img.height > MAX_PIXELS:
                 raise BadImageError(path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
             img.load()
-            img = _to_8bit(img, channels)
+            img = _to_8bit(ImageOps.exif_transpose(img), channels)
     except BadImageError:
         raise
     except Exception as exc:  # PIL raises many kinds on broken files; any of them is this file's fault
@@ -97,13 +112,29 @@ def _not_a_file_reason(path: Path) -> str:
 def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 1.0
-        img = Image.fromarray((arr * (255.0 / hi) if hi > 0 else arr).clip(0, 255).astype(np.uint8), "L")
+        img = Image.fromarray((arr * (255.0 / _full_scale(img.mode, arr))).round().clip(0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("L" if channels == 1 else "RGB")
+
+
+def _full_scale(mode: str, arr: np.ndarray) -> float:
+    """The value that means white: fixed by the bit depth, never by the image's own maximum (a dark image stays dark).
+
+    Example:
+        >>> _full_scale("I;16", np.array([1000.0])), _full_scale("F", np.array([0.5])), _full_scale("I", np.array([70000.0]))
+        (65535.0, 1.0, 4294967295.0)
+    """
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if mode == "F" and lo >= 0 and hi <= 1:
+        return 1.0  # float images in [0, 1]
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        return 65535.0  # 16-bit (PNG and TIFF open as I;16 or I)
+    if mode == "I":
+        return 4294967295.0 if lo >= 0 else 2147483647.0
+    return hi if hi > 0 else 1.0  # floats of another range: their own maximum, the only scale they carry
 
 
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -11,7 +11,7 @@ import torch
 
 from visionssl.data.cache import cached_arrays
 from visionssl.data.dataset import ImageDataset
-from visionssl.data.decode import IMAGE_EXTENSIONS, decode_images
+from visionssl.data.decode import IMAGE_EXTENSIONS, decode_images, display_path
 from visionssl.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -124,7 +124,7 @@ def imagefolder(
             st = p.stat()
         except OSError:  # gone since the listing, a broken link, a link loop: decoding reports it per file
             st = None
-        listing.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
+        listing.update(os.fsencode(p) + f"|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
     key = f"folder-{listing.hexdigest()[:16]}-{size}-{channels}-{int(skip_bad_images)}-v{CACHE_VERSION}"
 
     def build():
@@ -132,6 +132,10 @@ def imagefolder(
         return images, {"ok": ok, "skipped": skipped}
 
     images, info = cached_arrays(key, build, cache_dir)
+    if not info["ok"]:
+        path, reason = info["skipped"][0]
+        raise ValueError(f"all {len(paths)} images of {display_path(folder)} were skipped as unreadable "
+                         f"(the first: {display_path(path)}: {reason}); there is nothing to train on")
     y = torch.tensor(targets, dtype=torch.long)[torch.tensor(info["ok"], dtype=torch.long)]
     ds = ImageDataset(
         torch.from_numpy(np.ascontiguousarray(images)), {"class": y}, "class", {"class": class_names},
@@ -192,7 +196,9 @@ def synthetic(
 
     ``synthetic:N`` sets the number of images per split.
     """
-    n = int(arg) if arg else size
+    n = int(arg) if arg and arg.strip().isdigit() else (size if not arg else 0)
+    if n < 1:
+        raise ValueError(f"data 'synthetic:{arg or size}': N must be a whole number of images >= 1 (e.g. synthetic:256)")
     s = image_size or 32
     g = torch.Generator().manual_seed(seed + (0 if split != "test" else 1))
     y = torch.arange(n) % num_classes

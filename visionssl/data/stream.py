@@ -39,12 +39,18 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from visionssl.augment import MultiView, to_float
 from visionssl.augment.ops import RandomResizedCropFlip
-from visionssl.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, _to_8bit
+from visionssl.data.decode import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    BadImageError,
+    _to_8bit,
+    display_path,
+)
 from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.data.sources import stratified_split
 
@@ -180,14 +186,16 @@ def read_crops(path: str | os.PathLike, specs: Sequence[CropSpec], channels: int
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise BadImageError(path, f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
-            boxes = crop_boxes(width, height, specs, rng)
+            # EXIF orientation 5-8 turns the picture by 90 degrees: the boxes are drawn on the upright image
+            upright = (height, width) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
+            boxes = crop_boxes(*upright, specs, rng)
             if img.format == "JPEG":
                 shrink = min(min(w, h) / s.size for (_, _, w, h), s in zip(boxes, specs))
                 if shrink >= 2:
                     img.draft("L" if channels == 1 else "RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
             img.load()
-            img = _to_8bit(img, channels)
-            sx, sy = img.width / width, img.height / height
+            img = _to_8bit(ImageOps.exif_transpose(img), channels)
+            sx, sy = img.width / upright[0], img.height / upright[1]
             out = np.empty((len(specs), channels, specs[0].size, specs[0].size), dtype=np.uint8)
             for v, ((x0, y0, w, h), spec) in enumerate(zip(boxes, specs)):
                 box = (x0 * sx, y0 * sy, (x0 + w) * sx, (y0 + h) * sy)
@@ -230,8 +238,10 @@ class _CropFiles(torch.utils.data.Dataset):
                     data = f.read()
                 if data[:3] == JPEG_MAGIC:
                     with Image.open(io.BytesIO(data)) as img:  # the header only: the size for the boxes
-                        boxes = crop_boxes(img.width, img.height, self.specs, rng)
-                    return _Item(index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8), boxes=boxes)
+                        upright = img.getexif().get(0x0112, 1) == 1  # nvJPEG ignores EXIF: turned ones go to PIL
+                        boxes = crop_boxes(img.width, img.height, self.specs, rng) if upright else None
+                    if upright:
+                        return _Item(index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8), boxes=boxes)
             return _Item(index, crops=read_crops(path, self.specs, self.channels, rng))
         except BadImageError as exc:
             return _Item(index, error=exc.reason)
@@ -351,7 +361,7 @@ class StreamLoader(BatchLoader):
             if not self.skip_bad_images:
                 raise BadImageError(path, it.error or "unreadable")
             self.files.skipped.append((path, it.error or "unreadable"))
-            logger.warning("skipped unreadable image %s (%s)", path, it.error)
+            logger.warning("skipped unreadable image %s (%s)", display_path(path), it.error)
         good = [r for r in range(len(indices)) if r not in set(rows)]
         if not good:
             raise BadImageError(self.files.paths[errors[0][1].index], f"every image of its batch is unreadable ({errors[0][1].error})")
@@ -429,6 +439,9 @@ def split_preset(augment: MultiView) -> tuple[list[CropSpec], StreamViews]:
     """
     import kornia.augmentation as K
 
+    if augment.num_views != len(augment.pipelines):  # e.g. multicrop: one pipeline per crop group, not per view
+        raise ValueError(f"data.stream cannot split the {type(augment).__name__} preset ({augment.num_views} views from "
+                         f"{len(augment.pipelines)} crop groups); train from in-memory data (data.stream=false)")
     specs, pipelines = [], []
     for view, pipeline in enumerate(augment.pipelines):
         modules = list(pipeline) if isinstance(pipeline, nn.Sequential) else [pipeline]

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionssl.data.cache import file_mode
+
 CHECKPOINT_FORMAT = "visionssl"
 LAST = "last.pt"
 TMP_SUFFIX = ".tmp"
@@ -49,6 +51,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, file_mode())  # like any other file the user writes, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -81,6 +84,7 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -11,6 +11,9 @@ Example:
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -108,6 +111,27 @@ CHOICES = {
 }
 
 
+# Valid ranges of method hyperparameters, by name (shell patterns; the first match wins). A method may
+# declare its own in a class attribute ``hparam_ranges`` (same form), which comes first. A range is
+# (low, high, low_inclusive); None is unbounded. Every number must also be finite.
+HPARAM_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "*temperature": (0, None, False),
+    "*momentum": (0, 1, True),
+    "*seed": (0, None, True),
+    "*_weight": (0, None, True),
+    "*_ratio": (0, None, True),
+    "*_dim": (1, None, True),
+    "*_layers": (1, None, True),
+    "*_size": (1, None, True),
+    "num_*": (1, None, True),
+    "*_every": (1, None, True),
+    "*_iters": (1, None, True),
+    "grid": (1, None, True),
+    "gap": (0, None, True),
+    "jitter": (0, None, True),
+}
+
+
 def recipe_path(name: str) -> Path:
     """A recipe by name (``simclr``, ``simclr_imagenet``) or path; raises listing the recipes."""
     path = Path(name)
@@ -154,12 +178,12 @@ def load_config(
                     raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
             source = "the key=value overrides"
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
+        validate(cfg)  # inside: reading a value resolves interpolations (${...}), which may fail
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc)) from None
     except yaml.YAMLError as exc:  # a hand-edited or damaged YAML file
         where = " ".join(str(exc).split())
         raise ConfigError(f"{source}: not valid YAML ({where})") from None
-    validate(cfg)
     return cfg
 
 
@@ -188,7 +212,14 @@ def validate(cfg: DictConfig) -> None:
         ("optim.momentum", 0 <= cfg.optim.momentum < 1, "must be in [0, 1)"),
         ("optim.final_lr_ratio", 0 <= cfg.optim.final_lr_ratio <= 1, "must be in [0, 1]"),
         ("optim.grad_clip", cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "must be > 0 (or null: no clipping)"),
+        ("optim.trust_coefficient", cfg.optim.trust_coefficient > 0, "must be > 0"),
+        ("optim.betas", all(0 <= b < 1 for b in cfg.optim.betas), "must be two numbers in [0, 1)"),
+        ("train.num_threads", cfg.train.num_threads is None or cfg.train.num_threads <= max_threads(),
+         f"must be between 1 and {max_threads()} (this machine has {os.cpu_count()} CPUs; or null: torch's default)"),
     ]
+    for key, value in _numbers(to_dict(cfg)):  # one check for every number: inf/nan is never a valid setting
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
     for key, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {rule}")
@@ -212,8 +243,10 @@ def validate(cfg: DictConfig) -> None:
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"method.{key}: {name} has no such hyperparameter; {hint}valid: {', '.join(valid)}")
     hparams = {**valid, **{k: v for k, v in to_dict(cfg.method).items() if k != "name"}}
+    ranges = [*getattr(METHODS.get(name), "hparam_ranges", {}).items(), *HPARAM_RANGES.items()]
     for key, value in hparams.items():
         _check_hparam_type(name, key, value, valid[key])
+        _check_hparam_range(name, key, value, ranges)
     check = getattr(METHODS.get(name), "check_config", None)
     if check is not None:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
         try:
@@ -238,6 +271,36 @@ def _check_hparam_type(method: str, key: str, value: Any, default: Any) -> None:
         return
     if not ok:
         raise ConfigError(f"method.{key}={value!r} must be of type {type(default).__name__} ({method}'s default: {default!r})")
+
+
+def max_threads() -> int:
+    """The most CPU threads a run may ask for: 256, or 4 x this machine's CPUs if more (100,000 crashes torch)."""
+    return max(256, 4 * (os.cpu_count() or 1))
+
+
+def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every float in a nested config (lists indexed as key.0, key.1, ...)."""
+    if isinstance(node, dict):
+        return [kv for k, v in node.items() for kv in _numbers(v, f"{prefix}{k}.")]
+    if isinstance(node, (list, tuple)):
+        return [kv for i, v in enumerate(node) for kv in _numbers(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], node)] if isinstance(node, float) else []
+
+
+def _check_hparam_range(method: str, key: str, value: Any, ranges: list[tuple[str, tuple]]) -> None:
+    """A numeric hyperparameter must lie in the range declared for its name (see ``HPARAM_RANGES``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"method.{key}={value} must be a finite number")
+    rule = next((r for pattern, r in ranges if fnmatch.fnmatchcase(key, pattern)), None)
+    if rule is None:
+        return
+    low, high, low_inclusive = rule
+    if (low is not None and (value < low or (value == low and not low_inclusive))) or (high is not None and value > high):
+        lower = "" if low is None else f"{'>=' if low_inclusive else '>'} {low:g}"
+        upper = "" if high is None else f"<= {high:g}"
+        raise ConfigError(f"method.{key}={value} must be {' and '.join(x for x in (lower, upper) if x)} ({method})")
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from visionssl import augment as augment_lib
 from visionssl import distributed
 from visionssl.data import BatchLoader, ImageDataset, load_dataset
+from visionssl.data.decode import display_path
 from visionssl.engine.batchnorm import recalibrate_batchnorm
 from visionssl.engine.checkpoint import (
     CHECKPOINT_FORMAT, LAST, CheckpointError, atomic_save, atomic_write_text, load_checkpoint, remove_stale_temp_files,
@@ -179,7 +180,7 @@ class Trainer:
             self.train_set = train_set or load_dataset(data.name, "train", data.image_size, data.skip_bad_images)
         if self.train_set.skipped:
             logger.warning("skipped %d unreadable images: %s", len(self.train_set.skipped),
-                           "; ".join(f"{p} ({r})" for p, r in self.train_set.skipped[:10]))
+                           "; ".join(f"{display_path(p)} ({r})" for p, r in self.train_set.skipped[:10]))
         self.eval_sets = eval_sets
         if cfg.optim.batch_size > len(self.train_set):
             raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is larger than the dataset ({len(self.train_set)} images)")

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -280,6 +280,7 @@ class DeepCluster(SSLMethod):
 
     augmentation = "deepcluster"
     num_views = 1
+    hparam_ranges: ClassVar[dict] = {"projection_dim": (0, None, True)}  # 0: no projection head
 
     def __init__(
         self,

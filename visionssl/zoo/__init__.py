@@ -35,6 +35,7 @@ from visionssl.zoo.convert import (
 from visionssl.zoo.download import (
     DEFAULT_TIMEOUT,
     UnverifiedDownloadWarning,
+    _read_sidecar,
     cache_dir,
     cached_path,
     check_hash,
@@ -87,21 +88,23 @@ def info(name: str) -> ZooEntry:
 
 
 def download(name: str, *, offline: bool | None = None, timeout: float = DEFAULT_TIMEOUT,
-             progress: bool = True, force: bool = False) -> Path:
+             progress: bool = True, force: bool = False, total_timeout: float | None = None) -> Path:
     """Downloads (if needed) and verifies the checkpoint file of ``name``; returns its local path.
 
     Args:
         name: a zoo entry name (``vs.zoo.list()``).
         offline: use only the cache and local files (default: ``VISIONSSL_OFFLINE``).
-        timeout: seconds to wait for a server before trying the next mirror.
+        timeout: idle limit: seconds with less than 1 KiB from a server before trying the next mirror.
         progress: show a progress bar.
         force: download again even if the file is cached.
+        total_timeout: seconds one mirror's whole download may take (None: no limit).
     """
-    return fetch(get_entry(name), offline=offline, timeout=timeout, progress=progress, force=force)
+    return fetch(get_entry(name), offline=offline, timeout=timeout, progress=progress, force=force,
+                 total_timeout=total_timeout)
 
 
 def load(name: str, *, offline: bool | None = None, unsafe: bool = False, timeout: float = DEFAULT_TIMEOUT,
-         progress: bool = True, trust_code: bool = False) -> nn.Module:
+         progress: bool = True, total_timeout: float | None = None, trust_code: bool = False) -> nn.Module:
     """The backbone of zoo entry ``name`` with its pretrained weights loaded strictly.
 
     The backbone is built with ``vs.create_backbone(entry.backbone, **entry.backbone_kwargs)`` (a
@@ -113,8 +116,9 @@ def load(name: str, *, offline: bool | None = None, unsafe: bool = False, timeou
         offline: use only the cache and local files (default: ``VISIONSSL_OFFLINE``).
         unsafe: allow full unpickling of a checkpoint the safe loader refuses. It runs any code
             the file holds: only for files from a source you trust.
-        timeout: seconds to wait for a server before trying the next mirror.
+        timeout: idle limit: seconds with less than 1 KiB from a server before trying the next mirror.
         progress: show a progress bar while downloading.
+        total_timeout: seconds one mirror's whole download may take (None: no limit).
         trust_code: allow an entry whose backbone is code (``module:function`` / ``file.py:function``);
             by default an entry may name registered or timm backbones only.
     """
@@ -123,7 +127,7 @@ def load(name: str, *, offline: bool | None = None, unsafe: bool = False, timeou
     entry = get_entry(name)
     check_backbone_spec(entry.backbone, entry.backbone_kwargs, source=f"zoo entry {name!r} ({entry.origin})",
                         trust_code=trust_code)
-    path = fetch(entry, offline=offline, timeout=timeout, progress=progress)
+    path = fetch(entry, offline=offline, timeout=timeout, progress=progress, total_timeout=total_timeout)
     return load_file(path, entry.format, entry.backbone, unsafe=unsafe, **entry.backbone_kwargs)
 
 
@@ -139,6 +143,10 @@ def verify(name: str) -> str:
     if path is None:
         raise ZooError(f"{name} is not downloaded (no file at {cached_path(entry)}); run `visionssl zoo download {name}`")
     digest = sha256_file(path)
+    recorded = _read_sidecar(path) if path == cached_path(entry) else None
+    if entry.sha256 is None and recorded is not None and digest != recorded:
+        raise ZooError(f"{path}: sha256 {digest} differs from the one recorded when it was downloaded ({recorded}); "
+                       f"the file changed. Replace it with `visionssl zoo download {name} --force`.")
     try:
         check_hash(path, digest, entry, source=str(path))
     except ZooError as exc:

@@ -64,7 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert", help="convert a checkpoint (zoo name or upstream file) to a timm safetensors file",
         description="Writes the backbone weights with timm key names as safetensors, loadable with "
-                    "timm.create_model(BACKBONE, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=OUT)).",
+                    "timm.create_model(BACKBONE, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=OUT)) "
+                    "for a timm model, or vs.zoo.load_backbone(OUT) for any backbone (also visionssl's own, e.g. resnet18_cifar).",
     )
     p.add_argument("source", help="a zoo name, or a checkpoint file (then give --format and --backbone)")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
@@ -89,7 +90,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", default=None, help=OFFLINE_HELP)
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a server (default %(default)s)")
+    p.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
+                   help="idle limit: seconds with less than 1 KiB from a server (default %(default)s)")
+    p.add_argument("--total-timeout", type=positive_seconds, default=None,
+                   help="seconds a whole download from one server may take (default: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -184,9 +188,24 @@ def run_convert(args: argparse.Namespace) -> int:
     save_file(state, str(out), metadata={"format": "visionssl", "backbone": backbone,
                                          "backbone_kwargs": json.dumps(dict(kwargs)), "source": str(path)})
     print(f"{out}  sha256 {zoo.sha256_file(out)}")
-    print(f"load with: timm.create_model({backbone!r}, pretrained=True, num_classes=0, "
-          f"pretrained_cfg_overlay=dict(file={str(out)!r}))")
+    print(f"load with: {load_hint(backbone, kwargs, out)}")
     return 0
+
+
+def load_hint(backbone: str, kwargs: dict, out: Path) -> str:
+    """The Python line that loads a converted file: timm knows its own models, not visionssl's (resnet18_cifar).
+
+    Example:
+        >>> load_hint("resnet18_cifar", {}, Path("w.safetensors"))
+        "vs.zoo.load_backbone('w.safetensors')  # or: net = vs.create_backbone('resnet18_cifar'); net.load_state_dict(safetensors.torch.load_file('w.safetensors'))"
+    """
+    from visionssl.backbones import BACKBONES
+
+    if backbone in BACKBONES:
+        args = "".join(f", {k}={v!r}" for k, v in dict(kwargs).items())
+        return (f"vs.zoo.load_backbone({str(out)!r})  # or: net = vs.create_backbone({backbone!r}{args}); "
+                f"net.load_state_dict(safetensors.torch.load_file({str(out)!r}))")
+    return f"timm.create_model({backbone!r}, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file={str(out)!r}))"
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -199,7 +218,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def network_kwargs(args: argparse.Namespace) -> dict:
-    return {"offline": args.offline, "timeout": args.timeout, "progress": not args.no_progress}
+    kwargs = {"offline": args.offline, "timeout": args.timeout, "progress": not args.no_progress}
+    return kwargs | ({"total_timeout": args.total_timeout} if args.total_timeout is not None else {})
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,14 +2,26 @@
 
 Cache layout: ``$VISIONSSL_HOME/zoo/<entry name>/<file name>`` (default ``VISIONSSL_HOME`` is
 ``~/.cache/visionssl``), next to ``<file name>.sha256``, the hash computed while downloading (in
-``sha256sum`` format, so ``sha256sum -c`` checks it).
+``sha256sum`` format, so ``sha256sum -c`` checks it), and ``<file name>.stat``, the file's size and
+mtime when that hash was taken. Every use compares size and mtime (cheap); a file whose size or
+mtime changed, or one placed by hand (no ``.stat``), is hashed again in full and checked against
+the zoo's sha256 and published hash (or, for an entry without a sha256, the recorded one) before
+it is used. ``visionssl zoo verify`` always re-hashes in full.
+
+Limits. A download stops as soon as it exceeds the entry's ``size`` (or when ``Content-Length``
+announces more); ``timeout`` is the idle limit: less than 1 KiB received in ``timeout`` seconds
+(a silent server, or one trickling a byte a second) ends the attempt; ``total_timeout`` bounds the
+whole download.
 
 Partial files. A download streams into ``<file name>.<url id>.part`` beside its final place and
 hashes while it streams; only a complete file whose sha256 matches the zoo (and whose size matches
 ``Content-Length``) is renamed, atomically, to its final name. When the connection drops, the
 ``.part`` is kept only if the server accepts Range requests: the next attempt resumes it (its
-bytes are unverified until the whole file is hashed). Otherwise, on an HTTP error (404, ...) and
-on a hash mismatch, the ``.part`` is deleted. The cache therefore never holds a bad file under its
+bytes are unverified until the whole file is hashed). Otherwise, on an HTTP error (404, ...), on
+a hash mismatch and when the declared size is exceeded, the ``.part`` is deleted. A process killed
+mid-download (SIGKILL, power cut) leaves only its ``.part``: the next attempt resumes it where the
+server accepts Range requests, else starts it again from zero (overwriting it); a ``.part``
+already larger than the declared size is deleted first. The cache therefore never holds a bad file under its
 final name. Local paths and ``file://`` URLs are used in place (never copied) and hashed each time.
 
 Offline mode (``VISIONSSL_OFFLINE=1`` or ``offline=True``) uses the cache and local files only.
@@ -32,6 +44,7 @@ import http.client
 import logging
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from urllib.error import HTTPError, URLError
@@ -42,7 +55,8 @@ from visionssl.zoo.registry import ZooEntry, ZooError, home_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 30.0  # seconds without a byte from the server before giving up
+DEFAULT_TIMEOUT = 30.0  # seconds with less than MIN_PROGRESS bytes from the server before giving up
+MIN_PROGRESS = 1024  # bytes per `timeout` seconds: slower counts as stalled (a server trickling 1 byte/s)
 CHUNK = 1 << 20
 
 
@@ -85,15 +99,16 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFAULT_TIMEOUT,
-          progress: bool = True, force: bool = False) -> Path:
+          progress: bool = True, force: bool = False, total_timeout: float | None = None) -> Path:
     """The verified local file of ``entry``: from the cache, a local path, or downloaded (mirrors in order).
 
     Args:
         entry: the zoo entry.
         offline: use only the cache and local files (default: ``VISIONSSL_OFFLINE``).
-        timeout: seconds to wait for the server before trying the next URL.
+        timeout: idle limit: seconds with less than 1 KiB from the server before trying the next URL.
         progress: show a progress bar while downloading.
         force: download again even if the cache holds the file.
+        total_timeout: seconds one URL's whole download may take (None: no limit).
 
     Raises ``ZooError`` listing what went wrong with every URL and what to do. An entry without
     a sha256 is downloaded with an ``UnverifiedDownloadWarning`` (trust on first use).
@@ -102,11 +117,10 @@ def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFA
     dest = cached_path(entry)
     errors: list[str] = []
     if dest.is_file() and not force:
-        recorded = _read_sidecar(dest) or _write_sidecar(dest, sha256_file(dest))
-        if entry.sha256 is None or recorded == entry.sha256:
+        problem = check_cached(dest, entry)
+        if problem is None:
             return dest
-        errors.append(f"{dest}: the cached file has sha256 {recorded}, the zoo expects {entry.sha256} "
-                      f"(an older or corrupt file; a successful download replaces it)")
+        errors.append(problem)
     for url in entry.urls:
         local = local_path(url)
         if local is not None:
@@ -123,7 +137,7 @@ def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFA
             errors.append(f"{url}: not tried (offline mode)")
             continue
         try:
-            digest = download_url(url, dest, entry=entry, timeout=timeout, progress=progress)
+            digest = download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
         except ZooError as exc:
             errors.append(str(exc))
             continue
@@ -150,17 +164,50 @@ def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFA
     )
 
 
+def check_cached(dest: Path, entry: ZooEntry) -> str | None:
+    """``None`` if the cached file can be used, else why not. Size and mtime are compared with those
+    recorded when it was hashed; if they changed (or were never recorded: a file placed by hand) the
+    file is hashed again and checked against the zoo's hashes, or the recorded one for an entry
+    without a sha256."""
+    recorded, stat = _read_sidecar(dest), _read_stat(dest)
+    st = dest.stat()
+    if recorded is not None and stat == (st.st_size, st.st_mtime_ns):
+        digest = recorded
+    else:
+        digest = sha256_file(dest)
+        if entry.sha256 is None and recorded is not None and digest != recorded:
+            return (f"{dest}: the cached file changed since it was downloaded (sha256 {digest}, recorded {recorded}); "
+                    f"a successful download replaces it")
+        if entry.sha256 is None or digest == entry.sha256:
+            try:
+                check_hash(dest, digest, entry, source="the cached file")
+            except ZooError as exc:
+                return f"{dest}: {str(exc).split('. ')[0]}; a successful download replaces it"
+        if entry.size is not None and st.st_size != entry.size:
+            return f"{dest}: the cached file has {st.st_size} bytes, the zoo declares {entry.size}"
+        if entry.sha256 is None or digest == entry.sha256:
+            _write_sidecar(dest, digest)
+    if entry.sha256 is not None and digest != entry.sha256:
+        return (f"{dest}: the cached file has sha256 {digest}, the zoo expects {entry.sha256} "
+                f"(an older or corrupt file; a successful download replaces it)")
+    return None
+
+
 def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFAULT_TIMEOUT,
-                 progress: bool = True) -> str:
+                 progress: bool = True, total_timeout: float | None = None) -> str:
     """Streams ``url`` to ``dest`` (resuming a kept ``.part``), verifies it, renames it; returns its sha256.
 
-    See the module docstring for the policy on partial files.
+    See the module docstring for the policy on partial files and the limits.
     """
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f"{dest.name}.{hashlib.sha1(url.encode()).hexdigest()[:8]}.part")
     offset = part.stat().st_size if part.is_file() else 0
+    if entry.size is not None and offset > entry.size:  # a stale part that cannot be a prefix of this file
+        part.unlink()
+        offset = 0
+    deadline = None if total_timeout is None else time.monotonic() + total_timeout
     headers = {"User-Agent": "visionssl-zoo"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -170,7 +217,7 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
         if 400 <= exc.code < 500:  # the URL is wrong or the kept part no longer fits; a 5xx may pass, keep it
             part.unlink(missing_ok=True)
         if exc.code == 416 and offset:  # the kept part is not a prefix of this file any more: start again
-            return download_url(url, dest, entry=entry, timeout=timeout, progress=progress)
+            return download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
         raise ZooError(f"{url}: the server answered HTTP {exc.code} ({exc.reason})"
                        + (": the file is not (or no longer) at this address" if exc.code in (404, 410) else "")) from None
     except (URLError, OSError, http.client.HTTPException) as exc:
@@ -179,13 +226,17 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
     if offset and response.status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
         response.close()  # a range we did not ask for: start again from zero
         part.unlink(missing_ok=True)
-        return download_url(url, dest, entry=entry, timeout=timeout, progress=progress)
+        return download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
     with response:
         if offset and response.status != 206:  # the server ignored the Range request
             offset = 0
         resumable = response.status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
+        if entry.size is not None and total is not None and total > entry.size:
+            part.unlink(missing_ok=True)
+            raise ZooError(f"{url}: the server announces {total} bytes, but the zoo entry {entry.name} declares size "
+                           f"{entry.size}; nothing was downloaded (a wrong or tampered file)")
         hashers = _hashers(entry)
         if offset:
             with open(part, "rb") as f:
@@ -193,19 +244,27 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
                     for h in hashers.values():
                         h.update(chunk)
         received = offset
+        stall = _Stall(timeout, deadline)
         try:
             with open(part, "ab" if offset else "wb") as f, tqdm(
                 total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=dest.name, disable=not progress, leave=False,
             ) as bar:
-                while chunk := response.read(CHUNK):
+                while chunk := response.read1(CHUNK):  # read1: what has arrived, so the clock is checked often
+                    received += len(chunk)
+                    if entry.size is not None and received > entry.size:
+                        raise _TooLarge(received)
+                    stall.check(len(chunk))
                     f.write(chunk)
                     for h in hashers.values():
                         h.update(chunk)
-                    received += len(chunk)
                     bar.update(len(chunk))
             if total is not None and received != total:
                 raise http.client.IncompleteRead(b"", total - received)
+        except _TooLarge:
+            part.unlink(missing_ok=True)
+            raise ZooError(f"{url}: the download passed the size the zoo entry {entry.name} declares ({entry.size} "
+                           f"bytes) and was stopped; the partial file was deleted (a wrong or tampered file)") from None
         except (OSError, http.client.HTTPException) as exc:
             if not resumable:
                 part.unlink(missing_ok=True)
@@ -224,8 +283,11 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
     except ZooError:
         part.unlink(missing_ok=True)
         raise
-    _write_sidecar(dest, digest)
+    if entry.size is not None and received != entry.size:
+        part.unlink(missing_ok=True)
+        raise ZooError(f"{url}: got {received} bytes, the zoo entry {entry.name} declares {entry.size}; it was not kept")
     os.replace(part, dest)
+    _write_sidecar(dest, digest)
     for stale in dest.parent.glob(f"{dest.name}.*.part"):  # parts left by other mirrors
         stale.unlink(missing_ok=True)
     return digest
@@ -296,13 +358,48 @@ def _read_sidecar(path: Path) -> str | None:
 
 
 def _write_sidecar(path: Path, digest: str) -> str:
+    """Records the hash (``.sha256``) and the size and mtime it was taken at (``.stat``)."""
     _sidecar(path).write_text(f"{digest}  {path.name}\n")
+    st = path.stat()
+    path.with_name(path.name + ".stat").write_text(f"{st.st_size} {st.st_mtime_ns}\n")
     return digest
+
+
+def _read_stat(path: Path) -> tuple[int, int] | None:
+    try:
+        size, mtime = path.with_name(path.name + ".stat").read_text().split()
+        return int(size), int(mtime)
+    except (OSError, ValueError):
+        return None
+
+
+class _TooLarge(Exception):
+    """More bytes than the entry's declared size."""
+
+
+class _Stall:
+    """Ends a download that is too slow: less than ``MIN_PROGRESS`` bytes in ``timeout`` s, or past ``deadline``."""
+
+    def __init__(self, timeout: float, deadline: float | None):
+        self.timeout, self.deadline = timeout, deadline
+        self.window_start, self.window_bytes = time.monotonic(), 0
+
+    def check(self, n: int) -> None:
+        now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise TimeoutError("the whole download took longer than total_timeout")
+        self.window_bytes += n
+        if now - self.window_start >= self.timeout:
+            if self.window_bytes < MIN_PROGRESS:
+                raise TimeoutError(f"{self.window_bytes} bytes in {now - self.window_start:.0f} s")
+            self.window_start, self.window_bytes = now, 0
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
     reason = exc.reason if isinstance(exc, URLError) and not isinstance(exc, HTTPError) else exc
     if isinstance(reason, (TimeoutError, socket.timeout)):
+        if str(reason) and "timed out" not in str(reason):  # raised by _Stall
+            return f"too slow ({reason}; the limit is {MIN_PROGRESS} bytes per {timeout:g} s, or total_timeout)"
         return f"no answer from the server within {timeout:g} s (timed out)"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused (nothing is listening at that address)"

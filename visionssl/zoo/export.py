@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from visionssl.data.cache import file_mode
 from visionssl.zoo.download import sha256_file
 from visionssl.zoo.registry import ZooError, parse_zoo
 
@@ -81,6 +82,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                 "method": str(method), "epoch": str(ckpt.get("epoch", ""))}
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from visionssl.data.cache import file_mode
+
 PACKAGED_ZOO = Path(__file__).with_name("model_zoo.yaml")
 REQUIRED = ("name", "method", "backbone", "urls", "sha256", "size", "format", "recipe", "metrics", "paper", "license")
 OPTIONAL = ("note", "backbone_kwargs", "published_hash")
@@ -267,6 +269,7 @@ def save_entry(entry: Mapping[str, Any], path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
         os.replace(tmp, path)

@@ -147,6 +147,8 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not re.search(r"GLOBAL ([\w.]+)", str(exc)) and "global" not in str(exc).lower():
+            raise _damaged(path, exc) from None  # random or damaged bytes, not a refused object
         if unsafe:
             return _read_unsafe(path)
         found = re.search(r"GLOBAL ([\w.]+)(?: in a form not allowed \(([^)]*)\))?", str(exc))
@@ -158,8 +160,16 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
             f"code from the file. If you trust where the file comes from, load it with unsafe=True "
             f"(CLI: --unsafe-load)."
         ) from None
-    except (RuntimeError, EOFError, ValueError, TypeError, OSError) as exc:
-        raise ZooError(f"cannot read checkpoint {path} (truncated, or not a torch file): {exc}") from None
+    except OSError as exc:
+        raise ZooError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001  damaged bytes make the unpickler fail in many ways (IndexError, ...)
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: Path, exc: BaseException) -> ZooError:
+    lines = [line for line in str(exc).splitlines() if line.strip() and "Check the documentation" not in line]
+    last = lines[-1].strip() if lines else type(exc).__name__
+    return ZooError(f"cannot read checkpoint {path} (truncated, damaged, or not a torch file): {type(exc).__name__}: {last}")
 
 
 def _read_unsafe(path: Path) -> Any:
