@@ -176,6 +176,10 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weights baseline")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-weights baseline")
     p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
+    p.add_argument("--layer", default="final",
+                   help="features of this stage, globally average-pooled: final (default) or stage0..stageN of a timm "
+                        "backbone's feature_info (e.g. stage3 of a ResNet is layer3); pretext methods are best judged "
+                        "at their best stage")
 
 
 def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[str, Any], tuple[str, dict] | None]:
@@ -205,9 +209,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from visionssl import distributed
     from visionssl.engine.trainer import resolve_device
     from visionssl.eval.distributed import extract_features_distributed
+    from visionssl.eval.layers import with_layer
 
     device = distributed.init(resolve_device(args.device))  # under torchrun the ranks share the extraction
     backbone, cfg, baseline = load_for_eval(args.checkpoint, args.trust_code)
+    with_layer(backbone, args.layer)  # a bad --layer fails here, naming the valid stages, before any data loads
     data_cfg, aug_cfg = cfg.get("data", {}), cfg.get("augment", {})
     spec = args.data or data_cfg.get("eval") or data_cfg.get("name") or "elpv"
     image_size = args.image_size or aug_cfg.get("image_size") or 224
@@ -222,10 +228,11 @@ def run_eval(args: argparse.Namespace) -> int:
         name, kwargs = baseline  # the checkpoint's own architecture, already checked by load_for_eval
         models.append((f"random weights ({name})", create_backbone(name, **kwargs)))
     if distributed.is_main():
-        print(f"{args.evaluator} on {spec} (label: {train.label}), {len(train)} train / {len(test)} test images at {image_size} px")
+        layer = "" if args.layer == "final" else f", features of {args.layer}"
+        print(f"{args.evaluator} on {spec} (label: {train.label}), {len(train)} train / {len(test)} test images at {image_size} px{layer}")
     width = max(len(n) for n, _ in models)
     for name, model in models:
-        feats = [extract_features_distributed(model, ds, batch_size=args.batch_size, image_size=image_size, device=device,
+        feats = [extract_features_distributed(with_layer(model, args.layer), ds, batch_size=args.batch_size, image_size=image_size, device=device,
                                               dst=0) for ds in (train, test)]
         if not distributed.is_main():  # rank 0 received the features and evaluates
             continue

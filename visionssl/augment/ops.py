@@ -1,10 +1,13 @@
 """Batched augmentations written by hand where the per-op library versions are slow.
 
 Each op draws per-sample random parameters in one call and works on any device. Colour jitter is the
-main one: brightness, contrast, saturation, hue (a rotation in YIQ space) and grayscale are all affine
-maps of the RGB vector, so they compose into one per-sample 3x3 matrix and offset, applied with one
-batched matrix product — instead of an RGB->HSV->RGB round trip per op. The output is clamped to
-[0, 1] once, at the end (torchvision clamps after each op; the difference is confined to saturated pixels).
+main one: brightness, contrast, saturation, a hue rotation and grayscale are all affine maps of the RGB
+vector (contrast's offset is the image's mean gray, itself affine in the image), so, in each sample's own
+random order, they compose into one per-sample 3x3 matrix and offset, applied with one batched matrix
+product — instead of an RGB->HSV->RGB round trip per op. Two approximations remain against torchvision
+(``ColorJitterGrayscale`` states them, docs/performance.md measures them): the hue shift is a rotation
+about the gray axis, not torchvision's HSV shift, and the output is clamped to [0, 1] once, at the end
+(torchvision clamps after each op; the difference is confined to saturated pixels).
 """
 from __future__ import annotations
 
@@ -16,52 +19,89 @@ import torch.nn.functional as F
 from torch import nn
 
 LUMA = (0.2989, 0.587, 0.114)  # the weights of torchvision's rgb_to_grayscale (ITU-R 601)
-RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # the op indices of an order, as torchvision's ColorJitter
 
 
 @functools.lru_cache(maxsize=None)
-def _color_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LUMA (3,), RGB->YIQ and YIQ->RGB (3, 3) on ``device``, made once per device: creating them per
-    call would be a blocking host-to-device copy (a synchronisation) at every step on a GPU."""
-    yiq = torch.tensor(RGB_TO_YIQ, dtype=torch.float64)
-    return torch.tensor(LUMA).to(device), yiq.float().to(device), torch.linalg.inv(yiq).float().to(device)
+def _color_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """LUMA (3,) and the cross-product matrix of the unit gray axis (3, 3) on ``device``, made once per
+    device: creating them per call would be a blocking host-to-device copy at every step on a GPU."""
+    k = 1 / math.sqrt(3)
+    cross = torch.tensor([[0.0, -k, k], [k, 0.0, -k], [-k, k, 0.0]])
+    return torch.tensor(LUMA).to(device), cross.to(device)
 
 
 def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
     return torch.empty(n, device=device).uniform_(low, high)
 
 
-def color_matrix(
-    brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor, gray: torch.Tensor
-) -> torch.Tensor:
-    """Per-sample 3x3 matrix of brightness x contrast, then saturation, hue (fraction of a turn), grayscale.
+def hue_matrix(hue: torch.Tensor) -> torch.Tensor:
+    """Per-sample (n, 3, 3) rotation about the gray axis (1, 1, 1) by ``hue`` turns (Rodrigues' formula).
+
+    HSV's hue is the angle about that axis (on a hexagon, not a circle): the rotation turns red to
+    yellow to green as torchvision's ``adjust_hue`` does, keeps grays and the channel mean, and is exact
+    for a third of a turn on the primaries; between, it approximates the HSV shift.
+
+    Example:
+        >>> red_to = hue_matrix(torch.tensor([1 / 3]))[0] @ torch.tensor([1.0, 0.0, 0.0])
+        >>> torch.allclose(red_to, torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+        True
+    """
+    n, device = len(hue), hue.device
+    angle = (hue * 2 * math.pi).view(n, 1, 1)
+    eye = torch.eye(3, device=device)
+    cross = _color_constants(device)[1]
+    return torch.cos(angle) * eye + torch.sin(angle) * cross + (1 - torch.cos(angle)) * torch.full((3, 3), 1 / 3, device=device)
+
+
+def color_affine(
+    x_mean: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
+    hue: torch.Tensor, gray: torch.Tensor, order: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (matrix (n, 3, 3), offset (n, 3)) of the colour ops applied in ``order``, then grayscale.
+
+    ``x_mean`` (n, 3) is each image's mean colour (contrast blends towards the mean gray of the image
+    as it is when contrast comes, which the composition tracks). ``order`` (n, 4) holds a permutation of
+    the op indices BRIGHTNESS, CONTRAST, SATURATION, HUE per sample (default: that order).
 
     Example:
         >>> one, zero = torch.ones(1), torch.zeros(1)
-        >>> torch.allclose(color_matrix(one, one, one, zero, zero.bool()), torch.eye(3).expand(1, 3, 3), atol=1e-6)
-        True
+        >>> m, t = color_affine(torch.rand(1, 3), one, one, one, zero, zero.bool())
+        >>> torch.allclose(m, torch.eye(3).expand(1, 3, 3), atol=1e-6), torch.allclose(t, torch.zeros(1, 3))
+        (True, True)
     """
     n, device = len(brightness), brightness.device
+    luma = _color_constants(device)[0]
     eye = torch.eye(3, device=device).expand(n, 3, 3)
-    luma, yiq, yiq_inv = _color_constants(device)
     to_gray = torch.ones(3, 1, device=device) * luma  # every channel becomes the luma
     s = saturation.view(n, 1, 1)
-    sat = s * eye + (1 - s) * to_gray
-    angle = hue * 2 * math.pi
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.zeros(n, 3, 3, device=device)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    hue_m = yiq_inv @ rot @ yiq
+    ops = torch.stack([brightness.view(n, 1, 1) * eye, contrast.view(n, 1, 1) * eye, s * eye + (1 - s) * to_gray,
+                       hue_matrix(hue)], dim=1)  # (n, 4, 3, 3), indexed by op
+    if order is None:
+        order = torch.arange(4, device=device).expand(n, 4)
+    rows = torch.arange(n, device=device)
+    matrix, offset = eye, torch.zeros(n, 3, 1, device=device)
+    for step in range(4):
+        op = order[:, step]
+        step_m = ops[rows, op]
+        mean_gray = (matrix @ x_mean.unsqueeze(2) + offset).squeeze(2) @ luma  # (n,): the image as it is now
+        blend = torch.where(op == CONTRAST, (1 - contrast) * mean_gray, 0.0)
+        matrix = step_m @ matrix
+        offset = step_m @ offset + blend.view(n, 1, 1)
     gray_m = torch.where(gray.view(n, 1, 1), to_gray.expand(n, 3, 3), eye)
-    return gray_m @ hue_m @ sat * (brightness * contrast).view(n, 1, 1)
+    return gray_m @ matrix, (gray_m @ offset).squeeze(2)
 
 
 class ColorJitterGrayscale(nn.Module):
     """Colour jitter with probability ``p`` and grayscale with probability ``grayscale_p``, fused.
 
     Factors are drawn as torchvision's ``ColorJitter`` draws them (brightness, contrast and saturation
-    in [1 - v, 1 + v], hue in [-v, v] of a turn) and applied in that fixed order.
+    in [1 - v, 1 + v], hue in [-v, v] of a turn), and each sample applies the four ops in its own random
+    order, as torchvision's ``ColorJitter`` shuffles them per call. Against torchvision with the same
+    factors and order, brightness, contrast, saturation and grayscale agree to float precision wherever
+    no intermediate value leaves [0, 1] (torchvision clamps after each op, this op once at the end); the
+    hue shift is a rotation about the gray axis, which differs from torchvision's HSV shift
+    (docs/performance.md gives the measured difference).
 
     Example:
         >>> x = torch.rand(4, 3, 8, 8)
@@ -83,11 +123,9 @@ class ColorJitterGrayscale(nn.Module):
         b, c, s = draw(self.brightness), draw(self.contrast), draw(self.saturation)
         h = torch.where(jitter, _uniform(n, -self.hue, self.hue, device), one - 1)
         gray = torch.rand(n, device=device) < self.grayscale_p
-        matrix = color_matrix(b, c, s, h, gray)
-        # contrast blends towards the mean gray level of the (brightness-scaled) image
-        mean_gray = (x.mean(dim=(2, 3)) @ _color_constants(device)[0].to(x.dtype)).view(n, 1, 1, 1)
-        offset = ((1 - c) * b).view(n, 1, 1, 1) * mean_gray
-        out = torch.baddbmm(offset.view(n, 1, 1).to(x.dtype), matrix.to(x.dtype), x.reshape(n, 3, -1))
+        order = torch.rand(n, 4, device=device).argsort(1)  # a random permutation per sample
+        matrix, offset = color_affine(x.mean(dim=(2, 3)).float(), b, c, s, h, gray, order)
+        out = torch.baddbmm(offset.unsqueeze(2).to(x.dtype), matrix.to(x.dtype), x.reshape(n, 3, -1))
         return out.clamp_(0, 1).view_as(x)
 
 

@@ -295,20 +295,72 @@ def untile(tiles: torch.Tensor, grid: int = 3) -> torch.Tensor:
     return tiles.reshape(b, grid, grid, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, grid * t, grid * t)
 
 
-def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Zero mean and unit standard deviation per tile and channel (over the tile's pixels).
+def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-5, per_channel: bool = True) -> torch.Tensor:
+    """Zero mean and unit standard deviation per tile: per channel, or with ``per_channel=False`` one
+    mean and std over the tile's channels and pixels together (``tiles``: (..., C, H, W)).
 
     Noroozi & Favaro normalise each tile independently so that low-level statistics (brightness,
-    contrast) shared by neighbouring tiles cannot give the puzzle away.
+    contrast) shared by neighbouring tiles cannot give the puzzle away. Per-channel statistics also
+    cancel any per-channel colour offset exactly, so a per-tile colour jitter matters only with one
+    mean/std per tile.
 
     Example:
         >>> t = normalize_tiles(torch.rand(2, 9, 3, 8, 8) * 5 + 3)
         >>> round(float(t.mean((-2, -1)).abs().max()), 4), round(float(t.std((-2, -1), unbiased=False).mean()), 3)
         (0.0, 1.0)
+        >>> one = normalize_tiles(torch.rand(2, 9, 3, 8, 8), per_channel=False)
+        >>> round(float(one.mean((-3, -2, -1)).abs().max()), 4), round(float(one.std((-3, -2, -1), unbiased=False).mean()), 3)
+        (0.0, 1.0)
     """
-    mean = tiles.mean((-2, -1), keepdim=True)
-    var = tiles.var((-2, -1), keepdim=True, unbiased=False)
+    dims = (-2, -1) if per_channel else (-3, -2, -1)
+    mean = tiles.mean(dims, keepdim=True)
+    var = tiles.var(dims, keepdim=True, unbiased=False)
     return (tiles - mean) * torch.rsqrt(var + eps)
+
+
+def jitter_tile_colors(tiles: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adds a random offset in [-amount, amount] to each channel of each tile (tiles: (..., C, H, W)),
+    the reference's per-tile ``rgb_jittering`` (a few grey levels per channel) that hides
+    chromatic aberration shared by neighbouring tiles.
+
+    Example:
+        >>> t = torch.zeros(2, 9, 3, 4, 4)
+        >>> out = jitter_tile_colors(t, 0.1)
+        >>> bool((out.std((-2, -1)) == 0).all()), float(out.abs().max()) <= 0.1
+        (True, True)
+    """
+    shape = (*tiles.shape[:-2], 1, 1)
+    offset = torch.rand(shape, device=tiles.device, generator=generator) * (2 * amount) - amount
+    return tiles + offset.to(tiles.dtype)
+
+
+def pixelate(patches: torch.Tensor, p: float = 1 / 3, min_fraction: float = 0.1,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Doersch et al.'s robustness to pixelation: each patch (B, C, P, P) is, with probability ``p``,
+    downsampled to a random side in [``min_fraction`` P, P] (area averaging) and upsampled back (bilinear).
+
+    The paper downsamples patches to as little as 100 pixels in all (about a tenth of the side of its
+    96 px patches). One resize per distinct side, at most P of them: no loop over images.
+
+    Example:
+        >>> x = torch.rand(6, 3, 10, 10)
+        >>> out = pixelate(x, p=1.0)
+        >>> out.shape, bool((out != x).any())
+        (torch.Size([6, 3, 10, 10]), True)
+    """
+    b, size = patches.shape[0], patches.shape[-1]
+    low = max(1, math.ceil(min_fraction * size))
+    chosen = torch.rand(b, device=patches.device, generator=generator) < p
+    sides = torch.randint(low, size, (b,), device=patches.device, generator=generator) if size > low else None
+    if sides is None:
+        return patches
+    sides = torch.where(chosen, sides, torch.full_like(sides, size))
+    out = patches.clone()
+    for side in torch.unique(sides[chosen]).tolist():
+        idx = (sides == side).nonzero().squeeze(1)
+        small = torch.nn.functional.interpolate(patches[idx], size=(side, side), mode="area")
+        out[idx] = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return out
 
 
 # ------------------------------------------------------------------------- permutations

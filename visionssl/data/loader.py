@@ -50,10 +50,30 @@ def prefetch_to_device(
         yield indices, images
 
 
+def uniform_over_labels(labels: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` indices spread uniformly over the labels: DeepCluster's ``UnifLabelSampler``.
+
+    Each non-empty label gets m = n // (non-empty labels) + 1 draws: m of its members without
+    replacement when it has more than m, else m with replacement; the draws are shuffled and cut to ``n``.
+
+    Example:
+        >>> order = uniform_over_labels(torch.tensor([0] * 8 + [1] * 2), 10, torch.Generator().manual_seed(0))
+        >>> len(order), len(set(order[order < 8].tolist())) == int((order < 8).sum())  # no repeats in the big one
+        (10, True)
+    """
+    labels = torch.as_tensor(labels).cpu()
+    members = [torch.nonzero(labels == v).flatten() for v in torch.unique(labels)]
+    m = n // len(members) + 1
+    picks = [idx[torch.randperm(len(idx), generator=generator)[:m]] if len(idx) > m
+             else idx[torch.randint(len(idx), (m,), generator=generator)] for idx in members]
+    drawn = torch.cat(picks)
+    return drawn[torch.randperm(len(drawn), generator=generator)][:n]
+
+
 class BatchLoader:
     """Seeded, resumable batches of ``(indices, uint8 images on device)``.
 
-    The order of an epoch depends only on ``(seed, epoch)`` (and ``sample_weights`` if given), so a
+    The order of an epoch depends only on ``(seed, epoch)`` (and ``sample_labels`` or ``sample_weights``), so a
     resumed run sees exactly the batches it would have seen.
 
     Data-parallel training: ``batch_size`` is the GLOBAL batch. Every rank computes the same order and
@@ -100,6 +120,7 @@ class BatchLoader:
         self.device, self.shuffle, self.drop_last = torch.device(device), shuffle, drop_last
         self.rank, self.world_size, self.local_batch_size = rank, world_size, batch_size // world_size
         self.sample_weights: torch.Tensor | None = None
+        self.sample_labels: torch.Tensor | None = None  # takes precedence over sample_weights
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -111,6 +132,8 @@ class BatchLoader:
         if not self.shuffle:
             return torch.arange(n)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.sample_labels is not None:
+            return uniform_over_labels(self.sample_labels, n, g)
         if self.sample_weights is not None:
             return torch.multinomial(self.sample_weights.double(), n, replacement=True, generator=g)
         return torch.randperm(n, generator=g)

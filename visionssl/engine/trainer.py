@@ -308,6 +308,7 @@ class Trainer:
         if self.batch_in_epoch == 0:
             method.on_epoch_start(self)
         self.loader.sample_weights = method.sample_weights
+        self.loader.sample_labels = getattr(method, "sample_labels", None)
         log_every = cfg.train.log_every
         loss_sum = torch.zeros((), device=self.device)
         counted = torch.zeros((), device=self.device)  # steps of the window whose loss was finite

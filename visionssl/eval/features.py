@@ -40,6 +40,7 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     cache_key: str | None = None,
     progress: bool = True,
+    layer: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs ``backbone`` over every image of ``dataset``: features float32 (N, D) and labels (N,), on the CPU.
 
@@ -54,6 +55,8 @@ def extract_features(
         cache_key: identifies the weights in the cache key (e.g. a checkpoint's sha256); default: a hash of
             the backbone's state dict.
         progress: show a progress bar.
+        layer: ``None`` or ``"final"`` (the backbone's output) or a stage such as ``"stage3"``, pooled
+            with global average pooling (``visionssl.eval.layers``; part of the cache key).
 
     Returns:
         ``(features, labels)``; ``labels`` is ``dataset.targets`` (all -1 for an unlabelled dataset).
@@ -62,13 +65,16 @@ def extract_features(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(dataset) == 0:
         raise ValueError(f"dataset {getattr(dataset, 'name', '')!r} is empty")
+    from visionssl.eval.layers import with_layer
+
     device = resolve_device(device)
+    model = with_layer(backbone, layer)  # the weights stay the backbone's: the cache key hashes those
     image_size = int(image_size or dataset.images.shape[-1])
     labels = dataset.targets if dataset.targets is not None else torch.full((len(dataset),), -1)
     labels = torch.as_tensor(labels).long()
     path = None
     if cache_dir is not None:
-        path = feature_cache_path(backbone, dataset, cache_dir, image_size, device, cache_key)
+        path = feature_cache_path(backbone, dataset, cache_dir, image_size, device, cache_key, layer)
         cached = _read_cache(path, len(dataset))
         if cached is not None:
             return cached, labels
@@ -89,7 +95,7 @@ def extract_features(
                     batch = batch.pin_memory()
                 x = transform(batch.to(device, non_blocking=True))[0]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    out = backbone(x)
+                    out = model(x)
                 if out.ndim != 2:
                     raise ValueError(f"the backbone must return (B, D) features, got shape {tuple(out.shape)}")
                 if features is None:
@@ -110,11 +116,13 @@ def feature_cache_path(
     image_size: int | None = None,
     device: str | torch.device | None = None,
     cache_key: str | None = None,
+    layer: str | None = None,
 ) -> Path:
     """The cache file ``extract_features`` reads and writes for these weights, data and transform.
 
     The key covers the weights (``cache_key`` or ``weights_hash(backbone)``), ``dataset.fingerprint()``, the
-    eval transform (image size, input channels) and the precision (bf16 on CUDA, float32 elsewhere).
+    eval transform (image size, input channels), the precision (bf16 on CUDA, float32 elsewhere) and
+    the ``layer`` read (absent from the key for the final output, so older caches stay valid).
 
     Example:
         >>> import torch
@@ -135,6 +143,8 @@ def feature_cache_path(
                       "channels": input_channels(backbone)},
         "precision": "bf16" if device.type == "cuda" else "float32",
     }
+    if layer not in (None, "final"):
+        key["layer"] = layer
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return Path(cache_dir) / f"{digest}.pt"
 

@@ -37,12 +37,13 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    candidates, offset = z, 0
-    if gather_distributed:  # every rank's [z1; z2] block, in rank order; ours starts at `offset`
-        candidates, offset = distributed.all_gather_with_grad(z), distributed.rank() * 2 * n
-    logits = z @ candidates.T / temperature
-    anchors = torch.arange(2 * n, device=z.device)
-    logits[anchors, anchors + offset] = float("-inf")  # an anchor is never its own negative
-    targets = torch.cat([anchors[n:], anchors[:n]]) + offset
-    return F.cross_entropy(logits, targets)
+    with torch.autocast(z1.device.type, enabled=False):  # logits in float32 even under bf16 autocast
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        candidates, offset = z, 0
+        if gather_distributed:  # every rank's [z1; z2] block, in rank order; ours starts at `offset`
+            candidates, offset = distributed.all_gather_with_grad(z), distributed.rank() * 2 * n
+        logits = z @ candidates.T / temperature
+        anchors = torch.arange(2 * n, device=z.device)
+        logits[anchors, anchors + offset] = float("-inf")  # an anchor is never its own negative
+        targets = torch.cat([anchors[n:], anchors[:n]]) + offset
+        return F.cross_entropy(logits, targets)

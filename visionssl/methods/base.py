@@ -21,6 +21,10 @@ class SSLMethod(nn.Module):
         recipe: name of the YAML recipe under ``visionssl/configs`` (default: the method name).
         cpu_bf16: whether ``train.precision=auto`` may pick bf16 on a CPU (False for methods that feed
             small patches, whose 1x1 feature maps gave non-finite gradients in oneDNN's bf16 backward).
+        decay_norm_and_bias: whether weight decay also applies to 1-d parameters (biases, norm scales and
+            shifts). The paper default per method: True for plain-SGD papers whose official code decays
+            every parameter (MoCo, SimSiam, DeepCluster, RotNet, and the Caffe-era jigsaw and context);
+            False for the LARS papers (SimCLR, BYOL, VICReg), which exclude biases and BN parameters.
 
     Hooks the trainer calls (all optional):
         ``param_groups(weight_decay)``: optimizer parameter groups (a group with ``"fixed_lr": True`` keeps its lr).
@@ -35,6 +39,7 @@ class SSLMethod(nn.Module):
     num_views: int = 2
     recipe: str | None = None
     cpu_bf16: bool = True
+    decay_norm_and_bias: bool = True
     sample_weights: torch.Tensor | None = None
 
     def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):
@@ -49,11 +54,19 @@ class SSLMethod(nn.Module):
         raise NotImplementedError
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Weight decay on weights; none on biases and normalisation parameters (1-d tensors)."""
+        """Weight decay on weights, and on biases and normalisation parameters (1-d tensors) only where
+        ``decay_norm_and_bias`` (the method's paper default).
+
+        Example:
+            >>> import visionssl as vs
+            >>> groups = vs.create_method("simclr", backbone="resnet10t_cifar").param_groups(1e-4)
+            >>> [g["weight_decay"] for g in groups], all(p.ndim <= 1 for p in groups[1]["params"])
+            ([0.0001, 0.0], True)
+        """
         decay, no_decay = [], []
         for p in self.parameters():
             if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
+                (no_decay if p.ndim <= 1 and not self.decay_norm_and_bias else decay).append(p)
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},  # timm LARS does not adapt groups without decay

@@ -45,6 +45,7 @@ class BYOL(SSLMethod):
 
     augmentation = "byol"
     num_views = 2
+    decay_norm_and_bias = False  # LARS paper: no weight decay on biases and BN parameters
 
     def __init__(
         self,

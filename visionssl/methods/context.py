@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionssl.augment.pretext import color_drop, color_project, context_geometry, context_pairs, grid_positions
+from visionssl.augment.pretext import (
+    color_drop,
+    color_project,
+    context_geometry,
+    context_pairs,
+    grid_positions,
+    normalize_tiles,
+    pixelate,
+)
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
 
@@ -17,9 +25,16 @@ COLOR_MODES = ("drop", "project", "none")
 @register_method("context")
 class ContextPrediction(SSLMethod):
     """Relative patch position: from a 3x3 grid of patches separated by a gap and each moved by a
-    random jitter, take the centre patch and one of its 8 neighbours (chosen per sample); the shared
-    backbone encodes both and an MLP on the two feature vectors joined predicts which of the 8
+    random jitter, take the centre patch and one of its 8 neighbours (chosen per sample); about a third
+    of the patches are downsampled (to as little as a tenth of their side) and upsampled back, and each
+    patch is normalised on its own (zero mean, unit std), as the reference code does; the shared
+    backbone encodes both and a classifier on the two feature vectors joined predicts which of the 8
     positions the neighbour came from (cross entropy over 8 classes).
+
+    The paper's head: the two AlexNet-style towers share weights up to fc6; their fc6 outputs are
+    concatenated and fed to fc7 (4096) and fc8 (8 classes). Here the backbone's pooled features stand for
+    the tower (fc6 included) and ``head_layers=2`` makes fc7 + fc8 (an MLP with BatchNorm in the hidden
+    layer, where the paper's fc7 has none).
 
     Shortcuts the paper closes: the gap and jitter keep low-level cues (edges running across patch
     borders) from giving the position away; chromatic aberration (the lens shifts colours toward the
@@ -34,6 +49,8 @@ class ContextPrediction(SSLMethod):
         noise_ratio: std of the noise replacing dropped channels, relative to the kept channel's.
         head_hidden_dim: hidden width of the classifier MLP (paper: 4096).
         head_layers: linear layers in the classifier (paper: fc7 + fc8 = 2).
+        pixelate_p: probability that a patch is downsampled and upsampled back (reference: about 1/3).
+        normalize_patches: zero mean and unit std per patch (the reference's per-patch normalisation).
 
     Returns (forward): ``loss``, ``embedding`` (features of the centre patches, detached) and
     ``context/accuracy`` (position accuracy, 0-d).
@@ -61,8 +78,13 @@ class ContextPrediction(SSLMethod):
         noise_ratio: float = 0.01,
         head_hidden_dim: int = 4096,
         head_layers: int = 2,
+        pixelate_p: float = 1 / 3,
+        normalize_patches: bool = True,
     ):
         super().__init__(backbone, backbone_kwargs)
+        if not 0 <= pixelate_p <= 1:
+            raise ValueError(f"pixelate_p must be in [0, 1], got {pixelate_p}")
+        self.pixelate_p, self.normalize_patches = pixelate_p, normalize_patches
         if color not in COLOR_MODES:
             raise ValueError(f"color must be one of {', '.join(COLOR_MODES)}; got {color!r}")
         if head_layers < 1:
@@ -95,10 +117,14 @@ class ContextPrediction(SSLMethod):
         x = views[0]
         centre, neighbour, label = context_pairs(x, *self.geometry(x.shape[-1]))
         patches = torch.cat([centre, neighbour])
+        if self.pixelate_p > 0:
+            patches = pixelate(patches, self.pixelate_p)
         if self.color == "drop" and patches.shape[1] > 1:
             patches = color_drop(patches, self.noise_ratio)  # each patch keeps its own channel
         elif self.color == "project":
             patches = color_project(patches)
+        if self.normalize_patches:  # one mean/std per patch: per channel would blow the dropped channels' noise up
+            patches = normalize_tiles(patches, per_channel=False)
         features = self.backbone(patches)
         logits = self.classifier(torch.cat(features.chunk(2), dim=1))
         return {

@@ -231,7 +231,15 @@ class DeepCluster(SSLMethod):
     backbone in eval mode) are PCA-whitened, L2-normalised and clustered by k-means; the assignments
     become pseudo-labels for a linear classifier that is re-initialised after each clustering; the
     loss is the cross entropy against the pseudo-labels, and the trainer samples images uniformly
-    over clusters (``sample_weights``: 1 / size of the image's cluster).
+    over clusters as the reference's ``UnifLabelSampler`` (``sample_labels``: the same number of draws
+    per cluster, without replacement inside clusters larger than that; ``sample_weights``, 1 / size of
+    the image's cluster, states the same distribution for samplers that take weights).
+
+    The classifier follows the reference: re-initialised after each clustering with N(0, 0.01) weights
+    and zero bias, and trained by its own plain SGD (no momentum). The reference's separate
+    ``optimizer_tl`` has the main optimizer's lr and weight decay and no momentum, so ``param_groups``
+    puts the classifier in a group with ``momentum=0`` of the main SGD, which makes the same updates
+    (the main schedule's lr applies to it; the reference's lr is constant).
 
     The trainer passes ``indices`` (LongTensor, the dataset indices of the batch) to every method
     whose ``forward`` accepts an ``indices`` argument; DeepCluster looks their pseudo-labels up
@@ -320,6 +328,7 @@ class DeepCluster(SSLMethod):
         self.projector = mlp(self.num_features, projection_hidden_dim, projection_dim) if projection_dim else nn.Identity()
         cluster_dim = projection_dim or self.num_features
         self.classifier = nn.Linear(cluster_dim, num_clusters) if classifier == "reset" else None
+        self.reset_classifier()
         # "centroids": the whitening and the centroids of the last clustering (sizes set by each clustering)
         self.register_buffer("whiten_mean", torch.zeros(0))
         self.register_buffer("whiten_projection", torch.zeros(0, 0))
@@ -328,6 +337,27 @@ class DeepCluster(SSLMethod):
         self.register_buffer("pseudo_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("clustered_epoch", torch.tensor(-1))
         self.register_buffer("num_clusterings", torch.tensor(0))
+
+    @property
+    def sample_labels(self) -> torch.Tensor | None:
+        """The pseudo-labels on the CPU, for the trainer's uniform-over-clusters sampler (None before clustering)."""
+        return self.pseudo_labels.cpu() if self.pseudo_labels.numel() else None
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The main groups, with the ``"reset"`` classifier in its own group without momentum (see the class)."""
+        if self.classifier is None:
+            return super().param_groups(weight_decay)
+        head = {id(p) for p in self.classifier.parameters()}
+        groups = super().param_groups(weight_decay)
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in head]
+        return groups + [{"params": list(self.classifier.parameters()), "weight_decay": weight_decay, "momentum": 0.0}]
+
+    def reset_classifier(self) -> None:
+        """The reference's init of the top layer: weights N(0, 0.01), bias zero."""
+        if self.classifier is not None:
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
 
     @property
     def sample_weights(self) -> torch.Tensor | None:  # type: ignore[override]
@@ -407,8 +437,7 @@ class DeepCluster(SSLMethod):
         if labels.ndim != 1 or labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= self.num_clusters:
             raise ValueError(f"pseudo-labels must be a non-empty (N,) tensor of cluster indices in [0, {self.num_clusters})")
         self.pseudo_labels = labels.to(self.pseudo_labels.device)
-        if self.classifier is not None:
-            self.classifier.reset_parameters()
+        self.reset_classifier()
 
     @torch.no_grad()
     def extract_features(

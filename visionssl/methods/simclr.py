@@ -36,6 +36,7 @@ class SimCLR(SSLMethod):
 
     augmentation = "simclr"
     num_views = 2
+    decay_norm_and_bias = False  # LARS paper: no weight decay on biases and BN parameters
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ class VICReg(SSLMethod):
 
     augmentation = "vicreg"
     num_views = 2
+    decay_norm_and_bias = False  # LARS paper: no weight decay on biases and BN parameters
 
     def __init__(
         self,

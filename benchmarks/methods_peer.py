@@ -1,0 +1,263 @@
+"""visionssl against LightlySSL at equal budget: each contrastive/non-contrastive method trained twice per seed.
+
+For each of simclr, moco, byol, simsiam and vicreg and each seed, the same backbone with the same initial
+weights is pretrained on the elpv train split (labels unused) for the same epochs, image size and batch:
+
+- **visionssl**: the method's own recipe adapted to elpv exactly as ``benchmarks/methods_elpv.py`` does it
+  (``RECIPE`` / ``ELPV_OVERRIDES``), through ``Trainer`` (batched views on the device);
+- **LightlySSL**: its components, as its examples write them: its projection/prediction heads (at the
+  widths of the visionssl method, so the two differ in recipe and code, not in size), its loss, its
+  momentum update (``update_momentum`` with ``cosine_schedule(step, total, 0.996, 1)``), its per-image
+  transforms (``SimCLRTransform``, ``MoCoV2Transform``, ``BYOLTransform``, ``SimSiamTransform``,
+  ``VICRegTransform``; no blur below 64 px) through a torch DataLoader, and plain SGD (``--peer-lr``,
+  momentum 0.9, weight decay 5e-4, cosine decay per step).
+
+Both backbones are then scored the same way (``methods_elpv.knn_scores``: FAISS kNN top-1 on the test
+split, bank the train split, and 4-fold kNN over the train split) on both elpv labels, ``defect`` and
+``type``: pretraining is label-free, so one pretrained backbone is scored on both. Mean and spread
+(population std) over the seeds per method, side and label go to benchmarks/results/methods_peer.{json,md},
+with the machine named.
+
+    python benchmarks/methods_peer.py                           # 5 methods x 3 seeds, the quick-start budget
+    python benchmarks/methods_peer.py --methods byol moco --seeds 0 1 2 3 4 --epochs 15
+    python benchmarks/methods_peer.py --epochs 1 --image-size 32 --batch-size 16 --max-images 64 --seeds 0 --results dry
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import device_name, write_results  # noqa: E402
+from methods_elpv import ELPV_OVERRIDES, RECIPE, knn_scores, stratified_folds  # noqa: E402
+from throughput import PeerImages  # noqa: E402
+
+import visionssl as vs  # noqa: E402
+from visionssl.engine import Trainer, load_config  # noqa: E402
+from visionssl.engine.trainer import resolve_device  # noqa: E402
+
+METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg")
+LABELS = ("defect", "type")
+
+
+def widths(head: nn.Module) -> tuple[int, int]:
+    """(hidden, output) width of an MLP head: the first and the last ``nn.Linear``'s outputs."""
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return linears[0].out_features, linears[-1].out_features
+
+
+def lightly_transform(method: str, size: int):
+    """LightlySSL's transform of ``method`` at its defaults; no blur below 64 px (its CIFAR-10 benchmark's choice)."""
+    from lightly import transforms as T
+
+    small = {"gaussian_blur": 0.0} if size < 64 else {}
+    if method == "simclr":
+        return T.SimCLRTransform(input_size=size, cj_strength=0.5 if size < 64 else 1.0, **small)
+    if method == "moco":
+        return T.MoCoV2Transform(input_size=size, **small)
+    if method == "byol":
+        return T.BYOLTransform(T.BYOLView1Transform(input_size=size, **small),
+                               T.BYOLView2Transform(input_size=size, **small))
+    if method == "simsiam":
+        return T.SimSiamTransform(input_size=size, **small)
+    return T.VICRegTransform(input_size=size, **small)
+
+
+class LightlyMethod(nn.Module):
+    """LightlySSL's heads, loss and momentum update around a copy of visionssl's initial backbone."""
+
+    def __init__(self, method: str, backbone: nn.Module, ours: vs.methods.SSLMethod):
+        from lightly import loss
+        from lightly.models import modules, utils
+
+        super().__init__()
+        self.method, self.backbone, feat = method, backbone, ours.num_features
+        if method == "simclr":
+            self.head = modules.SimCLRProjectionHead(feat, *widths(ours.projector))
+            self.criterion = loss.NTXentLoss(temperature=ours.temperature)
+        elif method == "moco":
+            hidden, out = widths(ours.projector)
+            self.head = modules.MoCoProjectionHead(feat, hidden, out)
+            self.criterion = loss.NTXentLoss(temperature=ours.temperature, memory_bank_size=(ours.queue.shape[0], out))
+        elif method == "byol":
+            hidden, out = widths(ours.projector)
+            self.head = modules.BYOLProjectionHead(feat, hidden, out)
+            self.predictor = modules.BYOLPredictionHead(out, widths(ours.predictor)[0], out)
+            self.criterion = loss.NegativeCosineSimilarity()
+        elif method == "simsiam":
+            hidden, out = widths(ours.projector)
+            self.head = modules.SimSiamProjectionHead(feat, hidden, out)
+            self.predictor = modules.SimSiamPredictionHead(out, widths(ours.predictor)[0], out)
+            self.criterion = loss.NegativeCosineSimilarity()
+        else:
+            hidden, out = widths(ours.expander)
+            self.head = modules.BarlowTwinsProjectionHead(feat, hidden, out)  # LightlySSL's VICReg example's head
+            self.criterion = loss.VICRegLoss()
+        if method in ("moco", "byol"):
+            self.backbone_momentum, self.head_momentum = copy.deepcopy(self.backbone), copy.deepcopy(self.head)
+            utils.deactivate_requires_grad(self.backbone_momentum)
+            utils.deactivate_requires_grad(self.head_momentum)
+
+    def training_step(self, x0: torch.Tensor, x1: torch.Tensor, step: int, total: int) -> torch.Tensor:
+        """As LightlySSL's examples write each method."""
+        from lightly.models.utils import update_momentum
+        from lightly.utils.scheduler import cosine_schedule
+
+        if self.method in ("moco", "byol"):
+            m = cosine_schedule(step, total, 0.996, 1)
+            update_momentum(self.backbone, self.backbone_momentum, m=m)
+            update_momentum(self.head, self.head_momentum, m=m)
+        if self.method == "simclr":
+            return self.criterion(self.head(self.backbone(x0)), self.head(self.backbone(x1)))
+        if self.method == "moco":
+            query = self.head(self.backbone(x0))
+            with torch.no_grad():
+                key = self.head_momentum(self.backbone_momentum(x1))
+            return self.criterion(query, key)
+        if self.method == "byol":
+            p0, p1 = self.predictor(self.head(self.backbone(x0))), self.predictor(self.head(self.backbone(x1)))
+            with torch.no_grad():
+                z0, z1 = self.head_momentum(self.backbone_momentum(x0)), self.head_momentum(self.backbone_momentum(x1))
+            return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+        if self.method == "simsiam":
+            z0, z1 = self.head(self.backbone(x0)), self.head(self.backbone(x1))
+            p0, p1 = self.predictor(z0), self.predictor(z1)
+            return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
+        return self.criterion(self.head(self.backbone(x0)), self.head(self.backbone(x1)))
+
+
+def train_lightly(method: str, initial: nn.Module, ours: vs.methods.SSLMethod, train, args, device: torch.device) -> nn.Module:
+    """Pretrains a copy of ``initial`` the LightlySSL way for ``args.epochs``; returns its backbone."""
+    model = LightlyMethod(method, copy.deepcopy(initial), ours).to(device)
+    stored = train.images  # uint8 (N, C, H, W); PeerImages serves PIL RGB images
+    loader = DataLoader(PeerImages(stored, lightly_transform(method, args.image_size)), batch_size=args.batch_size,
+                        shuffle=True, drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0)
+    total = args.epochs * len(loader)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.peer_lr, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total, 1))
+    model.train()
+    step = 0
+    for _ in range(args.epochs):
+        for views in loader:
+            x0, x1 = (v.to(device, non_blocking=True) for v in views[:2])
+            loss = model.training_step(x0, x1, step, total)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+    if step and not math.isfinite(float(loss.detach())):
+        print(f"  LightlySSL {method}: non-finite final loss", flush=True)
+    return model.backbone
+
+
+def train_visionssl(method: str, train, test, args, seed: int, device: torch.device, stored: int) -> Trainer:
+    """The trainer of ``method`` at the budget, built but not run (its backbone holds the initial weights)."""
+    overrides = [
+        f"backbone.name={args.backbone}", f"augment.image_size={args.image_size}", f"data.image_size={stored}",
+        f"optim.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.seed={seed}",
+        "optim.warmup_epochs=1", f"train.knn_k={args.k}", "train.knn_every=-1", "train.progress=false",
+        f"train.device={device}", f"out={Path(args.out) / f'{method}-seed{seed}'}",
+        *ELPV_OVERRIDES.get(method, []), *args.set,
+    ]
+    if method == "moco":  # the queue must stay below the training set (a dry run's subset included)
+        overrides.append(f"method.queue_size={min(1024, max(args.batch_size, len(train) // 2))}")
+    cfg = load_config(config=RECIPE.get(method, method), overrides=overrides)
+    return Trainer(cfg, train_set=train, eval_sets=(train, test))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean and population std over seeds of every (method, side, label, score)."""
+    out: dict = {}
+    for r in rows:
+        for key, value in r["scores"].items():
+            out.setdefault(r["method"], {}).setdefault(r["side"], {}).setdefault(key, []).append(value)
+    return {m: {side: {k: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "n": len(v)} for k, v in scores.items()}
+                for side, scores in sides.items()} for m, sides in out.items()}
+
+
+def markdown(summary: dict, budget: dict, device: str) -> str:
+    lines = [f"# visionssl vs LightlySSL at equal budget on elpv ({device})", "",
+             f"Budget: {budget}. kNN top-1 (%) on the test split, mean +- std over seeds; gap = visionssl - LightlySSL.", "",
+             "| method | label | visionssl | LightlySSL | gap | seeds |", "|---|---|---|---|---|---|"]
+    for method, sides in summary.items():
+        for label in LABELS:
+            ours, peer = sides.get("visionssl", {}).get(label), sides.get("lightly", {}).get(label)
+            if ours is None or peer is None:
+                continue
+            lines.append(f"| {method} | {label} | {ours['mean']:.2f} +- {ours['std']:.2f} | {peer['mean']:.2f} +- "
+                         f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {ours['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--peer-lr", type=float, default=0.1, help="LightlySSL side: SGD learning rate")
+    parser.add_argument("--workers", type=int, default=2, help="LightlySSL side: DataLoader workers")
+    parser.add_argument("--max-images", type=int, default=None, help="use the first N train/test images (dry runs)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides of the visionssl side")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="runs/methods_peer")
+    parser.add_argument("--results", default="methods_peer", help="results file name under benchmarks/results")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    stored = math.ceil(args.image_size * 1.125)
+    data = {label: [vs.data.load_dataset(f"elpv:{label}" if label != "defect" else "elpv", split, stored)
+                    for split in ("train", "test")] for label in LABELS}
+    if args.max_images:
+        data = {label: [ds.subset(torch.arange(min(args.max_images, len(ds)))) for ds in pair] for label, pair in data.items()}
+    train, test = data["defect"]
+    strata = (train.targets * 2 + train.labels["type"]).numpy()
+    folds = stratified_folds(strata, 4, seed=0)
+    budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
+              "epochs": args.epochs, "k": args.k, "seeds": args.seeds, "peer_lr": args.peer_lr,
+              "max_images": args.max_images}
+    rows = []
+    for method in args.methods:
+        for seed in args.seeds:
+            trainer = train_visionssl(method, train, test, args, seed, device, stored)
+            initial = copy.deepcopy(trainer.method.backbone).cpu()  # both sides start from these weights
+            start = time.perf_counter()
+            trainer.fit()
+            ours_seconds = time.perf_counter() - start
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            peer = train_lightly(method, initial, trainer.method, train, args, device)
+            peer_seconds = time.perf_counter() - start
+            for side, backbone, seconds in (("visionssl", trainer.method.backbone, ours_seconds), ("lightly", peer, peer_seconds)):
+                scores = {}
+                for label in LABELS:
+                    top1, cv = knn_scores(backbone, *data[label], None, folds, args.image_size, min(args.k, len(train)))
+                    scores[label], scores[f"{label}_4fold"] = top1, cv
+                rows.append({"method": method, "seed": seed, "side": side, "scores": scores, "train_seconds": seconds})
+                print(f"{method:8s} seed {seed} {side:9s} defect {scores['defect']:6.2f}%  type {scores['type']:6.2f}%  "
+                      f"({seconds:.0f} s)", flush=True)
+    summary = summarize(rows)
+    import lightly
+
+    payload = {"device": device_name(device), "lightly": lightly.__version__, "budget": budget, "summary": summary, "rows": rows}
+    path = write_results(args.results, payload)
+    path.with_suffix(".md").write_text(markdown(summary, budget, device_name(device)))
+    print(markdown(summary, budget, device_name(device)))
+    return path
+
+
+if __name__ == "__main__":
+    main()

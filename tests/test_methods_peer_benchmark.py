@@ -1,0 +1,55 @@
+"""benchmarks/methods_peer.py at a tiny dry budget: both sides train, both labels are scored, files are written."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightly")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "methods_peer.py"
+
+
+@pytest.fixture()
+def bench(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("methods_peer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path / "results")
+    yield module
+    for name in ("_common", "methods_elpv", "throughput"):
+        sys.modules.pop(name, None)
+
+
+def test_dry_budget_trains_both_sides_and_writes_mean_and_spread(bench, tmp_path):
+    path = bench.main(["--methods", "moco", "--seeds", "0", "1", "--epochs", "1", "--image-size", "16",
+                       "--batch-size", "8", "--max-images", "24", "--backbone", "resnet10t_cifar", "--workers", "0",
+                       "--k", "5", "--device", "cpu", "--out", str(tmp_path / "runs"), "--results", "dry"])
+    result = json.loads(path.read_text())
+    assert path.parent == tmp_path / "results" and result["device"]
+    assert len(result["rows"]) == 2 * 2  # seeds x sides
+    for method in ("moco",):
+        for side in ("visionssl", "lightly"):
+            for label in ("defect", "type"):
+                s = result["summary"][method][side][label]
+                values = [r["scores"][label] for r in result["rows"] if r["method"] == method and r["side"] == side]
+                assert s["n"] == 2 and s["mean"] == pytest.approx(sum(values) / 2)
+                assert s["std"] == pytest.approx(abs(values[0] - values[1]) / 2)
+                assert all(0 <= v <= 100 for v in values)
+    table = path.with_suffix(".md").read_text()
+    assert "| moco | defect |" in table and "| moco | type |" in table and result["device"] in table
+
+
+def test_peer_starts_from_the_same_weights_with_the_same_head_widths(bench):
+    import torch
+
+    import visionssl as vs
+
+    ours = vs.create_method("simsiam", backbone="resnet10t_cifar", proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=16)
+    peer = bench.LightlyMethod("simsiam", ours.backbone, ours)
+    assert bench.widths(peer.head) == (64, 32) and bench.widths(peer.predictor) == (16, 32)
+    x0, x1 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    loss = peer.training_step(x0, x1, 0, 10)
+    assert -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine similarity

@@ -1,0 +1,152 @@
+"""Behaviour changes made to follow the papers' official code (issue 19): one test per deviation fixed."""
+import pytest
+import torch
+
+import visionssl as vs
+
+
+@pytest.mark.parametrize("name, decays_1d", [("simclr", False), ("byol", False), ("vicreg", False), ("moco", True),
+                                             ("simsiam", True), ("deepcluster", True), ("rotation", True)])
+def test_weight_decay_on_1d_parameters_follows_each_paper(name, decays_1d):
+    method = vs.create_method(name, backbone="resnet10t_cifar")
+    groups = method.param_groups(5e-4)
+    decayed = {id(p) for g in groups if g["weight_decay"] == 5e-4 for p in g["params"]}
+    one_d = [p for p in method.parameters() if p.requires_grad and p.ndim <= 1]
+    assert one_d and all((id(p) in decayed) == decays_1d for p in one_d)
+    assert all(id(p) in decayed for p in method.parameters() if p.requires_grad and p.ndim > 1)
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in method.parameters() if p.requires_grad)
+
+
+def test_nt_xent_runs_in_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(64, 128, generator=g), torch.randn(64, 128, generator=g)
+    z2 = z1 + 0.5 * z2
+    reference = vs.losses.nt_xent(z1, z2, temperature=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = vs.losses.nt_xent(z1, z2, temperature=0.1)
+    assert under_autocast.dtype == torch.float32
+    assert abs(float(under_autocast) - float(reference)) <= 1e-5 * abs(float(reference))
+
+
+def _torchvision_jitter(x, b, c, s, h, order):
+    import torchvision.transforms.v2.functional as TF
+
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = []
+    for i in range(len(x)):
+        img, factors = x[i], (float(b[i]), float(c[i]), float(s[i]), float(h[i]))
+        for op in order[i].tolist():
+            img = ops[op](img, factors[op])
+        out.append(img)
+    return torch.stack(out)
+
+
+def test_fused_colour_jitter_matches_torchvision_in_each_samples_order():
+    from visionssl.augment.ops import color_affine
+
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    x = 0.35 + 0.3 * torch.rand(n, 3, 8, 8, generator=g)  # mild factors keep every intermediate inside [0, 1]
+    b, c, s = (0.85 + 0.3 * torch.rand(n, generator=g) for _ in range(3))
+    order = torch.rand(n, 4, generator=g).argsort(1)
+    assert len({tuple(o) for o in order.tolist()}) > 1
+    no_hue, no_gray = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+    matrix, offset = color_affine(x.mean(dim=(2, 3)), b, c, s, no_hue, no_gray, order)
+    ours = apply_affine(matrix, offset, x)
+    assert torch.allclose(ours, _torchvision_jitter(x, b, c, s, no_hue, order), atol=1e-5)
+    # without clipping the linear ops commute; a hue rotation moves the mean gray contrast blends towards
+    hue = torch.full((n,), 0.1)
+    hue_first, contrast_first = torch.tensor([[3, 1, 0, 2]] * n), torch.tensor([[1, 3, 0, 2]] * n)
+    assert not torch.allclose(color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, hue_first)[1],
+                              color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, contrast_first)[1], atol=1e-4)
+
+
+def apply_affine(matrix, offset, x):
+    return (torch.einsum("nij,njhw->nihw", matrix, x) + offset.view(-1, 3, 1, 1)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("hue", [0.02, 0.05, 0.1])
+def test_hue_rotation_turns_the_way_torchvision_does(hue):
+    import torchvision.transforms.v2.functional as TF
+
+    from visionssl.augment.ops import hue_matrix
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 16, 16, generator=g)
+    reference = TF.adjust_hue(x, hue)
+    rotated = apply_affine(hue_matrix(torch.full((16,), hue)), torch.zeros(16, 3), x)
+    error, shift = (rotated - reference).abs().mean(), (x - reference).abs().mean()
+    assert error < shift  # the old YIQ rotation turned the other way: its error was about twice the shift
+    assert (apply_affine(hue_matrix(torch.full((16,), -hue)), torch.zeros(16, 3), x) - reference).abs().mean() > shift
+
+
+def test_deepcluster_classifier_is_reinitialised_as_the_reference_and_has_no_momentum():
+    m = vs.create_method("deepcluster", backbone="resnet10t_cifar", num_clusters=500)
+    with torch.no_grad():
+        m.classifier.weight.fill_(1.0), m.classifier.bias.fill_(1.0)
+    m.set_pseudo_labels(torch.arange(500))
+    w = m.classifier.weight.detach()
+    assert abs(float(w.std()) - 0.01) < 0.001 and abs(float(w.mean())) < 0.001 and not m.classifier.bias.any()
+    groups = m.param_groups(1e-5)
+    head = [g for g in groups if any(p is m.classifier.weight for p in g["params"])]
+    assert len(head) == 1 and head[0]["momentum"] == 0.0 and head[0]["weight_decay"] == 1e-5
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    from visionssl.engine.optim import create_optimizer
+
+    opt = create_optimizer(groups, "sgd", lr=0.1, momentum=0.9)
+    assert [g["momentum"] for g in opt.param_groups if g["params"]][-1] == 0.0
+
+
+def test_deepcluster_samples_uniformly_over_clusters_without_replacement():
+    from visionssl.data.loader import uniform_over_labels
+
+    labels = torch.tensor([0] * 90 + [1] * 6 + [2] * 4)  # one big cluster, two small ones
+    order = uniform_over_labels(labels, 100, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels[order], minlength=3)
+    assert len(order) == 100 and counts.min() >= 100 // 3 - 1  # 34 draws per cluster before the cut to 100
+    big = order[labels[order] == 0]
+    assert len(set(big.tolist())) == len(big)  # no image of the big cluster twice in an epoch
+    m = vs.create_method("deepcluster", backbone="resnet10t_cifar", num_clusters=3)
+    m.set_pseudo_labels(labels)
+    assert torch.equal(m.sample_labels, labels)
+
+
+def _backbone_inputs(method, views):
+    seen = []
+    handle = method.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    method(views)
+    handle.remove()
+    return seen[0]
+
+
+def test_context_normalises_each_patch_and_pixelates_about_a_third():
+    from visionssl.augment.pretext import pixelate
+
+    torch.manual_seed(0)
+    m = vs.create_method("context", backbone="resnet10t_cifar", patch_size=8, gap=3, jitter=1)
+    patches = _backbone_inputs(m, [torch.randn(8, 3, 32, 32) * 3 + 1])
+    assert torch.allclose(patches.mean((1, 2, 3)), torch.zeros(16), atol=1e-4)
+    assert torch.allclose(patches.std((1, 2, 3), unbiased=False), torch.ones(16), atol=1e-3)
+    x = torch.rand(3000, 1, 10, 10)
+    changed = (pixelate(x, p=1 / 3) != x).flatten(1).any(1).float().mean()
+    assert 0.28 < float(changed) < 0.39
+    # a pixelated patch is the area-downsampled patch upsampled back: constant 2x2 blocks survive a halving
+    blocks = torch.rand(50, 1, 5, 5).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    assert torch.allclose(pixelate(blocks, p=1.0, min_fraction=0.5)[:, :, ::2, ::2].mean(), blocks.mean(), atol=0.05)
+
+
+def test_jigsaw_jitters_each_tile_and_normalises_with_one_mean_and_std_per_tile():
+    from visionssl.augment.pretext import jitter_tile_colors, normalize_tiles
+
+    tiles = torch.rand(4, 9, 3, 6, 6)
+    jittered = jitter_tile_colors(tiles, 0.05)
+    offsets = (jittered - tiles)[..., 0, 0]
+    assert offsets.abs().max() <= 0.05 and offsets.std() > 0.01  # one offset per tile and channel
+    assert torch.allclose(jittered - tiles, offsets[..., None, None].expand_as(tiles), atol=1e-6)
+    # per-channel statistics would cancel the offsets; one mean/std per tile keeps them
+    assert torch.allclose(normalize_tiles(jittered), normalize_tiles(tiles), atol=1e-4)
+    assert not torch.allclose(normalize_tiles(jittered, per_channel=False), normalize_tiles(tiles, per_channel=False), atol=1e-3)
+    m = vs.create_method("jigsaw", backbone="resnet10t_cifar", num_permutations=10, tile_dim=16, head_hidden_dim=32)
+    fed = _backbone_inputs(m, [torch.randn(2, 3, 32, 32)])
+    assert torch.allclose(fed.mean((1, 2, 3)), torch.zeros(18), atol=1e-4)
+    assert not torch.allclose(fed.mean((2, 3)), torch.zeros(18, 3), atol=1e-3)  # channel means are kept
