@@ -23,11 +23,16 @@ def _deepcluster_inputs(method, batch):
     return {"indices": torch.arange(batch)}
 
 
+def _tiny_vit():
+    return vs.create_backbone("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+
+
 @dataclass
 class Small:
     hparams: dict = field(default_factory=dict)
-    image_size: int = 16  # side of the views (and of the uint8 images they are cut from, plus a margin)
+    image_size: int = 16  # the preset's image_size (uint8 images are 4 px larger)
     inputs: Callable | None = None  # (method, batch) -> extra forward kwargs, after any setup the method needs
+    backbone: Callable = TinyNet  # () -> a tiny backbone the method accepts
 
 
 SMALL = {
@@ -40,6 +45,12 @@ SMALL = {
     "context": Small({"patch_size": 8, "gap": 3, "jitter": 1, "head_hidden_dim": 32}, image_size=32),
     "jigsaw": Small({"num_permutations": 10, "tile_dim": 16, "head_hidden_dim": 32}, image_size=32),
     "deepcluster": Small({"num_clusters": 4, "pca_dim": 4}, inputs=_deepcluster_inputs),
+    "barlow_twins": Small({"proj_dim": 32}),
+    "mocov3": Small({"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32}),
+    "swav": Small({"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 12, "freeze_prototypes_epochs": 0}),
+    "dino": Small({"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "freeze_last_layer_epochs": 0,
+                   "warmup_teacher_temp_epochs": 0}),
+    "mae": Small({"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}, backbone=_tiny_vit),
 }
 BATCH = 4
 
@@ -54,7 +65,8 @@ def small(name):
 
 def build(name, seed):
     torch.manual_seed(seed)
-    return vs.create_method(name, backbone=TinyNet(), **small(name).hparams)
+    entry = small(name)
+    return vs.create_method(name, backbone=entry.backbone(), **entry.hparams)
 
 
 def test_every_entry_names_a_registered_method():
@@ -75,7 +87,8 @@ def test_method_contract(name, private_home):
     images = torch.randint(0, 256, (BATCH, 3, entry.image_size + 4, entry.image_size + 4), dtype=torch.uint8)
     views = vs.augment.create(cls.augmentation, image_size=entry.image_size)(images)
     assert len(views) == cls.num_views, f"preset {cls.augmentation!r} made {len(views)} views, {name} wants {cls.num_views}"
-    assert all(v.shape == (BATCH, 3, entry.image_size, entry.image_size) for v in views)
+    assert views[0].shape == (BATCH, 3, entry.image_size, entry.image_size)
+    assert all(v.shape[:2] == (BATCH, 3) for v in views)  # multi-crop: smaller local views
     kwargs = entry.inputs(method, BATCH) if entry.inputs else {}
 
     # state-dict round trip: a fresh instance (other initial weights) loaded with the state gives the same loss
