@@ -84,6 +84,10 @@ def test_knn_then_linear_probe_benchmark_writes_every_output_and_reuses_the_feat
     assert all(r["features"] == "cached" for r in second["rows"])
     assert {"lr", "weight_decay", "val_top1", "sweep"} <= set(second["rows"][0])
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    third = run_benchmark("linear-probe", checkpoints, datasets, out, progress=False, echo=lambda s: None)
+    row = third["rows"][0]  # the defaults: L-BFGS, C picked by 5-fold; the table says so
+    assert row["solver"] == "lbfgs" and row["selection"] == "5-fold" and row["C"] in [10.0**k for k in range(-4, 3)]
+    assert "| top1 | top5 | solver | selection | C | lr | weight_decay | val_top1 | features |" in (out / "results.md").read_text()
 
 
 def test_cli_benchmark_knn(checkpoints, tmp_path, capsys):

@@ -12,6 +12,8 @@ from sklearn.preprocessing import StandardScaler
 import visionssl as vs
 
 probe_module = importlib.import_module("visionssl.eval.linear_probe")  # vs.eval.linear_probe is the function
+fit_heads, stratified_kfold = probe_module.fit_heads, probe_module.stratified_kfold
+sgd_module = importlib.import_module("visionssl.eval.probe_sgd")
 
 
 def sklearn_tuned(xtr, ytr, xte, yte, cs=(0.01, 0.1, 1.0, 10.0)):
@@ -42,9 +44,77 @@ def test_accuracy_within_one_point_of_tuned_sklearn_logistic_regression(make):
     xtr, xte, ytr, yte = make()
     ours = vs.eval.linear_probe(xtr, ytr, xte, yte)
     assert abs(ours["top1"] - sklearn_tuned(xtr, ytr, xte, yte)) <= 1.0
-    assert len(ours["sweep"]) == 20 and ours["top5"] >= ours["top1"]
-    assert (ours["lr"], ours["weight_decay"]) in {(s["lr"], s["weight_decay"]) for s in ours["sweep"]}
+    assert ours["solver"] == "lbfgs" and ours["selection"] == "5-fold" and ours["top5"] >= ours["top1"]
+    assert len(ours["sweep"]) == 7 and ours["C"] in {s["C"] for s in ours["sweep"]}
     assert ours["val_top1"] == max(s["val_top1"] for s in ours["sweep"])
+    sgd = vs.eval.linear_probe(xtr, ytr, xte, yte, solver="sgd")
+    assert sgd["solver"] == "sgd" and len(sgd["sweep"]) == 30
+    assert (sgd["lr"], sgd["weight_decay"]) in {(s["lr"], s["weight_decay"]) for s in sgd["sweep"]}
+
+
+def small_problem(n=240, dim=12, classes=4, seed=0):
+    g = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = g.standard_normal((n, dim)) + 1.2 * np.eye(classes, dim)[y] + 0.5  # overlapping classes, off-centre
+    return x, y
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
+def test_lbfgs_heads_reach_sklearns_optimum_for_a_fixed_C(C):
+    x, y = small_problem()
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(x, y)
+    l2 = torch.tensor([1 / (C * len(x)), 1.0], dtype=torch.float64)  # a second head alongside changes nothing
+    weight, bias, _ = fit_heads(torch.from_numpy(x), torch.from_numpy(y), 4, l2, max_iter=2000, tol=1e-9)
+    np.testing.assert_allclose(weight[0].numpy(), ref.coef_.T, atol=1e-5)
+    logits = x @ weight[0].numpy() + bias[0].numpy()  # biases are free up to a shared shift: compare probabilities
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), ref.predict_proba(x), atol=1e-5)
+
+
+def test_lbfgs_sample_weights_of_zero_leave_samples_out():
+    x, y = small_problem()
+    keep = torch.arange(len(x)) % 3 != 0
+    mask = torch.stack([keep, torch.ones_like(keep)], 1).double()
+    l2 = torch.tensor([1 / (0.1 * int(keep.sum())), 1 / (0.1 * len(x))], dtype=torch.float64)
+    weight, _, _ = fit_heads(torch.from_numpy(x), torch.from_numpy(y), 4, l2, mask, max_iter=2000, tol=1e-9)
+    on_subset = LogisticRegression(C=0.1, tol=1e-10, max_iter=10_000).fit(x[keep.numpy()], y[keep.numpy()])
+    on_all = LogisticRegression(C=0.1, tol=1e-10, max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(weight[0].numpy(), on_subset.coef_.T, atol=1e-5)
+    np.testing.assert_allclose(weight[1].numpy(), on_all.coef_.T, atol=1e-5)
+
+
+def test_kfold_is_stratified_seeded_and_covers_every_sample_once():
+    labels = torch.tensor([0] * 50 + [1] * 23 + [2] * 7)
+    fold = stratified_kfold(labels, 5, seed=3)
+    counts = torch.stack([(fold[labels == c]).bincount(minlength=5) for c in range(3)])
+    assert counts.tolist()[0] == [10] * 5  # 50 of class 0: ten in every fold
+    assert (counts.max(1).values - counts.min(1).values).tolist() == [0, 1, 1]  # 23 and 7: as even as possible
+    sizes = fold.bincount(minlength=5)
+    assert int(sizes.max() - sizes.min()) <= 1 and int(sizes.sum()) == len(labels)
+    assert torch.equal(fold, stratified_kfold(labels, 5, seed=3))
+    assert not torch.equal(fold, stratified_kfold(labels, 5, seed=4))
+
+
+def test_lbfgs_probe_selects_on_folds_and_refits_on_every_training_sample(monkeypatch):
+    x, y = small_problem(n=300)
+    calls = []
+
+    def spy(x_, y_, c, l2, weights=None, **kw):
+        calls.append((len(x_), weights, l2.clone(), kw.get("init")))
+        return fit_heads(x_, y_, c, l2, weights, **kw)
+
+    monkeypatch.setattr(probe_module, "fit_heads", spy)
+    out = vs.eval.linear_probe(x[:240], y[:240], x[240:], y[240:], Cs=(0.01, 1.0), folds=4, max_iter=500, tol=1e-8)
+    (n_sel, weights, l2_sel, _), (n_refit, refit_weights, l2_refit, init) = calls
+    assert n_sel == 240 and weights.shape == (240, 8) and weights.sum(0).tolist() == [180.0] * 8  # 4 folds x 2 Cs
+    assert torch.allclose(l2_sel, 1 / (torch.tensor([0.01, 1.0] * 4) * 180))
+    assert n_refit == 240 and refit_weights is None and init is not None  # the refit sees every training sample
+    assert float(l2_refit[0]) == pytest.approx(1 / (out["C"] * 240)) and out["weight_decay"] == pytest.approx(1 / (out["C"] * 240))
+    mean, std = x[:240].mean(0), x[:240].std(0, ddof=1)  # torch's std: the unbiased one
+    ref = LogisticRegression(C=out["C"], tol=1e-10, max_iter=10_000).fit((x[:240] - mean) / std, y[:240])
+    assert out["top1"] == pytest.approx(100 * ref.score((x[240:] - mean) / std, y[240:]))
+    held_out = vs.eval.linear_probe(x[:240], y[:240], x[240:], y[240:], Cs=(0.01, 1.0), cv_max_samples=200)
+    assert held_out["selection"] == "validation"
 
 
 def test_heads_train_independently_each_as_if_alone():
@@ -67,7 +137,7 @@ def test_batched_update_equals_torch_optim_per_head(kind):
     grads = [(torch.randn(4, 5, 3), torch.randn(5, 3)) for _ in range(4)]
     scales = [1.0, 0.8, 0.5, 0.1]  # a schedule
     params = [weight.clone(), bias.clone()]
-    batched = (probe_module._BatchedSGD if kind == "sgd" else probe_module._BatchedAdamW)(params)
+    batched = (sgd_module._BatchedSGD if kind == "sgd" else sgd_module._BatchedAdamW)(params)
     for (gw, gb), scale in zip(grads, scales):
         batched.step(params, [gw, gb], batched.state, lrs * scale, wds)
     for h in range(3):
@@ -132,11 +202,15 @@ def test_probe_writes_tensorboard_scalars(tmp_path):
         (dict(lrs=(0.1, -1.0)), "learning rates must be > 0"),
         (dict(weight_decays=(-0.1,)), "weight decays >= 0"),
         (dict(optimizer="lbfgs"), "unknown optimizer 'lbfgs'; valid: sgd, adamw"),
-        (dict(normalize="whiten"), "unknown normalize 'whiten'; valid: standardize, batchnorm, none"),
-        (dict(val_fraction=0.0), "a sweep of 20 settings needs a validation split"),
-        (dict(val_fraction=1.0), r"val_fraction must be in \[0, 1\)"),
+        (dict(solver="newton"), "unknown solver 'newton'; valid: auto, lbfgs, sgd"),
+        (dict(Cs=(1.0, 0.0)), "Cs must hold at least one value, all > 0"),
+        (dict(folds=1), r"folds must be in \[2, 20\]"),
+        (dict(solver="lbfgs", normalize="batchnorm"), "normalize 'batchnorm' is not for the lbfgs solver"),
+        (dict(normalize="whiten", solver="sgd"), "unknown normalize 'whiten'; valid: standardize, batchnorm, none"),
+        (dict(val_fraction=0.0, solver="sgd"), "a sweep of 30 settings needs a validation split"),
+        (dict(val_fraction=1.0, solver="sgd"), r"val_fraction must be in \[0, 1\)"),
         (dict(epochs=0), "epochs and patience must be >= 1"),
-        (dict(batch_size=0), "batch_size must be >= 1 or None"),
+        (dict(batch_size=0, solver="sgd"), "batch_size must be >= 1 or None"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(change, message):

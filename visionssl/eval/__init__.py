@@ -14,10 +14,10 @@ Example:
 """
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
-from visionssl.eval.linear_probe import linear_probe, linear_probe_classic, stratified_split
+from visionssl.eval.linear_probe import linear_probe, linear_probe_classic, stratified_kfold, stratified_split
 from visionssl.eval.benchmark import run_benchmark  # noqa: E402  (after the functions it uses)
 
 __all__ = [
     "extract_features", "feature_cache_path", "knn", "knn_predict", "knn_scores", "knn_search", "linear_probe",
-    "linear_probe_classic", "rank_accuracy", "run_benchmark", "stratified_split", "weights_hash",
+    "linear_probe_classic", "rank_accuracy", "run_benchmark", "stratified_kfold", "stratified_split", "weights_hash",
 ]

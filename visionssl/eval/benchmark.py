@@ -127,7 +127,8 @@ def run_benchmark(
                 options = {"seed": seed, "progress": progress, "device": dev, **(probe_options or {})}
                 log_dir = out_dir / "tensorboard" / _slug(name) / _slug(data_name)
                 metrics = linear_probe(train_x, train_y, test_x, test_y, log_dir=log_dir, **options)
-                row.update({key: metrics[key] for key in ("top1", "top5", "lr", "weight_decay", "val_top1", "best_epoch")})
+                row.update({key: metrics.get(key) for key in ("top1", "top5", "solver", "selection", "C", "lr",
+                                                              "weight_decay", "val_top1", "best_epoch")})
                 row["sweep"] = metrics["sweep"]
             row["features"] = "cached" if cached else "computed"
             row["seconds"] = round(time.perf_counter() - tic, 3)
@@ -191,7 +192,7 @@ def markdown_table(payload: dict[str, Any]) -> str:
         metrics = [c for c in rows[0] if c.startswith("top") and "@" in c]
         headline = f"top-1 at k={payload['settings']['k'][0]}"
     else:
-        metrics, headline = ["top1", "top5", "lr", "weight_decay", "val_top1"], "top-1"
+        metrics, headline = ["top1", "top5", "solver", "selection", "C", "lr", "weight_decay", "val_top1"], "top-1"
     cols = ["checkpoint", "dataset"] + metrics + ["features"]
     title = "kNN" if kind == "knn" else "Linear probe"
     lines = [f"### {title} accuracy (%)", "", _md_row(cols), _md_row(["---"] * len(cols))]
@@ -419,7 +420,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="{knn,linear-probe}")
     for kind, help_text in (("knn", "FAISS kNN on frozen features"),
-                            ("linear-probe", "linear probe on cached features, learning-rate x weight-decay sweep")):
+                            ("linear-probe", "linear probe on cached features: L-BFGS over Cs picked by k-fold")):
         p = sub.add_parser(kind, help=help_text, description=f"{help_text}. " + (bench.description or ""))
         p.add_argument("--checkpoint", action="append", required=True,
                        help="run directory, checkpoint file, .safetensors export, zoo name, 'random' (random weights of "
@@ -442,19 +443,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                            help="neighbours; several values come from one search, the first is the headline (default: 200 20)")
             p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default 0.07)")
         else:
-            p.add_argument("--epochs", type=positive_int, default=100, help="maximum probe epochs (default 100)")
-            p.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates of the sweep (default: 0.01 0.03 0.1 0.3 1)")
+            p.add_argument("--solver", choices=("auto", "lbfgs", "sgd"), default="auto",
+                           help="probe solver: full-batch L-BFGS over Cs, or the minibatch SGD sweep (default auto: "
+                                "L-BFGS unless an SGD option is given or the features are too many)")
+            p.add_argument("--Cs", dest="cs", type=float, nargs="+", default=None,
+                           help="L-BFGS: inverse regularisation strengths, scikit-learn's C (default: 1e-4 ... 100, one per decade)")
+            p.add_argument("--folds", type=positive_int, default=5, help="L-BFGS: k-fold picking C below 20k samples (default 5)")
+            p.add_argument("--epochs", type=positive_int, default=None, help="SGD: maximum probe epochs (default 100)")
+            p.add_argument("--lrs", type=float, nargs="+", default=None, help="SGD: learning rates of the sweep (default: 0.01 0.03 0.1 0.3 1)")
             p.add_argument("--weight-decays", type=float, nargs="+", default=None,
-                           help="weight decays of the sweep (default: 0 1e-4 1e-3 1e-2)")
-            p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="probe optimizer (default sgd)")
-            p.add_argument("--probe-batch-size", type=positive_int, default=1024, help="features per probe step (default 1024)")
+                           help="SGD: weight decays of the sweep (default: 0 1e-5 1e-4 1e-3 1e-2 1e-1)")
+            p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="SGD: probe optimizer (default sgd)")
+            p.add_argument("--probe-batch-size", type=positive_int, default=1024, help="SGD: features per probe step (default 1024)")
         p.set_defaults(run=_run_cli, benchmark_kind=kind)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
     probe = None
     if args.benchmark_kind == "linear-probe":
-        probe = {"epochs": args.epochs, "optimizer": args.optimizer, "batch_size": args.probe_batch_size}
+        probe = {"solver": args.solver, "folds": args.folds, "batch_size": args.probe_batch_size}
+        for option in ("epochs", "optimizer"):
+            if getattr(args, option) is not None:
+                probe[option] = getattr(args, option)
+        if args.cs:
+            probe["Cs"] = tuple(args.cs)
         if args.lrs:
             probe["lrs"] = tuple(args.lrs)
         if args.weight_decays:
@@ -474,13 +486,13 @@ def _command_line(args: argparse.Namespace) -> str:
     words = ["visionssl", "benchmark", args.benchmark_kind]
     words += [w for c in args.checkpoint for w in ("--checkpoint", c)]
     words += [w for d in args.data or [] for w in ("--data", d)]
-    for option in ("out", "image_size", "device", "batch_size", "cache_dir", "seed", "temperature", "epochs",
-                   "optimizer", "probe_batch_size"):
+    for option in ("out", "image_size", "device", "batch_size", "cache_dir", "seed", "temperature", "solver", "folds",
+                   "epochs", "optimizer", "probe_batch_size"):
         value = getattr(args, option, None)
         if value is not None:
             words += [f"--{option.replace('_', '-')}", str(value)]
-    for option in ("k", "lrs", "weight_decays"):
+    for option in ("k", "cs", "lrs", "weight_decays"):
         if getattr(args, option, None):
-            words += [f"--{option.replace('_', '-')}", *map(str, getattr(args, option))]
+            words += ["--Cs" if option == "cs" else f"--{option.replace('_', '-')}", *map(str, getattr(args, option))]
     words += [f"--{flag.replace('_', '-')}" for flag in ("no_plots", "no_progress") if getattr(args, flag)]
     return " ".join(shlex.quote(w) for w in words)

@@ -1,44 +1,51 @@
-"""Linear probe: multinomial logistic regression on frozen features, a whole hyperparameter sweep at once.
+"""Linear probe: multinomial logistic regression on frozen features, a whole regularisation sweep at once.
 
-``linear_probe`` trains one linear head per (learning rate, weight decay) pair *side by side*: the heads are
-one weight tensor (D, C, H) and a single matrix multiply gives the logits of all of them. The loss is the
-sum over heads of each head's mean cross entropy, so every head gets exactly its own gradient; SGD or AdamW
-then applies each head's own learning rate and weight decay (a batched update written here, as
-``torch.optim`` would need one parameter group, and one small kernel launch, per head). A stratified, seeded
-validation split carved from the training features picks the setting (early stopping on validation
-accuracy); the chosen setting is then refit on the whole training split for its best number of epochs and
-scored on the test split.
+Two solvers, both training every setting of the sweep side by side as one batched model:
 
-``linear_probe_classic`` is the protocol of solo-learn, LightlySSL and VISSL, for comparison with
-published numbers: augmented images through the frozen backbone every epoch, SGD with a cosine schedule.
+- ``"lbfgs"`` (default for features that fit in memory; ``probe_lbfgs``): full-batch L-BFGS to the
+  L2-regularised optimum, as scikit-learn's ``LogisticRegression(solver="lbfgs")``, over log-spaced inverse
+  strengths ``Cs`` (scikit-learn's convention: minimise ``C * sum CE + 0.5 * ||W||^2``, bias unpenalised).
+  Below ``cv_max_samples`` training samples C is chosen by stratified, seeded k-fold cross-validation (all
+  folds x all Cs in one model), above it on a stratified validation split; the chosen C is then refit on the
+  whole training split (warm-started from the selection's weights) and scored on the test split.
+- ``"sgd"`` (``probe_sgd``): minibatch SGD / AdamW heads over (learning rate, weight decay) pairs with early
+  stopping on a validation split, for features too many for full-batch passes.
+
+Features are standardised with the training split's per-dimension mean and std (``normalize``) first.
+
+``linear_probe_classic`` (``probe_classic``) is the protocol of solo-learn, LightlySSL and VISSL, for comparison
+with published numbers: augmented images through the frozen backbone every epoch, SGD with a cosine schedule.
 
 Example:
     >>> import torch, visionssl as vs
     >>> g = torch.Generator().manual_seed(0)
     >>> y = torch.arange(200) % 4
     >>> x = torch.randn(200, 16, generator=g) + 3 * torch.nn.functional.one_hot(y, 16)
-    >>> out = vs.eval.linear_probe(x[:150], y[:150], x[150:], y[150:], lrs=(0.01, 0.1), weight_decays=(0.0,))
-    >>> out["top1"] > 90, len(out["sweep"])
-    (True, 2)
+    >>> out = vs.eval.linear_probe(x[:150], y[:150], x[150:], y[150:])
+    >>> out["top1"] > 90, out["solver"], out["selection"], len(out["sweep"])
+    (True, 'lbfgs', '5-fold', 7)
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from visionssl.eval.features import extract_features, input_channels, resolve_device
+from visionssl.eval.features import resolve_device
 from visionssl.eval.knn import Array, _labels, rank_accuracy
+from visionssl.eval.probe_classic import linear_probe_classic
+from visionssl.eval.probe_lbfgs import fit_heads, stratified_kfold
+from visionssl.eval.probe_sgd import _Normalizer, _train_heads
 
+SOLVERS = ("auto", "lbfgs", "sgd")
 OPTIMIZERS = ("sgd", "adamw")
 NORMALIZATIONS = ("standardize", "batchnorm", "none")
+DEFAULT_CS = tuple(10.0**k for k in range(-4, 3))  # 1e-4 ... 100: strong to nearly none
+LBFGS_MEMORY_BYTES = 8 * 2**30  # "auto" picks SGD when L-BFGS's working set would pass this
 
-__all__ = ["linear_probe", "linear_probe_classic", "stratified_split"]
+__all__ = ["linear_probe", "linear_probe_classic", "stratified_kfold", "stratified_split"]
 
 
 def linear_probe(
@@ -47,14 +54,20 @@ def linear_probe(
     test_x: Array,
     test_y: Array,
     *,
-    lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
-    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
-    epochs: int = 100,
+    solver: str = "auto",
+    Cs: Sequence[float] = DEFAULT_CS,
+    folds: int = 5,
+    cv_max_samples: int = 20_000,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    lrs: Sequence[float] | None = None,
+    weight_decays: Sequence[float] | None = None,
+    epochs: int | None = None,
     batch_size: int | None = 1024,
-    optimizer: str = "sgd",
+    optimizer: str | None = None,
     normalize: str | None = "standardize",
     val_fraction: float = 0.1,
-    patience: int = 10,
+    patience: int | None = None,
     refit: bool = True,
     num_classes: int | None = None,
     device: str | torch.device | None = None,
@@ -62,57 +75,89 @@ def linear_probe(
     progress: bool = False,
     log_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Trains ``len(lrs) * len(weight_decays)`` logistic-regression heads at once and scores the best.
+    """Fits a sweep of logistic-regression heads at once, picks one on the training split, scores it on test.
 
     Args:
         train_x, test_x: features (N, D), (Q, D); torch tensors or numpy arrays.
         train_y, test_y: integer class labels (N,), (Q,).
-        lrs, weight_decays: the sweep; every pair is one head. Weight decay is decoupled for AdamW (as in
+        solver: ``"lbfgs"`` (full batch, to the regularised optimum), ``"sgd"`` (minibatch sweep below), or
+            ``"auto"``: SGD when an SGD-only option (``lrs``, ``weight_decays``, ``epochs``, ``optimizer``,
+            ``patience``, ``normalize="batchnorm"``) is given or L-BFGS's working set (about
+            ``N * len(Cs) * folds * C`` logits plus its memory) would pass 8 GiB; L-BFGS otherwise.
+        Cs: L-BFGS: inverse regularisation strengths, scikit-learn's ``C`` (penalty ``1 / (C * n)`` on the
+            mean cross entropy; equivalent SGD weight decay ``1 / (C * n)``). Default ``1e-4 ... 100``.
+        folds: L-BFGS: k of the stratified, seeded k-fold cross-validation that picks C (highest mean fold
+            accuracy, lowest mean fold loss among equals).
+        cv_max_samples: L-BFGS: from this many training samples on, C is picked on a validation split
+            (``val_fraction``) instead of by k-fold.
+        max_iter, tol: L-BFGS iterations per head and gradient tolerance (``max |grad| <= tol``), as
+            scikit-learn's.
+        lrs, weight_decays: SGD: the sweep; every pair is one head (default ``0.01 0.03 0.1 0.3 1`` x
+            ``0 1e-5 1e-4 1e-3 1e-2 1e-1``). Weight decay is decoupled for AdamW (as in
             ``torch.optim.AdamW``) and added to the gradient for SGD (as in ``torch.optim.SGD``).
-        epochs: maximum passes over the training features (cosine learning-rate schedule over them).
-        batch_size: features per step; None: full batch.
-        optimizer: ``"sgd"`` (momentum 0.9) or ``"adamw"``. SGD is the default: with its weight decay it
-            is L2-regularised logistic regression, while Adam's per-coordinate steps fit noise dimensions as
-            fast as signal ones and tested up to 4 points worse on overlapping classes.
+        epochs: SGD: maximum passes over the training features (cosine learning-rate schedule; default 100).
+        batch_size: SGD: features per step; None: full batch.
+        optimizer: SGD: ``"sgd"`` (momentum 0.9, the default) or ``"adamw"``. With its weight decay SGD is L2-regularised
+            logistic regression, while Adam's per-coordinate steps fit noise dimensions as fast as signal ones.
         normalize: ``"standardize"`` (per-dimension mean and std of the training features), ``"batchnorm"``
-            (batch statistics while training, running statistics after: a BatchNorm without affine
-            parameters in front of the heads), or ``"none"``/None.
-        val_fraction: share of every class held out for choosing the setting (stratified, seeded). 0 is
-            allowed only for a single setting, which then trains for ``epochs``.
-        patience: a head stops (its weights freeze) after this many epochs without a better validation
-            accuracy (or an equal one with a lower validation loss); the sweep ends when every head has
-            stopped. So each head ends exactly as it would have trained alone.
-        refit: retrain the chosen setting on the whole training split (train + validation) for its best
-            number of epochs before testing; False: test the chosen head's best-validation weights.
+            (SGD only: batch statistics while training, running statistics after), or ``"none"``/None.
+        val_fraction: share of every class held out for choosing the setting (stratified, seeded): always for
+            SGD, for L-BFGS from ``cv_max_samples`` on. SGD: 0 is allowed only for a single setting.
+        patience: SGD: a head stops after this many epochs (default 10) without a better validation accuracy (or an equal
+            one with a lower validation loss); so each head ends exactly as it would have trained alone.
+        refit: retrain the chosen setting on the whole training split before testing (SGD: for its best
+            number of epochs); False: test the chosen head as selected (L-BFGS with k-fold: the mean of the
+            fold heads).
         num_classes: default: largest label + 1.
         device: default: CUDA when available.
-        seed: seeds the validation split, the batch order and nothing else (heads start at zero).
-        progress: show a progress bar over epochs.
-        log_dir: write TensorBoard scalars (per-head validation accuracy and training loss) there.
+        seed: seeds the folds / validation split, the batch order and nothing else (heads start at zero).
+        progress: SGD: show a progress bar over epochs.
+        log_dir: SGD: write TensorBoard scalars (per-head validation accuracy and training loss) there.
 
     Returns:
-        ``top1``, ``top5`` (test, percent; top-5 over ``min(5, C)`` classes), ``lr``, ``weight_decay``,
-        ``val_top1`` and ``best_epoch`` of the chosen head, ``epochs_run`` of the sweep, and ``sweep``: one
-        dict per head with ``lr``, ``weight_decay``, ``val_top1``, ``best_epoch``.
+        ``top1``, ``top5`` (test, percent; top-5 over ``min(5, C)`` classes), ``solver``, ``selection``
+        (``"5-fold"``, ``"validation"`` or ``"none"``), ``C`` (L-BFGS; None for SGD), ``lr`` (SGD; None for
+        L-BFGS), ``weight_decay`` (SGD's, or L-BFGS's equivalent ``1 / (C * N)``), ``val_top1`` (mean fold or
+        validation accuracy of the chosen setting), ``best_epoch`` / ``epochs_run`` (SGD; L-BFGS: the refit's
+        and the most iterations of any head), and ``sweep``: one dict per setting with its ``val_top1``.
 
     Example:
         >>> x, y = torch.randn(120, 4), torch.arange(120) % 3
-        >>> out = linear_probe(x, y, x, y, lrs=(0.1,), weight_decays=(0.0, 0.1), epochs=5)
-        >>> sorted(out)
-        ['best_epoch', 'epochs_run', 'lr', 'sweep', 'top1', 'top5', 'val_top1', 'weight_decay']
+        >>> out = linear_probe(x, y, x, y, Cs=(0.1, 1.0), folds=3)
+        >>> sorted(out)  # doctest: +NORMALIZE_WHITESPACE
+        ['C', 'best_epoch', 'epochs_run', 'lr', 'selection', 'solver', 'sweep', 'top1', 'top5', 'val_top1',
+         'weight_decay']
     """
     train_x, test_x = _matrix(train_x, "train_x"), _matrix(test_x, "test_x")
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"feature dimensions differ: train_x has {train_x.shape[1]}, test_x has {test_x.shape[1]}")
     train_y, test_y = _labels(train_y, "train_y", len(train_x)), _labels(test_y, "test_y", len(test_x))
     num_classes = num_classes or 1 + int(max(train_y.max(), test_y.max()))
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    sgd_only = (lrs, weight_decays, epochs, optimizer, patience)
+    if solver == "auto" and (any(v is not None for v in sgd_only) or normalize == "batchnorm"):
+        solver = "sgd"
+    if solver == "auto":
+        n, dim = train_x.shape
+        heads = len(Cs) * (folds if n < cv_max_samples else 1)
+        need = 4 * heads * num_classes * (3 * n + 2 * 10 * (dim + 1))
+        solver = "lbfgs" if need <= LBFGS_MEMORY_BYTES and normalize != "batchnorm" else "sgd"
+    device = resolve_device(device)
+    if solver == "lbfgs":
+        _check_lbfgs(Cs, folds, max_iter, tol, normalize, val_fraction, train_y, cv_max_samples)
+        train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
+        return _lbfgs_probe(train_x, train_y, test_x, test_y, [float(c) for c in Cs], folds, cv_max_samples,
+                            max_iter, tol, normalize or "none", val_fraction, refit, num_classes, seed)
+    lrs = (0.01, 0.03, 0.1, 0.3, 1.0) if lrs is None else lrs
+    weight_decays = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1) if weight_decays is None else weight_decays
+    epochs, patience = 100 if epochs is None else epochs, 10 if patience is None else patience
+    optimizer = optimizer or "sgd"
     settings = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
     _check_options(settings, epochs, batch_size, optimizer, normalize, val_fraction, patience)
-    device = resolve_device(device)
     train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
     normalize = normalize or "none"
     options = dict(num_classes=num_classes, batch_size=batch_size, optimizer=optimizer, normalize=normalize, seed=seed)
-
     if val_fraction > 0:
         fit_idx, val_idx = (i.to(device) for i in stratified_split(train_y.cpu(), val_fraction, seed))
         if len(val_idx) == 0:
@@ -136,7 +181,8 @@ def linear_probe(
                              stop_after=best_epoch, **options).best_heads(0)
 
     logits = heads(test_x)[:, 0]
-    result = {**rank_accuracy(logits.cpu(), test_y.cpu()), "lr": lr, "weight_decay": wd}
+    result = {**rank_accuracy(logits.cpu(), test_y.cpu()), "solver": "sgd", "C": None, "lr": lr, "weight_decay": wd,
+              "selection": "validation" if val_fraction > 0 else "none"}
     if val_fraction > 0:
         result.update(
             val_top1=float(sweep.best_val[best]), best_epoch=best_epoch, epochs_run=sweep.epochs_run,
@@ -167,288 +213,6 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
-
-
-class _Heads:
-    """H linear heads over normalised features. The weights are one (D, C, H) tensor (heads last, so that a
-    per-head learning rate broadcasts), the biases (C, H)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, normalizer: "_Normalizer"):
-        self.weight, self.bias, self.normalizer = weight, bias, normalizer
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, H, C) of every head, from one matrix multiply."""
-        dim, c, _ = self.weight.shape
-        logits = torch.addmm(self.bias.reshape(1, -1), self.normalizer(x), self.weight.reshape(dim, -1))
-        return logits.view(len(x), c, -1).transpose(1, 2)
-
-
-class _Normalizer:
-    def __init__(self, kind: str, x: torch.Tensor):
-        self.kind = kind
-        self.mean = x.mean(0)
-        self.std = x.std(0).clamp_min(1e-6)
-        self.running_var = x.var(0)
-
-    def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        if self.kind == "standardize":
-            return (x - self.mean) / self.std
-        if self.kind == "batchnorm":
-            return F.batch_norm(x, self.mean, self.running_var, training=train and len(x) > 1, momentum=0.1)
-        return x
-
-
-class _Sweep:
-    """What training the heads leaves: per-head best validation accuracy, its epoch and weights."""
-
-    def __init__(self, weight, bias, normalizer, best_val, best_loss, best_epoch, epochs_run):
-        self.weight, self.bias, self.normalizer = weight, bias, normalizer
-        self.best_val, self.best_loss, self.best_epoch, self.epochs_run = best_val, best_loss, best_epoch, epochs_run
-
-    def best_setting(self) -> int:
-        """The head with the best validation accuracy; the lowest validation loss among equals."""
-        top = torch.nonzero(self.best_val == self.best_val.max()).flatten()
-        return int(top[torch.argmin(self.best_loss[top])])
-
-    def best_heads(self, head: int) -> _Heads:
-        return _Heads(self.weight[..., head : head + 1], self.bias[..., head : head + 1], self.normalizer)
-
-
-@torch.no_grad()
-def _train_heads(
-    x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, float]], epochs: int,
-    val: tuple[torch.Tensor, torch.Tensor] | None, patience: int, progress: bool, writer,
-    *, num_classes: int, batch_size: int | None, optimizer: str, normalize: str, seed: int,
-    stop_after: int | None = None,
-) -> _Sweep:
-    """Trains one head per setting. The gradient of the mean softmax cross entropy is written out,
-    ``x^T (softmax(logits) - onehot(y)) / B``: no autograd graph, a handful of batched ops per step."""
-    from tqdm.auto import tqdm
-
-    n, dim, h, c = len(x), x.shape[1], len(settings), num_classes
-    normalizer = _Normalizer(normalize, x)
-    per_batch_norm = normalize == "batchnorm"
-    x_norm = x if per_batch_norm else normalizer(x)  # normalised once, not every step
-    onehot = F.one_hot(y, c).to(x.dtype).unsqueeze(2)  # (N, C, 1)
-    weight = torch.zeros(dim, c, h, device=x.device)
-    bias = torch.zeros(c, h, device=x.device)
-    heads = _Heads(weight, bias, normalizer)
-    lr_all = torch.tensor([s[0] for s in settings], device=x.device)
-    wd_all = torch.tensor([s[1] for s in settings], device=x.device)
-    opt = _BatchedAdamW([weight, bias]) if optimizer == "adamw" else _BatchedSGD([weight, bias])
-    batch = min(batch_size or n, n)
-    total_steps, step = epochs * math.ceil(n / batch), 0
-    g = torch.Generator().manual_seed(seed)
-    best_val = torch.full((h,), -1.0, device=x.device)
-    best_loss = torch.full((h,), math.inf, device=x.device)
-    best_epoch = torch.zeros(h, dtype=torch.long, device=x.device)
-    active = torch.ones(h, dtype=torch.bool, device=x.device)
-    best_w, best_b = weight.clone(), bias.clone()
-    epoch = 0
-    with tqdm(range(1, (stop_after or epochs) + 1), desc=f"linear probe ({h} heads)", disable=not progress,
-              leave=False) as bar:
-        for epoch in bar:
-            order = torch.randperm(n, generator=g).to(x.device) if batch < n else torch.arange(n, device=x.device)
-            live = torch.nonzero(active).flatten()  # stopped heads cost nothing: work on the live ones only
-            whole = len(live) == h
-            params = [weight, bias] if whole else [weight[..., live], bias[..., live]]
-            state = opt.state if whole else [t[..., live] for t in opt.state]
-            lr, wd = lr_all[live], wd_all[live]
-            train_loss = torch.zeros(len(live), device=x.device)
-            for start in range(0, n, batch):
-                idx = order[start : start + batch]
-                xb = normalizer(x[idx], train=True) if per_batch_norm else x_norm.index_select(0, idx)
-                w, b = params
-                # logits laid out (B, C, H): a softmax over dim 1 is several times faster than over a short last dim
-                probs = torch.addmm(b.reshape(1, -1), xb, w.reshape(dim, -1)).view(len(idx), c, -1).softmax(1)
-                if writer is not None:
-                    picked = probs.gather(1, y[idx].view(-1, 1, 1).expand(-1, 1, len(live))).squeeze(1)
-                    train_loss -= picked.clamp_min(1e-12).log().sum(0) / n
-                probs -= onehot.index_select(0, idx)  # now B x dLoss/dlogits
-                grad_w = torch.mm(xb.T, probs.view(len(idx), -1)).view_as(w).div_(len(idx))
-                grad_b = probs.sum(0).div_(len(idx))
-                opt.step(params, [grad_w, grad_b], state, lr * (0.5 * (1 + math.cos(math.pi * step / total_steps))), wd)
-                step += 1
-            if not whole:
-                weight[..., live], bias[..., live] = params
-                for full, part in zip(opt.state, state):
-                    full[..., live] = part
-            if val is None:
-                continue
-            val_logits = heads(val[0])
-            val_acc = 100.0 * (val_logits.argmax(-1) == val[1].view(-1, 1)).float().mean(0)
-            val_loss = F.cross_entropy(val_logits.transpose(1, 2), val[1].view(-1, 1).expand(-1, h), reduction="none")
-            val_loss = val_loss.mean(0)
-            # accuracy moves in steps of 1 / len(val): among equal accuracies the lower loss is better
-            improved = active & ((val_acc > best_val) | ((val_acc == best_val) & (val_loss < best_loss)))
-            best_val = torch.where(improved, val_acc, best_val)
-            best_loss = torch.where(improved, val_loss, best_loss)
-            best_epoch = torch.where(improved, epoch, best_epoch)
-            best_w[..., improved], best_b[..., improved] = weight[..., improved], bias[..., improved]
-            bar.set_postfix(best_val=f"{float(best_val.max()):.2f}", heads=len(live))
-            if writer is not None:
-                for j, i in enumerate(live.tolist()):
-                    tag = f"lr={settings[i][0]:g},wd={settings[i][1]:g}"
-                    writer.add_scalar(f"linear_probe/val_top1/{tag}", float(val_acc[i]), epoch)
-                    writer.add_scalar(f"linear_probe/train_loss/{tag}", float(train_loss[j]), epoch)
-            active &= (epoch - best_epoch) < patience  # a stopped head keeps its weights: as if trained alone
-            if not active.any():
-                break
-    if val is None:
-        best_w, best_b = weight, bias
-        best_epoch = torch.full((h,), epoch, dtype=torch.long)
-    return _Sweep(best_w, best_b, normalizer, best_val.cpu(), best_loss.cpu(), best_epoch.cpu(), epoch)
-
-
-class _BatchedSGD:
-    """SGD with momentum (as ``torch.optim.SGD``) on tensors whose LAST dimension indexes the heads, with one
-    learning rate and weight decay per head; the first tensor (the weights) is decayed, the rest not."""
-
-    def __init__(self, params: list[torch.Tensor], momentum: float = 0.9):
-        self.momentum = momentum
-        self.state = [torch.zeros_like(p) for p in params]  # momentum buffers
-
-    @torch.no_grad()
-    def step(self, params, grads, state, lr: torch.Tensor, wd: torch.Tensor) -> None:
-        for i, (p, g, buf) in enumerate(zip(params, grads, state)):
-            buf.mul_(self.momentum).add_(g)
-            if i == 0:
-                buf.addcmul_(p, wd)  # L2 weight decay, added to the gradient
-            p.addcmul_(buf, lr, value=-1)
-
-
-class _BatchedAdamW:
-    """AdamW (as ``torch.optim.AdamW``) on tensors whose LAST dimension indexes the heads, with one learning
-    rate and (decoupled) weight decay per head; the first tensor (the weights) is decayed, the rest not."""
-
-    def __init__(self, params: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.betas, self.eps, self.t = betas, eps, 0
-        self.state = [torch.zeros_like(p) for p in params] + [torch.zeros_like(p) for p in params]  # m..., v...
-
-    @torch.no_grad()
-    def step(self, params, grads, state, lr: torch.Tensor, wd: torch.Tensor) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        moments = zip(state[: len(params)], state[len(params) :])
-        for i, (p, g, (m, v)) in enumerate(zip(params, grads, moments)):
-            if i == 0:
-                p.mul_(1 - lr * wd)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps)
-            p.sub_(lr / (1 - b1**self.t) * m / denom)
-
-
-def linear_probe_classic(
-    backbone: nn.Module,
-    train_set,
-    test_set,
-    *,
-    epochs: int = 100,
-    lr: float | None = None,
-    batch_size: int = 256,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    augment: bool | str = True,
-    batchnorm: bool = False,
-    image_size: int | None = None,
-    device: str | torch.device | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """The classic protocol: every epoch, augmented images go through the frozen backbone into one linear layer.
-
-    SGD (``lr`` default ``0.1 * batch_size / 256``, momentum, weight decay) with a cosine schedule over all
-    steps, as in solo-learn / LightlySSL. The backbone stays in eval mode without gradients. ``augment``:
-    True for random resized crop (scale 0.08-1) + horizontal flip, False for the plain eval view, or the name
-    of an augmentation preset (its first view is used). ``batchnorm=True`` puts a BatchNorm without affine
-    parameters in front of the linear layer (MAE's linear-probe recipe), for features whose scale is far from
-    1, such as those of a randomly initialised network. The test split is scored on eval views (its features
-    are extracted once, before training, so scoring after every epoch is cheap).
-
-    Returns ``top1``, ``top5`` (percent), ``lr``, ``epochs`` and ``history``: per epoch, the test ``top1`` and
-    the ``seconds`` of training so far.
-
-    Example:
-        >>> import torch, visionssl as vs
-        >>> from visionssl.data.dataset import ImageDataset
-        >>> ds = ImageDataset(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8),
-        ...                   {"c": torch.arange(8) % 2}, "c", {"c": ["a", "b"]}, "toy")
-        >>> out = linear_probe_classic(vs.create_backbone("resnet10t_cifar"), ds, ds, epochs=1, progress=False)
-        >>> sorted(out), len(out["history"])
-        (['epochs', 'history', 'lr', 'top1', 'top5'], 1)
-    """
-    import time
-
-    from tqdm.auto import tqdm
-
-    from visionssl import augment as augmentations
-
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
-    if train_set.targets is None or test_set.targets is None:
-        raise ValueError("the linear probe needs labelled train and test sets")
-    device = resolve_device(device)
-    image_size = int(image_size or train_set.images.shape[-1])
-    channels = input_channels(backbone)
-    if augment is True:
-        import kornia.augmentation as K
-
-        views = augmentations.MultiView(
-            [nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)), K.RandomHorizontalFlip())],
-            channels=channels, normalize=augmentations.Normalize(),
-        )
-    else:
-        views = augmentations.create("eval" if augment is False else augment, image_size=image_size, channels=channels)
-    views = views.to(device)
-    labels = torch.as_tensor(train_set.targets).long()
-    num_classes = 1 + int(max(labels.max(), torch.as_tensor(test_set.targets).max()))
-    was_training = backbone.training
-    backbone.to(device).eval()
-    dim = _feature_dim(backbone, views, train_set, device)
-    classifier = nn.Linear(dim, num_classes)
-    if batchnorm:
-        classifier = nn.Sequential(nn.BatchNorm1d(dim, affine=False), classifier)
-    classifier = classifier.to(device)
-    lr = lr if lr is not None else 0.1 * batch_size / 256
-    opt = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    n = len(train_set)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(n / batch_size))
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    try:
-        test_x, test_y = extract_features(backbone, test_set, batch_size, image_size, device, progress=progress)
-        test_x = test_x.to(device)
-        started = time.perf_counter()
-        for epoch in tqdm(range(1, epochs + 1), desc="linear probe (classic)", disable=not progress, leave=False):
-            order = torch.randperm(n, generator=g)
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                if batchnorm and len(idx) < 2:
-                    continue  # batch statistics need two samples
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    feats = backbone(views(train_set.images[idx].to(device, non_blocking=True))[0])
-                loss = F.cross_entropy(classifier(feats.float()), labels[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            with torch.no_grad():
-                logits = classifier.eval()(test_x).cpu()
-            classifier.train()
-            history.append({"epoch": epoch, "top1": rank_accuracy(logits, test_y)["top1"],
-                            "seconds": round(time.perf_counter() - started, 3)})
-    finally:
-        backbone.train(was_training)
-    return {**rank_accuracy(logits, test_y), "lr": lr, "epochs": epochs, "history": history}
-
-
-def _feature_dim(backbone: nn.Module, views: nn.Module, dataset, device: torch.device) -> int:
-    dim = getattr(backbone, "num_features", None)
-    if dim:
-        return int(dim)
-    with torch.no_grad():
-        return int(backbone(views(dataset.images[:1].to(device))[0]).shape[1])
 
 
 def _matrix(x: Array, name: str) -> torch.Tensor:
@@ -485,3 +249,66 @@ def _summary_writer(log_dir):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(log_dir))
+
+
+def _lbfgs_probe(train_x, train_y, test_x, test_y, Cs, folds, cv_max_samples, max_iter, tol, normalize,
+                 val_fraction, refit, num_classes, seed) -> dict:
+    """Picks C by k-fold (or a validation split) with all folds x all Cs as one batch of heads, then refits."""
+    normalizer = _Normalizer(normalize, train_x)
+    x, test_x = normalizer(train_x), normalizer(test_x)
+    n, device = len(x), x.device
+    if n < cv_max_samples:
+        fold = stratified_kfold(train_y.cpu(), folds, seed).to(device)
+        held = fold.view(-1, 1) == torch.arange(folds, device=device)  # (N, k): sample is in fold f
+        selection = f"{folds}-fold"
+    else:
+        held = torch.zeros(n, 1, dtype=torch.bool, device=device)
+        held[stratified_split(train_y.cpu(), val_fraction, seed)[1].to(device)] = True
+        selection = "validation"
+    k, m = held.shape[1], len(Cs)
+    fit_mask = (~held).repeat_interleave(m, dim=1)  # heads fold-major: head f * m + j
+    c_heads = torch.tensor(Cs * k, dtype=x.dtype)
+    l2 = 1.0 / (c_heads * fit_mask.sum(0).cpu().to(x.dtype))
+    weight, bias, iters = fit_heads(x, train_y, num_classes, l2, fit_mask.to(x.dtype), max_iter=max_iter, tol=tol)
+    logits = _head_logits(x, weight, bias).view(n, k, m, num_classes)
+    correct = (logits.argmax(-1) == train_y.view(-1, 1, 1)).to(x.dtype)  # (N, k, m)
+    loss = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), train_y.view(-1, 1, 1).expand(-1, k, m),
+                                             reduction="none")
+    share = held.to(x.dtype) / held.sum(0)  # per fold: mean over its held-out samples
+    fold_acc = 100.0 * torch.einsum("nk,nkm->km", share, correct)
+    val_acc, val_loss = fold_acc.mean(0).cpu(), torch.einsum("nk,nkm->km", share, loss).mean(0).cpu()
+    top = torch.nonzero(val_acc == val_acc.max()).flatten()
+    best = int(top[torch.argmin(val_loss[top])])
+    chosen = [f * m + best for f in range(k)]
+    w0, b0 = weight[chosen].mean(0, keepdim=True), bias[chosen].mean(0, keepdim=True)
+    refit_iters = 0
+    if refit:  # warm start from the selection's heads, as scikit-learn's LogisticRegressionCV does
+        l2_all = torch.tensor([1.0 / (Cs[best] * n)], dtype=x.dtype)
+        w0, b0, it = fit_heads(x, train_y, num_classes, l2_all, init=(w0, b0), max_iter=max_iter, tol=tol)
+        refit_iters = int(it[0])
+    result = {**rank_accuracy(_head_logits(test_x, w0, b0)[:, 0].cpu(), test_y.cpu()), "solver": "lbfgs",
+              "selection": selection, "C": Cs[best], "lr": None, "weight_decay": 1.0 / (Cs[best] * n),
+              "val_top1": float(val_acc[best]), "best_epoch": refit_iters, "epochs_run": int(iters.max()),
+              "sweep": [{"C": c, "weight_decay": 1.0 / (c * n), "val_top1": float(a), "val_loss": float(v)}
+                        for c, a, v in zip(Cs, val_acc, val_loss)]}
+    return result
+
+
+def _head_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits (N, H, C) of heads with weights (H, D, C) and biases (H, C), from one matrix multiply."""
+    h, dim, c = weight.shape
+    return torch.addmm(bias.reshape(1, -1), x, weight.permute(1, 0, 2).reshape(dim, h * c)).view(len(x), h, c)
+
+
+def _check_lbfgs(Cs, folds, max_iter, tol, normalize, val_fraction, train_y, cv_max_samples) -> None:
+    if not Cs or any(not c > 0 for c in Cs):
+        raise ValueError(f"Cs must hold at least one value, all > 0, got {tuple(Cs)}")
+    if max_iter < 1 or not tol > 0:
+        raise ValueError(f"max_iter must be >= 1 and tol > 0, got max_iter={max_iter}, tol={tol}")
+    if (normalize or "none") not in ("standardize", "none"):
+        raise ValueError(f"normalize {normalize!r} is not for the lbfgs solver; valid: standardize, none")
+    if len(train_y) < cv_max_samples:
+        if not 2 <= folds <= len(train_y):
+            raise ValueError(f"folds must be in [2, {len(train_y)}] (the training samples), got {folds}")
+    elif not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1) to pick C on {len(train_y)} samples, got {val_fraction}")
