@@ -108,3 +108,26 @@ def test_method_contract(name, private_home):
     grads = [p.grad for p in method.backbone.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), f"{name}: backbone grads missing"
     assert any(g.abs().sum() > 0 for g in grads), f"{name}: backbone grads are all zero"
+
+
+def test_the_round_trip_catches_state_kept_outside_the_state_dict(monkeypatch, private_home):
+    from visionssl.methods import METHODS, SSLMethod
+
+    class Leaky(SSLMethod):
+        """Its head is a plain tensor attribute: not saved, so a loaded copy keeps its own random head."""
+
+        num_views = 2
+
+        def __init__(self, backbone="resnet18", backbone_kwargs=None):
+            super().__init__(backbone, backbone_kwargs)
+            self.head = torch.randn(self.num_features, 4)
+
+        def forward(self, views):
+            h = self.backbone(torch.cat(views))
+            z1, z2 = (h @ self.head).chunk(2)
+            return {"loss": vs.losses.nt_xent(z1, z2, 0.5), "embedding": h.detach()}
+
+    monkeypatch.setattr(METHODS, "_factories", {**METHODS._factories, "leaky": Leaky})
+    monkeypatch.setitem(SMALL, "leaky", Small())
+    with pytest.raises(AssertionError, match="Scalars are not close"):
+        test_method_contract("leaky", private_home)
