@@ -3,6 +3,7 @@
 Helpers live here once and are imported by the test files (``from conftest import TinyNet``; pytest puts
 ``tests/`` on ``sys.path``), or taken as fixtures (``tiny_net``).
 """
+
 import os
 
 # Idle OpenMP threads sleep instead of spinning: several test processes share 2 cores (7x faster here).
@@ -21,9 +22,14 @@ class TinyNet(nn.Sequential):
 
     def __init__(self, in_chans: int = 3, width: int = 8, stride: int = 1):
         super().__init__(
-            nn.Conv2d(in_chans, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(in_chans, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.num_features = 2 * width
 

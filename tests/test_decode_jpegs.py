@@ -1,6 +1,7 @@
 """``decode_jpegs``, the one home of the batched JPEG decode behind ``gpu_decode``: torchcodec's decoder, or
 torchvision's deprecated one when torchcodec is missing; equal to PIL's decode, broken files as None, and no
 deprecation warning reaching the caller. (The CUDA/nvJPEG side: tests/test_cuda.py.)"""
+
 import io
 import sys
 import warnings

@@ -1,4 +1,5 @@
 """The runnable example of docs/methods.md "Adding a method" runs as printed and registers its method."""
+
 import contextlib
 import io
 import re
@@ -23,4 +24,6 @@ def test_adding_a_method_example_runs(monkeypatch):
         exec(compile(code, str(DOC), "exec"), {"__name__": "docs_example"})
     assert stdout.getvalue() == "['embedding', 'loss'] True\n"  # what the comment in the example says
     assert "tiny_simclr" in vs.list_methods() and vs.methods.method_hparams("tiny_simclr") == {
-        "proj_dim": 128, "temperature": 0.5}
+        "proj_dim": 128,
+        "temperature": 0.5,
+    }

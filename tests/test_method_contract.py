@@ -5,9 +5,10 @@ instance gives the same loss under the same seed.
 
 A new method needs one entry in ``SMALL`` below; without it the contract test fails and says so.
 """
+
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import torch
@@ -48,8 +49,15 @@ SMALL = {
     "barlow_twins": Small({"proj_dim": 32}),
     "mocov3": Small({"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32}),
     "swav": Small({"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 12, "freeze_prototypes_epochs": 0}),
-    "dino": Small({"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "freeze_last_layer_epochs": 0,
-                   "warmup_teacher_temp_epochs": 0}),
+    "dino": Small(
+        {
+            "out_dim": 16,
+            "hidden_dim": 32,
+            "bottleneck_dim": 8,
+            "freeze_last_layer_epochs": 0,
+            "warmup_teacher_temp_epochs": 0,
+        }
+    ),
     "mae": Small({"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}, backbone=_tiny_vit),
 }
 BATCH = 4
@@ -58,8 +66,10 @@ BATCH = 4
 def small(name):
     entry = SMALL.get(name)
     if entry is None:
-        pytest.fail(f"method {name!r} has no entry in SMALL in tests/test_method_contract.py: add its small "
-                    "hyperparameters there (every registered method must pass the contract test)")
+        pytest.fail(
+            f"method {name!r} has no entry in SMALL in tests/test_method_contract.py: add its small "
+            "hyperparameters there (every registered method must pass the contract test)"
+        )
     return entry
 
 
@@ -86,7 +96,9 @@ def test_method_contract(name, private_home):
     cls = type(method)
     images = torch.randint(0, 256, (BATCH, 3, entry.image_size + 4, entry.image_size + 4), dtype=torch.uint8)
     views = vs.augment.create(cls.augmentation, image_size=entry.image_size)(images)
-    assert len(views) == cls.num_views, f"preset {cls.augmentation!r} made {len(views)} views, {name} wants {cls.num_views}"
+    assert len(views) == cls.num_views, (
+        f"preset {cls.augmentation!r} made {len(views)} views, {name} wants {cls.num_views}"
+    )
     assert views[0].shape == (BATCH, 3, entry.image_size, entry.image_size)
     assert all(v.shape[:2] == (BATCH, 3) for v in views)  # multi-crop: smaller local views
     kwargs = entry.inputs(method, BATCH) if entry.inputs else {}

@@ -3,6 +3,7 @@
 Every example runs with ``VISIONSSL_HOME``, the working directory and ``tempfile``'s directory in its own
 temp dir, so an example writes nothing outside it (caches, trust key, run directories, ``mkdtemp``).
 """
+
 import tempfile
 
 import pytest

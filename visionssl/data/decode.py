@@ -120,7 +120,9 @@ def decode_jpegs(data: list[torch.Tensor], channels: int, device: torch.device |
         [(3, 4, 6), None]
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning
+        )
         try:
             from torchcodec.decoders import decode_jpeg
 
