@@ -1,3 +1,9 @@
+"""Shared test settings and helpers.
+
+Helpers live here once and are imported by the test files (``from conftest import TinyNet``; pytest puts
+``tests/`` on ``sys.path``), or taken as fixtures (``tiny_net``).
+"""
+
 import os
 
 # Idle OpenMP threads sleep instead of spinning: several test processes share 2 cores (7x faster here).
@@ -5,8 +11,40 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("VISIONSSL_TEST_THREADS", "2")))
+
+
+class TinyNet(nn.Sequential):
+    """A two-convolution backbone with BatchNorm (``num_features = 2 * width``): method logic is tested on it,
+    the ResNets only for fit. ``stride`` is the first convolution's (the second always halves the size)."""
+
+    def __init__(self, in_chans: int = 3, width: int = 8, stride: int = 1):
+        super().__init__(
+            nn.Conv2d(in_chans, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.num_features = 2 * width
+
+
+@pytest.fixture
+def tiny_net():
+    """The ``TinyNet`` class, for tests that build one or more tiny backbones."""
+    return TinyNet
+
+
+@pytest.fixture
+def private_home(tmp_path, monkeypatch):
+    """``VISIONSSL_HOME`` in a temp dir: caches (e.g. jigsaw permutation sets) are written there, not in ~."""
+    monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path))
+    return tmp_path
 
 
 @pytest.fixture(autouse=True)

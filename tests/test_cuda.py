@@ -173,10 +173,11 @@ def _jpeg_folder(root: Path, n: int = 8) -> Path:
 @needs_cuda
 def test_nvjpeg_decode_equals_pil_within_two_levels(tmp_path):
     from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    from visionssl.data.decode import decode_jpegs
 
     paths = sorted(_jpeg_folder(tmp_path).rglob("*.jpg"))
-    decoded = decode_jpeg([read_file(str(p)) for p in paths], mode=ImageReadMode.RGB, device="cuda")
+    decoded = decode_jpegs([torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths], 3, "cuda")
     for path, image in zip(paths, decoded):
         reference = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
         diff = (image.cpu().int() - reference.int()).abs()

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import visionssl as vs
 from visionssl.data.dataset import ImageDataset
@@ -13,15 +12,7 @@ from visionssl.methods.deepcluster import (
     DeepCluster, centroid_logits, cluster_features, fit_whitening, kmeans, nmi, pca_whiten, repair_empty_clusters,
 )
 
-
-class TinyNet(nn.Sequential):
-    def __init__(self, in_chans: int = 3, width: int = 8):
-        super().__init__(
-            nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.num_features = 2 * width
+from conftest import TinyNet
 
 
 class FakeTrainer:

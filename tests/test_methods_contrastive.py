@@ -14,6 +14,8 @@ from visionssl.engine.optim import OPTIMIZERS, create_optimizer, set_lr
 from visionssl.methods import method_hparams
 from visionssl.methods.momentum import copy_frozen, cosine_momentum, ema_update_
 
+from conftest import TinyNet
+
 SMALL_HEADS = {
     "moco": dict(proj_hidden_dim=64, proj_dim=32, queue_size=64),
     "byol": dict(proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64),
@@ -25,14 +27,8 @@ TARGET_PREFIXES = ("momentum_", "target_")
 
 
 def tiny_backbone():
-    """A two-layer conv net: the mechanics tests need BatchNorm and convolutions, not depth."""
-    net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
-    net.num_features = 32
-    return net
+    """The mechanics tests need BatchNorm and convolutions, not depth."""
+    return TinyNet(width=16, stride=2)
 
 
 def small(name, backbone=None, backbone_kwargs=None, **hparams):

@@ -5,11 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from torch import nn
 
 import visionssl as vs
 from visionssl.engine.optim import OPTIMIZERS
 from visionssl.methods import method_hparams
+
+from conftest import TinyNet
 
 SMALL = {
     "barlow_twins": dict(proj_dim=64),
@@ -22,13 +23,7 @@ CONFIGS = Path(vs.__file__).parent / "configs"
 
 
 def tiny_backbone():
-    net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
-    net.num_features = 32
-    return net
+    return TinyNet(width=16, stride=2)
 
 
 def small(name, backbone=None, **hparams):

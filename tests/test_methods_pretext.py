@@ -1,7 +1,6 @@
 """Rotation, context and jigsaw methods (and DeepCluster's registration/recipes) on small backbones."""
 import pytest
 import torch
-from torch import nn
 
 import visionssl as vs
 from visionssl.engine.config import load_config
@@ -9,24 +8,14 @@ from visionssl.methods.context import ContextPrediction
 from visionssl.methods.jigsaw import Jigsaw
 from visionssl.methods.rotation import RotationPrediction
 
+from conftest import TinyNet
+
 PRETEXT = ["rotation", "context", "jigsaw", "deepcluster"]
 SMALL_HEADS = {
     "rotation": {},
     "context": {"patch_size": 8, "gap": 3, "jitter": 1, "head_hidden_dim": 64},
     "jigsaw": {"num_permutations": 100, "tile_dim": 32, "head_hidden_dim": 64},
 }
-
-
-class TinyNet(nn.Sequential):
-    """A two-convolution backbone: the method logic is tested on it, the ResNets only for fit."""
-
-    def __init__(self, in_chans: int = 3, width: int = 8):
-        super().__init__(
-            nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.num_features = 2 * width
 
 
 @pytest.fixture(autouse=True)

@@ -191,7 +191,7 @@ def test_bad_file_is_named_or_skipped_keeping_the_batch_size(folder):
 
 
 def test_decoding_the_jpeg_bytes_in_the_main_process_gives_the_same_batches(folder):
-    # gpu_decode on a CPU device runs the nvJPEG code path with torchvision's CPU decoder
+    # gpu_decode on a CPU device runs the nvJPEG code path with the CPU decoder (data.decode.decode_jpegs)
     Image.new("RGB", (40, 40), (200, 30, 90)).save(folder / "cat" / "solid.png")  # not a JPEG: decoded by PIL
     cpu, bytes_path = make_loader(folder, shuffle=False), make_loader(folder, shuffle=False, gpu_decode=True)
     for (ia, xa), (ib, xb) in zip(cpu.epoch(0), bytes_path.epoch(0)):

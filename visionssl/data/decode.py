@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")  # .gif: first frame
@@ -97,6 +99,48 @@ def decode_images(
             else:
                 skipped.append((str(paths[i]), reason))
     return out[ok], ok, skipped
+
+
+def decode_jpegs(data: list[torch.Tensor], channels: int, device: torch.device | str) -> list[torch.Tensor | None]:
+    """JPEG bytes (1-d uint8 tensors on the CPU) -> uint8 (C, H, W) images on ``device``, decoded as one batch:
+    nvJPEG on a CUDA device, libjpeg on the CPU.
+
+    The decoder is torchcodec's ``decode_jpeg`` (CPU and CUDA, no FFmpeg needed: ``pip install
+    visionssl[gpu]``); without a loadable torchcodec, torchvision's, whose image decoding is deprecated since
+    torchvision 0.29 (its warning is silenced here, and only here). An image the decoder refuses (nvJPEG
+    refuses e.g. CMYK JPEGs) is ``None``: the caller decodes that file with PIL.
+
+    Example:
+        >>> import io, torch
+        >>> from PIL import Image
+        >>> buf = io.BytesIO(); Image.new("RGB", (6, 4), (200, 30, 90)).save(buf, "JPEG")
+        >>> good = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        >>> bad = torch.tensor([0xFF, 0xD8, 0], dtype=torch.uint8)
+        >>> [None if x is None else tuple(x.shape) for x in decode_jpegs([good, bad], 3, "cpu")]
+        [(3, 4, 6), None]
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning
+        )
+        try:
+            from torchcodec.decoders import decode_jpeg
+
+            mode: Any = "GRAY" if channels == 1 else "RGB"
+        except (ImportError, OSError):  # not installed, or its libraries built for another torch release
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        try:
+            return list(decode_jpeg(list(data), mode=mode, device=device))
+        except RuntimeError:  # find the broken file(s): decode one by one
+            images: list[torch.Tensor | None] = []
+            for x in data:
+                try:
+                    images.append(decode_jpeg(x, mode=mode, device=device))
+                except RuntimeError:
+                    images.append(None)
+            return images
 
 
 def _not_a_file_reason(path: Path) -> str:

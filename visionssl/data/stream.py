@@ -8,8 +8,8 @@ in-memory path: ``visionssl.augment.stream.split_preset`` moves each view's crop
 the rest, and ``visionssl.engine.stream.stream_loader`` pairs the two halves.
 
 With ``gpu_decode`` the workers only read the bytes and draw the crop boxes (from the file header);
-nvJPEG decodes the batch on the GPU (``torchvision.io.decode_jpeg(device="cuda")``) and the crops are
-resized there. Files that are not JPEGs are still decoded by the workers.
+nvJPEG decodes the batch on the GPU (``visionssl.data.decode.decode_jpegs``, torchcodec's decoder) and the
+crops are resized there. Files that are not JPEGs are still decoded by the workers.
 
 From the command line: ``visionssl pretrain --method simclr data.name=/data/imagenet data.stream=true
 augment.image_size=224 data.workers=16`` (``data.gpu_decode=true`` for nvJPEG).
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from visionssl.data.decode import MAX_PIXELS, BadImageError, display_path, to_8bit
+from visionssl.data.decode import MAX_PIXELS, BadImageError, decode_jpegs, display_path, to_8bit
 from visionssl.data.folders import list_image_folder
 from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.data.sources import stratified_split
@@ -352,7 +352,6 @@ class StreamLoader(BatchLoader):
         self, indices: torch.Tensor, crops: torch.Tensor, jpegs: list[tuple[int, _Item]], errors: list[tuple[int, _Item]]
     ) -> torch.Tensor:
         """nvJPEG-decodes the batch's JPEGs on the device and resizes their crops there."""
-        from torchvision.io import ImageReadMode, decode_jpeg
         from torchvision.transforms.v2.functional import resized_crop
 
         out = torch.zeros((len(indices), *self._crop_shape()), dtype=torch.uint8, device=self.device)
@@ -360,17 +359,8 @@ class StreamLoader(BatchLoader):
             out.copy_(crops, non_blocking=True)
         if not jpegs:
             return out
-        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
         device = self.device if self.device.type == "cuda" else "cpu"
-        try:
-            images = decode_jpeg([it.data for _, it in jpegs], mode=mode, device=device)
-        except RuntimeError:  # find the broken file(s): decode one by one
-            images = []
-            for _, it in jpegs:
-                try:
-                    images.append(decode_jpeg(it.data, mode=mode, device=device))
-                except RuntimeError:
-                    images.append(None)
+        images = decode_jpegs([it.data for _, it in jpegs], self.channels, device)
         for (row, it), image in zip(jpegs, images):
             if image is None:  # nvJPEG refuses some JPEGs (e.g. CMYK): PIL on the CPU, same crop boxes
                 path = self.files.paths[it.index]

@@ -1,0 +1,29 @@
+"""The runnable example of docs/methods.md "Adding a method" runs as printed and registers its method."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import visionssl as vs
+from visionssl.methods import METHODS
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "methods.md"
+
+
+def python_blocks(section: str) -> list[str]:
+    text = DOC.read_text(encoding="utf-8").split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_adding_a_method_example_runs(monkeypatch):
+    (code,) = python_blocks("Adding a method")
+    monkeypatch.setattr(METHODS, "_factories", dict(METHODS._factories))  # the example's registration is undone after
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        exec(compile(code, str(DOC), "exec"), {"__name__": "docs_example"})
+    assert stdout.getvalue() == "['embedding', 'loss'] True\n"  # what the comment in the example says
+    assert "tiny_simclr" in vs.list_methods() and vs.methods.method_hparams("tiny_simclr") == {
+        "proj_dim": 128,
+        "temperature": 0.5,
+    }
