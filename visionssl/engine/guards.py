@@ -9,7 +9,8 @@ import logging
 import shlex
 import signal
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

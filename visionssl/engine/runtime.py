@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_computes_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX; read from /proc/cpuinfo).
 

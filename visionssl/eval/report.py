@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["jsonable", "markdown_table", "read_knn_curve", "slug", "summarize", "write_plots", "write_tables"]
 
