@@ -1,11 +1,13 @@
 """Shared helpers for the benchmark scripts: device description and results files."""
+
 from __future__ import annotations
 
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -47,8 +49,12 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "versions": {"torch": torch.__version__, "kornia": kornia.__version__, "timm": timm.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "kornia": kornia.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+        },
         **payload,
     }
     path = RESULTS / f"{name}.json"

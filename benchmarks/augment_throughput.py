@@ -12,6 +12,7 @@ on CUDA and on CPUs with hardware bf16) where the device computes bf16 natively.
     python benchmarks/augment_throughput.py --backends fused kornia --sizes 224   # both backends
 Prints images/s and the ratio; writes benchmarks/results/augment_throughput_<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,17 +61,30 @@ class TwoViewDataset(Dataset):
         return self.transform(img), self.transform(img)
 
 
-def measure(image_size: int, n: int, batch_size: int, device: torch.device, workers: int,
-            dtypes: tuple[torch.dtype, ...], backends: tuple[str, ...] = ("fused",)) -> dict:
+def measure(
+    image_size: int,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    workers: int,
+    dtypes: tuple[torch.dtype, ...],
+    backends: tuple[str, ...] = ("fused",),
+) -> dict:
     source = int(image_size * 1.125)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, source, source, 3), dtype=np.uint8)
 
-    loader = DataLoader(TwoViewDataset(images, torchvision_simclr(image_size)), batch_size=batch_size,
-                        num_workers=workers, persistent_workers=workers > 0, shuffle=True, drop_last=True)
+    loader = DataLoader(
+        TwoViewDataset(images, torchvision_simclr(image_size)),
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        shuffle=True,
+        drop_last=True,
+    )
 
     def peer_epoch():
-        for v1, v2 in loader:
+        for v1, v2 in loader:  # noqa: F821  (never called after `del loader`)
             v1.to(device), v2.to(device)
 
     peer_epoch()  # start the workers and warm up
@@ -80,8 +94,13 @@ def measure(image_size: int, n: int, batch_size: int, device: torch.device, work
     uint8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     batches = [uint8[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
     done = len(batches) * batch_size
-    result = {"image_size": image_size, "images": done, "batch_size": batch_size, "peer_workers": workers,
-              "torchvision_dataloader_images_per_s": done / peer_s}
+    result = {
+        "image_size": image_size,
+        "images": done,
+        "batch_size": batch_size,
+        "peer_workers": workers,
+        "torchvision_dataloader_images_per_s": done / peer_s,
+    }
 
     for backend in backends:
         aug = vs.augment.create("simclr", image_size=image_size, backend=backend).to(device)
@@ -108,13 +127,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the per-image peer")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backends", nargs="+", default=["fused"], choices=("fused", "kornia"),
-                        help="visionssl's augmentation backends to time (keys of kornia rows start with kornia_)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["fused"],
+        choices=("fused", "kornia"),
+        help="visionssl's augmentation backends to time (keys of kornia rows start with kornia_)",
+    )
     parser.add_argument("--quick", action="store_true", help="512 images")
     parser.add_argument("--out", default=None, help="results name or path (default: augment_throughput_<device>)")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     n = 512 if args.quick else args.images
     rows = []
     print(f"device: {device_name(device)}; peer: torchvision per image, DataLoader with {args.workers} workers")
@@ -125,8 +152,11 @@ def main() -> None:
     for size in args.sizes:
         r = measure(size, n, args.batch_size, device, args.workers, dtypes, tuple(args.backends))
         rows.append(r)
-        print(f"{size:>4} {r['torchvision_dataloader_images_per_s']:>18.0f}"
-              + "".join(f" {r[f'visionssl_{t}_images_per_s']:>15.0f} {r[f'ratio_{t}']:>5.1f}x" for t in tags), flush=True)
+        print(
+            f"{size:>4} {r['torchvision_dataloader_images_per_s']:>18.0f}"
+            + "".join(f" {r[f'visionssl_{t}_images_per_s']:>15.0f} {r[f'ratio_{t}']:>5.1f}x" for t in tags),
+            flush=True,
+        )
     tag = "cuda" if device.type == "cuda" else "cpu"
     path = write_results(args.out or f"augment_throughput_{tag}", {"device": device_name(device), "results": rows})
     print(f"wrote {path}")

@@ -20,6 +20,7 @@ neither 0 nor 100% and approximate search is tested on meaningful neighbourhoods
 
 Prints every timing and ratio; writes benchmarks/results/eval_speed_cpu.json (or ``--out``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,7 +96,8 @@ def knn_section(n: int, q: int, k: int, repeats: int) -> dict:
     print(f"\n[1] kNN: bank {n} x {x.shape[1]}, {q} queries, k={k} (load {load()})")
 
     t_ours_majority, ours_majority = best_time(
-        lambda: vs.eval.knn_predict(x, y, xq, k=k, vote="majority")[k].argmax(1).numpy(), repeats)
+        lambda: vs.eval.knn_predict(x, y, xq, k=k, vote="majority")[k].argmax(1).numpy(), repeats
+    )
     t_ours, ours = best_time(lambda: vs.eval.knn(x, y, xq, yq, k=k, temperature=0.07), repeats)
 
     def sklearn_run():
@@ -108,8 +110,13 @@ def knn_section(n: int, q: int, k: int, repeats: int) -> dict:
             bank = torch.nn.functional.normalize(torch.from_numpy(x), dim=1).t().contiguous()  # (D, N) as LightlySSL
             labels = torch.from_numpy(y)
             queries = torch.nn.functional.normalize(torch.from_numpy(xq), dim=1)
-            return torch.cat([knn_predict(queries[i : i + chunk], bank, labels, 100, knn_k=k, knn_t=0.07)[:, 0]
-                              for i in range(0, q, chunk)])
+            return torch.cat(
+                [
+                    knn_predict(queries[i : i + chunk], bank, labels, 100, knn_k=k, knn_t=0.07)[:, 0]
+                    for i in range(0, q, chunk)
+                ]
+            )
+
         return run
 
     torch_times = {}
@@ -118,21 +125,33 @@ def knn_section(n: int, q: int, k: int, repeats: int) -> dict:
     t_torch = min(torch_times.values())
     torch_top1 = 100 * float((torch_pred.numpy() == yq).mean())
     result = {
-        "bank": n, "queries": q, "dim": int(x.shape[1]), "k": k, "classes": 100,
-        "ours_weighted_s": round(t_ours, 3), "ours_majority_s": round(t_ours_majority, 3),
+        "bank": n,
+        "queries": q,
+        "dim": int(x.shape[1]),
+        "k": k,
+        "classes": 100,
+        "ours_weighted_s": round(t_ours, 3),
+        "ours_majority_s": round(t_ours_majority, 3),
         "sklearn_brute_cosine_s": round(t_sklearn, 3),
         "torch_mm_topk_s": {str(c): round(t, 3) for c, t in torch_times.items()},
         "ratio_vs_sklearn": round(t_sklearn / t_ours_majority, 2),
         "ratio_vs_torch_mm_topk": round(t_torch / t_ours, 2),
         "predictions_equal_sklearn": float((ours_majority == sk_pred).mean()),
-        "top1_ours_weighted": round(ours["top1"], 2), "top1_torch_weighted": round(torch_top1, 2),
+        "top1_ours_weighted": round(ours["top1"], 2),
+        "top1_torch_weighted": round(torch_top1, 2),
         "top1_sklearn_majority": round(100 * float((sk_pred == yq).mean()), 2),
     }
-    print(f"  ours (FAISS flat)        weighted {t_ours:6.2f}s  majority {t_ours_majority:6.2f}s   top-1 {ours['top1']:.2f}%")
-    print(f"  scikit-learn brute       majority {t_sklearn:6.2f}s   -> ours is {result['ratio_vs_sklearn']:.2f}x faster "
-          f"(same predictions: {100 * result['predictions_equal_sklearn']:.2f}%)")
-    print(f"  torch.mm + top-k chunks  weighted {t_torch:6.2f}s  {torch_times}   -> ours is "
-          f"{result['ratio_vs_torch_mm_topk']:.2f}x faster (top-1 {torch_top1:.2f}%)")
+    print(
+        f"  ours (FAISS flat)        weighted {t_ours:6.2f}s  majority {t_ours_majority:6.2f}s   top-1 {ours['top1']:.2f}%"
+    )
+    print(
+        f"  scikit-learn brute       majority {t_sklearn:6.2f}s   -> ours is {result['ratio_vs_sklearn']:.2f}x faster "
+        f"(same predictions: {100 * result['predictions_equal_sklearn']:.2f}%)"
+    )
+    print(
+        f"  torch.mm + top-k chunks  weighted {t_torch:6.2f}s  {torch_times}   -> ours is "
+        f"{result['ratio_vs_torch_mm_topk']:.2f}x faster (top-1 {torch_top1:.2f}%)"
+    )
     return result
 
 
@@ -141,7 +160,9 @@ def ivf_section(n: int, q: int, sample_q: int, k: int, shard: int, nprobe: int |
     sample = make_generator(100)
     with tempfile.TemporaryDirectory(prefix="visionssl-ivf-") as tmp:
         bank_path = Path(tmp) / "bank.npy"
-        print(f"\n[2] IVF: writing a {n} x 512 float32 bank ({n * 512 * 4 / 2**30:.2f} GiB) to {bank_path} (load {load()})")
+        print(
+            f"\n[2] IVF: writing a {n} x 512 float32 bank ({n * 512 * 4 / 2**30:.2f} GiB) to {bank_path} (load {load()})"
+        )
         bank = np.lib.format.open_memmap(bank_path, mode="w+", dtype=np.float32, shape=(n, 512))
         labels = np.empty(n, dtype=np.int64)
         for start in range(0, n, 100_000):
@@ -153,16 +174,30 @@ def ivf_section(n: int, q: int, sample_q: int, k: int, shard: int, nprobe: int |
         np.save(Path(tmp) / "labels.npy", labels)
         np.save(Path(tmp) / "queries.npy", xq)
         np.save(Path(tmp) / "query_labels.npy", yq)
-        cmd = [sys.executable, __file__, "--ivf-child", tmp, "--k", str(k), "--sample-queries", str(sample_q),
-               "--shard", str(shard)] + (["--nprobe", str(nprobe)] if nprobe else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--ivf-child",
+            tmp,
+            "--k",
+            str(k),
+            "--sample-queries",
+            str(sample_q),
+            "--shard",
+            str(shard),
+        ] + (["--nprobe", str(nprobe)] if nprobe else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  IVF (nlist {result['nlist']}, nprobe {result['nprobe']}): build {result['ivf_build_and_search_s']:.1f}s "
-          f"for {q} queries, top-1 {result['ivf_top1_sample']:.2f}% vs exact {result['exact_top1_sample']:.2f}% on "
-          f"{sample_q} queries (|diff| {result['accuracy_gap_points']:.2f} points)")
-    print(f"  exact sharded search of the sample: {result['exact_sample_s']:.1f}s; peak RSS of the child "
-          f"{result['peak_rss_gib']:.2f} GiB, {result['rss_after_imports_gib']:.2f} GiB of it after the imports (bank on disk {result['bank_gib']:.2f} GiB; an in-memory exact search "
-          f"holds the bank and its normalised copy: {2 * result['bank_gib']:.2f} GiB)")
+    print(
+        f"  IVF (nlist {result['nlist']}, nprobe {result['nprobe']}): build {result['ivf_build_and_search_s']:.1f}s "
+        f"for {q} queries, top-1 {result['ivf_top1_sample']:.2f}% vs exact {result['exact_top1_sample']:.2f}% on "
+        f"{sample_q} queries (|diff| {result['accuracy_gap_points']:.2f} points)"
+    )
+    print(
+        f"  exact sharded search of the sample: {result['exact_sample_s']:.1f}s; peak RSS of the child "
+        f"{result['peak_rss_gib']:.2f} GiB, {result['rss_after_imports_gib']:.2f} GiB of it after the imports (bank on disk {result['bank_gib']:.2f} GiB; an in-memory exact search "
+        f"holds the bank and its normalised copy: {2 * result['bank_gib']:.2f} GiB)"
+    )
     return result
 
 
@@ -185,15 +220,29 @@ def ivf_child(folder: str, k: int, sample_q: int, shard: int, nprobe: int | None
     ivf_top1 = vs.eval.rank_accuracy(ivf_votes[:sample_q], torch.from_numpy(yq[:sample_q]))["top1"]
     exact_top1 = vs.eval.rank_accuracy(exact_votes, torch.from_numpy(yq[:sample_q]))["top1"]
     peak = peak_rss_gib()
-    print(json.dumps({
-        "bank": n, "queries": len(xq), "sample_queries": sample_q, "k": k, "nlist": nlist, "nprobe": nprobe,
-        "shard_rows": shard, "ivf_build_and_search_s": round(t_ivf, 2), "exact_sample_s": round(t_exact, 2),
-        "exact_all_queries_estimate_s": round(t_exact * len(xq) / sample_q, 1),
-        "ivf_top1_sample": round(ivf_top1, 2), "ivf_top1_all": round(vs.eval.rank_accuracy(ivf_votes, torch.from_numpy(yq))["top1"], 2),
-        "exact_top1_sample": round(exact_top1, 2), "accuracy_gap_points": round(abs(ivf_top1 - exact_top1), 2),
-        "peak_rss_gib": round(peak, 3), "rss_after_imports_gib": round(baseline, 3),
-        "bank_gib": round(n * 512 * 4 / 2**30, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bank": n,
+                "queries": len(xq),
+                "sample_queries": sample_q,
+                "k": k,
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "shard_rows": shard,
+                "ivf_build_and_search_s": round(t_ivf, 2),
+                "exact_sample_s": round(t_exact, 2),
+                "exact_all_queries_estimate_s": round(t_exact * len(xq) / sample_q, 1),
+                "ivf_top1_sample": round(ivf_top1, 2),
+                "ivf_top1_all": round(vs.eval.rank_accuracy(ivf_votes, torch.from_numpy(yq))["top1"], 2),
+                "exact_top1_sample": round(exact_top1, 2),
+                "accuracy_gap_points": round(abs(ivf_top1 - exact_top1), 2),
+                "peak_rss_gib": round(peak, 3),
+                "rss_after_imports_gib": round(baseline, 3),
+                "bank_gib": round(n * 512 * 4 / 2**30, 3),
+            }
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- 3. probe sweep vs sklearn
@@ -223,21 +272,37 @@ def probe_section(n: int, q: int) -> dict:
     sk_top1, sk_iters = sklearn_fit()
     t_sklearn = time.perf_counter() - start
     result = {
-        "train": n, "test": q, "dim": int(x.shape[1]), "classes": 10, "settings": len(ours["sweep"]),
-        "ours_sweep_s": round(t_ours, 2), "ours_top1": round(ours["top1"], 2), "ours_lr": ours["lr"],
-        "ours_weight_decay": ours["weight_decay"], "ours_epochs_run": ours["epochs_run"],
-        "sklearn_one_fit_s": round(t_sklearn, 2), "sklearn_top1": round(sk_top1, 2), "sklearn_iterations": int(sk_iters),
+        "train": n,
+        "test": q,
+        "dim": int(x.shape[1]),
+        "classes": 10,
+        "settings": len(ours["sweep"]),
+        "ours_sweep_s": round(t_ours, 2),
+        "ours_top1": round(ours["top1"], 2),
+        "ours_lr": ours["lr"],
+        "ours_weight_decay": ours["weight_decay"],
+        "ours_epochs_run": ours["epochs_run"],
+        "sklearn_one_fit_s": round(t_sklearn, 2),
+        "sklearn_top1": round(sk_top1, 2),
+        "sklearn_iterations": int(sk_iters),
         "ratio_sklearn_one_fit_over_sweep": round(t_sklearn / t_ours, 2),
-        "ours_8_settings_s": round(t_small, 2), "ours_8_settings_top1": round(small["top1"], 2),
+        "ours_8_settings_s": round(t_small, 2),
+        "ours_8_settings_top1": round(small["top1"], 2),
         "ratio_sklearn_one_fit_over_8_settings": round(t_sklearn / t_small, 2),
     }
-    print(f"  ours: {result['settings']} settings side by side + refit {t_ours:6.2f}s  top-1 {ours['top1']:.2f}% "
-          f"(lr {ours['lr']}, wd {ours['weight_decay']}, {ours['epochs_run']} epochs)")
-    print(f"  scikit-learn LogisticRegression, one fit (C=1, lbfgs, {sk_iters} iterations) {t_sklearn:6.2f}s  top-1 "
-          f"{sk_top1:.2f}%")
-    print(f"  -> one scikit-learn fit takes {result['ratio_sklearn_one_fit_over_sweep']:.2f}x the time of our 20-setting sweep; "
-          f"an 8-setting sweep ({t_small:.2f}s, top-1 {small['top1']:.2f}%): "
-          f"{result['ratio_sklearn_one_fit_over_8_settings']:.2f}x")
+    print(
+        f"  ours: {result['settings']} settings side by side + refit {t_ours:6.2f}s  top-1 {ours['top1']:.2f}% "
+        f"(lr {ours['lr']}, wd {ours['weight_decay']}, {ours['epochs_run']} epochs)"
+    )
+    print(
+        f"  scikit-learn LogisticRegression, one fit (C=1, lbfgs, {sk_iters} iterations) {t_sklearn:6.2f}s  top-1 "
+        f"{sk_top1:.2f}%"
+    )
+    print(
+        f"  -> one scikit-learn fit takes {result['ratio_sklearn_one_fit_over_sweep']:.2f}x the time of our 20-setting sweep; "
+        f"an 8-setting sweep ({t_small:.2f}s, top-1 {small['top1']:.2f}%): "
+        f"{result['ratio_sklearn_one_fit_over_8_settings']:.2f}x"
+    )
     return result
 
 
@@ -252,17 +317,32 @@ def classic_section(train_n: int, test_n: int, epochs: int, image_size: int = 32
     test = test.subset(torch.randperm(len(test), generator=g)[:test_n])
     torch.manual_seed(0)
     backbone = vs.create_backbone("resnet10t_cifar")
-    print(f"\n[4] cached-feature probe vs classic protocol: resnet10t_cifar (random init), elpv:type, "
-          f"{len(train)} train / {len(test)} test at {image_size} px (load {load()})")
+    print(
+        f"\n[4] cached-feature probe vs classic protocol: resnet10t_cifar (random init), elpv:type, "
+        f"{len(train)} train / {len(test)} test at {image_size} px (load {load()})"
+    )
     start = time.perf_counter()
-    (x, y), (xq, yq) = (vs.eval.extract_features(backbone, ds, image_size=image_size, progress=False) for ds in (train, test))
+    (x, y), (xq, yq) = (
+        vs.eval.extract_features(backbone, ds, image_size=image_size, progress=False) for ds in (train, test)
+    )
     t_extract = time.perf_counter() - start
     cached = vs.eval.linear_probe(x, y, xq, yq)
     t_cached = time.perf_counter() - start
-    print(f"  cached: extract {t_extract:.1f}s + sweep {t_cached - t_extract:.1f}s = {t_cached:.1f}s, top-1 {cached['top1']:.2f}%")
+    print(
+        f"  cached: extract {t_extract:.1f}s + sweep {t_cached - t_extract:.1f}s = {t_cached:.1f}s, top-1 {cached['top1']:.2f}%"
+    )
     start = time.perf_counter()
-    classic = vs.eval.linear_probe_classic(backbone, train, test, epochs=epochs, batch_size=64, lr=0.1, batchnorm=True,
-                                           image_size=image_size, progress=False)
+    classic = vs.eval.linear_probe_classic(
+        backbone,
+        train,
+        test,
+        epochs=epochs,
+        batch_size=64,
+        lr=0.1,
+        batchnorm=True,
+        image_size=image_size,
+        progress=False,
+    )
     t_classic = time.perf_counter() - start
     target = cached["top1"] - 1.0
     reached = next((h for h in classic["history"] if h["top1"] >= target), None)
@@ -270,10 +350,18 @@ def classic_section(train_n: int, test_n: int, epochs: int, image_size: int = 32
     setup = t_classic - classic["history"][-1]["seconds"]  # test-feature extraction before training
     time_to_target = setup + reached["seconds"] if reached else None
     result = {
-        "backbone": "resnet10t_cifar (random init)", "data": "elpv:type", "train": len(train), "test": len(test),
-        "image_size": image_size, "cached_extract_s": round(t_extract, 2), "cached_total_s": round(t_cached, 2),
-        "cached_top1": round(cached["top1"], 2), "classic_epochs": epochs, "classic_total_s": round(t_classic, 2),
-        "classic_final_top1": round(classic["top1"], 2), "classic_best_top1": round(best["top1"], 2),
+        "backbone": "resnet10t_cifar (random init)",
+        "data": "elpv:type",
+        "train": len(train),
+        "test": len(test),
+        "image_size": image_size,
+        "cached_extract_s": round(t_extract, 2),
+        "cached_total_s": round(t_cached, 2),
+        "cached_top1": round(cached["top1"], 2),
+        "classic_epochs": epochs,
+        "classic_total_s": round(t_classic, 2),
+        "classic_final_top1": round(classic["top1"], 2),
+        "classic_best_top1": round(best["top1"], 2),
         "classic_best_epoch": best["epoch"],
         "classic_recipe": "random resized crop + flip, BatchNorm head, SGD lr 0.1 momentum 0.9, cosine, batch 64",
         "classic_history": classic["history"],
@@ -283,21 +371,31 @@ def classic_section(train_n: int, test_n: int, epochs: int, image_size: int = 32
         "ratio_is_lower_bound": reached is None,
     }
     if reached:
-        print(f"  classic: reached {reached['top1']:.2f}% (cached - 1 point) at epoch {reached['epoch']} after "
-              f"{time_to_target:.1f}s  -> cached is {result['ratio_classic_over_cached']:.1f}x faster")
+        print(
+            f"  classic: reached {reached['top1']:.2f}% (cached - 1 point) at epoch {reached['epoch']} after "
+            f"{time_to_target:.1f}s  -> cached is {result['ratio_classic_over_cached']:.1f}x faster"
+        )
     else:
-        print(f"  classic: {epochs} epochs in {t_classic:.1f}s, best {best['top1']:.2f}% (epoch {best['epoch']}), never "
-              f"within 1 point of the cached probe  -> cached is more than {result['ratio_classic_over_cached']:.1f}x faster")
+        print(
+            f"  classic: {epochs} epochs in {t_classic:.1f}s, best {best['top1']:.2f}% (epoch {best['epoch']}), never "
+            f"within 1 point of the cached probe  -> cached is more than {result['ratio_classic_over_cached']:.1f}x faster"
+        )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--out", default=None, help="results file (default: benchmarks/results/eval_speed_cpu.json; "
-                                                     "--quick writes nothing unless given)")
-    parser.add_argument("--sections", default="1234",
-                        help="which sections to run (default 1234); the others are kept from an existing results file")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results file (default: benchmarks/results/eval_speed_cpu.json; --quick writes nothing unless given)",
+    )
+    parser.add_argument(
+        "--sections",
+        default="1234",
+        help="which sections to run (default 1234); the others are kept from an existing results file",
+    )
     parser.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query (default: nlist / 8)")
     parser.add_argument("--ivf-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=20, help=argparse.SUPPRESS)
@@ -309,31 +407,53 @@ def main() -> None:
 
     quick = args.quick
     payload = {
-        "device": device_name("cpu"), "cpu": device_name("cpu").rsplit(" (", 1)[0], "torch_threads": torch.get_num_threads(),
-        "faiss_threads": faiss.omp_get_max_threads(), "faiss_gpus": faiss.get_num_gpus(), "quick": quick,
+        "device": device_name("cpu"),
+        "cpu": device_name("cpu").rsplit(" (", 1)[0],
+        "torch_threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "faiss_gpus": faiss.get_num_gpus(),
+        "quick": quick,
         "load_average_start": load(),
         "command": "python benchmarks/eval_speed.py" + (" --quick" if quick else ""),
     }
     import lightly
     import sklearn
 
-    payload["peer_versions"] = {"faiss": faiss.__version__, "scikit-learn": sklearn.__version__,
-                                "numpy": np.__version__, "lightly": lightly.__version__}
+    payload["peer_versions"] = {
+        "faiss": faiss.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "lightly": lightly.__version__,
+    }
+
     def run(section, *section_args):
         before = load()
         result = section(*section_args)
-        return {**result, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_before": before,
-                "load_average_after": load()}
+        return {
+            **result,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load_average_before": before,
+            "load_average_after": load(),
+        }
 
     if "1" in args.sections:
         payload["knn"] = run(knn_section, 5_000 if quick else 50_000, 1_000 if quick else 10_000, 20, 1 if quick else 2)
     if "2" in args.sections:
-        payload["ivf_1m"] = run(ivf_section, 50_000 if quick else 1_000_000, 2_000 if quick else 10_000,
-                                        500 if quick else 4_000, 20, 65_536, args.nprobe)
+        payload["ivf_1m"] = run(
+            ivf_section,
+            50_000 if quick else 1_000_000,
+            2_000 if quick else 10_000,
+            500 if quick else 4_000,
+            20,
+            65_536,
+            args.nprobe,
+        )
     if "3" in args.sections:
         payload["probe_sweep"] = run(probe_section, 5_000 if quick else 50_000, 1_000 if quick else 10_000)
     if "4" in args.sections:
-        payload["cached_vs_classic"] = run(classic_section, 200 if quick else 600, 100 if quick else 300, 3 if quick else 30)
+        payload["cached_vs_classic"] = run(
+            classic_section, 200 if quick else 600, 100 if quick else 300, 3 if quick else 30
+        )
     payload["load_average_end"] = load()
     if args.out or not quick:
         path = Path(args.out) if args.out else RESULTS_FILE

@@ -15,6 +15,7 @@ test compares each path with the untrained backbone it started from.
     python benchmarks/fast_path_accuracy.py --score-only # rescore the runs already in --out
 Writes benchmarks/results/fast_path_accuracy_<cpu|cuda>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, device_name, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
-from visionssl.engine import Trainer, load_config  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
+from visionssl.engine import Trainer, load_config  # noqa: E402
 from visionssl.eval.knn import knn_predict  # noqa: E402
 
 
 def correct(backbone: torch.nn.Module, train, test, image_size: int, k: int) -> torch.Tensor:
     """Which test images the kNN classifier (bank: train, weighted votes, T=0.07) labels right, (Q,) bool."""
-    (bank, bank_y), (queries, y) = [vs.eval.extract_features(backbone, ds, image_size=image_size, progress=False)
-                                    for ds in (train, test)]
+    (bank, bank_y), (queries, y) = [
+        vs.eval.extract_features(backbone, ds, image_size=image_size, progress=False) for ds in (train, test)
+    ]
     return knn_predict(bank, bank_y, queries, k=k, temperature=0.07)[k].argmax(1) == y
 
 
@@ -62,10 +64,16 @@ def main() -> None:
     old = json.loads(results.read_text()) if args.score_only else {}
     rows, hits = [], {}
     for path, precision in (("slow", "fp32"), ("fast", "auto")):
-        cfg = load_config(config=args.config, overrides=[
-            f"train.precision={precision}", f"train.device={device}", "train.knn_every=-1", "train.progress=false",
-            f"out={Path(args.out) / path}",
-        ])
+        cfg = load_config(
+            config=args.config,
+            overrides=[
+                f"train.precision={precision}",
+                f"train.device={device}",
+                "train.knn_every=-1",
+                "train.progress=false",
+                f"out={Path(args.out) / path}",
+            ],
+        )
         size, k = int(cfg.augment.image_size), int(cfg.train.knn_k)
         train = vs.data.load_dataset(cfg.data.name, "train", int(cfg.data.image_size))
         test = vs.data.load_dataset(cfg.data.name, "test", int(cfg.data.image_size))
@@ -78,30 +86,59 @@ def main() -> None:
             start = time.perf_counter()
             trainer.fit()
             seconds = time.perf_counter() - start
-            backbone, used, views = trainer.method.backbone, trainer.precision, str(getattr(trainer.augment, "dtype", None))
+            backbone, used, views = (
+                trainer.method.backbone,
+                trainer.precision,
+                str(getattr(trainer.augment, "dtype", None)),
+            )
         hits[path] = correct(backbone, train, test, size, k)
         top1 = 100 * hits[path].double().mean().item()
         stderr = 100 * math.sqrt(top1 / 100 * (1 - top1 / 100) / len(test))
-        rows.append({"path": path, "precision": used, "views_dtype": views,
-                     "knn_top1": top1, "binomial_stderr": stderr, "train_seconds": seconds,
-                     "images_per_s": int(cfg.train.epochs) * len(train) / seconds})
+        rows.append(
+            {
+                "path": path,
+                "precision": used,
+                "views_dtype": views,
+                "knn_top1": top1,
+                "binomial_stderr": stderr,
+                "train_seconds": seconds,
+                "images_per_s": int(cfg.train.epochs) * len(train) / seconds,
+            }
+        )
         print(f"{path} path ({used}): kNN top-1 {top1:.2f}% (+-{stderr:.2f})  {seconds:.0f} s", flush=True)
     torch.manual_seed(int(cfg.train.seed))  # the initialisation both runs started from
     hits["random"] = correct(vs.create_backbone(cfg.backbone.name, **cfg.backbone.kwargs), train, test, size, k)
-    tests = {"fast_vs_slow": mcnemar(hits["fast"], hits["slow"]), "slow_vs_random": mcnemar(hits["slow"], hits["random"]),
-             "fast_vs_random": mcnemar(hits["fast"], hits["random"])}
+    tests = {
+        "fast_vs_slow": mcnemar(hits["fast"], hits["slow"]),
+        "slow_vs_random": mcnemar(hits["slow"], hits["random"]),
+        "fast_vs_random": mcnemar(hits["fast"], hits["random"]),
+    }
     slow, fast = rows
     diff, noise = fast["knn_top1"] - slow["knn_top1"], slow["binomial_stderr"]
     random_top1 = 100 * hits["random"].double().mean().item()
     print(f"random weights: kNN top-1 {random_top1:.2f}%")
-    print(f"fast - slow: {diff:+.2f} points (standard error {noise:.2f}); speed-up {slow['train_seconds'] / fast['train_seconds']:.2f}x")
+    print(
+        f"fast - slow: {diff:+.2f} points (standard error {noise:.2f}); speed-up {slow['train_seconds'] / fast['train_seconds']:.2f}x"
+    )
     for name, t in tests.items():
-        print(f"McNemar {name}: {t['only_first_right']} vs {t['only_second_right']} images right only by one side, p = {t['p_value']:.3f}")
-    path = write_results(results.stem, {
-        "device": old.get("device") or device_name(device), "config": args.config, "k": k, "test_images": len(test),
-        "results": rows, "random_knn_top1": random_top1, "difference_points": diff, "within_one_stderr": abs(diff) <= noise,
-        "mcnemar": tests, "speedup": slow["train_seconds"] / fast["train_seconds"],
-    })
+        print(
+            f"McNemar {name}: {t['only_first_right']} vs {t['only_second_right']} images right only by one side, p = {t['p_value']:.3f}"
+        )
+    path = write_results(
+        results.stem,
+        {
+            "device": old.get("device") or device_name(device),
+            "config": args.config,
+            "k": k,
+            "test_images": len(test),
+            "results": rows,
+            "random_knn_top1": random_top1,
+            "difference_points": diff,
+            "within_one_stderr": abs(diff) <= noise,
+            "mcnemar": tests,
+            "speedup": slow["train_seconds"] / fast["train_seconds"],
+        },
+    )
     print(f"wrote {path}")
 
 

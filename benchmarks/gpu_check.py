@@ -22,6 +22,7 @@ a miss gets a ``torch.profiler`` table of the top ops of its step (``profile_<r1
 Everything lands in ``--out``: one log per step, the benchmarks' JSON files, ``summary.json`` and ``summary.md``;
 ``--archive`` packs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,27 +46,94 @@ def steps(args: argparse.Namespace, out: Path) -> list[tuple[str, int, list[str]
     py, me, dry = sys.executable, str(Path(__file__).resolve()), args.dry_run
     cores = str(len(os.sched_getaffinity(0)))
     tp = [py, str(BENCH / "throughput.py"), "--methods", "simclr", "--data", "synthetic"]
-    tp_size = (["--steps", "1", "--rounds", "1", "--workers", "1", "--max-images", "16", "--peer-precision", "fp32"]
-               if dry else ["--steps", "10", "--rounds", "2", "--workers", cores, "--max-images", "5120"])
+    tp_size = (
+        ["--steps", "1", "--rounds", "1", "--workers", "1", "--max-images", "16", "--peer-precision", "fp32"]
+        if dry
+        else ["--steps", "10", "--rounds", "2", "--workers", cores, "--max-images", "5120"]
+    )
     aug = [py, str(BENCH / "augment_throughput.py"), "--backends", "fused", "kornia", "--out", str(out / "augment")]
-    aug += (["--sizes", "32", "--images", "64", "--batch-size", "32", "--workers", "0"] if dry
-            else ["--sizes", "32", "224", "--images", "4096", "--batch-size", "256", "--workers", cores])
-    quick = [py, "-m", "visionssl", "pretrain", "--config", "simclr_elpv", "--out", str(out / "quickstart"), "--no-progress"]
+    aug += (
+        ["--sizes", "32", "--images", "64", "--batch-size", "32", "--workers", "0"]
+        if dry
+        else ["--sizes", "32", "224", "--images", "4096", "--batch-size", "256", "--workers", cores]
+    )
+    quick = [
+        py,
+        "-m",
+        "visionssl",
+        "pretrain",
+        "--config",
+        "simclr_elpv",
+        "--out",
+        str(out / "quickstart"),
+        "--no-progress",
+    ]
     if dry:
-        quick += ["data.name=synthetic:32", "data.image_size=36", "augment.image_size=32", "optim.batch_size=16",
-                  "train.epochs=1", "train.knn_every=-1", "train.device=cpu"]
+        quick += [
+            "data.name=synthetic:32",
+            "data.image_size=36",
+            "augment.image_size=32",
+            "optim.batch_size=16",
+            "train.epochs=1",
+            "train.knn_every=-1",
+            "train.device=cpu",
+        ]
     return [
         ("install", 240, None if dry else install_command(args.wheels)),
         ("versions", 60, [py, me, "--versions", str(out / "versions.json")]),
-        ("cuda_tests", 200, [py, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-p", "no:cacheprovider",
-                             f"--junitxml={out / 'cuda_tests.xml'}"]),
-        ("throughput_r18_32", 120, tp + ["--configs", "r18_32", "--batch-size", "8" if dry else "512",
-                                         "--out", str(out / "throughput_r18_32")] + tp_size),
-        ("throughput_r50_224", 150, tp + ["--configs", "r50_224", "--batch-size", "2" if dry else "256", "--large",
-                                          "--out", str(out / "throughput_r50_224")] + tp_size),
+        (
+            "cuda_tests",
+            200,
+            [
+                py,
+                "-m",
+                "pytest",
+                "-m",
+                "cuda",
+                "tests/test_cuda.py",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={out / 'cuda_tests.xml'}",
+            ],
+        ),
+        (
+            "throughput_r18_32",
+            120,
+            tp
+            + ["--configs", "r18_32", "--batch-size", "8" if dry else "512", "--out", str(out / "throughput_r18_32")]
+            + tp_size,
+        ),
+        (
+            "throughput_r50_224",
+            150,
+            tp
+            + [
+                "--configs",
+                "r50_224",
+                "--batch-size",
+                "2" if dry else "256",
+                "--large",
+                "--out",
+                str(out / "throughput_r50_224"),
+            ]
+            + tp_size,
+        ),
         ("augment", 120, aug),
-        ("knn", 150, [py, me, "--knn", str(out / "knn.json"), "--bank", "20000" if dry else "1000000",
-                      "--queries", "500" if dry else "10000"]),
+        (
+            "knn",
+            150,
+            [
+                py,
+                me,
+                "--knn",
+                str(out / "knn.json"),
+                "--bank",
+                "20000" if dry else "1000000",
+                "--queries",
+                "500" if dry else "10000",
+            ],
+        ),
         ("quickstart", 240, quick),
     ]
 
@@ -79,11 +147,17 @@ def install_command(wheels: str) -> str:
         install = f"{offline} {wheels}/*.whl {wheels}/*.tar.gz && {offline} -e ."
         gpu, cpu = f"{offline} --find-links {wheels} faiss-gpu", f"{offline} {wheels}/faiss_cpu-*.whl"
     else:
-        install, gpu, cpu = f'{py} -m pip install -q -e ".[dev,bench]"', f"{py} -m pip install -q faiss-gpu", f"{py} -m pip install -q faiss-cpu"
+        install, gpu, cpu = (
+            f'{py} -m pip install -q -e ".[dev,bench]"',
+            f"{py} -m pip install -q faiss-gpu",
+            f"{py} -m pip install -q faiss-cpu",
+        )
     # both builds install the module faiss: one out before the other in; faiss-cpu back if faiss-gpu cannot be had
     # (then kNN on the GPU runs as visionssl's torch.mm + top-k)
-    return (f"{install} && {py} -m pip uninstall -y -q faiss-cpu && "
-            f"{{ {gpu} || {{ echo 'faiss-gpu could not be installed: faiss-cpu kept'; {cpu}; }}; }}")
+    return (
+        f"{install} && {py} -m pip uninstall -y -q faiss-cpu && "
+        f"{{ {gpu} || {{ echo 'faiss-gpu could not be installed: faiss-cpu kept'; {cpu}; }}; }}"
+    )
 
 
 def run_step(name: str, timeout: int, command, out: Path, env: dict) -> dict:
@@ -93,8 +167,17 @@ def run_step(name: str, timeout: int, command, out: Path, env: dict) -> dict:
     start = time.perf_counter()
     with log.open("w") as f:
         try:
-            done = subprocess.run(command, check=False, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT, env=env,
-                                  shell=isinstance(command, str), start_new_session=True)
+            done = subprocess.run(
+                command,
+                check=False,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                cwd=ROOT,
+                env=env,
+                shell=isinstance(command, str),
+                start_new_session=True,
+            )
             status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
         except subprocess.TimeoutExpired:
             status = f"timed out ({timeout} s)"
@@ -128,15 +211,23 @@ def figures(name: str, out: Path) -> dict:
         if not data or not data.get("results"):
             return {}
         r = data["results"][0]
-        return {"images_per_s": {k: round(v, 1) for k, v in r["images_per_s"].items()},
-                "vs_lightly": {k: round(v, 2) for k, v in r["vs_lightly"].items()}, "efficiency": round(r["efficiency"], 3),
-                "precision": data["settings"]["precision"], "batch_size": r["batch_size"]}
+        return {
+            "images_per_s": {k: round(v, 1) for k, v in r["images_per_s"].items()},
+            "vs_lightly": {k: round(v, 2) for k, v in r["vs_lightly"].items()},
+            "efficiency": round(r["efficiency"], 3),
+            "precision": data["settings"]["precision"],
+            "batch_size": r["batch_size"],
+        }
     if name == "augment":
         data = _json(out / "augment.json")
         if not data:
             return {}
-        return {f"{r['image_size']}px": {k.removeprefix("ratio_"): round(v, 1) for k, v in r.items() if k.startswith("ratio_")}
-                for r in data["results"]}
+        return {
+            f"{r['image_size']}px": {
+                k.removeprefix("ratio_"): round(v, 1) for k, v in r.items() if k.startswith("ratio_")
+            }
+            for r in data["results"]
+        }
     if name == "knn":
         return _json(out / "knn.json") or {}
     if name == "quickstart":
@@ -154,12 +245,18 @@ def targets(out: Path) -> list[dict]:
         data = _json(out / f"throughput_{config}.json")
         if data and data.get("results"):
             r = data["results"][0]
-            found[f"efficiency_{config}"] = (r["efficiency"], f"visionssl / bare fwd+bwd, {data['settings']['precision']}")
+            found[f"efficiency_{config}"] = (
+                r["efficiency"],
+                f"visionssl / bare fwd+bwd, {data['settings']['precision']}",
+            )
             if config == "r50_224":
                 same = data["settings"]["precision"]
                 peer = same if same in r["vs_lightly"] else next(iter(r["vs_lightly"]))
                 others = ", ".join(f"{k}: {v:.2f}x" for k, v in r["vs_lightly"].items() if k != peer)
-                found["vs_lightly_224"] = (r["vs_lightly"][peer], f"LightlySSL {peer}" + (f" ({others})" if others else ""))
+                found["vs_lightly_224"] = (
+                    r["vs_lightly"][peer],
+                    f"LightlySSL {peer}" + (f" ({others})" if others else ""),
+                )
     data = _json(out / "augment.json")
     if data and data.get("results"):
         r = max(data["results"], key=lambda row: row["image_size"])  # 224 px on the device
@@ -171,8 +268,16 @@ def targets(out: Path) -> list[dict]:
             rows.append({"target": name, "goal": goal, "status": "not measured"})
             continue
         value, what = found[name]
-        rows.append({"target": name, "goal": goal, "measured": round(value, 3), "what": what,
-                     "status": "pass" if value >= goal else "miss", "margin": round(value / goal, 3)})
+        rows.append(
+            {
+                "target": name,
+                "goal": goal,
+                "measured": round(value, 3),
+                "what": what,
+                "status": "pass" if value >= goal else "miss",
+                "margin": round(value / goal, 3),
+            }
+        )
     return rows
 
 
@@ -183,11 +288,18 @@ def versions(path: str) -> None:
     import timm
     import torch
 
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "cuda_available": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "faiss": faiss.__version__, "faiss_gpus": faiss.get_num_gpus(), "kornia": kornia.__version__,
-            "timm": timm.__version__, "python": sys.version.split()[0]}
+    info = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "faiss": faiss.__version__,
+        "faiss_gpus": faiss.get_num_gpus(),
+        "kornia": kornia.__version__,
+        "timm": timm.__version__,
+        "python": sys.version.split()[0],
+    }
     print(json.dumps(info, indent=2))
     Path(path).write_text(json.dumps(info, indent=2) + "\n")
 
@@ -203,7 +315,13 @@ def knn_speed(path: str, bank_n: int, queries_n: int, k: int = 20) -> None:
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((bank_n, 512), dtype=np.float32)
     queries = rng.standard_normal((queries_n, 512), dtype=np.float32)
-    result = {"bank": bank_n, "queries": queries_n, "dim": 512, "k": k, "faiss_threads": __import__("faiss").omp_get_max_threads()}
+    result = {
+        "bank": bank_n,
+        "queries": queries_n,
+        "dim": 512,
+        "k": k,
+        "faiss_threads": __import__("faiss").omp_get_max_threads(),
+    }
     runs = {"cpu": "cpu"} | ({"gpu": "cuda"} if torch.cuda.is_available() else {})
     found = {}
     for name, device in runs.items():
@@ -223,7 +341,8 @@ def knn_speed(path: str, bank_n: int, queries_n: int, k: int = 20) -> None:
 def profile(target: str, path: str, dry: bool) -> None:
     """A torch.profiler table of the top ops of the step behind a missed target."""
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     import visionssl as vs
 
@@ -267,10 +386,16 @@ def summary_markdown(rows: list[dict], goals: list[dict], header: str) -> str:
 
     lines = [header, "", "| step | status | seconds | key figures |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['status']} | {r['seconds']} | {fig(r)} |" for r in rows]
-    lines += ["", "| target | goal | measured | status | margin (measured / goal) | what | profile |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {g['target']} | >= {g['goal']} | {g.get('measured', '')} | {g['status']} | {g.get('margin', '')} | "
-              f"{g.get('what', '')} | {g.get('profile', '')} |" for g in goals]
+    lines += [
+        "",
+        "| target | goal | measured | status | margin (measured / goal) | what | profile |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {g['target']} | >= {g['goal']} | {g.get('measured', '')} | {g['status']} | {g.get('margin', '')} | "
+        f"{g.get('what', '')} | {g.get('profile', '')} |"
+        for g in goals
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -299,8 +424,11 @@ def main() -> int:
     if out.exists() and any(out.iterdir()):
         parser.error(f"--out {out} already holds files; name an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONUNBUFFERED": "1",
+    }
     packed = Path(args.wheels)
     if (packed / "home").is_dir():  # elpv as gpu_pack.sh packs it: its labels (a stub package) and decoded caches
         env["VISIONSSL_HOME"] = str(packed / "home")
@@ -322,8 +450,11 @@ def main() -> int:
             rows[-1]["figures"] = figures(name, out)
         if name == "cuda_tests" and rows[-1]["status"] == "ok" and rows[-1]["figures"].get("passed", 1) == 0:
             rows[-1]["status"] = "skipped (no GPU)"
-        print(f"{rows[-1]['step']:<20} {rows[-1]['status']:<24} {rows[-1]['seconds']:>7.1f} s  "
-              f"{json.dumps(rows[-1].get('figures') or rows[-1].get('note') or '')}", flush=True)
+        print(
+            f"{rows[-1]['step']:<20} {rows[-1]['status']:<24} {rows[-1]['seconds']:>7.1f} s  "
+            f"{json.dumps(rows[-1].get('figures') or rows[-1].get('note') or '')}",
+            flush=True,
+        )
     goals, profiled = targets(out), {}
     for goal in goals:
         # both 224 px throughput targets come from one step: one profile serves them
@@ -337,10 +468,18 @@ def main() -> int:
         if goal["status"] == "miss":
             goal["profile"] = profiled.get(what, "not run (budget spent)")
     versions_info = _json(out / "versions.json") or {}
-    header = (f"# GPU check{' (dry run on a CPU)' if args.dry_run else ''}: {versions_info.get('gpu') or 'no GPU'}, "
-              f"{time.strftime('%Y-%m-%d %H:%M')}")
-    payload = {"dry_run": args.dry_run, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": versions_info.get("gpu"),
-               "versions": versions_info, "steps": rows, "targets": goals}
+    header = (
+        f"# GPU check{' (dry run on a CPU)' if args.dry_run else ''}: {versions_info.get('gpu') or 'no GPU'}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    payload = {
+        "dry_run": args.dry_run,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": versions_info.get("gpu"),
+        "versions": versions_info,
+        "steps": rows,
+        "targets": goals,
+    }
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
     markdown = summary_markdown(rows, goals, header)
     (out / "summary.md").write_text(markdown)

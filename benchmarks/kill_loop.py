@@ -15,10 +15,10 @@ base nobody edits meanwhile: a changed source file changes the numbers.)
 
 Prints the counts; writes benchmarks/results/kill_loop.json. Exit code 1 if anything was lost.
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess
@@ -34,7 +34,7 @@ from _common import write_results  # noqa: E402
 
 from visionssl.engine import CheckpointError, load_checkpoint  # noqa: E402
 
-BACKBONE = '''
+BACKBONE = """
 from torch import nn
 
 
@@ -43,15 +43,34 @@ def tiny(**kw):
                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
     net.num_features = 16
     return net
-'''
+"""
 
 
 def pretrain_args(out: Path, backbone: Path, epochs: int) -> list[str]:
     return [
-        sys.executable, "-m", "visionssl", "pretrain", "--out", str(out), "--epochs", str(epochs), "--threads", "1",
-        "--deterministic", "--no-progress", "--backbone", f"{backbone}:tiny", "data.name=synthetic:64",
-        "data.image_size=16", "augment.image_size=16", "optim.batch_size=16", "optim.warmup_epochs=0",
-        "method.proj_hidden_dim=16", "method.proj_dim=8", "train.knn_every=-1", "train.log_every=4",
+        sys.executable,
+        "-m",
+        "visionssl",
+        "pretrain",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--threads",
+        "1",
+        "--deterministic",
+        "--no-progress",
+        "--backbone",
+        f"{backbone}:tiny",
+        "data.name=synthetic:64",
+        "data.image_size=16",
+        "augment.image_size=16",
+        "optim.batch_size=16",
+        "optim.warmup_epochs=0",
+        "method.proj_hidden_dim=16",
+        "method.proj_dim=8",
+        "train.knn_every=-1",
+        "train.log_every=4",
     ]
 
 
@@ -72,8 +91,13 @@ def temporaries(ckpt_path: Path) -> set[str]:
 
 
 def report_round(round_no: int, ckpt: dict, reference: dict) -> bool:
-    differ = [k for k in ("method", "optimizer", "scaler", "rng", "epoch", "step") if not same_tensors(ckpt[k], reference[k])]
-    print(f"\nround {round_no}: " + ("bit-identical to the reference run" if not differ else f"DIFFERS in {', '.join(differ)}"))
+    differ = [
+        k for k in ("method", "optimizer", "scaler", "rng", "epoch", "step") if not same_tensors(ckpt[k], reference[k])
+    ]
+    print(
+        f"\nround {round_no}: "
+        + ("bit-identical to the reference run" if not differ else f"DIFFERS in {', '.join(differ)}")
+    )
     return not differ
 
 
@@ -94,19 +118,39 @@ def main() -> int:
     subprocess.run(pretrain_args(reference_dir, backbone, args.epochs), check=True, capture_output=True)
     reference = load_checkpoint(reference_dir)
 
-    counts = {"interruptions": 0, "sigkill_mid_save": 0, "sigkill_after_checkpoint": 0, "sigkill_any_moment": 0, "sigterm": 0,
-              "killed_mid_save": 0, "corrupt_checkpoints": 0, "went_backwards": 0, "sigterm_not_clean": 0,
-              "rounds_finished": 0, "rounds_bit_identical": 0}
+    counts = {
+        "interruptions": 0,
+        "sigkill_mid_save": 0,
+        "sigkill_after_checkpoint": 0,
+        "sigkill_any_moment": 0,
+        "sigterm": 0,
+        "killed_mid_save": 0,
+        "corrupt_checkpoints": 0,
+        "went_backwards": 0,
+        "sigterm_not_clean": 0,
+        "rounds_finished": 0,
+        "rounds_bit_identical": 0,
+    }
     started = time.time()
     round_no, out, last_step = 0, work / "round0", 0
     while counts["interruptions"] < args.kills:
         ckpt_path = out / "checkpoints" / "last.pt"
         before = ckpt_path.stat().st_mtime_ns if ckpt_path.exists() else None
         stale = temporaries(ckpt_path)  # left by the last kill; the new process deletes them
-        proc = subprocess.Popen(pretrain_args(out, backbone, args.epochs) + (["--resume"] if before else []),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            pretrain_args(out, backbone, args.epochs) + (["--resume"] if before else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         n = counts["interruptions"]
-        how = ("sigkill_mid_save", "sigkill_after_checkpoint", "sigkill_any_moment", "sigkill_after_checkpoint", "sigterm")[n % 5]
+        how = (
+            "sigkill_mid_save",
+            "sigkill_after_checkpoint",
+            "sigkill_any_moment",
+            "sigkill_after_checkpoint",
+            "sigterm",
+        )[n % 5]
         if how == "sigkill_any_moment":
             time.sleep(rng.uniform(0, 8.0))
         else:  # wait for this process's first checkpoint
@@ -143,14 +187,22 @@ def main() -> int:
             counts["rounds_bit_identical"] += report_round(round_no, load_checkpoint(ckpt_path), reference)
             round_no += 1
             out, last_step = work / f"round{round_no}", 0
-        print(f"\r{counts['interruptions']}/{args.kills} interruptions, round {round_no}, step {last_step}", end="", flush=True)
+        print(
+            f"\r{counts['interruptions']}/{args.kills} interruptions, round {round_no}, step {last_step}",
+            end="",
+            flush=True,
+        )
     print()
     if (out / "checkpoints" / "last.pt").exists():  # finish the last round, uninterrupted
         subprocess.run(pretrain_args(out, backbone, args.epochs) + ["--resume"], check=True, capture_output=True)
         counts["rounds_finished"] += 1
         counts["rounds_bit_identical"] += report_round(round_no, load_checkpoint(out), reference)
-    lost = counts["corrupt_checkpoints"] + counts["went_backwards"] + counts["sigterm_not_clean"] + (
-        counts["rounds_finished"] - counts["rounds_bit_identical"])
+    lost = (
+        counts["corrupt_checkpoints"]
+        + counts["went_backwards"]
+        + counts["sigterm_not_clean"]
+        + (counts["rounds_finished"] - counts["rounds_bit_identical"])
+    )
     for key, value in counts.items():
         print(f"  {key:<26} {value}")
     print(f"  {'wall seconds':<26} {time.time() - started:.0f}")

@@ -39,6 +39,7 @@ other three quarters, every 4 epochs and at the end; the final score is also 4-f
 against the other three, so all 1,970 train images are queries: about half the noise of one quarter);
 the rows go to ``<out>/validation.jsonl``, not to the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,16 +58,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, device_name, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
-from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
-from visionssl.data.sources import stratified_split  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
-
+from visionssl.data.sources import stratified_split  # noqa: E402
+from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
 
 ELPV_VIEWS = ["augment.kwargs.scale=[0.6,1.0]", "augment.kwargs.blur_p=0.0"]
 SQRT_LR = "optim.lr_scaling=sqrt"
 ELPV_OVERRIDES = {
-    "moco": ELPV_VIEWS, "simsiam": ELPV_VIEWS,
-    "byol": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"], "vicreg": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
+    "moco": ELPV_VIEWS,
+    "simsiam": ELPV_VIEWS,
+    "byol": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
+    "vicreg": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     "deepcluster": ["augment.kwargs.scale=[0.6,1.0]", SQRT_LR],
     "context": ["method.patch_size=null", "method.gap=null", "method.jitter=null", "method.color=none", SQRT_LR],
     "rotation": [SQRT_LR],
@@ -104,7 +106,9 @@ def cross_validated_knn(x: torch.Tensor, y: torch.Tensor, folds: np.ndarray, k: 
     right = 0.0
     for f in np.unique(folds):
         query = torch.from_numpy(folds == f)
-        right += vs.eval.knn(x[~query], y[~query], x[query], y[query], k=k, temperature=KNN_TEMPERATURE)["top1"] * int(query.sum())
+        right += vs.eval.knn(x[~query], y[~query], x[query], y[query], k=k, temperature=KNN_TEMPERATURE)["top1"] * int(
+            query.sum()
+        )
     return right / len(y)
 
 
@@ -119,13 +123,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-seeds", type=int, default=5, help="untrained initialisations scored for the spread")
     parser.add_argument("--out", default="runs/methods_elpv")
-    parser.add_argument("--results", default=None, help="results file name (default: methods_elpv, "
-                        "methods_elpv_seed<N> for another --seed, so the main table keeps its seed)")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="results file name (default: methods_elpv, "
+        "methods_elpv_seed<N> for another --seed, so the main table keeps its seed)",
+    )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--validation", action="store_true", help="score a held-out quarter of the train split (tuning)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every listed method")
-    parser.add_argument("--summarize-seeds", action="store_true",
-                        help="no training: gather methods_elpv.json and methods_elpv_seed<N>.json into methods_elpv_seeds.md")
+    parser.add_argument(
+        "--validation", action="store_true", help="score a held-out quarter of the train split (tuning)"
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every listed method"
+    )
+    parser.add_argument(
+        "--summarize-seeds",
+        action="store_true",
+        help="no training: gather methods_elpv.json and methods_elpv_seed<N>.json into methods_elpv_seeds.md",
+    )
     args = parser.parse_args()
     if args.summarize_seeds:
         print(summarize_seeds())
@@ -147,12 +162,25 @@ def main() -> None:
         random_seeds.append(top1)
         random_cv.append(cv)
     random_top1 = random_seeds[0]  # the seed every method starts from: its own initialisation
-    spread = {"seeds": random_seeds, "mean": statistics.mean(random_seeds), "std": statistics.pstdev(random_seeds),
-              "cross_validated": random_cv}
-    print(f"random weights ({args.backbone}, seed {args.seed}): kNN top-1 {random_top1:.2f}%; over seeds "
-          f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}", flush=True)
-    budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
-              "epochs": args.epochs, "k": args.k, "seed": args.seed}
+    spread = {
+        "seeds": random_seeds,
+        "mean": statistics.mean(random_seeds),
+        "std": statistics.pstdev(random_seeds),
+        "cross_validated": random_cv,
+    }
+    print(
+        f"random weights ({args.backbone}, seed {args.seed}): kNN top-1 {random_top1:.2f}%; over seeds "
+        f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}",
+        flush=True,
+    )
+    budget = {
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "k": args.k,
+        "seed": args.seed,
+    }
     device = resolve_device(args.device)
     results = args.results or ("methods_elpv" if args.seed == 0 else f"methods_elpv_seed{args.seed}")
     old = json.loads((RESULTS / f"{results}.json").read_text()) if (RESULTS / f"{results}.json").exists() else {}
@@ -162,10 +190,20 @@ def main() -> None:
     rows = {r["method"]: r for r in kept}
     for name in methods:
         overrides = [
-            f"backbone.name={args.backbone}", f"augment.image_size={args.image_size}", f"data.image_size={stored}",
-            f"optim.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-            "optim.warmup_epochs=1", f"train.knn_k={args.k}", f"train.knn_every={4 if args.validation else -1}", "train.progress=false",
-            f"train.device={device}", f"out={Path(args.out) / run_name(name, args.validation)}", *ELPV_OVERRIDES.get(name, []), *args.set,
+            f"backbone.name={args.backbone}",
+            f"augment.image_size={args.image_size}",
+            f"data.image_size={stored}",
+            f"optim.batch_size={args.batch_size}",
+            f"train.epochs={args.epochs}",
+            f"train.seed={args.seed}",
+            "optim.warmup_epochs=1",
+            f"train.knn_k={args.k}",
+            f"train.knn_every={4 if args.validation else -1}",
+            "train.progress=false",
+            f"train.device={device}",
+            f"out={Path(args.out) / run_name(name, args.validation)}",
+            *ELPV_OVERRIDES.get(name, []),
+            *args.set,
         ]
         cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
         start = time.perf_counter()
@@ -177,20 +215,36 @@ def main() -> None:
             print(f"{name:12s} stopped: {exc}", flush=True)
         else:
             if "stopped_by" in result:  # SIGTERM/SIGINT: the user stops the benchmark; a partial run is no result
-                print(f"{name:12s} stopped by {result['stopped_by']} at epoch {trainer.epoch}: no row written", flush=True)
+                print(
+                    f"{name:12s} stopped by {result['stopped_by']} at epoch {trainer.epoch}: no row written", flush=True
+                )
                 return
         seconds = time.perf_counter() - start
         top1, cv = knn_scores(trainer.method.backbone, train, test, split, folds, args.image_size, args.k)
         if args.validation:
             report_validation(trainer, name, args.set, top1, cv, spread, seconds, Path(args.out))
             continue
-        rows[name] = {"method": name, "knn_top1": top1, "gain_over_random": top1 - random_top1,
-                      "train_4fold_top1": cv, "train_4fold_gain": cv - random_cv[0], "train_seconds": seconds,
-                      "final_loss": trainer.metrics.get("train/loss"), "precision": trainer.precision, "epochs_done": trainer.epoch,
-                      "overrides": ELPV_OVERRIDES.get(name, []), "set": args.set, "recipe": RECIPE.get(name, name),
-                      "device": device_name(device), "torch": torch.__version__}
-        print(f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random); 4-fold on the train split "
-              f"{cv:6.2f}% ({cv - random_cv[0]:+.2f}); {seconds:6.0f} s", flush=True)
+        rows[name] = {
+            "method": name,
+            "knn_top1": top1,
+            "gain_over_random": top1 - random_top1,
+            "train_4fold_top1": cv,
+            "train_4fold_gain": cv - random_cv[0],
+            "train_seconds": seconds,
+            "final_loss": trainer.metrics.get("train/loss"),
+            "precision": trainer.precision,
+            "epochs_done": trainer.epoch,
+            "overrides": ELPV_OVERRIDES.get(name, []),
+            "set": args.set,
+            "recipe": RECIPE.get(name, name),
+            "device": device_name(device),
+            "torch": torch.__version__,
+        }
+        print(
+            f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random); 4-fold on the train split "
+            f"{cv:6.2f}% ({cv - random_cv[0]:+.2f}); {seconds:6.0f} s",
+            flush=True,
+        )
         path = save(results, rows, budget, random_top1, spread, device_name(device), args.k)
         print(f"wrote {path}")
 
@@ -200,47 +254,77 @@ def run_name(method: str, validation: bool) -> str:
     return f"{method}-validation-{time.strftime('%m%d-%H%M%S')}-{os.getpid()}" if validation else method
 
 
-def report_validation(trainer: Trainer, name: str, extra: list[str], top1: float, cv: float, spread: dict, seconds: float,
-                      out: Path) -> None:
+def report_validation(
+    trainer: Trainer, name: str, extra: list[str], top1: float, cv: float, spread: dict, seconds: float, out: Path
+) -> None:
     """Prints the validation curve and the 4-fold score and appends the row to ``<out>/validation.jsonl``."""
     lines = (trainer.out / "metrics.jsonl").read_text().splitlines()
     curve = [(r["epoch"], r["knn/top1"]) for r in map(json.loads, lines) if "knn/top1" in r]
-    row = {"method": name, "set": extra, "validation_top1": top1, "cross_validated_top1": cv, "curve": curve,
-           "random_over_seeds": spread["seeds"], "random_cross_validated": spread["cross_validated"],
-           "train_seconds": seconds, "final_loss": trainer.metrics.get("train/loss"), "epochs_done": trainer.epoch}
+    row = {
+        "method": name,
+        "set": extra,
+        "validation_top1": top1,
+        "cross_validated_top1": cv,
+        "curve": curve,
+        "random_over_seeds": spread["seeds"],
+        "random_cross_validated": spread["cross_validated"],
+        "train_seconds": seconds,
+        "final_loss": trainer.metrics.get("train/loss"),
+        "epochs_done": trainer.epoch,
+    }
     with open(out / "validation.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     rcv = spread["cross_validated"]
-    print(f"{name:12s} 4-fold kNN top-1 {cv:6.2f}% (random {min(rcv):.2f}-{max(rcv):.2f}); "
-          f"validation quarter {top1:6.2f}% (random {min(spread['seeds']):.2f}-{max(spread['seeds']):.2f}); "
-          f"curve {' '.join(f'{t:.1f}' for _, t in curve)}; {' '.join(extra)}; {seconds:.0f} s", flush=True)
+    print(
+        f"{name:12s} 4-fold kNN top-1 {cv:6.2f}% (random {min(rcv):.2f}-{max(rcv):.2f}); "
+        f"validation quarter {top1:6.2f}% (random {min(spread['seeds']):.2f}-{max(spread['seeds']):.2f}); "
+        f"curve {' '.join(f'{t:.1f}' for _, t in curve)}; {' '.join(extra)}; {seconds:.0f} s",
+        flush=True,
+    )
 
 
 def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dict, device: str, k: int) -> Path:
     """Writes the JSON and the Markdown table (methods in name order)."""
     ordered = [rows[m] for m in sorted(rows)]
-    path = write_results(results, {"device": device, "budget": budget, "random_knn_top1": random_top1,
-                                          "random_knn_top1_over_seeds": spread, "results": ordered})
+    path = write_results(
+        results,
+        {
+            "device": device,
+            "budget": budget,
+            "random_knn_top1": random_top1,
+            "random_knn_top1_over_seeds": spread,
+            "results": ordered,
+        },
+    )
     seeds, cvs = spread["seeds"], spread.get("cross_validated") or []
 
     def train_4fold(r: dict) -> str:  # rows written before the column existed leave it empty
         return f"{r['train_4fold_top1']:.2f} ({r['train_4fold_gain']:+.2f})" if "train_4fold_top1" in r else ""
 
-    lines = ["| method | kNN top-1 (%) | vs random | 4-fold on train (vs random) | precision | epochs | train time (s) | machine |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| random weights (seed {budget['seed']}, every method's initialisation) | {random_top1:.2f} | | "
-             f"{cvs[0] if cvs else float('nan'):.2f} | | | | |"]
+    lines = [
+        "| method | kNN top-1 (%) | vs random | 4-fold on train (vs random) | precision | epochs | train time (s) | machine |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| random weights (seed {budget['seed']}, every method's initialisation) | {random_top1:.2f} | | "
+        f"{cvs[0] if cvs else float('nan'):.2f} | | | | |",
+    ]
     if len(seeds) > 1:
-        lines.append(f"| random weights, {len(seeds)} seeds: mean +- std | {spread['mean']:.2f} +- {spread['std']:.2f} "
-                     f"({min(seeds):.2f}-{max(seeds):.2f}) | | "
-                     f"{statistics.mean(cvs) if cvs else float('nan'):.2f} ({min(cvs or [0]):.2f}-{max(cvs or [0]):.2f}) | | | | |")
-    lines += [f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {train_4fold(r)} | {r['precision']} | "
-              f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |" for r in ordered]
+        lines.append(
+            f"| random weights, {len(seeds)} seeds: mean +- std | {spread['mean']:.2f} +- {spread['std']:.2f} "
+            f"({min(seeds):.2f}-{max(seeds):.2f}) | | "
+            f"{statistics.mean(cvs) if cvs else float('nan'):.2f} ({min(cvs or [0]):.2f}-{max(cvs or [0]):.2f}) | | | | |"
+        )
+    lines += [
+        f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {train_4fold(r)} | {r['precision']} | "
+        f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |"
+        for r in ordered
+    ]
     b = budget
     notes = [f"{r['method']} ran with `--set {' '.join(r['set'])}`." for r in ordered if r.get("set")]
     (RESULTS / f"{results}.md").write_text(
         f"elpv defect labels, kNN (k={k}) on frozen features; {b['backbone']} at {b['image_size']} px, batch "
-        f"{b['batch_size']}, {b['epochs']} epochs, seed {b['seed']}; random weights scored on {device}.\n\n" + "\n".join(lines) + "\n"
+        f"{b['batch_size']}, {b['epochs']} epochs, seed {b['seed']}; random weights scored on {device}.\n\n"
+        + "\n".join(lines)
+        + "\n"
         + ("\n" + "\n".join(notes) + "\n" if notes else "")
     )
     return path
@@ -253,28 +337,47 @@ def summarize_seeds() -> Path:
     gains: dict[str, dict[int, tuple[float, float | None]]] = {}
     for run in runs:
         for r in run["results"]:
-            gains.setdefault(r["method"], {})[run["budget"]["seed"]] = (r["gain_over_random"], r.get("train_4fold_gain"))
+            gains.setdefault(r["method"], {})[run["budget"]["seed"]] = (
+                r["gain_over_random"],
+                r.get("train_4fold_gain"),
+            )
     seeds = sorted({run["budget"]["seed"] for run in runs})
-    lines = ["| method | " + " | ".join(f"seed {s}: test / 4-fold" for s in seeds) + " | mean test gain | mean 4-fold gain | seeds |",
-             "|---|" + "---|" * (len(seeds) + 3)]
+    lines = [
+        "| method | "
+        + " | ".join(f"seed {s}: test / 4-fold" for s in seeds)
+        + " | mean test gain | mean 4-fold gain | seeds |",
+        "|---|" + "---|" * (len(seeds) + 3),
+    ]
     summary = {}
     for method in sorted(gains):
         per = gains[method]
         tests = [t for t, _ in per.values()]
         folds = [f for _, f in per.values() if f is not None]
-        cells = [(f"{per[s][0]:+.2f} / " + (f"{per[s][1]:+.2f}" if per[s][1] is not None else "-")) if s in per else ""
-                 for s in seeds]
-        summary[method] = {"test_gains": {s: per[s][0] for s in per}, "train_4fold_gains": {s: per[s][1] for s in per},
-                           "mean_test_gain": statistics.mean(tests),
-                           "mean_train_4fold_gain": statistics.mean(folds) if folds else None}
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {statistics.mean(tests):+.2f} | "
-                     + (f"{statistics.mean(folds):+.2f}" if folds else "-") + f" | {len(per)} |")
+        cells = [
+            (f"{per[s][0]:+.2f} / " + (f"{per[s][1]:+.2f}" if per[s][1] is not None else "-")) if s in per else ""
+            for s in seeds
+        ]
+        summary[method] = {
+            "test_gains": {s: per[s][0] for s in per},
+            "train_4fold_gains": {s: per[s][1] for s in per},
+            "mean_test_gain": statistics.mean(tests),
+            "mean_train_4fold_gain": statistics.mean(folds) if folds else None,
+        }
+        lines.append(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | {statistics.mean(tests):+.2f} | "
+            + (f"{statistics.mean(folds):+.2f}" if folds else "-")
+            + f" | {len(per)} |"
+        )
     path = write_results("methods_elpv_seeds", {"seeds": seeds, "methods": summary})
     (RESULTS / "methods_elpv_seeds.md").write_text(
         "elpv defect labels, kNN (k=20): each method's gain in points over its own untrained initialisation (the same "
         "seed), on the test split (654 queries) and by 4-fold kNN over the train split (1,970 queries). Gathered by "
         "`python benchmarks/methods_elpv.py --summarize-seeds` from methods_elpv.json and methods_elpv_seed<N>.json.\n\n"
-        + "\n".join(lines) + "\n")
+        + "\n".join(lines)
+        + "\n"
+    )
     return path
 
 

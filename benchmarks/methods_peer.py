@@ -22,6 +22,7 @@ with the machine named.
     python benchmarks/methods_peer.py --methods byol moco --seeds 0 1 2 3 4 --epochs 15
     python benchmarks/methods_peer.py --epochs 1 --image-size 32 --batch-size 16 --max-images 64 --seeds 0 --results dry
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,8 @@ from methods_elpv import ELPV_OVERRIDES, RECIPE, knn_scores, stratified_folds  #
 from throughput import PeerImages  # noqa: E402
 
 import visionssl as vs  # noqa: E402
-from visionssl.engine import Trainer, load_config  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
+from visionssl.engine import Trainer, load_config  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg")
 LABELS = ("defect", "type")
@@ -65,8 +66,9 @@ def lightly_transform(method: str, size: int):
     if method == "moco":
         return T.MoCoV2Transform(input_size=size, **small)
     if method == "byol":
-        return T.BYOLTransform(T.BYOLView1Transform(input_size=size, **small),
-                               T.BYOLView2Transform(input_size=size, **small))
+        return T.BYOLTransform(
+            T.BYOLView1Transform(input_size=size, **small), T.BYOLView2Transform(input_size=size, **small)
+        )
     if method == "simsiam":
         return T.SimSiamTransform(input_size=size, **small)
     return T.VICRegTransform(input_size=size, **small)
@@ -135,12 +137,20 @@ class LightlyMethod(nn.Module):
         return self.criterion(self.head(self.backbone(x0)), self.head(self.backbone(x1)))
 
 
-def train_lightly(method: str, initial: nn.Module, ours: vs.methods.SSLMethod, train, args, device: torch.device) -> nn.Module:
+def train_lightly(
+    method: str, initial: nn.Module, ours: vs.methods.SSLMethod, train, args, device: torch.device
+) -> nn.Module:
     """Pretrains a copy of ``initial`` the LightlySSL way for ``args.epochs``; returns its backbone."""
     model = LightlyMethod(method, copy.deepcopy(initial), ours).to(device)
     stored = train.images  # uint8 (N, C, H, W); PeerImages serves PIL RGB images
-    loader = DataLoader(PeerImages(stored, lightly_transform(method, args.image_size)), batch_size=args.batch_size,
-                        shuffle=True, drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0)
+    loader = DataLoader(
+        PeerImages(stored, lightly_transform(method, args.image_size)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+    )
     total = args.epochs * len(loader)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.peer_lr, momentum=0.9, weight_decay=5e-4)
@@ -164,11 +174,20 @@ def train_lightly(method: str, initial: nn.Module, ours: vs.methods.SSLMethod, t
 def train_visionssl(method: str, train, test, args, seed: int, device: torch.device, stored: int) -> Trainer:
     """The trainer of ``method`` at the budget, built but not run (its backbone holds the initial weights)."""
     overrides = [
-        f"backbone.name={args.backbone}", f"augment.image_size={args.image_size}", f"data.image_size={stored}",
-        f"optim.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.seed={seed}",
-        "optim.warmup_epochs=1", f"train.knn_k={args.k}", "train.knn_every=-1", "train.progress=false",
-        f"train.device={device}", f"out={Path(args.out) / f'{method}-seed{seed}'}",
-        *ELPV_OVERRIDES.get(method, []), *args.set,
+        f"backbone.name={args.backbone}",
+        f"augment.image_size={args.image_size}",
+        f"data.image_size={stored}",
+        f"optim.batch_size={args.batch_size}",
+        f"train.epochs={args.epochs}",
+        f"train.seed={seed}",
+        "optim.warmup_epochs=1",
+        f"train.knn_k={args.k}",
+        "train.knn_every=-1",
+        "train.progress=false",
+        f"train.device={device}",
+        f"out={Path(args.out) / f'{method}-seed{seed}'}",
+        *ELPV_OVERRIDES.get(method, []),
+        *args.set,
     ]
     if method == "moco":  # the queue must stay below the training set (a dry run's subset included)
         overrides.append(f"method.queue_size={min(1024, max(args.batch_size, len(train) // 2))}")
@@ -182,21 +201,33 @@ def summarize(rows: list[dict]) -> dict:
     for r in rows:
         for key, value in r["scores"].items():
             out.setdefault(r["method"], {}).setdefault(r["side"], {}).setdefault(key, []).append(value)
-    return {m: {side: {k: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "n": len(v)} for k, v in scores.items()}
-                for side, scores in sides.items()} for m, sides in out.items()}
+    return {
+        m: {
+            side: {k: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "n": len(v)} for k, v in scores.items()}
+            for side, scores in sides.items()
+        }
+        for m, sides in out.items()
+    }
 
 
 def markdown(summary: dict, budget: dict, device: str) -> str:
-    lines = [f"# visionssl vs LightlySSL at equal budget on elpv ({device})", "",
-             f"Budget: {budget}. kNN top-1 (%) on the test split, mean +- std over seeds; gap = visionssl - LightlySSL.", "",
-             "| method | label | visionssl | LightlySSL | gap | seeds |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# visionssl vs LightlySSL at equal budget on elpv ({device})",
+        "",
+        f"Budget: {budget}. kNN top-1 (%) on the test split, mean +- std over seeds; gap = visionssl - LightlySSL.",
+        "",
+        "| method | label | visionssl | LightlySSL | gap | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, sides in summary.items():
         for label in LABELS:
             ours, peer = sides.get("visionssl", {}).get(label), sides.get("lightly", {}).get(label)
             if ours is None or peer is None:
                 continue
-            lines.append(f"| {method} | {label} | {ours['mean']:.2f} +- {ours['std']:.2f} | {peer['mean']:.2f} +- "
-                         f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {ours['n']} |")
+            lines.append(
+                f"| {method} | {label} | {ours['mean']:.2f} +- {ours['std']:.2f} | {peer['mean']:.2f} +- "
+                f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {ours['n']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -212,23 +243,40 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--peer-lr", type=float, default=0.1, help="LightlySSL side: SGD learning rate")
     parser.add_argument("--workers", type=int, default=2, help="LightlySSL side: DataLoader workers")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N train/test images (dry runs)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides of the visionssl side")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides of the visionssl side"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/methods_peer")
     parser.add_argument("--results", default="methods_peer", help="results file name under benchmarks/results")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     stored = math.ceil(args.image_size * 1.125)
-    data = {label: [vs.data.load_dataset(f"elpv:{label}" if label != "defect" else "elpv", split, stored)
-                    for split in ("train", "test")] for label in LABELS}
+    data = {
+        label: [
+            vs.data.load_dataset(f"elpv:{label}" if label != "defect" else "elpv", split, stored)
+            for split in ("train", "test")
+        ]
+        for label in LABELS
+    }
     if args.max_images:
-        data = {label: [ds.subset(torch.arange(min(args.max_images, len(ds)))) for ds in pair] for label, pair in data.items()}
+        data = {
+            label: [ds.subset(torch.arange(min(args.max_images, len(ds)))) for ds in pair]
+            for label, pair in data.items()
+        }
     train, test = data["defect"]
     strata = (train.targets * 2 + train.labels["type"]).numpy()
     folds = stratified_folds(strata, 4, seed=0)
-    budget = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
-              "epochs": args.epochs, "k": args.k, "seeds": args.seeds, "peer_lr": args.peer_lr,
-              "max_images": args.max_images}
+    budget = {
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "k": args.k,
+        "seeds": args.seeds,
+        "peer_lr": args.peer_lr,
+        "max_images": args.max_images,
+    }
     rows = []
     for method in args.methods:
         for seed in args.seeds:
@@ -241,18 +289,30 @@ def main(argv: list[str] | None = None) -> Path:
             start = time.perf_counter()
             peer = train_lightly(method, initial, trainer.method, train, args, device)
             peer_seconds = time.perf_counter() - start
-            for side, backbone, seconds in (("visionssl", trainer.method.backbone, ours_seconds), ("lightly", peer, peer_seconds)):
+            for side, backbone, seconds in (
+                ("visionssl", trainer.method.backbone, ours_seconds),
+                ("lightly", peer, peer_seconds),
+            ):
                 scores = {}
                 for label in LABELS:
                     top1, cv = knn_scores(backbone, *data[label], None, folds, args.image_size, min(args.k, len(train)))
                     scores[label], scores[f"{label}_4fold"] = top1, cv
                 rows.append({"method": method, "seed": seed, "side": side, "scores": scores, "train_seconds": seconds})
-                print(f"{method:8s} seed {seed} {side:9s} defect {scores['defect']:6.2f}%  type {scores['type']:6.2f}%  "
-                      f"({seconds:.0f} s)", flush=True)
+                print(
+                    f"{method:8s} seed {seed} {side:9s} defect {scores['defect']:6.2f}%  type {scores['type']:6.2f}%  "
+                    f"({seconds:.0f} s)",
+                    flush=True,
+                )
     summary = summarize(rows)
     import lightly
 
-    payload = {"device": device_name(device), "lightly": lightly.__version__, "budget": budget, "summary": summary, "rows": rows}
+    payload = {
+        "device": device_name(device),
+        "lightly": lightly.__version__,
+        "budget": budget,
+        "summary": summary,
+        "rows": rows,
+    }
     path = write_results(args.results, payload)
     path.with_suffix(".md").write_text(markdown(summary, budget, device_name(device)))
     print(markdown(summary, budget, device_name(device)))

@@ -14,6 +14,7 @@ Usage:
     python benchmarks/probe_vs_sklearn.py                 # everything -> benchmarks/results/probe_vs_sklearn.{json,md}
     python benchmarks/probe_vs_sklearn.py --no-speed      # the accuracy table only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,19 @@ def sklearn_cv(xtr, ytr, xte, yte, folds, cs=DEFAULT_CS, max_iter=100):
 
 
 def anchors_sgd(xtr, ytr, xte, yte):
-    return vs.eval.linear_probe(xtr, ytr, xte, yte, solver="sgd", lrs=(0.1,), weight_decays=(0.0,), epochs=100,
-                                batch_size=256, val_fraction=0.0, device="cpu")["top1"]
+    return vs.eval.linear_probe(
+        xtr,
+        ytr,
+        xte,
+        yte,
+        solver="sgd",
+        lrs=(0.1,),
+        weight_decays=(0.0,),
+        epochs=100,
+        batch_size=256,
+        val_fraction=0.0,
+        device="cpu",
+    )["top1"]
 
 
 def compare(name, xtr, ytr, xte, yte):
@@ -56,8 +68,13 @@ def compare(name, xtr, ytr, xte, yte):
     row = {"set": name, "train": len(xtr), "test": len(xte), "dim": xtr.shape[1], "classes": int(ytr.max()) + 1}
     tic = time.perf_counter()
     ours = vs.eval.linear_probe(xtr, ytr, xte, yte, device="cpu")
-    row.update(visionssl=ours["top1"], visionssl_s=time.perf_counter() - tic, visionssl_C=ours["C"],
-               solver=ours["solver"], selection=ours["selection"])
+    row.update(
+        visionssl=ours["top1"],
+        visionssl_s=time.perf_counter() - tic,
+        visionssl_C=ours["C"],
+        solver=ours["solver"],
+        selection=ours["selection"],
+    )
     folds = stratified_kfold(torch.from_numpy(ytr), 5, seed=0).numpy()  # the folds visionssl used
     tic = time.perf_counter()
     row["sklearn"], row["sklearn_C"] = sklearn_cv(xtr, ytr, xte, yte, folds)
@@ -66,9 +83,12 @@ def compare(name, xtr, ytr, xte, yte):
     row["sgd100"] = anchors_sgd(xtr, ytr, xte, yte)
     row["sgd100_s"] = time.perf_counter() - tic
     row["ok"] = row["visionssl"] >= row["sklearn"] - 0.3 and row["visionssl"] >= row["sgd100"]
-    print(f"{name:32s} visionssl {row['visionssl']:6.2f} ({row['visionssl_s']:5.1f}s, C={row['visionssl_C']:g})  "
-          f"sklearn {row['sklearn']:6.2f} ({row['sklearn_s']:5.1f}s, C={row['sklearn_C']:g})  "
-          f"sgd100 {row['sgd100']:6.2f} ({row['sgd100_s']:5.1f}s)  {'ok' if row['ok'] else 'FAIL'}", flush=True)
+    print(
+        f"{name:32s} visionssl {row['visionssl']:6.2f} ({row['visionssl_s']:5.1f}s, C={row['visionssl_C']:g})  "
+        f"sklearn {row['sklearn']:6.2f} ({row['sklearn_s']:5.1f}s, C={row['sklearn_C']:g})  "
+        f"sgd100 {row['sgd100']:6.2f} ({row['sgd100_s']:5.1f}s)  {'ok' if row['ok'] else 'FAIL'}",
+        flush=True,
+    )
     return row
 
 
@@ -93,18 +113,21 @@ def elpv_sets(simclr_steps: int, batch: int = 32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     tic = time.perf_counter()
     method.train()
-    for step in range(simclr_steps):
+    for _ in range(simclr_steps):
         idx = torch.randint(0, len(train), (batch,), generator=g)
         loss = method(views(train.images[idx]))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    print(f"SimCLR: {simclr_steps} steps of {batch} images in {time.perf_counter() - tic:.0f}s, last loss {float(loss.detach()):.3f}",
-          flush=True)
+    print(
+        f"SimCLR: {simclr_steps} steps of {batch} images in {time.perf_counter() - tic:.0f}s, last loss {float(loss.detach()):.3f}",
+        flush=True,
+    )
     backbones[f"SimCLR {simclr_steps} steps"] = method.backbone
     for name, backbone in backbones.items():
-        (xtr, _), (xte, _) = (vs.eval.extract_features(backbone, ds, 128, 64, "cpu", progress=False)
-                              for ds in (train, test))
+        (xtr, _), (xte, _) = (
+            vs.eval.extract_features(backbone, ds, 128, 64, "cpu", progress=False) for ds in (train, test)
+        )
         for label in ("defect", "type"):
             ytr, yte = (torch.as_tensor(ds.labels[label]) if label in ds.labels else ds.targets for ds in (train, test))
             yield f"elpv {label}, {name}", xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy()
@@ -128,7 +151,10 @@ def speed_case(limit: float, n=50_000, dim=2048, classes=100):
     tic = time.perf_counter()
     ours = vs.eval.linear_probe(xtr, ytr, xte, yte, device="cpu")
     ours_s = time.perf_counter() - tic
-    print(f"speed case visionssl: {ours_s:.1f}s, top-1 {ours['top1']:.2f}, {ours['selection']}, C={ours['C']:g}", flush=True)
+    print(
+        f"speed case visionssl: {ours_s:.1f}s, top-1 {ours['top1']:.2f}, {ours['selection']}, C={ours['C']:g}",
+        flush=True,
+    )
     # the same selection visionssl made (a stratified validation split), so the same number of fits per C
     _, held = vs.eval.holdout_split(torch.from_numpy(ytr), 0.1, seed=0)
     folds = np.full(n, -1)
@@ -144,11 +170,24 @@ def speed_case(limit: float, n=50_000, dim=2048, classes=100):
         sk_s, finished = time.perf_counter() - tic, False
     else:
         sk_s, finished = queue.get(), True
-    print(f"speed case sklearn LogisticRegressionCV ({len(DEFAULT_CS)} Cs, same split): "
-          f"{'' if finished else '> '}{sk_s:.1f}s", flush=True)
-    return {"train": n, "dim": dim, "classes": classes, "Cs": len(DEFAULT_CS), "visionssl_s": ours_s,
-            "visionssl_top1": ours["top1"], "visionssl_C": ours["C"], "selection": ours["selection"],
-            "sklearn_s": sk_s, "sklearn_finished": finished, "speedup": sk_s / ours_s}
+    print(
+        f"speed case sklearn LogisticRegressionCV ({len(DEFAULT_CS)} Cs, same split): "
+        f"{'' if finished else '> '}{sk_s:.1f}s",
+        flush=True,
+    )
+    return {
+        "train": n,
+        "dim": dim,
+        "classes": classes,
+        "Cs": len(DEFAULT_CS),
+        "visionssl_s": ours_s,
+        "visionssl_top1": ours["top1"],
+        "visionssl_C": ours["C"],
+        "selection": ours["selection"],
+        "sklearn_s": sk_s,
+        "sklearn_finished": finished,
+        "speedup": sk_s / ours_s,
+    }
 
 
 def main() -> None:
@@ -160,20 +199,28 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--sklearn-limit", type=float, default=1200.0)
     parser.add_argument("--results", default="probe_vs_sklearn")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="NAME",
-                        help="no runs: gather the rows and speed case of results/NAME.json files into --results")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="no runs: gather the rows and speed case of results/NAME.json files into --results",
+    )
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in args.merge]
-        payload = {**{k: v for k, v in parts[0].items() if k not in ("date", "versions")},
-                   "rows": [r for p in parts for r in p["rows"]],
-                   "speed": next((p["speed"] for p in parts if p.get("speed")), None), "merged_from": args.merge}
+        payload = {
+            **{k: v for k, v in parts[0].items() if k not in ("date", "versions")},
+            "rows": [r for p in parts for r in p["rows"]],
+            "speed": next((p["speed"] for p in parts if p.get("speed")), None),
+            "merged_from": args.merge,
+        }
         write_results(args.results, payload)
         (RESULTS / f"{args.results}.md").write_text(markdown(payload) + "\n")
         print(markdown(payload))
         return
     rows = []
-    for name, *data in ([] if args.no_accuracy or args.no_elpv else elpv_sets(args.simclr_steps)):
+    for name, *data in [] if args.no_accuracy or args.no_elpv else elpv_sets(args.simclr_steps):
         rows.append(compare(name, *data))
     for dim in () if args.no_accuracy else (64, 2048):
         for label, separation in (("well", 5.0), ("badly", 2.0)):  # distance between two class means
@@ -182,9 +229,14 @@ def main() -> None:
     if not args.no_accuracy:
         rows.append(compare("mixture N=300 < D=1024", *mixture(300, 1024, 5, 0.1, seed=7)))
     speed = None if args.no_speed else speed_case(args.sklearn_limit, *args.speed_size)
-    payload = {"machine": device_name("cpu"), "cpu_threads": torch.get_num_threads(), "Cs": list(DEFAULT_CS),
-               "note": "2 CPU cores shared with other engineers' jobs: timings were taken under load",
-               "rows": rows, "speed": speed}
+    payload = {
+        "machine": device_name("cpu"),
+        "cpu_threads": torch.get_num_threads(),
+        "Cs": list(DEFAULT_CS),
+        "note": "2 CPU cores shared with other engineers' jobs: timings were taken under load",
+        "rows": rows,
+        "speed": speed,
+    }
     path = write_results(args.results, payload)
     (RESULTS / f"{args.results}.md").write_text(markdown(payload) + "\n")
     print(markdown(payload))
@@ -192,20 +244,28 @@ def main() -> None:
 
 
 def markdown(p: dict) -> str:
-    lines = [f"Linear probe top-1 (%) and seconds on {p['machine']}; {p['note']}.", "",
-             "| feature set | N / D / classes | visionssl (C) | s | LogisticRegressionCV (C) | s | 100-epoch SGD | s | ok |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Linear probe top-1 (%) and seconds on {p['machine']}; {p['note']}.",
+        "",
+        "| feature set | N / D / classes | visionssl (C) | s | LogisticRegressionCV (C) | s | 100-epoch SGD | s | ok |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in p["rows"]:
-        lines.append(f"| {r['set']} | {r['train']} / {r['dim']} / {r['classes']} | {r['visionssl']:.2f} ({r['visionssl_C']:g}) "
-                     f"| {r['visionssl_s']:.1f} | {r['sklearn']:.2f} ({r['sklearn_C']:g}) | {r['sklearn_s']:.1f} "
-                     f"| {r['sgd100']:.2f} | {r['sgd100_s']:.1f} | {'yes' if r['ok'] else 'NO'} |")
+        lines.append(
+            f"| {r['set']} | {r['train']} / {r['dim']} / {r['classes']} | {r['visionssl']:.2f} ({r['visionssl_C']:g}) "
+            f"| {r['visionssl_s']:.1f} | {r['sklearn']:.2f} ({r['sklearn_C']:g}) | {r['sklearn_s']:.1f} "
+            f"| {r['sgd100']:.2f} | {r['sgd100_s']:.1f} | {'yes' if r['ok'] else 'NO'} |"
+        )
     s = p["speed"]
     if s:
         sk = f"{'' if s['sklearn_finished'] else '> '}{s['sklearn_s']:.1f}"
-        lines += ["", f"Speed case, N = {s['train']:,}, D = {s['dim']:,}, {s['classes']} classes, {s['Cs']} Cs, "
-                  f"C picked on a {s['selection']} split by both: visionssl {s['visionssl_s']:.1f} s "
-                  f"(top-1 {s['visionssl_top1']:.2f}, C = {s['visionssl_C']:g}), LogisticRegressionCV {sk} s: "
-                  f"{'at least ' if not s['sklearn_finished'] else ''}{s['speedup']:.1f}x."]
+        lines += [
+            "",
+            f"Speed case, N = {s['train']:,}, D = {s['dim']:,}, {s['classes']} classes, {s['Cs']} Cs, "
+            f"C picked on a {s['selection']} split by both: visionssl {s['visionssl_s']:.1f} s "
+            f"(top-1 {s['visionssl_top1']:.2f}, C = {s['visionssl_C']:g}), LogisticRegressionCV {sk} s: "
+            f"{'at least ' if not s['sklearn_finished'] else ''}{s['speedup']:.1f}x.",
+        ]
     return "\n".join(lines)
 
 

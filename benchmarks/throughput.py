@@ -28,6 +28,7 @@ its workers' proportional memory).
 otherwise: with the peer's worker processes sharing the cores, spinning OpenMP threads would only slow it down.
 Writes benchmarks/results/throughput_<cpu|cuda>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,11 @@ if __name__ == "__main__":  # must precede the first import of torch (libgomp re
 
 import copy  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
@@ -95,7 +95,7 @@ class PeakMemory:
     def __init__(self, device: torch.device, workers: bool = False):
         self.device, self.workers, self.peak = device, workers, 0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.base = torch.cuda.memory_allocated()
@@ -123,13 +123,27 @@ class Ours:
 
     name = "visionssl"
 
-    def __init__(self, method: str, cfg: dict, images: vs.data.ImageDataset, batch: int, device: torch.device,
-                 precision: str, compile: bool):
+    def __init__(
+        self,
+        method: str,
+        cfg: dict,
+        images: vs.data.ImageDataset,
+        batch: int,
+        device: torch.device,
+        precision: str,
+        compile: bool,
+    ):
         overrides = [
-            f"backbone.name={cfg['backbone']}", f"augment.image_size={cfg['image_size']}",
-            f"data.image_size={cfg['source']}", f"optim.batch_size={batch}", f"train.device={device}",
-            f"train.precision={precision}", f"train.compile={str(compile).lower()}", "train.progress=false",
-            "train.knn_every=-1", "train.epochs=1000000",
+            f"backbone.name={cfg['backbone']}",
+            f"augment.image_size={cfg['image_size']}",
+            f"data.image_size={cfg['source']}",
+            f"optim.batch_size={batch}",
+            f"train.device={device}",
+            f"train.precision={precision}",
+            f"train.compile={str(compile).lower()}",
+            "train.progress=false",
+            "train.knn_every=-1",
+            "train.epochs=1000000",
         ]
         if method == "vicreg":
             overrides.append(f"method.image_size={cfg['image_size']}")
@@ -162,7 +176,13 @@ class PeerImages(Dataset):
 
 def lightly_transform(method: str, size: int):
     """LightlySSL's own transforms; below 64 px without blur (as its CIFAR-10 benchmark and our presets)."""
-    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, SimCLRTransform, VICRegTransform
+    from lightly.transforms import (
+        BYOLTransform,
+        BYOLView1Transform,
+        BYOLView2Transform,
+        SimCLRTransform,
+        VICRegTransform,
+    )
 
     small = {"gaussian_blur": 0.0} if size < 64 else {}
     if method == "simclr":
@@ -223,8 +243,17 @@ class LightlyModel(nn.Module):
 class Peer:
     """LightlySSL: per-image transforms in DataLoader workers, its heads, loss and optimizer."""
 
-    def __init__(self, method: str, cfg: dict, images: torch.Tensor, ours: Ours, batch: int, device: torch.device,
-                 precision: str, workers: int):
+    def __init__(
+        self,
+        method: str,
+        cfg: dict,
+        images: torch.Tensor,
+        ours: Ours,
+        batch: int,
+        device: torch.device,
+        precision: str,
+        workers: int,
+    ):
         from lightly.utils.lars import LARS
 
         self.name = f"LightlySSL {precision}"
@@ -234,8 +263,9 @@ class Peer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         lr = ours.trainer.lr
         if o.name == "lars":
-            self.optimizer = LARS(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                  trust_coefficient=o.trust_coefficient)
+            self.optimizer = LARS(
+                params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient
+            )
         elif o.name == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
         else:
@@ -243,8 +273,15 @@ class Peer:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         dataset = PeerImages(images, lightly_transform(method, cfg["image_size"]))
         sampler = RandomSampler(dataset, num_samples=10**9)  # one endless epoch: never a restart or a drain
-        self.loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         self.batches = iter(self.loader)
 
     def run(self, steps: int) -> int:
@@ -304,15 +341,21 @@ def measure_case(method: str, config: str, data: str, args: argparse.Namespace, 
         for side in sides if round_ % 2 else sides[::-1]:  # alternate the order against drift
             steps_done = []
             with PeakMemory(device, workers=isinstance(side, Peer)) as mem:
-                seconds = timed(lambda: steps_done.append(side.run(args.steps)), device)
+                seconds = timed(lambda: steps_done.append(side.run(args.steps)), device)  # noqa: B023  (called at once)
             peaks[side.name] = max(peaks[side.name], mem.peak)
             if round_:
                 rates[side.name].append(steps_done[0] * batch / seconds)
     median = {k: statistics.median(v) for k, v in rates.items()}
     del sides, ours
     return {
-        "method": method, "config": config, "backbone": cfg["backbone"], "image_size": cfg["image_size"], "data": data,
-        "batch_size": batch, "images_per_s": median, "rounds_images_per_s": rates,
+        "method": method,
+        "config": config,
+        "backbone": cfg["backbone"],
+        "image_size": cfg["image_size"],
+        "data": data,
+        "batch_size": batch,
+        "images_per_s": median,
+        "rounds_images_per_s": rates,
         "vs_lightly": {p.name.split()[1]: median["visionssl"] / median[p.name] for p in peers},
         "efficiency": median["visionssl"] / median["bare"],
         "peak_mb_per_image": {k: v / batch / 2**20 for k, v in peaks.items()},
@@ -322,26 +365,46 @@ def measure_case(method: str, config: str, data: str, args: argparse.Namespace, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
-                        help="default: r18_32 on a CPU, all on CUDA")
+    parser.add_argument(
+        "--configs", nargs="+", default=None, choices=list(CONFIGS), help="default: r18_32 on a CPU, all on CUDA"
+    )
     parser.add_argument("--data", nargs="+", default=list(DATA), choices=DATA)
     parser.add_argument("--steps", type=int, default=None, help="steps per round (default: 2 on a CPU, 20 on CUDA)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side (after one warm-up round)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: per config and device (CPU: 128 at 32 px)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                        help="LightlySSL's DataLoader workers (default: every core)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                        help="both sides (default: what train.precision=auto picks: bf16 on CUDA and on CPUs with "
-                             "hardware bf16, else fp32)")
-    parser.add_argument("--peer-precision", nargs="+", choices=("fp32", "same"), default=["fp32", "same"],
-                        help="LightlySSL's precision, each timed as its own side (same: visionssl's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: per config and device (CPU: 128 at 32 px)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="LightlySSL's DataLoader workers (default: every core)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="both sides (default: what train.precision=auto picks: bf16 on CUDA and on CPUs with "
+        "hardware bf16, else fp32)",
+    )
+    parser.add_argument(
+        "--peer-precision",
+        nargs="+",
+        choices=("fp32", "same"),
+        default=["fp32", "same"],
+        help="LightlySSL's precision, each timed as its own side (same: visionssl's)",
+    )
     parser.add_argument("--compile", action="store_true", help="train.compile=true for visionssl")
     parser.add_argument("--max-images", type=int, default=4096, help="images held in memory per case")
     parser.add_argument("--large", action="store_true", help="allow the 224 px ResNet-50 cases on a CPU")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="SimCLR on synthetic data, 2 rounds of 1 step (CPU)")
-    parser.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
-                        help="OMP_WAIT_POLICY for both sides (read before torch loads)")
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=("passive", "active", "default"),
+        default="passive",
+        help="OMP_WAIT_POLICY for both sides (read before torch loads)",
+    )
     parser.add_argument("--out", default=None, help="results name (default: throughput_<cpu|cuda>)")
     args = parser.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -356,12 +419,19 @@ def main() -> None:
     args.precision = args.precision or resolve_precision("auto", device)
     args.peer_precisions = list(dict.fromkeys(args.precision if p == "same" else p for p in args.peer_precision))
 
-    print(f"device: {device_name(device)}; precision {args.precision}; LightlySSL DataLoader workers: {args.workers}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; {args.rounds} rounds of {args.steps} steps")
+    print(
+        f"device: {device_name(device)}; precision {args.precision}; LightlySSL DataLoader workers: {args.workers}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; {args.rounds} rounds of {args.steps} steps"
+    )
     peers = [f"LightlySSL {p}" for p in args.peer_precisions]
-    header = (f"{'method':<7} {'config':<8} {'data':<9} {'batch':>5} {'visionssl':>10}" + "".join(f" {p:>16}" for p in peers)
-              + f" {'bare':>8}" + "".join(f" {'vs ' + p.split()[1]:>8}" for p in peers)
-              + f" {'efficiency':>10} {'MB/img ours':>11}" + "".join(f" {'MB/img ' + p.split()[1]:>12}" for p in peers))
+    header = (
+        f"{'method':<7} {'config':<8} {'data':<9} {'batch':>5} {'visionssl':>10}"
+        + "".join(f" {p:>16}" for p in peers)
+        + f" {'bare':>8}"
+        + "".join(f" {'vs ' + p.split()[1]:>8}" for p in peers)
+        + f" {'efficiency':>10} {'MB/img ours':>11}"
+        + "".join(f" {'MB/img ' + p.split()[1]:>12}" for p in peers)
+    )
     print(header)
     rows = []
     for config in args.configs:
@@ -370,19 +440,31 @@ def main() -> None:
                 r = measure_case(method, config, data, args, device)
                 rows.append(r)
                 ips, mb = r["images_per_s"], r["peak_mb_per_image"]
-                print(f"{method:<7} {config:<8} {data:<9} {r['batch_size']:>5} {ips['visionssl']:>10.1f}"
-                      + "".join(f" {ips[p]:>16.1f}" for p in peers) + f" {ips['bare']:>8.1f}"
-                      + "".join(f" {r['vs_lightly'][p.split()[1]]:>7.2f}x" for p in peers)
-                      + f" {r['efficiency']:>10.2f} {mb['visionssl']:>11.2f}" + "".join(f" {mb[p]:>12.2f}" for p in peers),
-                      flush=True)
+                print(
+                    f"{method:<7} {config:<8} {data:<9} {r['batch_size']:>5} {ips['visionssl']:>10.1f}"
+                    + "".join(f" {ips[p]:>16.1f}" for p in peers)
+                    + f" {ips['bare']:>8.1f}"
+                    + "".join(f" {r['vs_lightly'][p.split()[1]]:>7.2f}x" for p in peers)
+                    + f" {r['efficiency']:>10.2f} {mb['visionssl']:>11.2f}"
+                    + "".join(f" {mb[p]:>12.2f}" for p in peers),
+                    flush=True,
+                )
     import lightly
 
     payload = {
         "device": device_name(device),
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-        "settings": {"precision": args.precision, "peer_precisions": args.peer_precisions, "steps": args.steps, "rounds": args.rounds, "workers": args.workers,
-                     "compile": args.compile, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                     "torch_threads": torch.get_num_threads(), "lightly": lightly.__version__},
+        "settings": {
+            "precision": args.precision,
+            "peer_precisions": args.peer_precisions,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "workers": args.workers,
+            "compile": args.compile,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "torch_threads": torch.get_num_threads(),
+            "lightly": lightly.__version__,
+        },
         "results": rows,
     }
     path = write_results(args.out or f"throughput_{'cuda' if cuda else 'cpu'}", payload)

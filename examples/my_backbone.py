@@ -3,7 +3,7 @@
 Python:  import my_backbone  (registers "tiny_convnet"), then vs.create_method("simclr", backbone="tiny_convnet")
 CLI:     visionssl pretrain --backbone examples/my_backbone.py:tiny_convnet --data elpv --out runs/custom
 """
-import torch
+
 from torch import nn
 
 import visionssl as vs
@@ -15,8 +15,11 @@ def tiny_convnet(width: int = 32, in_chans: int = 3, **_) -> nn.Module:
     layers, channels = [], in_chans
     for i in range(4):
         out = width * 2 ** min(i, 2)
-        layers += [nn.Conv2d(channels, out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                   nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(channels, out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+        ]
         channels = out
     net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     net.num_features = channels  # the one attribute visionssl needs
@@ -26,6 +29,14 @@ def tiny_convnet(width: int = 32, in_chans: int = 3, **_) -> nn.Module:
 if __name__ == "__main__":
     from visionssl.engine import Trainer, load_config
 
-    config = load_config("simclr", overrides=["backbone.name=tiny_convnet", "data.name=synthetic:256",
-                                              "train.epochs=2", "optim.batch_size=64", "out=runs/custom_python"])
+    config = load_config(
+        "simclr",
+        overrides=[
+            "backbone.name=tiny_convnet",
+            "data.name=synthetic:256",
+            "train.epochs=2",
+            "optim.batch_size=64",
+            "out=runs/custom_python",
+        ],
+    )
     print(Trainer(config).fit())

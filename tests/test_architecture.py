@@ -12,6 +12,7 @@ the packages of one layer do not import each other):
     6  the package root (visionssl/__init__.py re-exports the public API)
     7  cli;  8  __main__
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,9 +22,20 @@ import visionssl
 
 PACKAGE = Path(visionssl.__file__).resolve().parent
 LAYERS = {
-    "registry": 0, "distributed": 0, "files": 0,
-    "data": 1, "augment": 1, "backbones": 1, "losses": 1,
-    "methods": 2, "engine": 3, "eval": 4, "zoo": 5, "": 6, "cli": 7, "__main__": 8,
+    "registry": 0,
+    "distributed": 0,
+    "files": 0,
+    "data": 1,
+    "augment": 1,
+    "backbones": 1,
+    "losses": 1,
+    "methods": 2,
+    "engine": 3,
+    "eval": 4,
+    "zoo": 5,
+    "": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 
 
@@ -112,7 +124,7 @@ def test_no_import_cycles():
             if node.startswith(nxt + "."):  # a submodule using its own package (e.g. a register decorator)
                 continue
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -128,8 +140,11 @@ def test_no_private_name_is_imported_from_another_module():
     for name, path in all_modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("visionssl"):
-                private += [f"{name} imports {node.module}.{a.name}" for a in node.names
-                            if a.name.startswith("_") and not a.name.startswith("__")]
+                private += [
+                    f"{name} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert not private, "\n".join(private)
 
 

@@ -28,11 +28,20 @@ def aug_crop(aug):
 def test_simclr_preset_follows_image_size():
     small = vs.augment.create("simclr", image_size=32)
     large = vs.augment.create("simclr", image_size=96)
-    names = lambda aug: [type(m).__name__ for m in aug.pipelines[0]]
+
+    def names(aug):
+        return [type(m).__name__ for m in aug.pipelines[0]]
+
     assert names(small) == names(large) == ["RandomResizedCropFlip", "ColorJitterGrayscale"]
     assert aug_crop(small).blur is None and aug_crop(large).blur.p == 0.5  # the fused blur sits in the crop
     kornia = vs.augment.create("simclr", image_size=96, backend="kornia")
-    assert names(kornia) == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale", "RandomGaussianBlur"]
+    assert names(kornia) == [
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "ColorJitter",
+        "RandomGrayscale",
+        "RandomGaussianBlur",
+    ]
 
 
 def test_eval_view_is_deterministic_and_normalised():

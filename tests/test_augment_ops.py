@@ -1,10 +1,17 @@
 """The hand-written batched ops against torchvision's functional reference, op by op."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from visionssl.augment.ops import ColorJitterGrayscale, RandomGaussianBlur, RandomResizedCropFlip, color_affine, resize_matrices
+from visionssl.augment.ops import (
+    ColorJitterGrayscale,
+    RandomGaussianBlur,
+    RandomResizedCropFlip,
+    color_affine,
+    resize_matrices,
+)
 
 
 def apply(matrix, x, offset=0.0):
@@ -19,8 +26,11 @@ def test_color_matrix_matches_torchvision_brightness_saturation_grayscale():
     x = 0.2 + 0.5 * torch.rand(3, 3, 6, 6)  # mid-range: no clamping in the reference either
     one, zero, no = torch.ones(3), torch.zeros(3), torch.zeros(3, dtype=torch.bool)
     b = torch.tensor([0.7, 1.0, 1.2])
-    assert torch.allclose(apply(color_matrix(b, one, one, zero, no), x),
-                          torch.stack([TF.adjust_brightness(x[i], float(b[i])) for i in range(3)]), atol=1e-5)
+    assert torch.allclose(
+        apply(color_matrix(b, one, one, zero, no), x),
+        torch.stack([TF.adjust_brightness(x[i], float(b[i])) for i in range(3)]),
+        atol=1e-5,
+    )
     s = torch.tensor([0.0, 0.6, 1.3])
     expected = torch.stack([TF.adjust_saturation(x[i], float(s[i])) for i in range(3)])
     assert torch.allclose(apply(color_matrix(one, one, s, zero, no), x).clamp(0, 1), expected, atol=1e-5)

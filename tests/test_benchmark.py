@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import visionssl as vs
-from visionssl.engine.checkpoint import atomic_save
 from visionssl.cli.benchmark import run_benchmark
+from visionssl.engine.checkpoint import atomic_save
 
 OUTPUTS = ["results.md", "results.csv", "results.json", "accuracy.png", "knn_over_epochs.png"]
 
@@ -15,11 +15,15 @@ def save_checkpoint(path, seed):
     """A visionssl checkpoint of a randomly initialised resnet10t_cifar (what pretraining would leave)."""
     torch.manual_seed(seed)
     net = vs.create_backbone("resnet10t_cifar")
-    atomic_save({
-        "format": "visionssl", "version": 1,
-        "config": {"backbone": {"name": "resnet10t_cifar", "kwargs": {}}, "augment": {"image_size": 16}},
-        "method": {"backbone." + k: v for k, v in net.state_dict().items()},
-    }, path)
+    atomic_save(
+        {
+            "format": "visionssl",
+            "version": 1,
+            "config": {"backbone": {"name": "resnet10t_cifar", "kwargs": {}}, "augment": {"image_size": 16}},
+            "method": {"backbone." + k: v for k, v in net.state_dict().items()},
+        },
+        path,
+    )
     return path
 
 
@@ -27,8 +31,11 @@ def save_checkpoint(path, seed):
 def checkpoints(tmp_path):
     run = tmp_path / "run_a"
     save_checkpoint(run / "checkpoints" / "last.pt", seed=1)
-    lines = [{"step": 10, "epoch": 1.0, "loss": 4.1}, {"step": 10, "epoch": 1.0, "knn/top1": 40.0, "knn/top5": 100.0},
-             {"step": 20, "epoch": 2.0, "knn/top1": 55.5}]
+    lines = [
+        {"step": 10, "epoch": 1.0, "loss": 4.1},
+        {"step": 10, "epoch": 1.0, "knn/top1": 40.0, "knn/top5": 100.0},
+        {"step": 20, "epoch": 2.0, "knn/top1": 55.5},
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"cut sho')
     return [str(run), str(save_checkpoint(tmp_path / "b.pt", seed=2)), "random"]
 
@@ -78,8 +85,9 @@ def test_knn_then_linear_probe_benchmark_writes_every_output_and_reuses_the_feat
     assert "Transfer-suite summary (top-1 at k=10)" in markdown
 
     with ForwardCounter() as counter:  # same checkpoints and data: no backbone (or any module) runs again
-        second = run_benchmark("linear-probe", checkpoints, datasets, out, probe_options={"epochs": 5},
-                               progress=False, echo=lambda s: None)
+        second = run_benchmark(
+            "linear-probe", checkpoints, datasets, out, probe_options={"epochs": 5}, progress=False, echo=lambda s: None
+        )
     assert counter.calls == 0
     assert all(r["features"] == "cached" for r in second["rows"])
     assert {"lr", "weight_decay", "val_top1", "sweep"} <= set(second["rows"][0])
@@ -87,20 +95,42 @@ def test_knn_then_linear_probe_benchmark_writes_every_output_and_reuses_the_feat
     third = run_benchmark("linear-probe", checkpoints, datasets, out, progress=False, echo=lambda s: None)
     row = third["rows"][0]  # the defaults: L-BFGS, C picked by 5-fold; the table says so
     assert row["solver"] == "lbfgs" and row["selection"] == "5-fold" and row["C"] in [10.0**k for k in range(-4, 3)]
-    assert "| top1 | top5 | solver | selection | C | lr | weight_decay | val_top1 | features |" in (out / "results.md").read_text()
+    assert (
+        "| top1 | top5 | solver | selection | C | lr | weight_decay | val_top1 | features |"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_cli_benchmark_knn(checkpoints, tmp_path, capsys):
     from visionssl.cli import main
 
     out = tmp_path / "cli"
-    code = main(["benchmark", "knn", "--checkpoint", checkpoints[1], "--checkpoint", "random:resnet10t_cifar",
-                 "--data", "synthetic:16", "--out", str(out), "--k", "5", "3", "--no-progress", "--no-plots"])
+    code = main(
+        [
+            "benchmark",
+            "knn",
+            "--checkpoint",
+            checkpoints[1],
+            "--checkpoint",
+            "random:resnet10t_cifar",
+            "--data",
+            "synthetic:16",
+            "--out",
+            str(out),
+            "--k",
+            "5",
+            "3",
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| random (resnet10t_cifar) | synthetic:16 |" in printed and "mean rank" in printed
     saved = json.loads((out / "results.json").read_text())
-    assert saved["command"].startswith(f"visionssl benchmark knn --checkpoint {checkpoints[1]} --checkpoint random:resnet10t_cifar")
+    assert saved["command"].startswith(
+        f"visionssl benchmark knn --checkpoint {checkpoints[1]} --checkpoint random:resnet10t_cifar"
+    )
     assert saved["files"] == ["results.md", "results.csv", "results.json"] and not (out / "accuracy.png").exists()
 
 

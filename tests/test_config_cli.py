@@ -66,5 +66,14 @@ def test_cli_lists_methods_backbones_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     help_text = capsys.readouterr().out
-    for option in ("--method", "--backbone", "--data", "--epochs", "--resume", "--skip-bad-images", "--device", "KEY=VALUE"):
+    for option in (
+        "--method",
+        "--backbone",
+        "--data",
+        "--epochs",
+        "--resume",
+        "--skip-bad-images",
+        "--device",
+        "KEY=VALUE",
+    ):
         assert option in help_text

@@ -5,15 +5,16 @@ Tolerances are stated next to each comparison. The one unmarked test checks, on 
 comparisons rely on: with ``draws_on_cpu`` every random parameter of every preset comes from one seeded CPU
 generator, so a CPU run and a CUDA run of a preset use the same parameters.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -44,26 +45,35 @@ def draws_on_cpu(seed: int) -> Iterator[None]:
     than the CPU's for the same seed; drawn here, both devices see the same parameters.
     """
     g = torch.Generator().manual_seed(seed)
-    originals = {name: getattr(torch, name) for name in ("rand", "randn", "randint", "randperm", "bernoulli", "multinomial")}
+    originals = {
+        name: getattr(torch, name) for name in ("rand", "randn", "randint", "randperm", "bernoulli", "multinomial")
+    }
 
     def sized(fn: Callable) -> Callable:
         def draw(*args, device=None, generator=None, **kwargs):
             out = fn(*args, generator=g, **kwargs)
             return out.to(device) if device is not None else out
+
         return draw
 
     def from_tensor(fn: Callable) -> Callable:
         def draw(input, *args, generator=None, **kwargs):
             return fn(input.cpu(), *args, generator=g, **kwargs).to(input.device)
+
         return draw
 
     def in_place(fn: Callable) -> Callable:
         def draw(self, *args, generator=None, **kwargs):
             return self.copy_(fn(torch.empty(self.shape, dtype=self.dtype), *args, generator=g, **kwargs))
+
         return draw
 
-    wrapped = {name: (from_tensor if name in ("bernoulli", "multinomial") else sized)(fn) for name, fn in originals.items()}
-    methods = {name: getattr(torch.Tensor, name) for name in ("uniform_", "normal_", "bernoulli_", "random_", "exponential_")}
+    wrapped = {
+        name: (from_tensor if name in ("bernoulli", "multinomial") else sized)(fn) for name, fn in originals.items()
+    }
+    methods = {
+        name: getattr(torch.Tensor, name) for name in ("uniform_", "normal_", "bernoulli_", "random_", "exponential_")
+    }
     try:
         for name, fn in wrapped.items():
             setattr(torch, name, fn)
@@ -77,8 +87,14 @@ def draws_on_cpu(seed: int) -> Iterator[None]:
             setattr(torch.Tensor, name, fn)
 
 
-def make_views(preset: str, backend: str | None, images: torch.Tensor, device: str, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+def make_views(
+    preset: str,
+    backend: str | None,
+    images: torch.Tensor,
+    device: str,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> list[torch.Tensor]:
     kwargs = {"backend": backend} if backend else {}
     aug = vs.augment.create(preset, image_size=64, **kwargs).to(device)
     aug.dtype = dtype
@@ -215,14 +231,18 @@ needs_faiss_gpu = pytest.mark.skipif(not CUDA or _faiss_gpus() == 0, reason="nee
 @needs_faiss_gpu
 def test_gpu_faiss_knn_equals_cpu_faiss():
     rng = np.random.default_rng(0)
-    bank, queries = rng.standard_normal((20_000, 64), dtype=np.float32), rng.standard_normal((500, 64), dtype=np.float32)
+    bank, queries = (
+        rng.standard_normal((20_000, 64), dtype=np.float32),
+        rng.standard_normal((500, 64), dtype=np.float32),
+    )
     sims_gpu, ids_gpu = vs.eval.knn_search(bank, queries, 10, device="cuda")
     sims_cpu, ids_cpu = vs.eval.knn_search(bank, queries, 10, device="cpu")
     assert np.abs(sims_gpu - sims_cpu).max() < 1e-4
     assert (ids_gpu == ids_cpu).mean() > 0.999  # a swap between two equally similar rows is allowed
     y = rng.integers(0, 5, len(bank))
-    assert vs.eval.knn(bank, y, queries[:200], y[:200], k=10, device="cuda") == \
-        vs.eval.knn(bank, y, queries[:200], y[:200], k=10, device="cpu")
+    assert vs.eval.knn(bank, y, queries[:200], y[:200], k=10, device="cuda") == vs.eval.knn(
+        bank, y, queries[:200], y[:200], k=10, device="cpu"
+    )
 
 
 @cuda
@@ -232,7 +252,10 @@ def test_torch_cuda_knn_fallback_equals_cpu_faiss(monkeypatch):
 
     monkeypatch.setattr(knn_module.faiss, "get_num_gpus", lambda: 0)  # as with faiss-cpu on a GPU machine
     rng = np.random.default_rng(1)
-    bank, queries = rng.standard_normal((20_000, 64), dtype=np.float32), rng.standard_normal((500, 64), dtype=np.float32)
+    bank, queries = (
+        rng.standard_normal((20_000, 64), dtype=np.float32),
+        rng.standard_normal((500, 64), dtype=np.float32),
+    )
     sims_gpu, ids_gpu = vs.eval.knn_search(bank, queries, 10, device="cuda")
     sims_cpu, ids_cpu = vs.eval.knn_search(bank, queries, 10, device="cpu")
     assert np.abs(sims_gpu - sims_cpu).max() < 1e-4 and (ids_gpu == ids_cpu).mean() > 0.999
@@ -260,8 +283,15 @@ def test_gpu_kmeans_gives_the_cpu_assignments_on_separable_data():
 @needs_cuda
 def test_one_process_nccl_group_runs_the_distributed_training_path(tmp_path):
     out = tmp_path / "nccl.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-               str(ROOT / "tests" / "dist_helpers" / "nccl_one.py"), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        str(ROOT / "tests" / "dist_helpers" / "nccl_one.py"),
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -278,13 +308,29 @@ def test_one_process_nccl_group_runs_the_distributed_training_path(tmp_path):
 def test_compiled_training_runs_a_few_steps_with_finite_losses(tmp_path):
     from visionssl.engine import Trainer, load_config
 
-    cfg = load_config("simclr", overrides=[
-        "data.name=synthetic:96", "data.image_size=36", "augment.image_size=32", "backbone.name=resnet18_cifar",
-        "optim.batch_size=32", "optim.warmup_epochs=0", "train.progress=false", "train.log_every=1",
-        "train.epochs=1", "train.knn_every=-1", "train.device=cuda", "train.compile=true", f"out={tmp_path}",
-    ])
+    cfg = load_config(
+        "simclr",
+        overrides=[
+            "data.name=synthetic:96",
+            "data.image_size=36",
+            "augment.image_size=32",
+            "backbone.name=resnet18_cifar",
+            "optim.batch_size=32",
+            "optim.warmup_epochs=0",
+            "train.progress=false",
+            "train.log_every=1",
+            "train.epochs=1",
+            "train.knn_every=-1",
+            "train.device=cuda",
+            "train.compile=true",
+            f"out={tmp_path}",
+        ],
+    )
     result = Trainer(cfg).fit()
     assert result["step"] == 3
-    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in line]
+    losses = [
+        json.loads(line)["train/loss"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ]
     assert len(losses) == 3 and all(np.isfinite(losses))

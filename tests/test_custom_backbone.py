@@ -1,4 +1,5 @@
 """The README's custom-backbone example, trained from Python and from the CLI."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,15 @@ import visionssl as vs
 from visionssl.registry import import_object
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_backbone.py"
-TINY = ["data.name=synthetic:64", "data.image_size=16", "augment.image_size=16", "optim.batch_size=32",
-        "method.proj_hidden_dim=32", "train.progress=false", "train.knn_every=0"]
+TINY = [
+    "data.name=synthetic:64",
+    "data.image_size=16",
+    "augment.image_size=16",
+    "optim.batch_size=32",
+    "method.proj_hidden_dim=32",
+    "train.progress=false",
+    "train.knn_every=0",
+]
 
 
 def test_custom_backbone_from_python(tmp_path):
@@ -19,15 +27,30 @@ def test_custom_backbone_from_python(tmp_path):
     assert factory(width=4)(torch.randn(2, 3, 16, 16)).shape == (2, 16)
     from visionssl.engine import Trainer, load_config
 
-    cfg = load_config("simclr", overrides=TINY + ["backbone.name=tiny_convnet", "backbone.kwargs.width=4", "train.epochs=1", f"out={tmp_path}"])
+    cfg = load_config(
+        "simclr",
+        overrides=TINY + ["backbone.name=tiny_convnet", "backbone.kwargs.width=4", "train.epochs=1", f"out={tmp_path}"],
+    )
     result = Trainer(cfg).fit()
     assert result["step"] == 2 and "knn/top1" in result
 
 
 def test_custom_backbone_from_the_cli(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "visionssl", "pretrain", "--backbone", f"{EXAMPLE}:tiny_convnet", "--epochs", "1",
-           "--out", str(out), *TINY, "backbone.kwargs.width=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "visionssl",
+        "pretrain",
+        "--backbone",
+        f"{EXAMPLE}:tiny_convnet",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        *TINY,
+        "backbone.kwargs.width=4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "kNN top-1" in done.stdout

@@ -1,4 +1,5 @@
 """DeepCluster: PCA whitening, FAISS k-means, empty-cluster repair, NMI, and the method's clustering hook."""
+
 import inspect
 
 import numpy as np
@@ -9,7 +10,14 @@ import torch.nn.functional as F
 import visionssl as vs
 from visionssl.data.dataset import ImageDataset
 from visionssl.methods.deepcluster import (
-    DeepCluster, centroid_logits, cluster_features, fit_whitening, kmeans, nmi, pca_whiten, repair_empty_clusters,
+    DeepCluster,
+    centroid_logits,
+    cluster_features,
+    fit_whitening,
+    kmeans,
+    nmi,
+    pca_whiten,
+    repair_empty_clusters,
 )
 
 from conftest import TinyNet
@@ -49,7 +57,9 @@ def gaussian_blobs(k: int, n: int, dim: int, seed: int = 0) -> tuple[torch.Tenso
 def test_pca_whiten_matches_scikit_learn():
     decomposition = pytest.importorskip("sklearn.decomposition")
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(500, 10, generator=g, dtype=torch.float64) @ torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    x = torch.randn(500, 10, generator=g, dtype=torch.float64) @ torch.diag(
+        torch.arange(1.0, 11.0, dtype=torch.float64)
+    )
     ours = pca_whiten(x.float(), dim=4, eps=0.0).double()
     theirs = torch.from_numpy(decomposition.PCA(4, whiten=True).fit_transform(x.numpy()))
     signs = torch.sign((ours * theirs).sum(0))  # each axis is defined up to its sign
@@ -99,7 +109,9 @@ def test_repair_splits_a_random_non_empty_cluster():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 10])
     assignments = torch.cat([torch.zeros(20), torch.full((20,), 3)]).long()  # clusters 1, 2 and 4 empty
-    centroids = torch.stack([x[:20].mean(0), torch.full((3,), 99.0), torch.full((3,), -99.0), x[20:].mean(0), torch.zeros(3)])
+    centroids = torch.stack(
+        [x[:20].mean(0), torch.full((3,), 99.0), torch.full((3,), -99.0), x[20:].mean(0), torch.zeros(3)]
+    )
     new_centroids, new_assignments = repair_empty_clusters(x, centroids, assignments, seed=0)
     counts = torch.bincount(new_assignments, minlength=5)
     assert counts.min() > 0 and counts.sum() == 40
@@ -145,7 +157,9 @@ def test_clustering_hook_sets_pseudo_labels_weights_and_logs():
     assert counts.min() > 0  # every cluster used
     weights = method.sample_weights
     assert weights.device.type == "cpu" and torch.allclose(weights, 1.0 / counts[labels].double())
-    assert torch.allclose(torch.zeros(4, dtype=torch.float64).index_add_(0, labels, weights), torch.ones(4, dtype=torch.float64))
+    assert torch.allclose(
+        torch.zeros(4, dtype=torch.float64).index_add_(0, labels, weights), torch.ones(4, dtype=torch.float64)
+    )
     assert trainer.logged == [{"deepcluster/nmi_labels": pytest.approx(nmi(data.targets, labels))}]
     assert not torch.equal(method.classifier.weight, classifier_before)  # re-initialised
     assert torch.equal(method.backbone[1].running_mean, running_mean)  # features in eval mode
@@ -274,8 +288,9 @@ def test_centroids_classifier_has_no_weights_and_predicts_the_pseudo_labels_at_o
     out = method([view(data.images)[0]], indices=torch.arange(40))
     assert float(out["deepcluster/accuracy"]) == 1.0
     with torch.no_grad():
-        logits = centroid_logits(method.backbone(view(data.images)[0]), method.whiten_mean,
-                                 method.whiten_projection, method.centroids, 0.2)
+        logits = centroid_logits(
+            method.backbone(view(data.images)[0]), method.whiten_mean, method.whiten_projection, method.centroids, 0.2
+        )
     assert torch.allclose(out["loss"], F.cross_entropy(logits, method.pseudo_labels), atol=1e-5)
     method.train()
     method([torch.randn(4, 3, 16, 16)], indices=torch.arange(4))["loss"].backward()

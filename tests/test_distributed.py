@@ -4,6 +4,7 @@ Two sessions of 2 spawned processes (tests/dist_helpers/workers.py) save what th
 single-process references are computed here from the same seeds. One more test starts
 ``torchrun -m visionssl pretrain`` itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_helpers import workers
-from dist_helpers.workers import B, METHODS, WORLD
+from dist_helpers.workers import METHODS, WORLD, B
 
 import visionssl as vs
 from visionssl import distributed
@@ -131,7 +131,9 @@ def test_distributed_knn_gives_the_single_process_accuracy(equivalence):
     bank, queries = workers.knn_data()
     torch.manual_seed(0)
     backbone = workers.TinyBackbone()
-    (bank_x, bank_y), (query_x, query_y) = (extract_features(backbone, ds, batch_size=4, progress=False) for ds in (bank, queries))
+    (bank_x, bank_y), (query_x, query_y) = (
+        extract_features(backbone, ds, batch_size=4, progress=False) for ds in (bank, queries)
+    )
     for rank, result in enumerate(equivalence):
         torch.testing.assert_close(result["knn_bank"], bank_x, atol=1e-6, rtol=1e-5)
         if rank == 0:
@@ -174,17 +176,49 @@ def test_rank_zero_alone_writes_the_run_directory(resumed):
 
 def test_configuration_errors_name_the_world_size(resumed):
     for result in resumed[0]:
-        assert "optim.batch_size=7 is the global batch, split over 2 processes: it must be a multiple of 2" in result["indivisible"]
+        assert (
+            "optim.batch_size=7 is the global batch, split over 2 processes: it must be a multiple of 2"
+            in result["indivisible"]
+        )
         assert "train.sync_bn=true needs GPUs" in result["sync_bn_cpu"]
 
 
 # ----------------------------------------------------------------------------- torchrun -m visionssl
 def test_torchrun_pretrain_with_two_processes(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "visionssl",
-               "pretrain", "--method", "simclr", "--data", "synthetic:32", "--backbone", "resnet10t_cifar", "--epochs", "1",
-               "--batch-size", "8", "--image-size", "8", "--threads", "1", "--no-progress", "--optimizer", "sgd",
-               "--out", str(out), "method.proj_hidden_dim=16", "method.proj_dim=8", "train.log_every=1", "train.knn_k=5"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "visionssl",
+        "pretrain",
+        "--method",
+        "simclr",
+        "--data",
+        "synthetic:32",
+        "--backbone",
+        "resnet10t_cifar",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "8",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--optimizer",
+        "sgd",
+        "--out",
+        str(out),
+        "method.proj_hidden_dim=16",
+        "method.proj_dim=8",
+        "train.log_every=1",
+        "train.knn_k=5",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

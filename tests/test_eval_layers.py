@@ -1,4 +1,5 @@
 """Evaluation at an intermediate stage (``layer="stage3"``): shapes, agreement with timm, cache keyed by layer, CLI."""
+
 import pytest
 import torch
 
@@ -41,7 +42,9 @@ def test_feature_cache_is_keyed_by_layer(tmp_path, monkeypatch):
 
 
 def test_bad_layer_names_the_valid_stages():
-    with pytest.raises(ValueError, match="unknown layer 'layer3'; valid: final, stage0, stage1, stage2, stage3, stage4"):
+    with pytest.raises(
+        ValueError, match="unknown layer 'layer3'; valid: final, stage0, stage1, stage2, stage3, stage4"
+    ):
         vs.eval.extract_features(vs.create_backbone("resnet10t_cifar"), _dataset(), progress=False, layer="layer3")
     with pytest.raises(ValueError, match="valid: final .*no timm feature_info"):
         StageFeatures(torch.nn.Linear(2, 2), "stage1")
@@ -51,8 +54,29 @@ def test_cli_eval_layer(tmp_path, capsys):
     from visionssl.cli import main
 
     run = tmp_path / "run"
-    assert main(["pretrain", "--method", "rotation", "--backbone", "resnet10t_cifar", "--data", "synthetic:16",
-                 "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--method",
+                "rotation",
+                "--backbone",
+                "resnet10t_cifar",
+                "--data",
+                "synthetic:16",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--image-size",
+                "16",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", "knn", "--checkpoint", str(run), "--layer", "stage9", "--no-baseline", "--k", "3"]) == 2
     err = capsys.readouterr().err

@@ -74,7 +74,9 @@ def test_second_call_reads_the_cache_without_running_the_backbone(tmp_path):
     second = vs.eval.extract_features(backbone, data, cache_dir=tmp_path, progress=False)
     assert backbone.calls == calls  # not run again
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert [p.name for p in tmp_path.iterdir()] == [vs.eval.feature_cache_path(backbone, data, tmp_path).name]  # no temp files
+    assert [p.name for p in tmp_path.iterdir()] == [
+        vs.eval.feature_cache_path(backbone, data, tmp_path).name
+    ]  # no temp files
 
 
 def test_cache_key_covers_weights_data_and_image_size(tmp_path):

@@ -1,4 +1,5 @@
 """One image-folder lister for the in-memory and streaming paths: same files, same order, same split."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -57,8 +57,9 @@ def test_several_k_come_from_one_search_and_match_single_k_runs(monkeypatch):
 def test_weighted_vote_equals_reference(temperature):
     x, y, xq, yq = clustered(300, 100, classes=7, noise=2.5)
     k = 20
-    ours = vs.eval.knn_predict(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xq), k=k,
-                               temperature=temperature)[k].double()
+    ours = vs.eval.knn_predict(
+        torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xq), k=k, temperature=temperature
+    )[k].double()
     ref = reference_weighted_votes(x, y, xq, k, temperature, 7)
     # ours is scaled per query by exp(-s_max / T); the normalised votes and the ranking are the same
     torch.testing.assert_close(ours / ours.sum(1, keepdim=True), ref / ref.sum(1, keepdim=True), rtol=1e-4, atol=1e-6)
@@ -80,7 +81,11 @@ def test_top5_on_a_hand_built_example():
     assert votes[0].tolist() == [2, 2, 2, 2, 2, 2, 0]
     truth = np.array([4, 5, 6])  # in the top 5, not top-1 / sixth / absent
     assert vs.eval.knn(bank, labels, query, truth, k=12, vote="majority") == {
-        "top1": 0.0, "top5": pytest.approx(100 / 3), "top1@k12": 0.0, "top5@k12": pytest.approx(100 / 3)}
+        "top1": 0.0,
+        "top5": pytest.approx(100 / 3),
+        "top1@k12": 0.0,
+        "top5@k12": pytest.approx(100 / 3),
+    }
     weighted = vs.eval.knn(bank, labels, query, np.array([0, 4, 5]), k=12)  # closer classes weigh more
     assert weighted["top1"] == pytest.approx(100 / 3) and weighted["top5"] == pytest.approx(200 / 3)
 
@@ -91,7 +96,9 @@ def test_ivf_with_every_cell_probed_equals_exact_and_sharded_equals_flat():
     ivf_sims, ivf_ids = vs.eval.knn_search(x, xq, 25, index="ivf", nlist=16, nprobe=16)
     np.testing.assert_array_equal(ivf_ids, exact_ids)
     np.testing.assert_allclose(ivf_sims, exact_sims, atol=1e-5)
-    sharded_sims, sharded_ids = vs.eval.knn_search(x, xq, 25, index="sharded", shard_size=300)  # 300 does not divide 2000
+    sharded_sims, sharded_ids = vs.eval.knn_search(
+        x, xq, 25, index="sharded", shard_size=300
+    )  # 300 does not divide 2000
     np.testing.assert_array_equal(sharded_ids, exact_ids)
     np.testing.assert_allclose(sharded_sims, exact_sims, atol=1e-5)
     np.testing.assert_allclose(exact_sims, np.sort(exact_sims, axis=1)[:, ::-1])  # most similar first
@@ -130,8 +137,9 @@ def test_knn_scores_ignores_missing_neighbours():
 
 def test_torch_and_numpy_inputs_agree():
     x, y, xq, yq = clustered(200, 30)
-    assert vs.eval.knn(x, y, xq, yq, k=5) == vs.eval.knn(torch.from_numpy(x), torch.from_numpy(y),
-                                                         torch.from_numpy(xq).double(), torch.from_numpy(yq), k=5)
+    assert vs.eval.knn(x, y, xq, yq, k=5) == vs.eval.knn(
+        torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xq).double(), torch.from_numpy(yq), k=5
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +151,10 @@ def test_torch_and_numpy_inputs_agree():
         (dict(k=0), "k must be a positive int"),
         (dict(k=(5, -1)), "k must be a positive int"),
         (dict(k=11), r"k must be between 1 and the bank size \(10 training features\), got 11"),
-        (dict(train_x=np.full((10, 4), np.nan, "float32")), r"train_x has 10 rows with NaN or infinite values \(first: row 0\)"),
+        (
+            dict(train_x=np.full((10, 4), np.nan, "float32")),
+            r"train_x has 10 rows with NaN or infinite values \(first: row 0\)",
+        ),
         (dict(test_y=np.zeros(5)), "integer class indices"),
         (dict(train_y=-np.ones(10, int)), "negative label"),
         (dict(vote="soft"), "unknown vote 'soft'; valid: weighted, majority"),
@@ -155,8 +166,13 @@ def test_torch_and_numpy_inputs_agree():
 )
 def test_bad_input_is_a_clear_value_error(change, message):
     g = np.random.default_rng(0)
-    args = dict(train_x=g.standard_normal((10, 4)).astype("float32"), train_y=np.arange(10) % 2,
-                test_x=g.standard_normal((5, 4)).astype("float32"), test_y=np.arange(5) % 2, k=3)
+    args = dict(
+        train_x=g.standard_normal((10, 4)).astype("float32"),
+        train_y=np.arange(10) % 2,
+        test_x=g.standard_normal((5, 4)).astype("float32"),
+        test_y=np.arange(5) % 2,
+        k=3,
+    )
     args.update(change)
     with pytest.raises(ValueError, match=message):
         vs.eval.knn(**args)

@@ -109,7 +109,9 @@ def test_lbfgs_probe_selects_on_folds_and_refits_on_every_training_sample(monkey
     assert n_sel == 240 and weights.shape == (240, 8) and weights.sum(0).tolist() == [180.0] * 8  # 4 folds x 2 Cs
     assert torch.allclose(l2_sel, 1 / (torch.tensor([0.01, 1.0] * 4) * 180))
     assert n_refit == 240 and refit_weights is None and init is not None  # the refit sees every training sample
-    assert float(l2_refit[0]) == pytest.approx(1 / (out["C"] * 240)) and out["weight_decay"] == pytest.approx(1 / (out["C"] * 240))
+    assert float(l2_refit[0]) == pytest.approx(1 / (out["C"] * 240)) and out["weight_decay"] == pytest.approx(
+        1 / (out["C"] * 240)
+    )
     mean, std = x[:240].mean(0), x[:240].std(0, ddof=1)  # torch's std: the unbiased one
     ref = LogisticRegression(C=out["C"], tol=1e-10, max_iter=10_000).fit((x[:240] - mean) / std, y[:240])
     assert out["top1"] == pytest.approx(100 * ref.score((x[240:] - mean) / std, y[240:]))
@@ -122,7 +124,9 @@ def test_heads_train_independently_each_as_if_alone():
     options = dict(epochs=30, patience=5, refit=False, batch_size=128)
     sweep = vs.eval.linear_probe(xtr, ytr, xte, yte, lrs=(0.003, 0.3), weight_decays=(0.0, 0.1), **options)
     for row in sweep["sweep"]:
-        alone = vs.eval.linear_probe(xtr, ytr, xte, yte, lrs=(row["lr"],), weight_decays=(row["weight_decay"],), **options)
+        alone = vs.eval.linear_probe(
+            xtr, ytr, xte, yte, lrs=(row["lr"],), weight_decays=(row["weight_decay"],), **options
+        )
         assert alone["val_top1"] == pytest.approx(row["val_top1"])
         assert alone["best_epoch"] == row["best_epoch"]
     epochs = {row["lr"]: row["best_epoch"] for row in sweep["sweep"]}
@@ -158,8 +162,9 @@ def test_written_out_gradient_equals_autograd():
     """One SGD step without momentum history equals -lr * the autograd gradient of the mean cross entropy."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 6, generator=g), torch.arange(50) % 3
-    out = vs.eval.linear_probe(x, y, x, y, lrs=(0.5,), weight_decays=(0.0,), epochs=1, batch_size=None,
-                               normalize=None, val_fraction=0.0)
+    out = vs.eval.linear_probe(
+        x, y, x, y, lrs=(0.5,), weight_decays=(0.0,), epochs=1, batch_size=None, normalize=None, val_fraction=0.0
+    )
     w = torch.zeros(6, 3, requires_grad=True)
     b = torch.zeros(3, requires_grad=True)
     torch.nn.functional.cross_entropy(x @ w + b, y).backward()
@@ -177,8 +182,15 @@ def test_stratified_split_is_seeded_disjoint_and_keeps_class_shares():
     assert torch.equal(keep, again) and not torch.equal(keep, other)
 
 
-@pytest.mark.parametrize("options", [dict(normalize="batchnorm"), dict(normalize=None, optimizer="adamw", lrs=(0.01,)),
-                                     dict(batch_size=None), dict(val_fraction=0.0, lrs=(0.1,), weight_decays=(0.0,))])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(normalize="batchnorm"),
+        dict(normalize=None, optimizer="adamw", lrs=(0.01,)),
+        dict(batch_size=None),
+        dict(val_fraction=0.0, lrs=(0.1,), weight_decays=(0.0,)),
+    ],
+)
 def test_variants_learn_an_easy_problem(options):
     g = torch.Generator().manual_seed(0)
     y = torch.arange(400) % 4
@@ -197,7 +209,10 @@ def test_probe_writes_tensorboard_scalars(tmp_path):
     "change, message",
     [
         (dict(test_x=torch.zeros(5, 3)), "feature dimensions differ: train_x has 4, test_x has 3"),
-        (dict(train_y=torch.zeros(7, dtype=torch.long)), r"train_y must hold one label per feature row: expected shape \(20,\)"),
+        (
+            dict(train_y=torch.zeros(7, dtype=torch.long)),
+            r"train_y must hold one label per feature row: expected shape \(20,\)",
+        ),
         (dict(train_x=torch.full((20, 4), float("nan"))), "train_x holds NaN or infinite values"),
         (dict(lrs=(0.1, -1.0)), "learning rates must be > 0"),
         (dict(weight_decays=(-0.1,)), "weight decays >= 0"),
@@ -214,8 +229,9 @@ def test_probe_writes_tensorboard_scalars(tmp_path):
     ],
 )
 def test_bad_input_is_a_clear_value_error(change, message):
-    args = dict(train_x=torch.randn(20, 4), train_y=torch.arange(20) % 2, test_x=torch.randn(5, 4),
-                test_y=torch.arange(5) % 2)
+    args = dict(
+        train_x=torch.randn(20, 4), train_y=torch.arange(20) % 2, test_x=torch.randn(5, 4), test_y=torch.arange(5) % 2
+    )
     args.update(change)
     with pytest.raises(ValueError, match=message):
         vs.eval.linear_probe(**args)
@@ -236,8 +252,9 @@ def test_classic_protocol_runs_the_frozen_backbone_every_epoch_and_learns():
     assert sorted(out) == ["epochs", "history", "lr", "top1", "top5"] and out["lr"] == pytest.approx(0.1 * 32 / 256)
     assert [h["epoch"] for h in out["history"]] == [1, 2] and out["history"][-1]["top1"] == out["top1"]
     # raw features of a random network are tiny (std ~0.01 per dimension): a BatchNorm in front makes them learnable
-    learned = vs.eval.linear_probe_classic(backbone, train, test, epochs=6, batch_size=32, lr=0.1, augment=False,
-                                           batchnorm=True, progress=False)
+    learned = vs.eval.linear_probe_classic(
+        backbone, train, test, epochs=6, batch_size=32, lr=0.1, augment=False, batchnorm=True, progress=False
+    )
     assert learned["top1"] > 50  # 4 classes: chance is 25%
     with pytest.raises(ValueError, match="epochs and batch_size must be >= 1"):
         vs.eval.linear_probe_classic(backbone, train, test, epochs=0)

@@ -1,4 +1,5 @@
 """infonce_queue, negative_cosine and vicreg against direct implementations of their papers' formulas."""
+
 import math
 
 import pytest
@@ -11,6 +12,7 @@ SHAPES = [(2, 1), (3, 5), (8, 16), (32, 64)]  # (N, D)
 
 
 # ---------- InfoNCE with a queue (MoCo) ----------
+
 
 def reference_infonce_queue(q, k, queue, temperature):
     """Row by row: l_i = -log( exp(q_i.k_i / T) / (exp(q_i.k_i / T) + sum_j exp(q_i.n_j / T)) )."""
@@ -75,6 +77,7 @@ def test_infonce_queue_rejects_bad_input(q, k, queue, temperature, match):
 
 # ---------- negative cosine (SimSiam, BYOL) ----------
 
+
 def reference_negative_cosine(p, z):
     """D(p, z) = -(1/N) sum_i p_i . z_i / (||p_i|| ||z_i||)."""
     p, z = p.double(), z.double()
@@ -113,6 +116,7 @@ def test_negative_cosine_rejects_mismatched_shapes():
 
 
 # ---------- VICReg ----------
+
 
 def reference_vicreg_terms(z1, z2, eps=1e-4):
     """The paper's definitions, written out entry by entry in float64."""

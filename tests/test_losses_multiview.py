@@ -1,5 +1,6 @@
 """Barlow Twins, MoCo v3's InfoNCE, SwAV, DINO and MAE losses against the papers' formulas worked here
 with loops (and against LightlySSL's losses when it is installed)."""
+
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import visionssl as vs
 from visionssl.losses import barlow_twins, infonce
 
 # ---------- Barlow Twins ----------
+
 
 def barlow_twins_by_loops(z1, z2, lambd):
     n, d = z1.shape
@@ -48,6 +50,7 @@ def test_barlow_twins_hand_values():
 
 # ---------- MoCo v3 InfoNCE ----------
 
+
 def test_infonce_equals_the_papers_formula():
     g = torch.Generator().manual_seed(1)
     q, k = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
@@ -69,6 +72,7 @@ def test_infonce_gives_no_gradient_to_the_keys():
 
 # ---------- LightlySSL ----------
 
+
 def _lightly():
     return pytest.importorskip("lightly.loss", reason="LightlySSL is not installed (the [bench] extra)")
 
@@ -84,6 +88,7 @@ def test_vs_losses_exports_them():
 
 
 # ---------- SwAV ----------
+
 
 def sinkhorn_by_loops(scores, epsilon, iterations):
     b, k = len(scores), len(scores[0])
@@ -133,7 +138,9 @@ def test_swav_queue_scores_join_sinkhorn_only():
     with_queue = vs.losses.swav(scores, queue_scores=queue)
     q0 = vs.losses.sinkhorn(torch.cat([scores[0], queue[0]]))[:4]
     q1 = vs.losses.sinkhorn(torch.cat([scores[1], queue[1]]))[:4]
-    expected = (-(q0 * F.log_softmax(scores[1] / 0.1, 1)).sum(1).mean() - (q1 * F.log_softmax(scores[0] / 0.1, 1)).sum(1).mean()) / 2
+    expected = (
+        -(q0 * F.log_softmax(scores[1] / 0.1, 1)).sum(1).mean() - (q1 * F.log_softmax(scores[0] / 0.1, 1)).sum(1).mean()
+    ) / 2
     torch.testing.assert_close(with_queue, expected)
 
 
@@ -142,10 +149,13 @@ def test_swav_equals_lightly():
     scores = [torch.randn(16, 10) for _ in range(5)]
     queue = [torch.randn(32, 10) for _ in range(2)]
     torch.testing.assert_close(vs.losses.swav(scores), loss(scores[:2], scores[2:]).squeeze(0), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(vs.losses.swav(scores, queue_scores=queue), loss(scores[:2], scores[2:], queue).squeeze(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        vs.losses.swav(scores, queue_scores=queue), loss(scores[:2], scores[2:], queue).squeeze(0), rtol=1e-5, atol=1e-5
+    )
 
 
 # ---------- DINO ----------
+
 
 def test_dino_equals_the_papers_formula_worked_with_loops():
     g = torch.Generator().manual_seed(5)
@@ -179,8 +189,9 @@ def test_dino_center_hand_values():
 
 
 def test_dino_equals_lightly():
-    lightly = _lightly().DINOLoss(output_dim=10, warmup_teacher_temp=0.04, teacher_temp=0.04, student_temp=0.1,
-                                  center_momentum=0.9)
+    lightly = _lightly().DINOLoss(
+        output_dim=10, warmup_teacher_temp=0.04, teacher_temp=0.04, student_temp=0.1, center_momentum=0.9
+    )
     teacher = [torch.randn(8, 10) for _ in range(2)]
     student = [torch.randn(8, 10) for _ in range(6)]
     center = torch.zeros(1, 10)
@@ -192,6 +203,7 @@ def test_dino_equals_lightly():
 
 
 # ---------- MAE ----------
+
 
 def test_patchify_hand_values():
     x = torch.arange(2 * 4 * 4.0).view(1, 2, 4, 4)  # 2 channels
@@ -226,6 +238,9 @@ def test_mae_equals_lightlys_mse_on_the_masked_patches():
     pred, target = torch.randn(4, 16, 48), vs.losses.patchify(images, 4)
     idx_mask = torch.stack([torch.randperm(16)[:12] for _ in range(4)])  # 12 masked patches per image
     mask = torch.zeros(4, 16).scatter_(1, idx_mask, 1.0)
-    pick = lambda x: utils.get_at_index(x, idx_mask)
+
+    def pick(x):
+        return utils.get_at_index(x, idx_mask)
+
     expected = torch.nn.MSELoss()(pick(pred), pick(target))
     torch.testing.assert_close(vs.losses.mae(pred, target, mask, norm_pix=False), expected, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 """MoCo v2, BYOL, SimSiam, VICReg: EMA and queue mechanics, gradients, backbones, presets and recipes."""
+
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,6 +54,7 @@ def target_parameters(method):
 
 # ---------- EMA helpers ----------
 
+
 def test_ema_update_gives_the_exact_expected_weights():
     online, target = nn.Linear(2, 2), nn.Linear(2, 2)
     with torch.no_grad():
@@ -101,6 +103,7 @@ def test_cosine_momentum_schedule():
 
 # ---------- BYOL ----------
 
+
 def test_byol_target_momentum_hits_its_start_and_end():
     m = small("byol")
     assert m.target_momentum(1, 100) == pytest.approx(0.996, abs=1e-12)
@@ -140,6 +143,7 @@ def test_byol_loss_is_the_papers_symmetrised_regression_loss():
 
 
 # ---------- MoCo ----------
+
 
 def chronological(moco):
     """The queue read from its oldest entry to its newest."""
@@ -237,6 +241,7 @@ def test_moco_rejects_an_empty_queue():
 
 # ---------- SimSiam ----------
 
+
 def test_simsiam_stop_gradient_matches_the_paper():
     m = small("simsiam")
     views = two_views()
@@ -271,6 +276,7 @@ def test_simsiam_predictor_param_groups(fixed):
 
 # ---------- VICReg ----------
 
+
 def test_vicreg_outputs_the_loss_and_its_terms():
     m = small("vicreg")
     views = two_views()
@@ -284,8 +290,15 @@ def test_vicreg_outputs_the_loss_and_its_terms():
         torch.testing.assert_close(logged, value.detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, width", [({"image_size": 224}, 8192), ({"image_size": 32}, 2048), ({}, 8192),
-                                           ({"image_size": 224, "expander_dim": 96}, 96)])
+@pytest.mark.parametrize(
+    "kwargs, width",
+    [
+        ({"image_size": 224}, 8192),
+        ({"image_size": 32}, 2048),
+        ({}, 8192),
+        ({"image_size": 224, "expander_dim": 96}, 96),
+    ],
+)
 def test_vicreg_expander_width(kwargs, width):
     m = vs.create_method("vicreg", backbone=tiny_backbone(), expander_layers=1, **kwargs)
     assert m.expander[-1].out_features == width
@@ -355,6 +368,7 @@ def test_rejects_a_wrong_number_of_views(name):
 
 
 # ---------- augmentation presets ----------
+
 
 def _op(pipeline, kind):
     found = [m for m in pipeline.modules() if type(m).__name__ == kind]  # the fused blur sits inside the crop

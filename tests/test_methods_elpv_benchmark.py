@@ -1,4 +1,5 @@
 """The helpers of benchmarks/methods_elpv.py behind the README's methods table: folds, 4-fold kNN, seed summary."""
+
 import importlib.util
 import json
 import sys
@@ -54,11 +55,16 @@ def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[bench.write_results.__module__], "RESULTS", tmp_path)
     for seed, rows in ((0, [("rot", -1.0, 0.5), ("dc", 1.0, None)]), (1, [("rot", 2.0, 1.5)])):
         name = "methods_elpv" if seed == 0 else f"methods_elpv_seed{seed}"
-        results = [{"method": m, "gain_over_random": t, **({"train_4fold_gain": f} if f is not None else {})} for m, t, f in rows]
+        results = [
+            {"method": m, "gain_over_random": t, **({"train_4fold_gain": f} if f is not None else {})}
+            for m, t, f in rows
+        ]
         (tmp_path / f"{name}.json").write_text(json.dumps({"budget": {"seed": seed}, "results": results}))
     bench.summarize_seeds()
     summary = json.loads((tmp_path / "methods_elpv_seeds.json").read_text())["methods"]
-    assert summary["rot"]["mean_test_gain"] == pytest.approx(0.5) and summary["rot"]["mean_train_4fold_gain"] == pytest.approx(1.0)
+    assert summary["rot"]["mean_test_gain"] == pytest.approx(0.5) and summary["rot"][
+        "mean_train_4fold_gain"
+    ] == pytest.approx(1.0)
     assert summary["dc"]["mean_test_gain"] == pytest.approx(1.0) and summary["dc"]["mean_train_4fold_gain"] is None
     table = (tmp_path / "methods_elpv_seeds.md").read_text()
     assert "| rot | -1.00 / +0.50 | +2.00 / +1.50 | +0.50 | +1.00 | 2 |" in table
@@ -68,9 +74,19 @@ def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
 def test_save_writes_the_table_and_names_extra_overrides(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
     monkeypatch.setattr(sys.modules[bench.write_results.__module__], "RESULTS", tmp_path)
-    row = {"method": "context", "knn_top1": 76.3, "gain_over_random": -2.29, "train_4fold_top1": 77.41,
-           "train_4fold_gain": -0.05, "train_seconds": 871.0, "precision": "fp32", "epochs_done": 12,
-           "set": ["augment.image_size=266", "data.image_size=300"], "device": "cpu", "torch": "2"}
+    row = {
+        "method": "context",
+        "knn_top1": 76.3,
+        "gain_over_random": -2.29,
+        "train_4fold_top1": 77.41,
+        "train_4fold_gain": -0.05,
+        "train_seconds": 871.0,
+        "precision": "fp32",
+        "epochs_done": 12,
+        "set": ["augment.image_size=266", "data.image_size=300"],
+        "device": "cpu",
+        "torch": "2",
+    }
     budget = {"backbone": "resnet18", "image_size": 64, "batch_size": 32, "epochs": 12, "k": 20, "seed": 0}
     spread = {"seeds": [78.59, 77.0], "mean": 77.795, "std": 0.795, "cross_validated": [77.46, 77.0]}
     bench.save("variant", {"context": row}, budget, 78.59, spread, "cpu", 20)

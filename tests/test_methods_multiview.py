@@ -1,4 +1,5 @@
 """Barlow Twins, MoCo v3, SwAV, DINO and MAE: losses inside the methods, gradients, schedules, recipes."""
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,9 @@ SMALL = {
     "mocov3": dict(proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64),
     "swav": dict(proj_hidden_dim=64, proj_dim=16, num_prototypes=12, freeze_prototypes_epochs=0),
 }
-SMALL["dino"] = dict(out_dim=16, hidden_dim=32, bottleneck_dim=8, freeze_last_layer_epochs=0, warmup_teacher_temp_epochs=0)
+SMALL["dino"] = dict(
+    out_dim=16, hidden_dim=32, bottleneck_dim=8, freeze_last_layer_epochs=0, warmup_teacher_temp_epochs=0
+)
 MULTI_CROP = {"swav", "dino"}
 CONFIGS = Path(vs.__file__).parent / "configs"
 
@@ -27,11 +30,15 @@ def tiny_backbone():
 
 
 def small(name, backbone=None, **hparams):
-    return vs.create_method(name, backbone=tiny_backbone() if backbone is None else backbone, **{**SMALL[name], **hparams})
+    return vs.create_method(
+        name, backbone=tiny_backbone() if backbone is None else backbone, **{**SMALL[name], **hparams}
+    )
 
 
 def views(n=2, batch=8, size=16, local=0, local_size=8):
-    return [torch.randn(batch, 3, size, size) for _ in range(n)] + [torch.randn(batch, 3, local_size, local_size) for _ in range(local)]
+    return [torch.randn(batch, 3, size, size) for _ in range(n)] + [
+        torch.randn(batch, 3, local_size, local_size) for _ in range(local)
+    ]
 
 
 def steps_lower_the_loss(method, make_views, steps=8, lr=0.05):
@@ -51,6 +58,7 @@ def steps_lower_the_loss(method, make_views, steps=8, lr=0.05):
 
 # ---------- Barlow Twins ----------
 
+
 def test_barlow_twins_method_computes_the_loss_of_its_projections():
     m = small("barlow_twins")
     v = views()
@@ -59,13 +67,16 @@ def test_barlow_twins_method_computes_the_loss_of_its_projections():
     torch.testing.assert_close(out["loss"], vs.losses.barlow_twins(z1, z2, 0.0051), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, width", [({"image_size": 224}, 8192), ({"image_size": 32}, 4 * 32), ({"proj_dim": 40}, 40)])
+@pytest.mark.parametrize(
+    "kwargs, width", [({"image_size": 224}, 8192), ({"image_size": 32}, 4 * 32), ({"proj_dim": 40}, 40)]
+)
 def test_barlow_twins_projector_width(kwargs, width):
     m = vs.create_method("barlow_twins", backbone=tiny_backbone(), proj_layers=1, **kwargs)
     assert m.projector[-1].out_features == width
 
 
 # ---------- MoCo v3 ----------
+
 
 def test_mocov3_is_symmetric_infonce_of_predictions_against_momentum_keys():
     m = small("mocov3", temperature=0.5)
@@ -95,17 +106,28 @@ def test_mocov3_momentum_rises_to_one():
 
 def test_mocov3_random_patch_projection_on_a_vit():
     kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
-    m = vs.create_method("mocov3", backbone="vit_tiny_patch16_224", backbone_kwargs=kwargs, freeze_patch_embed=True,
-                         proj_hidden_dim=32, proj_dim=16, proj_layers=3, pred_hidden_dim=32)
+    m = vs.create_method(
+        "mocov3",
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs=kwargs,
+        freeze_patch_embed=True,
+        proj_hidden_dim=32,
+        proj_dim=16,
+        proj_layers=3,
+        pred_hidden_dim=32,
+    )
     before = m.backbone.patch_embed.proj.weight.clone()
     steps_lower_the_loss(m, lambda: views(batch=4), steps=2)
     assert torch.equal(before, m.backbone.patch_embed.proj.weight)
-    assert not m.backbone.patch_embed.proj.weight.requires_grad and m.backbone.blocks[0].attn.qkv.weight.grad is not None
+    assert (
+        not m.backbone.patch_embed.proj.weight.requires_grad and m.backbone.blocks[0].attn.qkv.weight.grad is not None
+    )
     with pytest.raises(ValueError, match="needs a ViT backbone"):
         small("mocov3", freeze_patch_embed=True)
 
 
 # ---------- multi-crop ----------
+
 
 def test_multicrop_preset_draws_each_view_independently_in_one_call_per_group():
     aug = vs.augment.create("multicrop", image_size=16, num_local=3, local_size=8)
@@ -130,14 +152,21 @@ def test_multicrop_default_sizes_and_errors():
 
 # ---------- SwAV ----------
 
+
 def test_swav_method_loss_is_swapped_prediction_of_normalised_scores():
     m = small("swav")
     v = views(local=2)
     out = m(v)
     w = m.prototypes.weight
     torch.testing.assert_close(w.norm(dim=1), torch.ones(12))  # normalised before the step
-    z = [torch.nn.functional.normalize(m.projector(h), dim=1) for h in
-         [m.backbone(torch.cat(v[:2]))[:8], m.backbone(torch.cat(v[:2]))[8:], *m.backbone(torch.cat(v[2:])).chunk(2)]]
+    z = [
+        torch.nn.functional.normalize(m.projector(h), dim=1)
+        for h in [
+            m.backbone(torch.cat(v[:2]))[:8],
+            m.backbone(torch.cat(v[:2]))[8:],
+            *m.backbone(torch.cat(v[2:])).chunk(2),
+        ]
+    ]
     expected = vs.losses.swav([zv @ w.T for zv in z], temperature=0.1)
     torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-5)
 
@@ -189,6 +218,7 @@ def test_swav_with_a_full_queue_uses_its_scores_in_sinkhorn():
 
 
 # ---------- DINO ----------
+
 
 def test_dino_loss_student_on_every_crop_teacher_on_the_globals_then_center_moves():
     m = small("dino")
@@ -244,8 +274,9 @@ def test_epoch_progress_survives_a_checkpoint():
 
 def test_dino_on_a_small_image_vit_with_local_crops():
     kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, dynamic_img_size=True)
-    m = vs.create_method("dino", backbone="vit_tiny_patch16_224", backbone_kwargs=kwargs, out_dim=16, hidden_dim=32,
-                         bottleneck_dim=8)
+    m = vs.create_method(
+        "dino", backbone="vit_tiny_patch16_224", backbone_kwargs=kwargs, out_dim=16, hidden_dim=32, bottleneck_dim=8
+    )
     out = m(views(batch=4, local=2))
     out["loss"].backward()
     assert out["embedding"].shape == (4, 32) and m.backbone.blocks[0].attn.qkv.weight.grad.abs().max() > 0
@@ -257,8 +288,15 @@ VIT = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
 
 
 def small_mae(**kwargs):
-    return vs.create_method("mae", backbone="vit_tiny_patch16_224", backbone_kwargs={**VIT, **kwargs.pop("vit", {})},
-                            decoder_dim=16, decoder_depth=1, decoder_heads=2, **kwargs)
+    return vs.create_method(
+        "mae",
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs={**VIT, **kwargs.pop("vit", {})},
+        decoder_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+        **kwargs,
+    )
 
 
 def test_mae_masks_75_percent_per_sample_and_the_encoder_sees_only_the_visible_patches():
@@ -323,6 +361,7 @@ def test_mae_a_few_steps_lower_the_loss():
 
 # ---------- every method ----------
 
+
 @pytest.mark.parametrize("name", list(SMALL))
 def test_a_few_sgd_steps_lower_the_loss(name):
     torch.manual_seed(0)
@@ -360,14 +399,30 @@ def test_recipes_follow_the_simclr_schema_and_name_valid_hparams(recipe):
 # ---------- through the trainer ----------
 
 TRAINER = {
-    "swav": ["backbone.name=resnet10t_cifar", "method.proj_hidden_dim=32", "method.proj_dim=16", "method.num_prototypes=10",
-             "method.queue_length=16", "method.queue_start_epoch=1", "method.freeze_prototypes_epochs=1",
-             "augment.kwargs={num_local: 2, local_size: 8}"],
-    "dino": ["backbone.kwargs={img_size: 16, patch_size: 4, dynamic_img_size: true, depth: 1}", "method.out_dim=16",
-             "method.hidden_dim=32", "method.bottleneck_dim=8", "method.warmup_teacher_temp_epochs=2",
-             "augment.kwargs={num_local: 2, local_size: 8}"],
-    "mae": ["backbone.kwargs={img_size: 16, patch_size: 4, depth: 1}", "method.decoder_dim=16", "method.decoder_depth=1",
-            "method.decoder_heads=2"],
+    "swav": [
+        "backbone.name=resnet10t_cifar",
+        "method.proj_hidden_dim=32",
+        "method.proj_dim=16",
+        "method.num_prototypes=10",
+        "method.queue_length=16",
+        "method.queue_start_epoch=1",
+        "method.freeze_prototypes_epochs=1",
+        "augment.kwargs={num_local: 2, local_size: 8}",
+    ],
+    "dino": [
+        "backbone.kwargs={img_size: 16, patch_size: 4, dynamic_img_size: true, depth: 1}",
+        "method.out_dim=16",
+        "method.hidden_dim=32",
+        "method.bottleneck_dim=8",
+        "method.warmup_teacher_temp_epochs=2",
+        "augment.kwargs={num_local: 2, local_size: 8}",
+    ],
+    "mae": [
+        "backbone.kwargs={img_size: 16, patch_size: 4, depth: 1}",
+        "method.decoder_dim=16",
+        "method.decoder_depth=1",
+        "method.decoder_heads=2",
+    ],
 }
 
 
@@ -375,9 +430,20 @@ TRAINER = {
 def test_two_epochs_through_the_trainer_with_checkpoints(tmp_path, name):
     from visionssl.engine import Trainer, load_config
 
-    overrides = ["data.name=synthetic:32", "data.image_size=20", "augment.image_size=16", "optim.batch_size=16",
-                 "optim.warmup_epochs=0", "train.epochs=2", "train.progress=false", "train.knn_every=-1",
-                 "train.precision=fp32", "train.num_threads=1", f"out={tmp_path}", *TRAINER[name]]
+    overrides = [
+        "data.name=synthetic:32",
+        "data.image_size=20",
+        "augment.image_size=16",
+        "optim.batch_size=16",
+        "optim.warmup_epochs=0",
+        "train.epochs=2",
+        "train.progress=false",
+        "train.knn_every=-1",
+        "train.precision=fp32",
+        "train.num_threads=1",
+        f"out={tmp_path}",
+        *TRAINER[name],
+    ]
     trainer = Trainer(load_config(name, overrides=overrides))
     result = trainer.fit()
     assert result["step"] == 4 and int(trainer.method.iteration if hasattr(trainer.method, "iteration") else 4) == 4

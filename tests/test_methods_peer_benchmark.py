@@ -1,4 +1,5 @@
 """benchmarks/methods_peer.py at a tiny dry budget: both sides train, both labels are scored, files are written."""
+
 import importlib.util
 import json
 import sys
@@ -24,9 +25,35 @@ def bench(monkeypatch, tmp_path):
 
 
 def test_dry_budget_trains_both_sides_and_writes_mean_and_spread(bench, tmp_path):
-    path = bench.main(["--methods", "moco", "--seeds", "0", "1", "--epochs", "1", "--image-size", "16",
-                       "--batch-size", "8", "--max-images", "24", "--backbone", "resnet10t_cifar", "--workers", "0",
-                       "--k", "5", "--device", "cpu", "--out", str(tmp_path / "runs"), "--results", "dry"])
+    path = bench.main(
+        [
+            "--methods",
+            "moco",
+            "--seeds",
+            "0",
+            "1",
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--max-images",
+            "24",
+            "--backbone",
+            "resnet10t_cifar",
+            "--workers",
+            "0",
+            "--k",
+            "5",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "runs"),
+            "--results",
+            "dry",
+        ]
+    )
     result = json.loads(path.read_text())
     assert path.parent == tmp_path / "results" and result["device"]
     assert len(result["rows"]) == 2 * 2  # seeds x sides

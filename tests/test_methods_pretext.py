@@ -1,4 +1,5 @@
 """Rotation, context and jigsaw methods (and DeepCluster's registration/recipes) on small backbones."""
+
 import pytest
 import torch
 

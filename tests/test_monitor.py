@@ -1,4 +1,5 @@
 """Collapse statistics against hand-computed values."""
+
 import math
 
 import pytest

@@ -1,12 +1,23 @@
 """Behaviour changes made to follow the papers' official code (issue 19): one test per deviation fixed."""
+
 import pytest
 import torch
 
 import visionssl as vs
 
 
-@pytest.mark.parametrize("name, decays_1d", [("simclr", False), ("byol", False), ("vicreg", False), ("moco", True),
-                                             ("simsiam", True), ("deepcluster", True), ("rotation", True)])
+@pytest.mark.parametrize(
+    "name, decays_1d",
+    [
+        ("simclr", False),
+        ("byol", False),
+        ("vicreg", False),
+        ("moco", True),
+        ("simsiam", True),
+        ("deepcluster", True),
+        ("rotation", True),
+    ],
+)
 def test_weight_decay_on_1d_parameters_follows_each_paper(name, decays_1d):
     method = vs.create_method(name, backbone="resnet10t_cifar")
     groups = method.param_groups(5e-4)
@@ -57,8 +68,11 @@ def test_fused_colour_jitter_matches_torchvision_in_each_samples_order():
     # without clipping the linear ops commute; a hue rotation moves the mean gray contrast blends towards
     hue = torch.full((n,), 0.1)
     hue_first, contrast_first = torch.tensor([[3, 1, 0, 2]] * n), torch.tensor([[1, 3, 0, 2]] * n)
-    assert not torch.allclose(color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, hue_first)[1],
-                              color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, contrast_first)[1], atol=1e-4)
+    assert not torch.allclose(
+        color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, hue_first)[1],
+        color_affine(x.mean(dim=(2, 3)), b, c, s, hue, no_gray, contrast_first)[1],
+        atol=1e-4,
+    )
 
 
 def apply_affine(matrix, offset, x):
@@ -145,7 +159,9 @@ def test_jigsaw_jitters_each_tile_and_normalises_with_one_mean_and_std_per_tile(
     assert torch.allclose(jittered - tiles, offsets[..., None, None].expand_as(tiles), atol=1e-6)
     # per-channel statistics would cancel the offsets; one mean/std per tile keeps them
     assert torch.allclose(normalize_tiles(jittered), normalize_tiles(tiles), atol=1e-4)
-    assert not torch.allclose(normalize_tiles(jittered, per_channel=False), normalize_tiles(tiles, per_channel=False), atol=1e-3)
+    assert not torch.allclose(
+        normalize_tiles(jittered, per_channel=False), normalize_tiles(tiles, per_channel=False), atol=1e-3
+    )
     m = vs.create_method("jigsaw", backbone="resnet10t_cifar", num_permutations=10, tile_dim=16, head_hidden_dim=32)
     fed = _backbone_inputs(m, [torch.randn(2, 3, 32, 32)])
     assert torch.allclose(fed.mean((1, 2, 3)), torch.zeros(18), atol=1e-4)

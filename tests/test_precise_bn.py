@@ -1,4 +1,5 @@
 """Precise BatchNorm: statistics re-estimated on whole images, and the trainer's use of it."""
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +10,9 @@ from visionssl.engine.batchnorm import recalibrate_batchnorm
 
 
 def conv_bn() -> nn.Sequential:
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
     net.num_features = 4
     return net
 
@@ -53,9 +56,18 @@ def test_bad_input_is_clear_and_a_net_without_batchnorm_is_left_alone():
 
 
 TINY_JIGSAW = [
-    "data.name=synthetic:64", "data.image_size=32", "augment.image_size=32", "backbone.name=resnet10t_cifar",
-    "optim.batch_size=16", "optim.warmup_epochs=0", "method.num_permutations=10", "method.tile_dim=16",
-    "method.head_hidden_dim=32", "train.progress=false", "train.epochs=1", "train.knn_k=5",
+    "data.name=synthetic:64",
+    "data.image_size=32",
+    "augment.image_size=32",
+    "backbone.name=resnet10t_cifar",
+    "optim.batch_size=16",
+    "optim.warmup_epochs=0",
+    "method.num_permutations=10",
+    "method.tile_dim=16",
+    "method.head_hidden_dim=32",
+    "train.progress=false",
+    "train.epochs=1",
+    "train.knn_k=5",
 ]
 
 
@@ -71,7 +83,9 @@ def test_with_precise_bn_the_run_ends_with_whole_image_statistics(tmp_path):
 
 def test_without_it_the_statistics_are_the_training_inputs(tmp_path):
     assert load_config("jigsaw").train.precise_bn  # the jigsaw recipe turns it on
-    assert not load_config("rotation").train.precise_bn and not load_config("context").train.precise_bn  # off by default
+    assert (
+        not load_config("rotation").train.precise_bn and not load_config("context").train.precise_bn
+    )  # off by default
     off = Trainer(load_config("jigsaw", overrides=TINY_JIGSAW + ["train.precise_bn=false", f"out={tmp_path}"]))
     assert not off.precise_bn
     off.fit()
@@ -85,9 +99,18 @@ def test_precise_bn_needs_images_in_memory(tmp_path):
     folder = tmp_path / "images" / "a"
     folder.mkdir(parents=True)
     from PIL import Image
+
     for i in range(8):
         Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(folder / f"{i}.png")
-    cfg = load_config("simclr", overrides=[f"data.name=imagefolder:{tmp_path / 'images'}", "data.stream=true",
-                                           "optim.batch_size=2", "train.precise_bn=true", "backbone.name=resnet10t_cifar"])
+    cfg = load_config(
+        "simclr",
+        overrides=[
+            f"data.name=imagefolder:{tmp_path / 'images'}",
+            "data.stream=true",
+            "optim.batch_size=2",
+            "train.precise_bn=true",
+            "backbone.name=resnet10t_cifar",
+        ],
+    )
     with pytest.raises(vs.engine.ConfigError, match="precise_bn=true needs the images in memory"):
         Trainer(cfg)

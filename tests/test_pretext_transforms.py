@@ -1,4 +1,5 @@
 """The batched pretext transforms: rotations, context pairs, jigsaw tiles, permutation sets, presets."""
+
 import itertools
 
 import numpy as np
@@ -66,8 +67,8 @@ def test_extract_patches_matches_slicing():
     left = torch.randint(0, 8, (4, 5))
     patches = P.extract_patches(x, top, left, 4)
     for b, n in itertools.product(range(4), range(5)):
-        t, l = int(top[b, n]), int(left[b, n])
-        assert torch.equal(patches[b, n], x[b, :, t : t + 4, l : l + 4])
+        t, le = int(top[b, n]), int(left[b, n])
+        assert torch.equal(patches[b, n], x[b, :, t : t + 4, le : le + 4])
 
 
 @pytest.mark.parametrize("jitter", [0, 2])

@@ -65,7 +65,8 @@ def test_real_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
     """A third-party package installed with entry points in visionssl.methods / visionssl.backbones."""
     pkg = tmp_path / "ssl_plugin_demo"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         import torch
         from visionssl.methods.base import SSLMethod
 
@@ -82,7 +83,8 @@ def test_real_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
             def forward(self, views):
                 h = self.backbone(views[0])
                 return {"loss": self.scale * h.pow(2).mean(), "embedding": h.detach()}
-    """))
+    """)
+    )
     dist = tmp_path / "ssl_plugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ssl-plugin-demo\nVersion: 0.1\n")

@@ -1,6 +1,7 @@
 """Broken image files, fuzzed: every one gives a ``BadImageError`` naming the file (or, with
 ``skip_bad_images`` / ``--skip-bad-images``, is skipped, counted and listed); odd but valid modes decode;
 the folder scan survives link loops and directories named like images; the CLI says it in one line."""
+
 import io
 import os
 import random
@@ -13,9 +14,8 @@ import torch
 from PIL import Image
 
 from visionssl.cli import main
-from visionssl.data import BadImageError, decode_image, load_dataset
+from visionssl.data import BadImageError, decode_image, load_dataset, sources
 from visionssl.data import decode as decode_module
-from visionssl.data import sources
 
 # PIL warns about images above its own 89M-pixel threshold before visionssl refuses them above 100M.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -79,7 +79,10 @@ def test_every_kind_of_broken_file_is_a_bad_image_error_naming_it(tmp_path):
     for name, reason in expected.items():
         with pytest.raises(BadImageError) as err:
             decode_image(tmp_path / name, 16)
-        assert err.value.path == str(tmp_path / name) and reason.lower() in err.value.reason.lower(), (name, err.value.reason)
+        assert err.value.path == str(tmp_path / name) and reason.lower() in err.value.reason.lower(), (
+            name,
+            err.value.reason,
+        )
         assert str(tmp_path / name) in str(err.value) and "--skip-bad-images" in str(err.value)
         assert "\n" not in str(err.value)
     assert len(expected) == 11
@@ -102,11 +105,26 @@ def test_an_unreadable_file_is_a_bad_image_error(tmp_path):
         decode_image(path, 16)
 
 
-@pytest.mark.parametrize("fmt,mode,save", [
-    ("JPEG", "CMYK", {}), ("JPEG", "L", {}), ("PNG", "P", {}), ("PNG", "P", {"transparency": 0}), ("PNG", "RGBA", {}),
-    ("PNG", "LA", {}), ("PNG", "1", {}), ("PNG", "I;16", {}), ("TIFF", "I", {}), ("TIFF", "F", {}), ("TIFF", "CMYK", {}),
-    ("GIF", "P", {}), ("BMP", "RGB", {}), ("WEBP", "RGBA", {}), ("PPM", "RGB", {}),
-])
+@pytest.mark.parametrize(
+    "fmt,mode,save",
+    [
+        ("JPEG", "CMYK", {}),
+        ("JPEG", "L", {}),
+        ("PNG", "P", {}),
+        ("PNG", "P", {"transparency": 0}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "LA", {}),
+        ("PNG", "1", {}),
+        ("PNG", "I;16", {}),
+        ("TIFF", "I", {}),
+        ("TIFF", "F", {}),
+        ("TIFF", "CMYK", {}),
+        ("GIF", "P", {}),
+        ("BMP", "RGB", {}),
+        ("WEBP", "RGBA", {}),
+        ("PPM", "RGB", {}),
+    ],
+)
 @pytest.mark.parametrize("channels", [3, 1])
 def test_every_valid_mode_decodes_to_uint8(tmp_path, fmt, mode, save, channels):
     path = tmp_path / f"x.{fmt.lower()}"
@@ -129,8 +147,12 @@ def test_fuzzed_image_files_decode_or_fail_with_bad_image_error_only(tmp_path):
     bytes deleted, files cut short. Each one decodes to the right shape or raises BadImageError."""
     rng = random.Random(0)
     originals = {
-        "png": encoded("PNG"), "jpg": encoded("JPEG"), "gif": encoded("GIF", "P"), "bmp": encoded("BMP"),
-        "tif": encoded("TIFF"), "webp": encoded("WEBP"),
+        "png": encoded("PNG"),
+        "jpg": encoded("JPEG"),
+        "gif": encoded("GIF", "P"),
+        "bmp": encoded("BMP"),
+        "tif": encoded("TIFF"),
+        "webp": encoded("WEBP"),
     }
     outcomes = {"decoded": 0, "BadImageError": 0}
     for i in range(240):
@@ -196,7 +218,9 @@ def test_a_file_deleted_after_the_listing_is_reported_not_a_crash(tmp_path, no_c
 
     monkeypatch.setattr(sources, "decode_images", delete_first_then_decode)
     ds = load_dataset(str(root), split="all", image_size=16, skip_bad_images=True)
-    assert len(ds) == 7 and ds.skipped == [(str(root / "a" / "good0.png"), "no such file (deleted after the folder was listed?)")]
+    assert len(ds) == 7 and ds.skipped == [
+        (str(root / "a" / "good0.png"), "no such file (deleted after the folder was listed?)")
+    ]
 
 
 def test_decode_is_thread_safe_about_warnings(tmp_path):
@@ -217,9 +241,28 @@ def pretrain(tmp_path, folder, *extra):
         "    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
         "    net.num_features = 8\n    return net\n"
     )
-    return main(["pretrain", "--data", str(folder), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "16",
-                 "--batch-size", "4", "--backbone", f"{backbone}:tiny", "--no-progress", "train.knn_every=-1",
-                 "method.proj_hidden_dim=16", "method.proj_dim=8", *extra])
+    return main(
+        [
+            "pretrain",
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--backbone",
+            f"{backbone}:tiny",
+            "--no-progress",
+            "train.knn_every=-1",
+            "method.proj_hidden_dim=16",
+            "method.proj_dim=8",
+            *extra,
+        ]
+    )
 
 
 def test_the_cli_gives_one_line_and_exit_2_for_a_bad_image(tmp_path, no_cache, capsys):

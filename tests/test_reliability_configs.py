@@ -1,5 +1,6 @@
 """Bad configurations: one clear line each (``ConfigError``; exit code 2 from the CLI), naming the key and
 what would be valid, raised before any data is loaded or any model is built."""
+
 import pytest
 
 from visionssl.cli import main
@@ -15,7 +16,11 @@ BAD = [
     ("moco", "method.queue_sise=4096", "did you mean 'queue_size'?"),
     # wrong types
     ("simclr", "optim.lr=fast", "config key 'optim.lr': Value 'fast'"),
-    ("simclr", "train.epochs=2.5", "config key 'train.epochs': Value '2.5' of type 'float' could not be converted to Integer"),
+    (
+        "simclr",
+        "train.epochs=2.5",
+        "config key 'train.epochs': Value '2.5' of type 'float' could not be converted to Integer",
+    ),
     ("simclr", "train.deterministic=maybe", "'maybe' is not a valid bool"),
     ("simclr", "augment.image_size=big", "config key 'augment.image_size'"),
     ("simclr", "method.temperature=warm", "method.temperature='warm' must be of type float (simclr's default: 0.5)"),
@@ -40,9 +45,21 @@ BAD = [
     ("simclr", "optim.name=adam", "choose one of sgd, lars, adamw"),
     ("simclr", "backbone.name=resnet18x", "unknown backbone 'resnet18x'"),
     # combinations that cannot work
-    ("moco", "optim.batch_size=512", "method.queue_size=256 is smaller than optim.batch_size=512: MoCo's queue must hold"),
-    ("context", "augment.image_size=16", "a 3x3 grid of 8 px patches with a 3 px gap and 1 px jitter spans 32 px, more than the 16 px views"),
-    ("context", "method.patch_size=12", "spans 44 px, more than the 32 px views; lower patch_size/gap/jitter or raise augment.image_size to at least 44"),
+    (
+        "moco",
+        "optim.batch_size=512",
+        "method.queue_size=256 is smaller than optim.batch_size=512: MoCo's queue must hold",
+    ),
+    (
+        "context",
+        "augment.image_size=16",
+        "a 3x3 grid of 8 px patches with a 3 px gap and 1 px jitter spans 32 px, more than the 16 px views",
+    ),
+    (
+        "context",
+        "method.patch_size=12",
+        "spans 44 px, more than the 32 px views; lower patch_size/gap/jitter or raise augment.image_size to at least 44",
+    ),
     ("jigsaw", "method.tile_size=12", "tile_size must be between 1 and the cell size 10 (32 px / grid 3), got 12"),
     ("jigsaw", "method.grid=1", "method.grid=1 must be >= 2"),
 ]
@@ -85,13 +102,22 @@ def no_work(monkeypatch):
     monkeypatch.setattr(trainer_module, "create_method", refuse)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
-    (["--method", "moco", "--batch-size", "64", "method.queue_size=32"], "method.queue_size=32 is smaller than optim.batch_size=64"),
-    (["--method", "jigsaw", "--image-size", "8", "method.tile_size=4"], "tile_size must be between 1 and the cell size 2"),
-    (["--method", "simclr", "train.on_nonfinite=sometimes"], "choose one of stop, skip"),
-    (["optim.batchsize=3"], "did you mean 'optim.batch_size'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
+        (
+            ["--method", "moco", "--batch-size", "64", "method.queue_size=32"],
+            "method.queue_size=32 is smaller than optim.batch_size=64",
+        ),
+        (
+            ["--method", "jigsaw", "--image-size", "8", "method.tile_size=4"],
+            "tile_size must be between 1 and the cell size 2",
+        ),
+        (["--method", "simclr", "train.on_nonfinite=sometimes"], "choose one of stop, skip"),
+        (["optim.batchsize=3"], "did you mean 'optim.batch_size'"),
+    ],
+)
 def test_the_cli_says_it_in_one_line_with_exit_2_before_any_work(tmp_path, capsys, no_work, args, message):
     assert main(["pretrain", "--out", str(tmp_path / "run"), "--data", "synthetic:8", *args]) == 2
     err = capsys.readouterr().err

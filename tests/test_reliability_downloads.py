@@ -1,5 +1,6 @@
 """Downloads that must stop and a cache that must be re-checked (issue 23), against a local HTTP server on 127.0.0.1:
 the declared size, the idle and total timeouts, a killed download's ``.part``, a cached file overwritten or put by hand."""
+
 import hashlib
 import os
 import signal
@@ -81,10 +82,21 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def use_zoo(tmp_path, monkeypatch, urls, sha256=SHA, size=len(DATA), **extra):
-    entry = {"name": "blob", "method": "test", "backbone": "resnet18", "urls": urls, "sha256": sha256, "size": size,
-             "format": "torchvision", "recipe": {"dataset": "x", "epochs": 1, "batch_size": 2}, "metrics": [],
-             "paper": None, "license": None, **extra}
+def use_zoo(tmp_path, monkeypatch, urls, sha256=SHA, size=len(DATA), **extra):  # noqa: B008  (DATA is a constant)
+    entry = {
+        "name": "blob",
+        "method": "test",
+        "backbone": "resnet18",
+        "urls": urls,
+        "sha256": sha256,
+        "size": size,
+        "format": "torchvision",
+        "recipe": {"dataset": "x", "epochs": 1, "batch_size": 2},
+        "metrics": [],
+        "paper": None,
+        "license": None,
+        **extra,
+    }
     if sha256 is None:
         entry["note"] = "no checksum published"
     path = tmp_path / "zoo.yaml"
@@ -186,8 +198,14 @@ def test_a_cached_file_overwritten_with_random_bytes_is_not_returned(server, hom
 def test_a_file_placed_by_hand_is_checked_against_the_published_partial_hash_offline(home, tmp_path, monkeypatch):
     good = os.urandom(5000)
     prefix = hashlib.sha256(good).hexdigest()[:8]  # torchvision style: the hash prefix in the file name
-    use_zoo(tmp_path, monkeypatch, [f"https://example.invalid/w-{prefix}.pth"], sha256=None, size=None,
-            published_hash=f"sha256:{prefix}")
+    use_zoo(
+        tmp_path,
+        monkeypatch,
+        [f"https://example.invalid/w-{prefix}.pth"],
+        sha256=None,
+        size=None,
+        published_hash=f"sha256:{prefix}",
+    )
     monkeypatch.setenv("VISIONSSL_OFFLINE", "1")
     dest = home / "zoo" / "blob" / f"w-{prefix}.pth"
     dest.parent.mkdir(parents=True)

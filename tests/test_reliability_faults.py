@@ -2,6 +2,7 @@
 dataset cache: the previous file stays whole and loadable, the error names the path, no temporary file is
 left behind. The fault is a real ``OSError(ENOSPC)`` raised by the file object the data is written to,
 after part of the data went to disk, as a full disk does."""
+
 import errno
 import io
 import os
@@ -94,11 +95,22 @@ def tiny_backbone(tmp_path_factory):
 
 
 def tiny_trainer(out, backbone, *extra):
-    cfg = load_config("simclr", overrides=[
-        "data.name=synthetic:32", "data.image_size=16", "augment.image_size=16", f"backbone.name={backbone}",
-        "optim.batch_size=16", "method.proj_hidden_dim=16", "method.proj_dim=8", "train.knn_every=-1",
-        "train.progress=false", f"out={out}", *extra,
-    ])
+    cfg = load_config(
+        "simclr",
+        overrides=[
+            "data.name=synthetic:32",
+            "data.image_size=16",
+            "augment.image_size=16",
+            f"backbone.name={backbone}",
+            "optim.batch_size=16",
+            "method.proj_hidden_dim=16",
+            "method.proj_dim=8",
+            "train.knn_every=-1",
+            "train.progress=false",
+            f"out={out}",
+            *extra,
+        ],
+    )
     return Trainer(cfg)
 
 
@@ -110,7 +122,9 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, ti
     good = path.read_bytes()
     trainer.train_epoch()
     full_disk(int(room * len(good)))
-    with pytest.raises(OSError, match=rf"could not write {path}: No space left on device \(.* MiB free on that disk\)") as err:
+    with pytest.raises(
+        OSError, match=rf"could not write {path}: No space left on device \(.* MiB free on that disk\)"
+    ) as err:
         trainer.save_checkpoint()
     assert err.value.errno == errno.ENOSPC
     assert path.read_bytes() == good and load_checkpoint(path)["step"] == 4
@@ -121,9 +135,26 @@ def test_disk_full_during_training_is_one_line_from_the_cli_and_the_run_resumes(
     tmp_path, tiny_backbone, capsys, monkeypatch, full_disk
 ):
     out = tmp_path / "run"
-    args = ["pretrain", "--out", str(out), "--epochs", "3", "--backbone", tiny_backbone, "--data", "synthetic:32",
-            "--image-size", "16", "--batch-size", "16", "--no-progress", "method.proj_hidden_dim=16", "method.proj_dim=8",
-            "train.knn_every=-1", "data.image_size=16"]
+    args = [
+        "pretrain",
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--backbone",
+        tiny_backbone,
+        "--data",
+        "synthetic:32",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "method.proj_hidden_dim=16",
+        "method.proj_dim=8",
+        "train.knn_every=-1",
+        "data.image_size=16",
+    ]
     saves = []
     real_save = Trainer.save_checkpoint
 
@@ -180,8 +211,13 @@ def test_the_run_config_is_written_atomically(tmp_path, full_disk):
 
 def small_dataset(n=6):
     g = torch.Generator().manual_seed(0)
-    return ImageDataset(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
-                        {"c": torch.arange(n) % 2}, "c", {"c": ["a", "b"]}, "toy")
+    return ImageDataset(
+        torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
+        {"c": torch.arange(n) % 2},
+        "c",
+        {"c": ["a", "b"]},
+        "toy",
+    )
 
 
 def test_disk_full_while_writing_the_feature_cache_costs_only_the_cache(tmp_path, full_disk):

@@ -1,5 +1,6 @@
 """Valid images decoded right and odd folders read (issue 23): non-UTF-8 file names, 16-bit depth, EXIF
 orientation, GIF, a folder whose every image is bad; the same in the streaming path."""
+
 import os
 
 import numpy as np
@@ -53,9 +54,28 @@ def test_a_bad_file_with_a_non_utf8_name_is_skipped_and_named_by_its_bytes(tmp_p
     assert len(ds) == 8 and len(ds.skipped) == 1
     shown = display_path(ds.skipped[0][0])
     assert shown.startswith("b'") and "\\xe9-\\xff.png" in shown
-    code = main(["pretrain", "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
-                 "--backbone", "resnet18_cifar", "--image-size", "16", "--no-progress", "--skip-bad-images",
-                 "train.knn_every=-1", "method.proj_hidden_dim=16", "method.proj_dim=8"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--backbone",
+            "resnet18_cifar",
+            "--image-size",
+            "16",
+            "--no-progress",
+            "--skip-bad-images",
+            "train.knn_every=-1",
+            "method.proj_hidden_dim=16",
+            "method.proj_dim=8",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "skipped 1 unreadable images:" in out and "\\xe9-\\xff.png" in out
 
@@ -108,7 +128,17 @@ def test_every_image_bad_with_skip_bad_images_is_one_line_saying_all_were_skippe
         (tmp_path / "f" / "a" / f"{i}.png").write_bytes(b"junk")
     with pytest.raises(ValueError, match=r"all 3 images of .* were skipped as unreadable"):
         load_dataset(str(tmp_path / "f"), "train", 16, skip_bad_images=True, cache_dir="")
-    code = main(["pretrain", "--data", str(tmp_path / "f"), "--out", str(tmp_path / "run"), "--skip-bad-images",
-                 "--epochs", "1"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(tmp_path / "f"),
+            "--out",
+            str(tmp_path / "run"),
+            "--skip-bad-images",
+            "--epochs",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "all 3 images" in err[0] and "concatenate" not in err[0]

@@ -2,6 +2,7 @@
 the bad step (weights, buffers and optimizer state as before it), counted and logged, and stops after too
 many in a row; a non-finite state is never written over the last good checkpoint; an fp16 loss-scale
 underflow is reported. Faults are injected by a SimCLR subclass at chosen forward calls."""
+
 import copy
 import json
 import logging
@@ -58,11 +59,22 @@ class FaultySimCLR(SimCLR):
 
 
 def trainer(tmp_path, faults, *overrides):
-    cfg = load_config("simclr", overrides=[
-        "data.name=synthetic:64", "data.image_size=16", "augment.image_size=16", "optim.batch_size=16",
-        "optim.warmup_epochs=0", "train.knn_every=-1", "train.progress=false", "train.log_every=1",
-        "backbone.name=resnet10t_cifar", f"out={tmp_path}", *overrides,
-    ])
+    cfg = load_config(
+        "simclr",
+        overrides=[
+            "data.name=synthetic:64",
+            "data.image_size=16",
+            "augment.image_size=16",
+            "optim.batch_size=16",
+            "optim.warmup_epochs=0",
+            "train.knn_every=-1",
+            "train.progress=false",
+            "train.log_every=1",
+            "backbone.name=resnet10t_cifar",
+            f"out={tmp_path}",
+            *overrides,
+        ],
+    )
     return Trainer(cfg, method=FaultySimCLR(faults))
 
 
@@ -113,24 +125,39 @@ def test_skip_leaves_weights_buffers_and_optimizer_exactly_as_before_the_bad_ste
 
 
 def test_skip_stops_after_more_than_max_skipped_steps_in_a_row_keeping_the_last_good_checkpoint(tmp_path):
-    t = trainer(tmp_path, {5: "nan_loss", 6: "nan_grad", 7: "inf_loss"}, "train.on_nonfinite=skip",
-                "train.max_skipped_steps=2", "train.epochs=3")
-    with pytest.raises(NonFiniteLossError, match=rf"3 steps in a row .*train\.max_skipped_steps=2\) at step 7; the last good "
-                       rf"checkpoint is kept at {tmp_path / 'checkpoints' / 'last.pt'}"):
+    t = trainer(
+        tmp_path,
+        {5: "nan_loss", 6: "nan_grad", 7: "inf_loss"},
+        "train.on_nonfinite=skip",
+        "train.max_skipped_steps=2",
+        "train.epochs=3",
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=rf"3 steps in a row .*train\.max_skipped_steps=2\) at step 7; the last good "
+        rf"checkpoint is kept at {tmp_path / 'checkpoints' / 'last.pt'}",
+    ):
         t.fit()
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["step"] == 4 and ckpt["skipped_steps"] == 0
 
 
 def test_a_good_step_resets_the_count_of_bad_steps_in_a_row(tmp_path):
-    t = trainer(tmp_path, {2: "nan_loss", 3: "nan_loss", 5: "nan_grad", 6: "inf_grad"}, "train.on_nonfinite=skip",
-                "train.max_skipped_steps=2", "train.epochs=2")
+    t = trainer(
+        tmp_path,
+        {2: "nan_loss", 3: "nan_loss", 5: "nan_grad", 6: "inf_grad"},
+        "train.on_nonfinite=skip",
+        "train.max_skipped_steps=2",
+        "train.epochs=2",
+    )
     assert t.fit()["train/skipped_steps"] == 4
 
 
 def test_stop_ends_the_run_on_nan_gradients_even_when_the_loss_is_finite(tmp_path):
     t = trainer(tmp_path, {6: "nan_grad"}, "train.epochs=3", "train.log_every=4")
-    with pytest.raises(NonFiniteLossError, match="loss or the gradients became NaN or infinite near step 8 .*last good checkpoint"):
+    with pytest.raises(
+        NonFiniteLossError, match="loss or the gradients became NaN or infinite near step 8 .*last good checkpoint"
+    ):
         t.fit()
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["step"] == 4  # epoch 1's checkpoint; the damaged weights of epoch 2 were never written
@@ -144,8 +171,11 @@ def test_a_non_finite_state_is_never_written_over_the_last_good_checkpoint(tmp_p
     good = path.read_bytes()
     with torch.no_grad():
         t.method.projector[0].weight[0, 0] = float("inf")
-    with pytest.raises(NonFiniteLossError, match=r"not writing a checkpoint at step 4: projector\.0\.weight holds NaN or "
-                       rf"infinite values; the last good checkpoint is kept at {path}"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"not writing a checkpoint at step 4: projector\.0\.weight holds NaN or "
+        rf"infinite values; the last good checkpoint is kept at {path}",
+    ):
         t.save_checkpoint()
     assert path.read_bytes() == good
 

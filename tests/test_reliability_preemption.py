@@ -6,6 +6,7 @@ The backbone is a one-convolution network defined in a file (``file.py:function`
 that can send a real signal to its own process at a chosen forward call: the signal arrives at an
 exact, repeatable point of the run.
 """
+
 import os
 import random
 import shlex
@@ -73,16 +74,36 @@ def backbone_file(tmp_path_factory):
 
 def settings(backbone_file, epochs=EPOCHS):
     return [
-        "--epochs", str(epochs), "--threads", "1", "--deterministic", "--no-progress", "--backbone", f"{backbone_file}:tiny",
-        "data.name=synthetic:64", "data.image_size=16", "augment.image_size=16", "optim.batch_size=16",
-        "optim.warmup_epochs=0", "method.proj_hidden_dim=16", "method.proj_dim=8", "train.knn_every=-1", "train.log_every=4",
+        "--epochs",
+        str(epochs),
+        "--threads",
+        "1",
+        "--deterministic",
+        "--no-progress",
+        "--backbone",
+        f"{backbone_file}:tiny",
+        "data.name=synthetic:64",
+        "data.image_size=16",
+        "augment.image_size=16",
+        "optim.batch_size=16",
+        "optim.warmup_epochs=0",
+        "method.proj_hidden_dim=16",
+        "method.proj_dim=8",
+        "train.knn_every=-1",
+        "train.log_every=4",
     ]
 
 
 def visionssl(*args, env=None, **kw):
     """``python -m visionssl ARGS`` (the installed console script runs the same main())."""
-    return subprocess.run([sys.executable, "-m", "visionssl", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "visionssl", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 def assert_same_tensors(a, b, where=""):
@@ -115,7 +136,9 @@ def reference(backbone_file, tmp_path_factory):
     return load_checkpoint(out)
 
 
-def test_sigterm_saves_mid_epoch_exits_0_and_the_printed_resume_command_ends_bit_identical(backbone_file, reference, tmp_path):
+def test_sigterm_saves_mid_epoch_exits_0_and_the_printed_resume_command_ends_bit_identical(
+    backbone_file, reference, tmp_path
+):
     out = tmp_path / "run"
     stopped = visionssl("pretrain", "--out", str(out), *settings(backbone_file), env={"SIGNAL_AT_CALL": "30"})
     assert stopped.returncode == 0, stopped.stderr
@@ -123,7 +146,10 @@ def test_sigterm_saves_mid_epoch_exits_0_and_the_printed_resume_command_ends_bit
     ckpt = load_checkpoint(out)
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (30, 7, 2)  # saved at the step boundary
     command = f"visionssl pretrain --out {out} --resume"
-    assert f"stopped by SIGTERM at step 30; checkpoint: {out / 'checkpoints' / 'last.pt'}; resume with: {command}" in stopped.stdout
+    assert (
+        f"stopped by SIGTERM at step 30; checkpoint: {out / 'checkpoints' / 'last.pt'}; resume with: {command}"
+        in stopped.stdout
+    )
     assert list((out / "checkpoints").iterdir()) == [out / "checkpoints" / "last.pt"]  # no temporary files
 
     resumed = visionssl(*shlex.split(command)[1:])  # exactly what the message says, nothing else
@@ -148,11 +174,16 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint_and_resume_
 
     while kills < 5:
         before, stale = (ckpt_path.stat().st_mtime_ns if ckpt_path.exists() else None), temporaries()
-        proc = subprocess.Popen([sys.executable, "-m", "visionssl", *args, *(["--resume"] if before else [])],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "visionssl", *args, *(["--resume"] if before else [])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline and (
-            not ckpt_path.exists() or ckpt_path.stat().st_mtime_ns == before
+        while (
+            proc.poll() is None
+            and time.time() < deadline
+            and (not ckpt_path.exists() or ckpt_path.stat().st_mtime_ns == before)
         ):
             time.sleep(0.005)
         if kills % 2:  # mid-save: at the next checkpoint's temporary file
@@ -189,11 +220,24 @@ def test_deterministic_runs_are_bit_identical_across_processes(backbone_file, re
 
 # ------------------------------------------------------------------ in-process, both signals
 def tiny_config(backbone_file, out, epochs=3):
-    return load_config("simclr", overrides=[
-        f"backbone.name={backbone_file}:tiny", "data.name=synthetic:64", "data.image_size=16", "augment.image_size=16",
-        "optim.batch_size=16", "optim.warmup_epochs=0", "method.proj_hidden_dim=16", "method.proj_dim=8",
-        "train.knn_every=-1", "train.progress=false", "train.deterministic=true", f"train.epochs={epochs}", f"out={out}",
-    ])
+    return load_config(
+        "simclr",
+        overrides=[
+            f"backbone.name={backbone_file}:tiny",
+            "data.name=synthetic:64",
+            "data.image_size=16",
+            "augment.image_size=16",
+            "optim.batch_size=16",
+            "optim.warmup_epochs=0",
+            "method.proj_hidden_dim=16",
+            "method.proj_dim=8",
+            "train.knn_every=-1",
+            "train.progress=false",
+            "train.deterministic=true",
+            f"train.epochs={epochs}",
+            f"out={out}",
+        ],
+    )
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])

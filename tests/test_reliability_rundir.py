@@ -1,4 +1,5 @@
 """Issue 23: a run directory belongs to one run: never overwritten by accident, never shared by two live processes."""
+
 import json
 import os
 import subprocess
@@ -13,9 +14,22 @@ from visionssl.engine import Trainer, load_config
 from visionssl.engine.rundir import RunDirError, run_lock
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--data", "synthetic:32", "--image-size", "16", "--batch-size", "16", "--epochs", "1", "--no-progress",
-        "data.image_size=16", "method.proj_hidden_dim=16", "method.proj_dim=8", "train.knn_every=-1",
-        "backbone.name=resnet10t_cifar"]
+TINY = [
+    "--data",
+    "synthetic:32",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "data.image_size=16",
+    "method.proj_hidden_dim=16",
+    "method.proj_dim=8",
+    "train.knn_every=-1",
+    "backbone.name=resnet10t_cifar",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -109,20 +123,36 @@ HOLDER = textwrap.dedent("""
 def test_a_second_live_process_fails_at_once_naming_the_holder(tmp_path, monkeypatch):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        second = subprocess.run([sys.executable, "-m", "visionssl", "pretrain", "--out", str(run), *TINY],
-                                capture_output=True, text=True, timeout=240, env=env, check=False)
+        second = subprocess.run(
+            [sys.executable, "-m", "visionssl", "pretrain", "--out", str(run), *TINY],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
         assert second.returncode == 2, second.stderr
         assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
         assert f"run directory {run} is in use by another run (process {holder.pid})" in second.stderr
 
         # the lock binds API users of the Trainer too, in this very process
-        cfg = load_config("simclr", overrides=[a for a in TINY if "=" in a] + [
-            "data.name=synthetic:32", "augment.image_size=16", "optim.batch_size=16", "train.epochs=1",
-            "train.progress=false", f"out={run}"])
+        cfg = load_config(
+            "simclr",
+            overrides=[a for a in TINY if "=" in a]
+            + [
+                "data.name=synthetic:32",
+                "augment.image_size=16",
+                "optim.batch_size=16",
+                "train.epochs=1",
+                "train.progress=false",
+                f"out={run}",
+            ],
+        )
         with pytest.raises(RunDirError, match=rf"in use by another run \(process {holder.pid}\)"):
             Trainer(cfg).fit()
         assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()

@@ -3,6 +3,7 @@
 Every attack is first shown to be live (the payload really creates the marker when called), then refused:
 the marker never appears, the error is one line, the CLI exits with 2. Your own runs keep loading.
 """
+
 import contextlib
 import io
 import json
@@ -23,14 +24,30 @@ from visionssl.cli import main
 from visionssl.engine import CheckpointError, load_backbone
 
 EVAL = ["--data", "synthetic:16", "--image-size", "16", "--k", "3", "--batch-size", "16"]
-TINY_RUN = ["--data", "synthetic:32", "--image-size", "16", "--batch-size", "16", "--no-progress", "data.image_size=16",
-            "method.proj_hidden_dim=16", "method.proj_dim=8", "train.knn_every=-1"]
+TINY_RUN = [
+    "--data",
+    "synthetic:32",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "data.image_size=16",
+    "method.proj_hidden_dim=16",
+    "method.proj_dim=8",
+    "train.knn_every=-1",
+]
 
 
 @vs.register_backbone("trust_tiny", override=True)
 def trust_tiny(width: int = 4, in_chans: int = 3) -> nn.Module:
-    net = nn.Sequential(nn.Conv2d(in_chans, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     net.num_features = width
     return net
 
@@ -58,10 +75,18 @@ def isolated_home(tmp_path, monkeypatch):
 
 def checkpoint(name="trust_tiny", kwargs=None, state=None):
     state = state if state is not None else trust_tiny().state_dict()
-    return {"format": "visionssl", "version": 1,
-            "config": {"backbone": {"name": name, "kwargs": kwargs or {}}, "data": {"name": "synthetic:16"},
-                       "augment": {"image_size": 16}},
-            "method": {f"backbone.{k}": v for k, v in state.items()}, "epoch": 1, "step": 1}
+    return {
+        "format": "visionssl",
+        "version": 1,
+        "config": {
+            "backbone": {"name": name, "kwargs": kwargs or {}},
+            "data": {"name": "synthetic:16"},
+            "augment": {"image_size": 16},
+        },
+        "method": {f"backbone.{k}": v for k, v in state.items()},
+        "epoch": 1,
+        "step": 1,
+    }
 
 
 def cli(capsys, *args):
@@ -82,8 +107,10 @@ def code_file(tmp_path, marker, fn="build"):
 
 # ------------------------------------------------------------------------------------------ the three carriers
 def payloads(tmp_path, marker):
-    return {"subprocess:run": ("subprocess:run", {"args": ["touch", str(marker)]}),
-            "file.py:fn": (f"{code_file(tmp_path, marker)}:build", {})}
+    return {
+        "subprocess:run": ("subprocess:run", {"args": ["touch", str(marker)]}),
+        "file.py:fn": (f"{code_file(tmp_path, marker)}:build", {}),
+    }
 
 
 def test_the_payloads_are_live(tmp_path):
@@ -104,10 +131,25 @@ def test_a_checkpoint_config_naming_code_is_refused(tmp_path, capsys, payload):
     with pytest.raises(CheckpointError, match=r"names the backbone .* is code .* --trust-code") as err:
         load_backbone(evil)
     assert "\n" not in str(err.value) and name in str(err.value)
-    for command in (["eval", "knn", "--checkpoint", evil, *EVAL], ["eval", "linear", "--checkpoint", evil, *EVAL[:4]],
-                    ["export", evil, "--out", tmp_path / "x.safetensors"],
-                    ["benchmark", "knn", "--checkpoint", "random", "--checkpoint", evil, "--data", "synthetic:16",
-                     "--out", tmp_path / "bench", "--no-plots", "--no-progress"]):
+    for command in (
+        ["eval", "knn", "--checkpoint", evil, *EVAL],
+        ["eval", "linear", "--checkpoint", evil, *EVAL[:4]],
+        ["export", evil, "--out", tmp_path / "x.safetensors"],
+        [
+            "benchmark",
+            "knn",
+            "--checkpoint",
+            "random",
+            "--checkpoint",
+            evil,
+            "--data",
+            "synthetic:16",
+            "--out",
+            tmp_path / "bench",
+            "--no-plots",
+            "--no-progress",
+        ],
+    ):
         code, _, err = cli(capsys, *command)
         assert code == 2 and one_line(err) and name in err, (command, err)
     assert not marker.exists()
@@ -118,8 +160,11 @@ def test_safetensors_metadata_naming_code_is_refused(tmp_path, capsys, payload):
     marker = tmp_path / "pwned"
     name, kwargs = payloads(tmp_path, marker)[payload]
     evil = tmp_path / "evil.safetensors"
-    safetensors.torch.save_file(trust_tiny().state_dict(), evil,
-                                metadata={"format": "visionssl", "backbone": name, "backbone_kwargs": json.dumps(kwargs)})
+    safetensors.torch.save_file(
+        trust_tiny().state_dict(),
+        evil,
+        metadata={"format": "visionssl", "backbone": name, "backbone_kwargs": json.dumps(kwargs)},
+    )
     with pytest.raises(UntrustedCodeError, match="metadata"):
         vs.zoo.load_backbone(evil)
     code, _, err = cli(capsys, "eval", "knn", "--checkpoint", evil, *EVAL)
@@ -133,16 +178,29 @@ def test_a_zoo_entry_naming_code_is_refused(tmp_path, capsys, monkeypatch, paylo
     name, kwargs = payloads(tmp_path, marker)[payload]
     weights = tmp_path / "w.safetensors"
     safetensors.torch.save_file(trust_tiny().state_dict(), weights, metadata={"backbone": "trust_tiny"})
-    entry = {"name": "evil", "method": "simclr", "backbone": name, "backbone_kwargs": kwargs, "urls": [str(weights)],
-             "sha256": vs.zoo.sha256_file(weights), "size": weights.stat().st_size, "format": "visionssl",
-             "recipe": {"dataset": None, "epochs": None, "batch_size": None}, "metrics": [], "paper": None,
-             "license": None}
+    entry = {
+        "name": "evil",
+        "method": "simclr",
+        "backbone": name,
+        "backbone_kwargs": kwargs,
+        "urls": [str(weights)],
+        "sha256": vs.zoo.sha256_file(weights),
+        "size": weights.stat().st_size,
+        "format": "visionssl",
+        "recipe": {"dataset": None, "epochs": None, "batch_size": None},
+        "metrics": [],
+        "paper": None,
+        "license": None,
+    }
     zoo_file = tmp_path / "shared_zoo.yaml"
     zoo_file.write_text(yaml.safe_dump({"models": [entry]}))
     monkeypatch.setenv("VISIONSSL_ZOO", str(zoo_file))
     with pytest.raises(UntrustedCodeError, match="zoo entry 'evil'"):
         vs.zoo.load("evil")
-    for command in (["eval", "knn", "--checkpoint", "evil", *EVAL], ["zoo", "convert", "evil", "--out", tmp_path / "o.safetensors"]):
+    for command in (
+        ["eval", "knn", "--checkpoint", "evil", *EVAL],
+        ["zoo", "convert", "evil", "--out", tmp_path / "o.safetensors"],
+    ):
         code, _, err = cli(capsys, *command)
         assert code == 2 and one_line(err) and name in err, (command, err)
     assert not marker.exists()
@@ -254,17 +312,31 @@ def test_malformed_checkpoints_end_in_one_line(tmp_path, capsys):
 
 def test_the_random_baseline_of_a_safetensors_file_is_its_own_architecture(tmp_path, capsys):
     path = tmp_path / "r18c.safetensors"
-    safetensors.torch.save_file(vs.create_backbone("resnet18_cifar").state_dict(), path,
-                                metadata={"format": "visionssl", "backbone": "resnet18_cifar", "backbone_kwargs": "{}"})
-    code, out, err = cli(capsys, "eval", "knn", "--checkpoint", path, "--data", "synthetic:8", "--image-size", "16", "--k", "3")
+    safetensors.torch.save_file(
+        vs.create_backbone("resnet18_cifar").state_dict(),
+        path,
+        metadata={"format": "visionssl", "backbone": "resnet18_cifar", "backbone_kwargs": "{}"},
+    )
+    code, out, err = cli(
+        capsys, "eval", "knn", "--checkpoint", path, "--data", "synthetic:8", "--image-size", "16", "--k", "3"
+    )
     assert code == 0, err
     assert "random weights (resnet18_cifar)" in out and "random weights (resnet18)" not in out
 
 
 # -------------------------------------------------------------------------------------------------- fuzz
-GARBAGE = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8),
-                    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
-                    st.just(torch.ones(2)), st.just("subprocess:run"), st.just("resnet18"))
+GARBAGE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    st.just(torch.ones(2)),
+    st.just("subprocess:run"),
+    st.just("resnet18"),
+)
 
 
 @st.composite
@@ -280,9 +352,15 @@ def mutated_checkpoints(draw):
                 ck[key] = draw(GARBAGE)
         elif where == "config" and isinstance(ck.get("config"), dict):
             ck["config"][draw(st.sampled_from(["backbone", "data", "augment"]))] = draw(GARBAGE)
-        elif where == "backbone" and isinstance(ck.get("config"), dict) and isinstance(ck["config"].get("backbone"), dict):
+        elif (
+            where == "backbone"
+            and isinstance(ck.get("config"), dict)
+            and isinstance(ck["config"].get("backbone"), dict)
+        ):
             ck["config"]["backbone"][draw(st.sampled_from(["name", "kwargs"]))] = draw(GARBAGE)
-        elif where == "kwargs" and isinstance(ck.get("config"), dict) and isinstance(ck["config"].get("backbone"), dict):
+        elif (
+            where == "kwargs" and isinstance(ck.get("config"), dict) and isinstance(ck["config"].get("backbone"), dict)
+        ):
             ck["config"]["backbone"]["kwargs"] = {draw(st.sampled_from(["width", "in_chans", "x"])): draw(GARBAGE)}
         elif where == "method" and isinstance(ck.get("method"), dict) and ck["method"]:
             key = draw(st.sampled_from(sorted(ck["method"])))
@@ -291,8 +369,10 @@ def mutated_checkpoints(draw):
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(content=st.one_of(mutated_checkpoints(), mutated_checkpoints(), mutated_checkpoints(), st.binary(max_size=512)),
-       truncate=st.integers(0, 100))
+@given(
+    content=st.one_of(mutated_checkpoints(), mutated_checkpoints(), mutated_checkpoints(), st.binary(max_size=512)),
+    truncate=st.integers(0, 100),
+)
 def test_fuzzed_checkpoint_contents_succeed_or_fail_in_one_line(tmp_path_factory, content, truncate):
     folder = tmp_path_factory.mktemp("fuzz")
     path = folder / "ck.pt"
@@ -309,4 +389,3 @@ def test_fuzzed_checkpoint_contents_succeed_or_fail_in_one_line(tmp_path_factory
     if code == 2:
         assert one_line(err.getvalue()), err.getvalue()
     assert not (folder / "pwned").exists()
-

@@ -1,5 +1,6 @@
 """Checkpoints from strangers: a pickle carrying code is refused (the code never runs), damaged files give
 a ``CheckpointError`` naming the file, and ``--resume`` / ``eval --checkpoint`` turn both into one line."""
+
 import builtins
 import os
 import pickle
@@ -47,11 +48,22 @@ def run_dir(tmp_path_factory):
     """A real (tiny) run directory with config.yaml and checkpoints/last.pt."""
     out, code = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("code") / "tiny_backbone.py"
     code.write_text(BACKBONE)
-    cfg = load_config("simclr", overrides=[
-        "data.name=synthetic:32", "data.image_size=16", "augment.image_size=16", f"backbone.name={code}:tiny",
-        "optim.batch_size=16", "method.proj_hidden_dim=16", "method.proj_dim=8", "train.epochs=1",
-        "train.knn_every=-1", "train.progress=false", f"out={out}",
-    ])
+    cfg = load_config(
+        "simclr",
+        overrides=[
+            "data.name=synthetic:32",
+            "data.image_size=16",
+            "augment.image_size=16",
+            f"backbone.name={code}:tiny",
+            "optim.batch_size=16",
+            "method.proj_hidden_dim=16",
+            "method.proj_dim=8",
+            "train.epochs=1",
+            "train.knn_every=-1",
+            "train.progress=false",
+            f"out={out}",
+        ],
+    )
     Trainer(cfg).fit()
     return out
 
@@ -99,8 +111,11 @@ def test_the_cli_refuses_a_poisoned_checkpoint_in_one_line(tmp_path, capsys):
 def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path, run_dir, damage):
     data = (run_dir / "checkpoints" / "last.pt").read_bytes()
     damaged = {
-        "first half": data[: len(data) // 2], "last 10 bytes cut": data[:-10], "zero bytes": b"",
-        "random bytes": random.Random(0).randbytes(4096), "a text file": b"epochs: 3\n",
+        "first half": data[: len(data) // 2],
+        "last 10 bytes cut": data[:-10],
+        "zero bytes": b"",
+        "random bytes": random.Random(0).randbytes(4096),
+        "a text file": b"epochs: 3\n",
     }[damage]
     path = tmp_path / "last.pt"
     path.write_bytes(damaged)
@@ -140,7 +155,9 @@ def test_resume_from_a_bad_checkpoint_gives_one_line_not_a_traceback(tmp_path, r
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace(str(run_dir), str(out)))
-    (out / "trusted_code.json").write_text((run_dir / "trusted_code.json").read_text())  # our own run: its code is trusted
+    (out / "trusted_code.json").write_text(
+        (run_dir / "trusted_code.json").read_text()
+    )  # our own run: its code is trusted
     good = (run_dir / "checkpoints" / "last.pt").read_bytes()
     ckpt_path = out / "checkpoints" / "last.pt"
     marker = tmp_path / "pwned"

@@ -1,5 +1,6 @@
 """Bad values give one line and exit code 2, early, naming the key and the valid range (issue 23); files are
 written under the umask; VISIONSSL_HOME naming a file costs only the cache; a fuzz test over config overrides."""
+
 import contextlib
 import io
 import os
@@ -34,17 +35,26 @@ def run_cli(args, capsys):
     return code, err
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["optim.warmup_epochs=inf"], "optim.warmup_epochs=inf must be a finite number"),  # was an OverflowError traceback
-    (["optim.lr=inf"], "optim.lr=inf must be a finite number"),  # was accepted (NaN loss at step 2)
-    (["optim.lr=nan"], "optim.lr=nan must be a finite number"),
-    (["optim.trust_coefficient=-1"], "optim.trust_coefficient=-1.0 must be > 0"),  # was accepted
-    (["method.temperature=0"], "method.temperature=0 must be > 0 (simclr)"),  # was caught after the model, unnamed
-    (["method.proj_dim=0"], "method.proj_dim=0 must be >= 1 (simclr)"),
-    (["--method", "moco", "method.momentum=1.5"], "method.momentum=1.5 must be >= 0 and <= 1 (moco)"),
-    (["--threads", "100000"], "train.num_threads=100000 must be between 1 and"),  # was a segmentation fault
-    (["--data", "synthetic:-5"], "'synthetic:-5': N must be a whole number of images >= 1"),  # was a RuntimeError traceback
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["optim.warmup_epochs=inf"],
+            "optim.warmup_epochs=inf must be a finite number",
+        ),  # was an OverflowError traceback
+        (["optim.lr=inf"], "optim.lr=inf must be a finite number"),  # was accepted (NaN loss at step 2)
+        (["optim.lr=nan"], "optim.lr=nan must be a finite number"),
+        (["optim.trust_coefficient=-1"], "optim.trust_coefficient=-1.0 must be > 0"),  # was accepted
+        (["method.temperature=0"], "method.temperature=0 must be > 0 (simclr)"),  # was caught after the model, unnamed
+        (["method.proj_dim=0"], "method.proj_dim=0 must be >= 1 (simclr)"),
+        (["--method", "moco", "method.momentum=1.5"], "method.momentum=1.5 must be >= 0 and <= 1 (moco)"),
+        (["--threads", "100000"], "train.num_threads=100000 must be between 1 and"),  # was a segmentation fault
+        (
+            ["--data", "synthetic:-5"],
+            "'synthetic:-5': N must be a whole number of images >= 1",
+        ),  # was a RuntimeError traceback
+    ],
+)
 def test_a_bad_value_is_one_line_exit_2_before_the_model_is_built(tmp_path, capsys, no_model, extra, message):
     code, err = run_cli(["pretrain", "--data", "synthetic:8", "--out", str(tmp_path / "run"), *extra], capsys)
     assert code == 2 and len(err) == 1 and message in err[0], err
@@ -86,8 +96,20 @@ def test_checkpoints_and_configs_respect_the_umask(tmp_path, umask):
 
 def test_zoo_convert_of_random_bytes_is_one_line(tmp_path, capsys):
     (tmp_path / "rand.pt").write_bytes(os.urandom(3000))
-    code, err = run_cli(["zoo", "convert", str(tmp_path / "rand.pt"), "--format", "moco", "--backbone", "resnet18",
-                         "--out", str(tmp_path / "o.safetensors")], capsys)
+    code, err = run_cli(
+        [
+            "zoo",
+            "convert",
+            str(tmp_path / "rand.pt"),
+            "--format",
+            "moco",
+            "--backbone",
+            "resnet18",
+            "--out",
+            str(tmp_path / "o.safetensors"),
+        ],
+        capsys,
+    )
     assert code == 2 and len(err) == 1 and "(truncated, damaged, or not a torch file)" in err[0]
     assert "could run code" not in err[0] and not (tmp_path / "o.safetensors").exists()
 
@@ -98,8 +120,22 @@ def test_zoo_convert_suggests_a_loader_that_knows_the_backbone(tmp_path, capsys)
     net = vs.create_backbone("resnet18_cifar")
     torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "m.pt")
     out = tmp_path / "c.safetensors"
-    assert main(["zoo", "convert", str(tmp_path / "m.pt"), "--format", "moco", "--backbone", "resnet18_cifar",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "zoo",
+                "convert",
+                str(tmp_path / "m.pt"),
+                "--format",
+                "moco",
+                "--backbone",
+                "resnet18_cifar",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     hint = capsys.readouterr().out.split("load with: ")[1].strip()
     assert "timm.create_model('resnet18_cifar'" not in hint  # timm does not know resnet18_cifar
     import safetensors.torch
@@ -118,12 +154,63 @@ def stop_at_trainer(cfg, *args, **kwargs):
     raise Resolved
 
 
-KEYS = ["optim.lr", "optim.warmup_epochs", "optim.trust_coefficient", "optim.betas", "optim.batch_size", "optim.name",
-        "train.epochs", "train.num_threads", "train.knn_k", "train.precision", "train.device", "augment.image_size",
-        "data.image_size", "data.name", "backbone.name", "backbone.kwargs", "method.temperature", "method.proj_dim",
-        "method.name", "out", "optim", "train", "nosuch.key", "method.nosuch", "optim.lr.x"]
-ODD = ["inf", "-inf", "nan", "-1", "0", "1", "0.5", "1e309", "-0.0", "99999999999999999999", "[]", "{}", "null", "true",
-       "abc", "", "[1,", "{a: 1}", "${optim.lr}", "${nosuch}", "'", "\"", ":", "=", "[0.9, 2]", "synthetic:-5", "\x00", "é"]
+KEYS = [
+    "optim.lr",
+    "optim.warmup_epochs",
+    "optim.trust_coefficient",
+    "optim.betas",
+    "optim.batch_size",
+    "optim.name",
+    "train.epochs",
+    "train.num_threads",
+    "train.knn_k",
+    "train.precision",
+    "train.device",
+    "augment.image_size",
+    "data.image_size",
+    "data.name",
+    "backbone.name",
+    "backbone.kwargs",
+    "method.temperature",
+    "method.proj_dim",
+    "method.name",
+    "out",
+    "optim",
+    "train",
+    "nosuch.key",
+    "method.nosuch",
+    "optim.lr.x",
+]
+ODD = [
+    "inf",
+    "-inf",
+    "nan",
+    "-1",
+    "0",
+    "1",
+    "0.5",
+    "1e309",
+    "-0.0",
+    "99999999999999999999",
+    "[]",
+    "{}",
+    "null",
+    "true",
+    "abc",
+    "",
+    "[1,",
+    "{a: 1}",
+    "${optim.lr}",
+    "${nosuch}",
+    "'",
+    '"',
+    ":",
+    "=",
+    "[0.9, 2]",
+    "synthetic:-5",
+    "\x00",
+    "é",
+]
 override = st.one_of(
     st.tuples(st.sampled_from(KEYS), st.sampled_from(ODD)).map(lambda kv: f"{kv[0]}={kv[1]}"),
     st.tuples(st.sampled_from(KEYS), st.text(string.printable, max_size=8)).map(lambda kv: f"{kv[0]}={kv[1]}"),

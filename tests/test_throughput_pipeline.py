@@ -1,5 +1,6 @@
 """The fast training path: no host synchronisation in the step, device prefetch, channels-last, and the
 streaming image-folder path (CPU workers decode + crop, the device does the rest)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,11 +11,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import visionssl as vs
 from visionssl.augment.ops import RandomGaussianBlur
+from visionssl.augment.stream import split_preset
 from visionssl.data import BadImageError
 from visionssl.data.loader import BatchLoader, prefetch_to_device
-from visionssl.augment.stream import split_preset
 from visionssl.data.stream import (
-    CropSpec, ImageFiles, StreamLoader, list_image_files, random_crop_box, read_crops,
+    CropSpec,
+    ImageFiles,
+    StreamLoader,
+    list_image_files,
+    random_crop_box,
+    read_crops,
 )
 from visionssl.engine.optim import create_optimizer
 from visionssl.engine.stream import stream_loader
@@ -39,7 +45,11 @@ class HostSyncs(TorchDispatchMode):
             self.found.append(name)
         elif name == "lift_fresh" and args[0].device.type != "cpu":
             self.found.append(f"torch.tensor(..., device={args[0].device})")
-        elif name == "_to_copy" and args[0].device.type == "cpu" and torch.device(kwargs.get("device") or "cpu").type != "cpu":
+        elif (
+            name == "_to_copy"
+            and args[0].device.type == "cpu"
+            and torch.device(kwargs.get("device") or "cpu").type != "cpu"
+        ):
             if not kwargs.get("non_blocking", False):
                 self.found.append(f"blocking copy of {tuple(args[0].shape)} to the device")
         return func(*args, **kwargs)
@@ -97,10 +107,21 @@ def test_trainer_uses_channels_last_on_the_cpu():
     from visionssl.engine.config import load_config
     from visionssl.engine.trainer import Trainer
 
-    cfg = load_config("simclr", overrides=["data.name=synthetic:16", "backbone.name=resnet10t_cifar", "data.image_size=16",
-                                           "augment.image_size=16", "optim.batch_size=8", "train.progress=false"])
+    cfg = load_config(
+        "simclr",
+        overrides=[
+            "data.name=synthetic:16",
+            "backbone.name=resnet10t_cifar",
+            "data.image_size=16",
+            "augment.image_size=16",
+            "optim.batch_size=8",
+            "train.progress=false",
+        ],
+    )
     trainer = Trainer(cfg)
-    conv = next(m for m in trainer.method.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    conv = next(
+        m for m in trainer.method.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)
+    )
     assert trainer.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
     cfg.train.channels_last = False
     assert not Trainer(cfg).channels_last
@@ -199,7 +220,9 @@ def test_decoding_the_jpeg_bytes_in_the_main_process_gives_the_same_batches(fold
         assert (xa.float() - xb.float()).abs().mean() < 12  # same boxes; only the resize filters differ
     solid = cpu.files.paths.index(folder / "cat" / "solid.png")
     indices, crops = next((i, x) for i, x in bytes_path.epoch(0) if solid in i.tolist())
-    assert (crops[indices.tolist().index(solid)] == torch.tensor([200, 30, 90], dtype=torch.uint8).view(1, 3, 1, 1)).all()
+    assert (
+        crops[indices.tolist().index(solid)] == torch.tensor([200, 30, 90], dtype=torch.uint8).view(1, 3, 1, 1)
+    ).all()
 
 
 def test_split_preset_moves_the_crop_and_keeps_the_rest_on_the_device():
@@ -222,7 +245,10 @@ def test_stream_views_replicate_grayscale_and_only_flip_without_colour():
         pipeline[1].p, pipeline[1].grayscale_p = 0.0, 0.0
     crops = torch.randint(0, 256, (2, 2, 1, 8, 8), dtype=torch.uint8)
     flipped = crops.flip(-1).float().div(255).expand(-1, -1, 3, -1, -1)
-    mean, std = torch.tensor(vs.augment.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(vs.augment.IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor(vs.augment.IMAGENET_MEAN).view(1, 3, 1, 1),
+        torch.tensor(vs.augment.IMAGENET_STD).view(1, 3, 1, 1),
+    )
     for v, out in enumerate(views(crops)):
         assert torch.allclose(out, (flipped[:, v] - mean) / std, atol=1e-5)
 
@@ -232,7 +258,7 @@ def test_files_list_splits_like_load_dataset_and_refuse_in_memory_use(folder):
     assert len(train) + len(test) == 12 and not set(train.paths) & set(test.paths)
     assert len(test) == 4 and sorted(train.targets.tolist()) == [0] * 4 + [1] * 4  # stratified 75/25
     with pytest.raises(AttributeError, match="data.stream=false"):
-        train.images
+        _ = train.images
     with pytest.raises(FileNotFoundError, match="not a directory"):
         list_image_files(str(folder / "nope"))
     assert isinstance(train, ImageFiles)
@@ -242,10 +268,21 @@ def test_trainer_streams_a_folder(folder):
     from visionssl.engine.config import load_config
     from visionssl.engine.trainer import Trainer
 
-    cfg = load_config("byol", overrides=[f"data.name={folder}", "data.stream=true", "data.workers=0",
-                                         "backbone.name=resnet10t_cifar", "augment.image_size=16", "optim.batch_size=4",
-                                         "train.epochs=1", "train.progress=false", "method.proj_hidden_dim=32",
-                                         "method.pred_hidden_dim=32"])
+    cfg = load_config(
+        "byol",
+        overrides=[
+            f"data.name={folder}",
+            "data.stream=true",
+            "data.workers=0",
+            "backbone.name=resnet10t_cifar",
+            "augment.image_size=16",
+            "optim.batch_size=4",
+            "train.epochs=1",
+            "train.progress=false",
+            "method.proj_hidden_dim=32",
+            "method.pred_hidden_dim=32",
+        ],
+    )
     trainer = Trainer(cfg)
     assert isinstance(trainer.loader, StreamLoader) and len(trainer.train_set) == 8
     result = trainer.fit()

@@ -8,12 +8,19 @@ import pytest
 import torch
 
 import visionssl as vs
-from visionssl.engine import NonFiniteLossError, Trainer, load_config, load_checkpoint
+from visionssl.engine import NonFiniteLossError, Trainer, load_checkpoint, load_config
 
 TINY = [
-    "data.name=synthetic:96", "data.image_size=16", "augment.image_size=16", "backbone.name=resnet10t_cifar",
-    "optim.batch_size=32", "optim.warmup_epochs=0", "method.proj_hidden_dim=64", "method.proj_dim=32",
-    "train.progress=false", "train.log_every=1",
+    "data.name=synthetic:96",
+    "data.image_size=16",
+    "augment.image_size=16",
+    "backbone.name=resnet10t_cifar",
+    "optim.batch_size=32",
+    "optim.warmup_epochs=0",
+    "method.proj_hidden_dim=64",
+    "method.proj_dim=32",
+    "train.progress=false",
+    "train.log_every=1",
 ]
 
 
@@ -36,7 +43,9 @@ def test_run_directory_holds_config_metrics_events_and_checkpoint(tmp_path):
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
-    cfg = tiny_config(tmp_path, "train.epochs=1", "optim.name=adamw", "optim.lr=0.003", "train.precision=fp32")  # fp32 views: no autocast here
+    cfg = tiny_config(
+        tmp_path, "train.epochs=1", "optim.name=adamw", "optim.lr=0.003", "train.precision=fp32"
+    )  # fp32 views: no autocast here
     trainer = Trainer(cfg)
     x = trainer.train_set.images[:32]
     torch.manual_seed(0)
@@ -68,8 +77,20 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_p
 
 def pretrain_cmd(out, epochs):
     return [
-        sys.executable, "-m", "visionssl", "pretrain", "--out", str(out), "--epochs", str(epochs), "--threads", "1",
-        "--deterministic", "--no-progress", *TINY, "train.knn_every=-1",
+        sys.executable,
+        "-m",
+        "visionssl",
+        "pretrain",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--threads",
+        "1",
+        "--deterministic",
+        "--no-progress",
+        *TINY,
+        "train.knn_every=-1",
     ]
 
 
@@ -124,6 +145,9 @@ def test_patch_methods_keep_fp32_on_cpu_under_auto(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: True)
     assert vs.methods.METHODS.get("context").cpu_bf16 is False and vs.methods.METHODS.get("jigsaw").cpu_bf16 is False
-    cfg = load_config("context", overrides=[o for o in TINY if not o.startswith("method.")]
-                      + ["method.patch_size=4", "method.gap=1", f"out={tmp_path}", "train.device=cpu"])
+    cfg = load_config(
+        "context",
+        overrides=[o for o in TINY if not o.startswith("method.")]
+        + ["method.patch_size=4", "method.gap=1", f"out={tmp_path}", "train.device=cpu"],
+    )
     assert Trainer(cfg).precision == "fp32"

@@ -1,4 +1,5 @@
 """Converters: synthetic checkpoints built in each upstream layout load strictly and give the reference features."""
+
 import argparse
 import pickle
 from collections import OrderedDict
@@ -17,8 +18,9 @@ from visionssl.zoo import ZooError, convert_checkpoint, list_formats, load_file,
 @vs.register_backbone("zoo_test_resnet", override=True)
 def zoo_test_resnet(**kwargs):
     """A ResNet with ResNet-18's key names (BasicBlock, conv1/bn1/layer1..4/downsample) but 8-64 channel stages: fast."""
-    return timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [1, 1, 1, 1], channels=(8, 16, 32, 64),
-                                     stem_width=8, num_classes=0, **kwargs)
+    return timm.models.resnet.ResNet(
+        timm.models.resnet.BasicBlock, [1, 1, 1, 1], channels=(8, 16, 32, 64), stem_width=8, num_classes=0, **kwargs
+    )
 
 
 def randomize_bn(net: torch.nn.Module) -> torch.nn.Module:
@@ -52,9 +54,15 @@ def mlp_keys(prefix: str, dims=(512, 64, 32), bn: bool = True) -> dict:
     """The keys of a projector/predictor MLP head (Linear[, BN], ReLU, Linear) under ``prefix``."""
     out = {f"{prefix}0.weight": torch.randn(dims[1], dims[0]), f"{prefix}0.bias": torch.randn(dims[1])}
     if bn:
-        out.update({f"{prefix}1.weight": torch.ones(dims[1]), f"{prefix}1.bias": torch.zeros(dims[1]),
-                    f"{prefix}1.running_mean": torch.zeros(dims[1]), f"{prefix}1.running_var": torch.ones(dims[1]),
-                    f"{prefix}1.num_batches_tracked": torch.tensor(7)})
+        out.update(
+            {
+                f"{prefix}1.weight": torch.ones(dims[1]),
+                f"{prefix}1.bias": torch.zeros(dims[1]),
+                f"{prefix}1.running_mean": torch.zeros(dims[1]),
+                f"{prefix}1.running_var": torch.ones(dims[1]),
+                f"{prefix}1.num_batches_tracked": torch.tensor(7),
+            }
+        )
     out.update({f"{prefix}3.weight": torch.randn(dims[2], dims[1]), f"{prefix}3.bias": torch.randn(dims[2])})
     return out
 
@@ -64,38 +72,64 @@ def prefixed(state: dict, prefix: str) -> dict:
 
 
 def optimizer_state() -> dict:
-    return {"state": {0: {"momentum_buffer": torch.randn(3)}}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "params": [0]}]}
+    return {
+        "state": {0: {"momentum_buffer": torch.randn(3)}},
+        "param_groups": [{"lr": 0.03, "momentum": 0.9, "params": [0]}],
+    }
 
 
 # One builder per upstream layout, following the authors' save code (see the converter docstrings).
 def moco_v1(sd):  # main_moco.py save_checkpoint; v1's head is one Linear called fc
-    state = {**prefixed(sd, "module.encoder_q."), "module.encoder_q.fc.weight": torch.randn(128, 512),
-             "module.encoder_q.fc.bias": torch.randn(128), **prefixed(sd, "module.encoder_k."),
-             "module.queue": torch.randn(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    state = {
+        **prefixed(sd, "module.encoder_q."),
+        "module.encoder_q.fc.weight": torch.randn(128, 512),
+        "module.encoder_q.fc.bias": torch.randn(128),
+        **prefixed(sd, "module.encoder_k."),
+        "module.queue": torch.randn(128, 64),
+        "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+    }
     return {"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state()}
 
 
 def moco_v2(sd):  # v2: fc becomes an MLP (fc.0, fc.2); main_moco.py saves epoch, arch, state_dict, optimizer
-    state = {**prefixed(sd, "module.encoder_q."), **mlp_keys("module.encoder_q.fc.", bn=False),
-             **prefixed(sd, "module.encoder_k."), "module.queue": torch.randn(128, 64),
-             "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    state = {
+        **prefixed(sd, "module.encoder_q."),
+        **mlp_keys("module.encoder_q.fc.", bn=False),
+        **prefixed(sd, "module.encoder_k."),
+        "module.queue": torch.randn(128, 64),
+        "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+    }
     return {"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state()}
 
 
 def mocov3(sd):
-    state = {**prefixed(sd, "module.base_encoder."), **mlp_keys("module.base_encoder.fc."),
-             **prefixed(sd, "module.momentum_encoder."), **mlp_keys("module.momentum_encoder.fc."),
-             **mlp_keys("module.predictor.", dims=(32, 64, 32))}
-    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-              "_growth_tracker": 17}  # torch.cuda.amp.GradScaler.state_dict()
-    lars = {"state": {0: {"mu": torch.randn(3)}}, "param_groups": [{"lr": 4.8, "weight_decay": 1e-6, "momentum": 0.9,
-                                                                    "trust_coefficient": 0.001, "params": [0]}]}
+    state = {
+        **prefixed(sd, "module.base_encoder."),
+        **mlp_keys("module.base_encoder.fc."),
+        **prefixed(sd, "module.momentum_encoder."),
+        **mlp_keys("module.momentum_encoder.fc."),
+        **mlp_keys("module.predictor.", dims=(32, 64, 32)),
+    }
+    scaler = {
+        "scale": 65536.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 17,
+    }  # torch.cuda.amp.GradScaler.state_dict()
+    lars = {
+        "state": {0: {"mu": torch.randn(3)}},
+        "param_groups": [{"lr": 4.8, "weight_decay": 1e-6, "momentum": 0.9, "trust_coefficient": 0.001, "params": [0]}],
+    }
     return {"epoch": 1000, "arch": "resnet18", "state_dict": state, "optimizer": lars, "scaler": scaler}
 
 
 def simsiam(sd):  # the projector lives in encoder.fc; main_simsiam.py saves epoch, arch, state_dict, optimizer
-    state = {**prefixed(sd, "module.encoder."), **mlp_keys("module.encoder.fc."),
-             **mlp_keys("module.predictor.", dims=(32, 64, 32))}
+    state = {
+        **prefixed(sd, "module.encoder."),
+        **mlp_keys("module.encoder.fc."),
+        **mlp_keys("module.predictor.", dims=(32, 64, 32)),
+    }
     return {"epoch": 100, "arch": "resnet18", "state_dict": state, "optimizer": optimizer_state()}
 
 
@@ -112,8 +146,12 @@ def deepclusterv2_release(sd):  # deepclusterv2_800ep_pretrain.pth.tar: MultiPro
 
 
 def swav_training(sd):  # main_swav.py's checkpoint.pth.tar: epoch, state_dict, optimizer (LARC over SGD), amp
-    return {"epoch": 800, "state_dict": swav_release(sd), "optimizer": optimizer_state(),
-            "amp": OrderedDict(loss_scaler0={"loss_scale": 65536.0, "unskipped": 0})}
+    return {
+        "epoch": 800,
+        "state_dict": swav_release(sd),
+        "optimizer": optimizer_state(),
+        "amp": OrderedDict(loss_scaler0={"loss_scale": 65536.0, "unskipped": 0}),
+    }
 
 
 def deepclusterv2_training(sd):  # main_deepclusterv2.py's checkpoint.pth.tar: no amp entry
@@ -123,9 +161,19 @@ def deepclusterv2_training(sd):  # main_deepclusterv2.py's checkpoint.pth.tar: n
 def vissl(sd):
     trunk = prefixed(sd, "_feature_blocks.")
     heads = {"0.clf.0.weight": torch.randn(4, 512), "0.clf.0.bias": torch.randn(4)}
-    return {"phase_idx": 125, "iteration": 1000, "loss": {}, "iteration_num": 1000, "train_phase_idx": 104,
-            "classy_state_dict": {"train": True, "base_model": {"model": {"trunk": trunk, "heads": heads}, "meta": {}},
-                                  "optimizer": optimizer_state(), "phase_idx": 125}}
+    return {
+        "phase_idx": 125,
+        "iteration": 1000,
+        "loss": {},
+        "iteration_num": 1000,
+        "train_phase_idx": 104,
+        "classy_state_dict": {
+            "train": True,
+            "base_model": {"model": {"trunk": trunk, "heads": heads}, "meta": {}},
+            "optimizer": optimizer_state(),
+            "phase_idx": 125,
+        },
+    }
 
 
 def vissl_model_state_dict(sd):  # the converted VISSL files
@@ -133,11 +181,24 @@ def vissl_model_state_dict(sd):  # the converted VISSL files
 
 
 def openmmlab(sd):  # mmselfsup 0.x (mmcv save_checkpoint, publish_model.py drops the optimizer): meta + state_dict
-    state = {**prefixed(sd, "backbone."), **mlp_keys("neck.mlp."), **mlp_keys("head.predictor.mlp.", dims=(32, 64, 32)),
-             **prefixed(sd, "target_net.0."), **mlp_keys("target_net.1.mlp.")}
-    meta = {"env_info": "sys.platform: linux", "seed": 0, "exp_name": "byol_resnet50.py", "config": "model = dict(type='BYOL')",
-            "mmcv_version": "1.4.2", "time": "Wed Dec 15 10:00:00 2021", "epoch": 200, "iter": 250200,
-            "hook_msgs": {"last_ckpt": "work_dirs/byol/epoch_200.pth"}}
+    state = {
+        **prefixed(sd, "backbone."),
+        **mlp_keys("neck.mlp."),
+        **mlp_keys("head.predictor.mlp.", dims=(32, 64, 32)),
+        **prefixed(sd, "target_net.0."),
+        **mlp_keys("target_net.1.mlp."),
+    }
+    meta = {
+        "env_info": "sys.platform: linux",
+        "seed": 0,
+        "exp_name": "byol_resnet50.py",
+        "config": "model = dict(type='BYOL')",
+        "mmcv_version": "1.4.2",
+        "time": "Wed Dec 15 10:00:00 2021",
+        "epoch": 200,
+        "iter": 250200,
+        "hook_msgs": {"last_ckpt": "work_dirs/byol/epoch_200.pth"},
+    }
     return {"meta": meta, "state_dict": state}
 
 
@@ -154,15 +215,32 @@ def torchvision_with_classifier(sd):  # a supervised torchvision file: fc is dro
 
 
 def visionssl_run(sd):  # our own training checkpoint
-    return {"format": "visionssl", "version": 1, "config": {"backbone": {"name": "resnet18", "kwargs": {}}},
-            "method": {**prefixed(sd, "backbone."), **mlp_keys("projector.")}, "epoch": 3, "step": 30}
+    return {
+        "format": "visionssl",
+        "version": 1,
+        "config": {"backbone": {"name": "resnet18", "kwargs": {}}},
+        "method": {**prefixed(sd, "backbone."), **mlp_keys("projector.")},
+        "epoch": 3,
+        "step": 30,
+    }
 
 
 LAYOUTS = [
-    ("moco", moco_v1), ("moco", moco_v2), ("mocov3", mocov3), ("simsiam", simsiam),
-    ("swav", swav_release), ("swav", deepclusterv2_release), ("swav", swav_training), ("swav", deepclusterv2_training),
-    ("vissl", vissl), ("vissl", vissl_model_state_dict), ("openmmlab", openmmlab), ("openmmlab", openmmlab_extracted),
-    ("torchvision", torchvision_flat), ("torchvision", torchvision_with_classifier), ("visionssl", visionssl_run),
+    ("moco", moco_v1),
+    ("moco", moco_v2),
+    ("mocov3", mocov3),
+    ("simsiam", simsiam),
+    ("swav", swav_release),
+    ("swav", deepclusterv2_release),
+    ("swav", swav_training),
+    ("swav", deepclusterv2_training),
+    ("vissl", vissl),
+    ("vissl", vissl_model_state_dict),
+    ("openmmlab", openmmlab),
+    ("openmmlab", openmmlab_extracted),
+    ("torchvision", torchvision_flat),
+    ("torchvision", torchvision_with_classifier),
+    ("visionssl", visionssl_run),
 ]
 
 
@@ -271,7 +349,9 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     del upstream["state_dict"]["module.encoder_q.layer1.0.conv1.weight"]
     upstream["state_dict"]["module.encoder_q.layer5.0.conv1.weight"] = torch.randn(3)
     net = zoo_test_resnet()
-    with pytest.raises(ZooError, match=r"1 missing key\(s\) \[layer1\.0\.conv1\.weight\], 1 unexpected key\(s\) \[layer5"):
+    with pytest.raises(
+        ZooError, match=r"1 missing key\(s\) \[layer1\.0\.conv1\.weight\], 1 unexpected key\(s\) \[layer5"
+    ):
         load_strict(net, convert_checkpoint("moco", upstream))
 
 
@@ -284,8 +364,9 @@ def test_wrong_shape_is_listed_with_both_shapes():
 
 def test_wrong_architecture_fails_strictly():
     sd = backbone_state(reference_net())
-    deeper = timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [2, 1, 1, 1], channels=(8, 16, 32, 64),
-                                       stem_width=8, num_classes=0)
+    deeper = timm.models.resnet.ResNet(
+        timm.models.resnet.BasicBlock, [2, 1, 1, 1], channels=(8, 16, 32, 64), stem_width=8, num_classes=0
+    )
     with pytest.raises(ZooError, match=r"missing key\(s\) \[layer1\.1\.conv1\.weight"):
         load_strict(deeper, sd)
 
@@ -318,8 +399,9 @@ def test_torchvision_and_timm_resnet50_share_key_names_and_shapes():
 def test_padded_stem_of_vicreg_and_swav_equals_timm_stem():
     # VICReg/SwAV: ConstantPad2d(1) then a 7x7/2 convolution with padding 2; timm: padding 3
     x, w = torch.randn(2, 3, 33, 31), torch.randn(8, 3, 7, 7)
-    assert torch.allclose(F.conv2d(F.pad(x, (1, 1, 1, 1)), w, stride=2, padding=2), F.conv2d(x, w, stride=2, padding=3),
-                          atol=1e-5)
+    assert torch.allclose(
+        F.conv2d(F.pad(x, (1, 1, 1, 1)), w, stride=2, padding=2), F.conv2d(x, w, stride=2, padding=3), atol=1e-5
+    )
 
 
 def test_a_plain_pickle_is_not_a_torch_checkpoint(tmp_path):

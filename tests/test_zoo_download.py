@@ -1,4 +1,5 @@
 """Downloads against a local HTTP server on 127.0.0.1: verify, resume, mismatch, 404, timeout, refused, offline, pin."""
+
 import hashlib
 import os
 import socket
@@ -104,9 +105,19 @@ def use_zoo(tmp_path, monkeypatch, *entries) -> "os.PathLike":
 
 
 def entry(name="blob", urls=(), sha256=SHA, fmt="torchvision", backbone="resnet18", **extra):
-    out = {"name": name, "method": "test", "backbone": backbone, "urls": list(urls), "sha256": sha256, "size": None,
-           "format": fmt, "recipe": {"dataset": "synthetic", "epochs": 1, "batch_size": 2}, "metrics": [],
-           "paper": None, "license": None}
+    out = {
+        "name": name,
+        "method": "test",
+        "backbone": backbone,
+        "urls": list(urls),
+        "sha256": sha256,
+        "size": None,
+        "format": fmt,
+        "recipe": {"dataset": "synthetic", "epochs": 1, "batch_size": 2},
+        "metrics": [],
+        "paper": None,
+        "license": None,
+    }
     if sha256 is None:
         out["note"] = "no checksum published"
     return out | extra
@@ -131,7 +142,9 @@ def test_download_streams_verifies_and_caches(server, home, tmp_path, monkeypatc
 def test_interrupted_download_resumes_with_range(server, home, tmp_path, monkeypatch):
     server.files["w.pth"], server.modes["w.pth"] = DATA, "drop"
     use_zoo(tmp_path, monkeypatch, dict(urls=[server.url("w.pth")]))
-    with pytest.raises(ZooError, match=r"stopped after 150000 of 300000 bytes .* is kept: run the same command again to resume"):
+    with pytest.raises(
+        ZooError, match=r"stopped after 150000 of 300000 bytes .* is kept: run the same command again to resume"
+    ):
         vs.zoo.download("blob", progress=False)
     (part,) = (home / "zoo" / "blob").glob("w.pth.*.part")
     assert part.stat().st_size == 150_000 and not (home / "zoo" / "blob" / "w.pth").exists()
@@ -171,7 +184,9 @@ def test_resume_restarts_when_the_server_sends_another_range(server, home, tmp_p
 def test_hash_mismatch_deletes_everything(server, home, tmp_path, monkeypatch):
     server.files["w.pth"] = DATA
     use_zoo(tmp_path, monkeypatch, dict(urls=[server.url("w.pth")], sha256="0" * 64))
-    with pytest.raises(ZooError, match=rf"{server.url('w.pth')}: sha256 mismatch, got {SHA} but the zoo .* expects 0000"):
+    with pytest.raises(
+        ZooError, match=rf"{server.url('w.pth')}: sha256 mismatch, got {SHA} but the zoo .* expects 0000"
+    ):
         vs.zoo.download("blob", progress=False)
     assert cache_files(home) == []
 
@@ -179,8 +194,12 @@ def test_hash_mismatch_deletes_everything(server, home, tmp_path, monkeypatch):
 def test_published_hash_prefix_is_checked(server, home, tmp_path, monkeypatch):
     server.files["w.pth"] = DATA
     md5 = hashlib.md5(DATA).hexdigest()
-    use_zoo(tmp_path, monkeypatch, dict(name="bad", urls=[server.url("w.pth")], published_hash="md5:00000000"),
-            dict(name="good", urls=[server.url("w.pth")], published_hash=f"md5:{md5[:8]}"))
+    use_zoo(
+        tmp_path,
+        monkeypatch,
+        dict(name="bad", urls=[server.url("w.pth")], published_hash="md5:00000000"),
+        dict(name="good", urls=[server.url("w.pth")], published_hash=f"md5:{md5[:8]}"),
+    )
     with pytest.raises(ZooError, match=f"md5 is {md5}, which does not start with 00000000"):
         vs.zoo.download("bad", progress=False)
     assert cache_files(home) == []
@@ -189,8 +208,11 @@ def test_published_hash_prefix_is_checked(server, home, tmp_path, monkeypatch):
 
 def test_404_names_the_url_and_what_to_do(server, home, tmp_path, monkeypatch):
     use_zoo(tmp_path, monkeypatch, dict(urls=[server.url("gone.pth")]))
-    with pytest.raises(ZooError, match=rf"(?s){server.url('gone.pth')}: the server answered HTTP 404 .*What to do:.*put it at "
-                                       rf"{home / 'zoo' / 'blob' / 'gone.pth'}"):
+    with pytest.raises(
+        ZooError,
+        match=rf"(?s){server.url('gone.pth')}: the server answered HTTP 404 .*What to do:.*put it at "
+        rf"{home / 'zoo' / 'blob' / 'gone.pth'}",
+    ):
         vs.zoo.download("blob", progress=False)
     assert cache_files(home) == []
 
@@ -274,9 +296,13 @@ def test_file_urls_and_local_paths_are_used_in_place(home, tmp_path, monkeypatch
     weights = tmp_path / "weights dir" / "w.pth"
     weights.parent.mkdir()
     weights.write_bytes(DATA)
-    use_zoo(tmp_path, monkeypatch, dict(name="by_path", urls=["weights dir/w.pth"]),
-            dict(name="by_url", urls=[weights.as_uri()]),
-            dict(name="bad", urls=[weights.as_uri()], sha256="1" * 64))
+    use_zoo(
+        tmp_path,
+        monkeypatch,
+        dict(name="by_path", urls=["weights dir/w.pth"]),
+        dict(name="by_url", urls=[weights.as_uri()]),
+        dict(name="bad", urls=[weights.as_uri()], sha256="1" * 64),
+    )
     assert vs.zoo.download("by_path") == weights and vs.zoo.download("by_url") == weights
     with pytest.raises(ZooError, match="sha256 mismatch"):
         vs.zoo.download("bad")
@@ -285,14 +311,26 @@ def test_file_urls_and_local_paths_are_used_in_place(home, tmp_path, monkeypatch
 
 def test_load_over_http_gives_the_reference_features(server, home, tmp_path, monkeypatch):
     reference = vs.create_backbone("resnet10t_cifar").eval()
-    upstream = {"epoch": 200, "arch": "resnet10t", "optimizer": {},
-                "state_dict": {"module.encoder_q." + k: v for k, v in reference.state_dict().items()}}
+    upstream = {
+        "epoch": 200,
+        "arch": "resnet10t",
+        "optimizer": {},
+        "state_dict": {"module.encoder_q." + k: v for k, v in reference.state_dict().items()},
+    }
     path = tmp_path / "moco.pth.tar"
     torch.save(upstream, path)
     server.files["moco.pth.tar"] = path.read_bytes()
-    use_zoo(tmp_path, monkeypatch, dict(name="tiny_moco", urls=[server.url("moco.pth.tar")],
-                                       sha256=hashlib.sha256(path.read_bytes()).hexdigest(), fmt="moco",
-                                       backbone="resnet10t_cifar"))
+    use_zoo(
+        tmp_path,
+        monkeypatch,
+        dict(
+            name="tiny_moco",
+            urls=[server.url("moco.pth.tar")],
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            fmt="moco",
+            backbone="resnet10t_cifar",
+        ),
+    )
     net = vs.zoo.load("tiny_moco", progress=False).eval()
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Export of a run, loading it back through a zoo entry, and the zoo CLI (including timm's pretrained_cfg_overlay)."""
+
 import hashlib
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 import yaml
 
 import visionssl as vs
-from visionssl.engine.checkpoint import atomic_save
 from visionssl.cli import main
+from visionssl.engine.checkpoint import atomic_save
 
 
 @pytest.fixture(autouse=True)
@@ -30,15 +31,24 @@ def make_run(run_dir, backbone_name="resnet10t_cifar"):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
     method_state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    method_state.update({"projector.0.weight": torch.randn(16, backbone.num_features), "projector.0.bias": torch.randn(16)})
+    method_state.update(
+        {"projector.0.weight": torch.randn(16, backbone.num_features), "projector.0.bias": torch.randn(16)}
+    )
     ckpt = {
-        "format": "visionssl", "version": 1,
-        "config": {"method": {"name": "simclr", "temperature": 0.5},
-                   "backbone": {"name": backbone_name, "kwargs": {}},
-                   "data": {"name": "synthetic", "image_size": 18}, "optim": {"name": "lars", "batch_size": 8},
-                   "train": {"epochs": 2}},
-        "method": method_state, "optimizer": {"state": {}, "param_groups": []},
-        "epoch": 2, "step": 10, "metrics": {"train/loss": 3.2, "knn/top1": 41.5},
+        "format": "visionssl",
+        "version": 1,
+        "config": {
+            "method": {"name": "simclr", "temperature": 0.5},
+            "backbone": {"name": backbone_name, "kwargs": {}},
+            "data": {"name": "synthetic", "image_size": 18},
+            "optim": {"name": "lars", "batch_size": 8},
+            "train": {"epochs": 2},
+        },
+        "method": method_state,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 2,
+        "step": 10,
+        "metrics": {"train/loss": 3.2, "knn/top1": 41.5},
     }
     atomic_save(ckpt, run_dir / "checkpoints" / "last.pt")
     return backbone.eval()
@@ -56,7 +66,9 @@ def test_export_then_load_through_a_zoo_entry_is_bit_identical(tmp_path, monkeyp
     weights = safetensors.torch.load_file(exported.path)
     assert set(weights) == set(backbone.state_dict())  # the backbone alone: no projector, no optimizer
     entry = yaml.safe_load(exported.entry_path.read_text())["models"][0]
-    assert entry["format"] == "visionssl" and entry["backbone"] == "resnet10t_cifar" and entry["sha256"] == exported.sha256
+    assert (
+        entry["format"] == "visionssl" and entry["backbone"] == "resnet10t_cifar" and entry["sha256"] == exported.sha256
+    )
     assert entry["recipe"] == {"dataset": "synthetic", "epochs": 2, "batch_size": 8}
     assert [m["name"] for m in entry["metrics"]] == ["knn/top1"]
 
@@ -111,15 +123,25 @@ def test_cli_convert_then_timm_pretrained_cfg_overlay(tmp_path, monkeypatch, cap
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     reference = timm.create_model("resnet18", num_classes=0).eval()
     upstream = tmp_path / "checkpoint_0099.pth.tar"
-    torch.save({"epoch": 100, "arch": "resnet18",
-                "state_dict": {"module.encoder." + k: v for k, v in reference.state_dict().items()}}, upstream)
+    torch.save(
+        {
+            "epoch": 100,
+            "arch": "resnet18",
+            "state_dict": {"module.encoder." + k: v for k, v in reference.state_dict().items()},
+        },
+        upstream,
+    )
     out = tmp_path / "simsiam_timm.safetensors"
     assert main(["zoo", "convert", str(upstream), "--format", "simsiam", "--out", str(out)]) == 2
     assert "needs --format" in capsys.readouterr().err
-    assert main(["zoo", "convert", str(upstream), "--format", "simsiam", "--backbone", "resnet18", "--out", str(out)]) == 0
+    assert (
+        main(["zoo", "convert", str(upstream), "--format", "simsiam", "--backbone", "resnet18", "--out", str(out)]) == 0
+    )
     assert "pretrained_cfg_overlay" in capsys.readouterr().out
 
-    net = timm.create_model("resnet18", pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(out))).eval()
+    net = timm.create_model(
+        "resnet18", pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(out))
+    ).eval()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(net(x), reference(x))

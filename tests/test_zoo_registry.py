@@ -1,4 +1,5 @@
 """model_zoo.yaml: the packaged entries, validation errors naming entry and field, merging user zoo files."""
+
 import copy
 from pathlib import Path
 
@@ -12,11 +13,17 @@ from visionssl.zoo.catalog import PACKAGED_ZOO, parse_entry, parse_zoo, read_zoo
 ROOT_ZOO = Path(__file__).resolve().parents[1] / "model_zoo.yaml"
 
 GOOD = {
-    "name": "my_model", "method": "simclr", "backbone": "resnet18", "urls": ["https://example.org/w.pth"],
-    "sha256": "ab" * 32, "size": 123, "format": "torchvision",
+    "name": "my_model",
+    "method": "simclr",
+    "backbone": "resnet18",
+    "urls": ["https://example.org/w.pth"],
+    "sha256": "ab" * 32,
+    "size": 123,
+    "format": "torchvision",
     "recipe": {"dataset": "imagenet-1k", "epochs": 100, "batch_size": 256},
     "metrics": [{"name": "imagenet_linear_top1", "value": 60.0, "source": "https://example.org/table"}],
-    "paper": "https://arxiv.org/abs/0000.00000", "license": "MIT",
+    "paper": "https://arxiv.org/abs/0000.00000",
+    "license": "MIT",
 }
 
 
@@ -29,14 +36,25 @@ def isolated_home(tmp_path, monkeypatch):
 @pytest.mark.skipif(not ROOT_ZOO.is_file(), reason="runs from a source checkout only")
 def test_packaged_copy_is_identical_to_the_repository_zoo():
     assert PACKAGED_ZOO.read_bytes() == ROOT_ZOO.read_bytes(), (
-        "visionssl/zoo/model_zoo.yaml differs from model_zoo.yaml: run `cp model_zoo.yaml visionssl/zoo/`")
+        "visionssl/zoo/model_zoo.yaml differs from model_zoo.yaml: run `cp model_zoo.yaml visionssl/zoo/`"
+    )
 
 
 def test_packaged_zoo_covers_the_required_methods_with_sources():
     entries = read_zoo_file(PACKAGED_ZOO)
     methods = {e.method for e in entries.values()}
-    assert {"moco_v1", "moco_v2", "moco_v3", "simsiam", "vicreg", "byol", "simclr", "deepcluster_v2", "rotnet",
-            "jigsaw"} <= methods
+    assert {
+        "moco_v1",
+        "moco_v2",
+        "moco_v3",
+        "simsiam",
+        "vicreg",
+        "byol",
+        "simclr",
+        "deepcluster_v2",
+        "rotnet",
+        "jigsaw",
+    } <= methods
     for entry in entries.values():
         assert entry.format in vs.zoo.list_formats()
         assert entry.urls[0].startswith("https://")
@@ -64,16 +82,32 @@ BAD = [
     ("typo", lambda e: e.update(url=e.pop("urls")), r"field 'url' is not a zoo field \(did you mean 'urls'\?\)"),
     ("bad sha256", lambda e: e.update(sha256="abc"), "field 'sha256' must be 64 hexadecimal characters or null"),
     ("null sha256 without note", lambda e: e.update(sha256=None), "field 'note' is required when sha256 is null"),
-    ("unknown format", lambda e: e.update(format="tensorflow"), "field 'format' is 'tensorflow', not a known checkpoint format; valid: .*moco"),
+    (
+        "unknown format",
+        lambda e: e.update(format="tensorflow"),
+        "field 'format' is 'tensorflow', not a known checkpoint format; valid: .*moco",
+    ),
     ("empty urls", lambda e: e.update(urls=[]), "field 'urls' must be a non-empty list"),
     ("ftp url", lambda e: e.update(urls=["ftp://x.org/w.pth"]), "field 'urls' has 'ftp://x.org/w.pth'"),
     ("unsafe name", lambda e: e.update(name="../evil"), "field 'name' may only hold letters"),
     ("negative size", lambda e: e.update(size=-3), "field 'size' must be a positive number of bytes or null"),
     ("recipe epochs", lambda e: e["recipe"].update(epochs="many"), "field 'recipe' has epochs='many'"),
-    ("recipe keys", lambda e: e.update(recipe={"dataset": "x"}), "field 'recipe' must be a mapping with dataset, epochs and batch_size"),
-    ("metric source", lambda e: e["metrics"][0].pop("source"), "field 'metrics' has .* needs a name, a numeric value and a source"),
+    (
+        "recipe keys",
+        lambda e: e.update(recipe={"dataset": "x"}),
+        "field 'recipe' must be a mapping with dataset, epochs and batch_size",
+    ),
+    (
+        "metric source",
+        lambda e: e["metrics"][0].pop("source"),
+        "field 'metrics' has .* needs a name, a numeric value and a source",
+    ),
     ("published hash", lambda e: e.update(published_hash="crc:1234"), "field 'published_hash' must look like"),
-    ("published hash too short", lambda e: e.update(published_hash="md5:8cad7"), r"\(6 to 64 hex digits\), got 'md5:8cad7'"),
+    (
+        "published hash too short",
+        lambda e: e.update(published_hash="md5:8cad7"),
+        r"\(6 to 64 hex digits\), got 'md5:8cad7'",
+    ),
     ("kwargs", lambda e: e.update(backbone_kwargs=[1]), "field 'backbone_kwargs' must be a mapping"),
 ]
 
@@ -143,20 +177,28 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.mark.skipif(not README.is_file(), reason="runs from a source checkout only")
 def test_documented_table_is_the_generated_one():
-    assert vs.zoo.markdown_table() in README.read_text(), "regenerate README's table with `visionssl zoo list --markdown`"
+    assert vs.zoo.markdown_table() in README.read_text(), (
+        "regenerate README's table with `visionssl zoo list --markdown`"
+    )
 
 
 def test_vit_dino_and_mae_entries_name_their_converters_and_published_metrics():
     # issue 22: MoCo v3 ViT, DINO (ViT-S/16, ResNet-50) and MAE, with the numbers of the authors' READMEs
     entries = read_zoo_file(PACKAGED_ZOO)
-    got = {name: (entries[name].format, entries[name].backbone, {m["name"]: m["value"] for m in entries[name].metrics})
-           for name in ("moco_v3_vit_s_300ep", "moco_v3_vit_b_300ep", "dino_vit_s16", "dino_rn50", "mae_vit_b16_1600ep")}
+    got = {
+        name: (entries[name].format, entries[name].backbone, {m["name"]: m["value"] for m in entries[name].metrics})
+        for name in ("moco_v3_vit_s_300ep", "moco_v3_vit_b_300ep", "dino_vit_s16", "dino_rn50", "mae_vit_b16_1600ep")
+    }
     assert got == {
         "moco_v3_vit_s_300ep": ("mocov3_vit", "vit_small_patch16_224", {"imagenet_linear_top1": 73.2}),
         "moco_v3_vit_b_300ep": ("mocov3_vit", "vit_base_patch16_224", {"imagenet_linear_top1": 76.7}),
         "dino_vit_s16": ("dino", "vit_small_patch16_224", {"imagenet_linear_top1": 77.0, "imagenet_knn_top1": 74.5}),
         "dino_rn50": ("dino", "resnet50", {"imagenet_linear_top1": 75.3, "imagenet_knn_top1": 67.5}),
-        "mae_vit_b16_1600ep": ("mae", "vit_base_patch16_224", {"imagenet_linear_top1": 68.0, "imagenet_finetune_top1": 83.6}),
+        "mae_vit_b16_1600ep": (
+            "mae",
+            "vit_base_patch16_224",
+            {"imagenet_linear_top1": 68.0, "imagenet_finetune_top1": 83.6},
+        ),
     }
     # MAE publishes a 6-digit md5 prefix; the others publish nothing: trust on first use, said in the note
     assert entries["mae_vit_b16_1600ep"].published_hash == "md5:8cad7c"

@@ -5,6 +5,7 @@ The mmengine files are rebuilt from mmengine's own saving code (``Runner.save_ch
 pickled under their real module names by a stand-in ``mmengine`` package put in ``sys.modules`` while
 saving only, so loading works without mmengine, as on a user's machine.
 """
+
 import contextlib
 import copyreg
 import importlib.util
@@ -24,8 +25,8 @@ from test_zoo_convert import (
     reference_net,
 )
 
-from visionssl.zoo import ZooError, load_file, read_checkpoint
 from visionssl.cli import main as zoo_main
+from visionssl.zoo import ZooError, load_file, read_checkpoint
 from visionssl.zoo.safe_load import HistoryBuffer as StandIn
 
 HISTORY_MODULE = "mmengine.logging.history_buffer"
@@ -62,7 +63,12 @@ class ConfigDict(dict):
 def mmengine_stand_in(statistics: bool = False):
     """Puts a stand-in ``mmengine`` package in sys.modules while saving, so pickle writes mmengine's names."""
     assert importlib.util.find_spec("mmengine") is None, "these tests reproduce a machine without mmengine"
-    names = {"mmengine": None, "mmengine.logging": None, HISTORY_MODULE: "HistoryBuffer", "mmengine.config": "ConfigDict"}
+    names = {
+        "mmengine": None,
+        "mmengine.logging": None,
+        HISTORY_MODULE: "HistoryBuffer",
+        "mmengine.config": "ConfigDict",
+    }
     classes = {"HistoryBuffer": HistoryBuffer, "ConfigDict": ConfigDict}
     for name, cls_name in names.items():
         module = types.ModuleType(name)
@@ -84,33 +90,78 @@ def mmengine_stand_in(statistics: bool = False):
 def message_hub(iters: int = 3) -> dict:
     """MessageHub.state_dict() after training: log_scalars (HistoryBuffer), runtime_info, resumed_keys."""
     rng = np.random.default_rng(0)
-    log_scalars = OrderedDict((key, HistoryBuffer(rng.random(iters).tolist(), [1] * iters))
-                              for key in ("train/lr", "train/loss", "train/time", "train/data_time"))
+    log_scalars = OrderedDict(
+        (key, HistoryBuffer(rng.random(iters).tolist(), [1] * iters))
+        for key in ("train/lr", "train/loss", "train/time", "train/data_time")
+    )
     runtime_info = OrderedDict(
-        cfg="model = dict(type='BYOL', backbone=dict(type='ResNet', depth=50))", seed=0,
-        experiment_name="byol_resnet50_16xb256-coslr-200e_in1k_20220820", mmengine_version="0.1.0",
-        epoch=200, iter=250200, max_epochs=200, max_iters=250200, dataset_meta={"classes": ("tench", "goldfish")},
+        cfg="model = dict(type='BYOL', backbone=dict(type='ResNet', depth=50))",
+        seed=0,
+        experiment_name="byol_resnet50_16xb256-coslr-200e_in1k_20220820",
+        mmengine_version="0.1.0",
+        epoch=200,
+        iter=250200,
+        max_epochs=200,
+        max_iters=250200,
+        dataset_meta={"classes": ("tench", "goldfish")},
         eta=np.float64(41.5),  # IterTimerHook: a numpy float from HistoryBuffer.current()
-        last_ckpt="work_dirs/byol/epoch_200.pth", keep_ckpt_ids=[199, 200])
+        last_ckpt="work_dirs/byol/epoch_200.pth",
+        keep_ckpt_ids=[199, 200],
+    )
     resumed = OrderedDict((key, True) for key in [*log_scalars, *runtime_info])
     return {"log_scalars": log_scalars, "runtime_info": runtime_info, "resumed_keys": resumed}
 
 
 def mmengine_byol(sd: dict) -> dict:
     """mmengine Runner.save_checkpoint of mmselfsup 1.x BYOL: meta, state_dict, message_hub, optimizer, param_schedulers."""
-    state = {**prefixed(sd, "backbone."), **mlp_keys("neck.mlp."), **mlp_keys("head.predictor.mlp.", dims=(32, 64, 32)),
-             **prefixed(sd, "target_net.module.0."), **mlp_keys("target_net.module.1.mlp."),
-             "target_net.steps": torch.tensor(250200)}
-    meta = {"epoch": 200, "iter": 250200, "cfg": "model = dict(type='BYOL')", "seed": 0,
-            "experiment_name": "byol_resnet50_16xb256-coslr-200e_in1k_20220820", "time": "20220825_101010",
-            "mmengine_version": "0.1.0", "dataset_meta": {"classes": ("tench", "goldfish")}}
+    state = {
+        **prefixed(sd, "backbone."),
+        **mlp_keys("neck.mlp."),
+        **mlp_keys("head.predictor.mlp.", dims=(32, 64, 32)),
+        **prefixed(sd, "target_net.module.0."),
+        **mlp_keys("target_net.module.1.mlp."),
+        "target_net.steps": torch.tensor(250200),
+    }
+    meta = {
+        "epoch": 200,
+        "iter": 250200,
+        "cfg": "model = dict(type='BYOL')",
+        "seed": 0,
+        "experiment_name": "byol_resnet50_16xb256-coslr-200e_in1k_20220820",
+        "time": "20220825_101010",
+        "mmengine_version": "0.1.0",
+        "dataset_meta": {"classes": ("tench", "goldfish")},
+    }
     common = {"param_name": "lr", "by_epoch": True, "last_step": 200, "verbose": False, "_global_step": 200}
-    schedulers = [{**common, "begin": 0, "end": 10, "base_values": [4.8], "_last_value": [4.8], "start_factor": 1e-4,
-                   "end_factor": 1.0, "total_iters": 9},
-                  {**common, "begin": 10, "end": 200, "base_values": [4.8], "_last_value": [0.0], "T_max": 190,
-                   "eta_min": 0.0, "eta_min_ratio": None}]
-    return {"meta": meta, "state_dict": state, "message_hub": message_hub(), "optimizer": optimizer_state(),
-            "param_schedulers": schedulers}
+    schedulers = [
+        {
+            **common,
+            "begin": 0,
+            "end": 10,
+            "base_values": [4.8],
+            "_last_value": [4.8],
+            "start_factor": 1e-4,
+            "end_factor": 1.0,
+            "total_iters": 9,
+        },
+        {
+            **common,
+            "begin": 10,
+            "end": 200,
+            "base_values": [4.8],
+            "_last_value": [0.0],
+            "T_max": 190,
+            "eta_min": 0.0,
+            "eta_min_ratio": None,
+        },
+    ]
+    return {
+        "meta": meta,
+        "state_dict": state,
+        "message_hub": message_hub(),
+        "optimizer": optimizer_state(),
+        "param_schedulers": schedulers,
+    }
 
 
 def publish(checkpoint: dict) -> dict:
@@ -141,8 +192,13 @@ def test_mmengine_checkpoint_loads_safely_and_gives_reference_features(tmp_path,
     spec = FILES[name]
     reference = reference_net()
     path = tmp_path / "byol_resnet50_16xb256-coslr-200e_in1k_20220825-de817331.pth"
-    save(spec["build"](backbone_state(reference)), path, legacy=spec.get("legacy", False),
-         statistics=spec.get("statistics", False), numpy1=spec.get("numpy1", False))
+    save(
+        spec["build"](backbone_state(reference)),
+        path,
+        legacy=spec.get("legacy", False),
+        statistics=spec.get("statistics", False),
+        numpy1=spec.get("numpy1", False),
+    )
     assert b"mmengine.logging.history_buffer" in path.read_bytes()
 
     net = load_file(path, "openmmlab", "zoo_test_resnet").eval()
@@ -162,7 +218,9 @@ def test_history_buffer_comes_back_as_inert_data(tmp_path):
     assert type(loss) is StandIn
     assert loss.max_length == 1000000 and loss._count_history.tolist() == [1, 1]
     assert loss._log_history.dtype == np.float64 and loss._log_history.shape == (2,)
-    assert loss.statistics_methods == {n: f"{HISTORY_MODULE}.HistoryBuffer.{n}" for n in ("min", "max", "current", "mean")}
+    assert loss.statistics_methods == {
+        n: f"{HISTORY_MODULE}.HistoryBuffer.{n}" for n in ("min", "max", "current", "mean")
+    }
     assert hub["runtime_info"]["eta"] == 41.5 and hub["runtime_info"]["keep_ckpt_ids"] == [199, 200]
 
 
@@ -189,27 +247,38 @@ class GetattrOnStandIn:
 
 
 def history_buffer_with_arguments(monkeypatch):
-    monkeypatch.setattr(HistoryBuffer, "__reduce_ex__", lambda self, protocol: (copyreg.__newobj__, (HistoryBuffer, 10**9), None))
+    monkeypatch.setattr(
+        HistoryBuffer, "__reduce_ex__", lambda self, protocol: (copyreg.__newobj__, (HistoryBuffer, 10**9), None)
+    )
     return HistoryBuffer()
 
 
-@pytest.mark.parametrize("make, named", [
-    (lambda _: BigBytes(), "builtins.bytes"), (lambda _: GetattrOnStandIn("__init__"), "builtins.getattr"),
-    (lambda _: GetattrOnStandIn("min", None), "builtins.getattr"),
-    (history_buffer_with_arguments, HISTORY_MODULE + ".HistoryBuffer"),
-])
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (lambda _: BigBytes(), "builtins.bytes"),
+        (lambda _: GetattrOnStandIn("__init__"), "builtins.getattr"),
+        (lambda _: GetattrOnStandIn("min", None), "builtins.getattr"),
+        (history_buffer_with_arguments, HISTORY_MODULE + ".HistoryBuffer"),
+    ],
+)
 def test_bytes_getattr_and_the_stand_in_are_allowed_only_in_their_harmless_form(tmp_path, monkeypatch, make, named):
     payload = make(monkeypatch)
     path = tmp_path / "crafted.pth"
     save({"state_dict": {"w": torch.ones(1)}, "x": payload}, path)
-    with pytest.raises(ZooError, match=rf"refusing to load .*crafted\.pth: it holds the object '{named}' in a form the allow-list does not accept \(.+\)"):
+    with pytest.raises(
+        ZooError,
+        match=rf"refusing to load .*crafted\.pth: it holds the object '{named}' in a form the allow-list does not accept \(.+\)",
+    ):
         read_checkpoint(path)
 
 
 def test_a_class_that_needs_code_is_refused_in_one_line(tmp_path):
     path = tmp_path / "cfg.pth"
     save({"state_dict": {"w": torch.ones(1)}, "meta": {"cfg": ConfigDict(a=1)}}, path)
-    with pytest.raises(ZooError, match=r"'mmengine\.config\.ConfigDict', which is not on the allow-list.*--unsafe-load"):
+    with pytest.raises(
+        ZooError, match=r"'mmengine\.config\.ConfigDict', which is not on the allow-list.*--unsafe-load"
+    ):
         read_checkpoint(path)
 
 
@@ -236,6 +305,7 @@ def test_unsafe_load_of_known_bookkeeping_needs_no_mmengine(tmp_path, capsys):
     for extra in ([], ["--unsafe-load"]):
         assert zoo_main(argv + extra) == 0
         from safetensors.torch import load_file as load_safetensors
+
         assert torch.equal(load_safetensors(out)["conv1.weight"], reference.conv1.weight)
 
 

@@ -5,10 +5,11 @@ Example:
     >>> "simclr" in vs.list_methods() and "resnet18_cifar" in vs.list_backbones("resnet1*")
     True
 """
-from visionssl.registry import Registry, RegistryError
+
+from visionssl import augment, data, engine, eval, losses, zoo  # noqa: A004  (vs.eval is the evaluation package)
 from visionssl.backbones import create_backbone, list_backbones, register_backbone
 from visionssl.methods import SSLMethod, create_method, list_methods, register_method
-from visionssl import augment, data, engine, eval, losses, zoo  # noqa: A004  (vs.eval is the evaluation package)
+from visionssl.registry import Registry, RegistryError
 
 __version__ = "0.1.0"
 

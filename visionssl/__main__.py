@@ -1,4 +1,5 @@
 """``python -m visionssl`` (also what ``torchrun -m visionssl`` runs)."""
+
 import sys
 
 from visionssl.cli import main

@@ -6,6 +6,7 @@ Example:
     >>> p.read_text()
     'hello'
 """
+
 from __future__ import annotations
 
 import os
@@ -68,7 +69,9 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
         cause = _os_error_in(exc)  # torch reports a failed write as RuntimeError with the OSError as context
         if cause is None:
             raise
-        raise OSError(cause.errno, f"could not write {path}: {cause.strerror or cause}{_free_space(path.parent)}") from exc
+        raise OSError(
+            cause.errno, f"could not write {path}: {cause.strerror or cause}{_free_space(path.parent)}"
+        ) from exc
     except BaseException:  # KeyboardInterrupt mid-write: no half-written file is left
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ Example:
     >>> colours.list("r*")
     ['red']
 """
+
 from __future__ import annotations
 
 import difflib
@@ -20,9 +21,10 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 

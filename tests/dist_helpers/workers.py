@@ -3,6 +3,7 @@
 Kept free of pytest so that the spawned processes import little. The single-process references are
 computed by the test itself, in the pytest process, from the same seeds.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,9 @@ class TinyBackbone(nn.Sequential):
     num_features = 8
 
     def __init__(self) -> None:
-        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        super().__init__(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
 
 
 def build(name: str, **hparams) -> nn.Module:
@@ -108,9 +111,15 @@ def deepcluster_trainer():
     from visionssl.data import load_dataset
 
     train_set = load_dataset("synthetic:21", "train", image_size=8)
-    return SimpleNamespace(train_set=train_set, device=torch.device("cpu"), epoch=0, optimizer=None,
-                           config=SimpleNamespace(augment=SimpleNamespace(image_size=8)),
-                           augment=SimpleNamespace(channels=3), log_scalars=lambda scalars: None)
+    return SimpleNamespace(
+        train_set=train_set,
+        device=torch.device("cpu"),
+        epoch=0,
+        optimizer=None,
+        config=SimpleNamespace(augment=SimpleNamespace(image_size=8)),
+        augment=SimpleNamespace(channels=3),
+        log_scalars=lambda scalars: None,
+    )
 
 
 # ----------------------------------------------------------------------------- launching
@@ -135,8 +144,9 @@ def run(fn, out: Path, timeout_s: float = 240.0) -> None:
 
 def _entry(rank: int, fn, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
     try:
         fn(rank, Path(out))
     finally:
@@ -169,7 +179,9 @@ def equivalence(rank: int, out: Path) -> None:
         method = build(name, **hparams)
         model = distributed.wrap_ddp(method, torch.device("cpu"))
         views_of = views_for(name)
-        results[name] = train_steps(method, model, lambda s, views_of=views_of: [v[rank * B : (rank + 1) * B] for v in views_of(s)])
+        results[name] = train_steps(
+            method, model, lambda s, views_of=views_of: [v[rank * B : (rank + 1) * B] for v in views_of(s)]
+        )
 
     # kNN on features extracted by both ranks
     bank, queries = knn_data()
@@ -194,10 +206,24 @@ def equivalence(rank: int, out: Path) -> None:
 def trainer_config(out: Path, **overrides):
     from visionssl.engine.config import load_config
 
-    items = {"data.name": "synthetic:32", "data.image_size": 10, "augment.image_size": 8, "optim.batch_size": 8,
-             "optim.name": "sgd", "optim.lr": 0.5, "optim.warmup_epochs": 0, "train.epochs": 2, "train.knn_every": -1,
-             "train.log_every": 1, "train.progress": False, "train.num_threads": 1, "out": str(out),
-             "method.proj_hidden_dim": 16, "method.proj_dim": 8, **overrides}
+    items = {
+        "data.name": "synthetic:32",
+        "data.image_size": 10,
+        "augment.image_size": 8,
+        "optim.batch_size": 8,
+        "optim.name": "sgd",
+        "optim.lr": 0.5,
+        "optim.warmup_epochs": 0,
+        "train.epochs": 2,
+        "train.knn_every": -1,
+        "train.log_every": 1,
+        "train.progress": False,
+        "train.num_threads": 1,
+        "out": str(out),
+        "method.proj_hidden_dim": 16,
+        "method.proj_dim": 8,
+        **overrides,
+    }
     return load_config("simclr", overrides=[f"{k}={v}" for k, v in items.items()])
 
 

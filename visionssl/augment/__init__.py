@@ -9,9 +9,11 @@ Example:
     >>> len(views), views[0].shape
     (2, torch.Size([8, 3, 32, 32]))
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ def register_augmentation(name: str | None = None, *, override: bool = False) ->
     return AUGMENTATIONS.register(name, override=override)
 
 
-def create(name: str, image_size: int = 32, **kwargs: Any) -> "MultiView":
+def create(name: str, image_size: int = 32, **kwargs: Any) -> MultiView:
     """Builds the augmentation preset ``name`` for square views of ``image_size`` pixels.
 
     Example:
@@ -62,7 +64,9 @@ def to_float(images: torch.Tensor, channels: int = 3, dtype: torch.dtype = torch
     if x.shape[1] == 1:
         return x.expand(-1, channels, -1, -1).contiguous()
     if channels == 1 and x.shape[1] == 3:
-        return (x * torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return (x * torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=dtype).view(1, 3, 1, 1)).sum(
+            1, keepdim=True
+        )
     raise ValueError(f"cannot turn {x.shape[1]}-channel images into {channels} channels")
 
 
@@ -93,8 +97,13 @@ class MultiView(nn.Module):
             the resampling products run about 3x faster.
     """
 
-    def __init__(self, pipelines: Sequence[nn.Module], channels: int = 3, normalize: nn.Module | None = None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        pipelines: Sequence[nn.Module],
+        channels: int = 3,
+        normalize: nn.Module | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.pipelines = nn.ModuleList(pipelines)
         self.channels = channels
@@ -122,7 +131,9 @@ class Resize(nn.Module):
         if x.shape[-2:] == (self.size, self.size):
             return x
         # antialiased interpolation has no bf16 kernel on the CPU
-        y = nn.functional.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        y = nn.functional.interpolate(
+            x.float(), size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+        )
         return y.to(x.dtype)
 
 

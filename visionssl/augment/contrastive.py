@@ -11,9 +11,11 @@ Example:
     >>> len(views), tuple(views[1].shape)
     (2, (4, 3, 32, 32))
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
 from visionssl.augment.ops import SMALL_IMAGE

@@ -1,4 +1,5 @@
 """MAE's single view (He et al., 2022): random resized crop (scale 0.2-1) and horizontal flip, no colour."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +9,9 @@ from visionssl.augment.simclr import simclr_view
 
 
 @register_augmentation("mae")
-def mae(image_size: int = 32, channels: int = 3, scale: tuple[float, float] = (0.2, 1.0), backend: str = "fused",
-        **_: Any) -> MultiView:
+def mae(
+    image_size: int = 32, channels: int = 3, scale: tuple[float, float] = (0.2, 1.0), backend: str = "fused", **_: Any
+) -> MultiView:
     """One view: crop (``scale``), flip; MAE's masking replaces every other augmentation.
 
     Example:

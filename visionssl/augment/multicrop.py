@@ -8,6 +8,7 @@ Example:
     >>> aug.num_views, [v.shape[-1] for v in views]
     (6, [32, 32, 16, 16, 16, 16])
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,8 +30,16 @@ class MultiCrop(MultiView):
     The views come out globals first. Not supported by ``data.stream`` (per-view crops in the workers).
     """
 
-    def __init__(self, global_view: nn.Module, local_view: nn.Module, num_global: int = 2, num_local: int = 6,
-                 channels: int = 3, normalize: nn.Module | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        global_view: nn.Module,
+        local_view: nn.Module,
+        num_global: int = 2,
+        num_local: int = 6,
+        channels: int = 3,
+        normalize: nn.Module | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__([global_view, local_view], channels=channels, normalize=normalize, dtype=dtype)
         if num_global < 1 or num_local < 0:
             raise ValueError(f"multi-crop needs num_global >= 1 and num_local >= 0; got {num_global} and {num_local}")
@@ -83,8 +92,15 @@ def multicrop(
     local_size = local_size or local_crop_size(image_size)
 
     def view(size: int, scale: tuple[float, float]) -> nn.Module:
-        return simclr_view(size, scale=tuple(scale), jitter=BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2,
-                           blur_p=blur_p, backend=backend)
+        return simclr_view(
+            size, scale=tuple(scale), jitter=BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p, backend=backend
+        )
 
-    return MultiCrop(view(image_size, global_scale), view(local_size, local_scale), num_global=2, num_local=num_local,
-                     channels=channels, normalize=Normalize())
+    return MultiCrop(
+        view(image_size, global_scale),
+        view(local_size, local_scale),
+        num_global=2,
+        num_local=num_local,
+        channels=channels,
+        normalize=Normalize(),
+    )

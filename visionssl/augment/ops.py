@@ -9,13 +9,13 @@ product — instead of an RGB->HSV->RGB round trip per op. Two approximations re
 about the gray axis, not torchvision's HSV shift, and the output is clamped to [0, 1] once, at the end
 (torchvision clamps after each op; the difference is confined to saturated pixels).
 """
+
 from __future__ import annotations
 
 import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 SMALL_IMAGE = 64  # below this side (pixels) the presets are the papers' small-image (CIFAR) recipes: no blur
@@ -23,7 +23,7 @@ LUMA = (0.2989, 0.587, 0.114)  # the weights of torchvision's rgb_to_grayscale (
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # the op indices of an order, as torchvision's ColorJitter
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _color_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """LUMA (3,) and the cross-product matrix of the unit gray axis (3, 3) on ``device``, made once per
     device: creating them per call would be a blocking host-to-device copy at every step on a GPU."""
@@ -52,12 +52,21 @@ def hue_matrix(hue: torch.Tensor) -> torch.Tensor:
     angle = (hue * 2 * math.pi).view(n, 1, 1)
     eye = torch.eye(3, device=device)
     cross = _color_constants(device)[1]
-    return torch.cos(angle) * eye + torch.sin(angle) * cross + (1 - torch.cos(angle)) * torch.full((3, 3), 1 / 3, device=device)
+    return (
+        torch.cos(angle) * eye
+        + torch.sin(angle) * cross
+        + (1 - torch.cos(angle)) * torch.full((3, 3), 1 / 3, device=device)
+    )
 
 
 def color_affine(
-    x_mean: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
-    hue: torch.Tensor, gray: torch.Tensor, order: torch.Tensor | None = None,
+    x_mean: torch.Tensor,
+    brightness: torch.Tensor,
+    contrast: torch.Tensor,
+    saturation: torch.Tensor,
+    hue: torch.Tensor,
+    gray: torch.Tensor,
+    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (matrix (n, 3, 3), offset (n, 3)) of the colour ops applied in ``order``, then grayscale.
 
@@ -76,8 +85,10 @@ def color_affine(
     eye = torch.eye(3, device=device).expand(n, 3, 3)
     to_gray = torch.ones(3, 1, device=device) * luma  # every channel becomes the luma
     s = saturation.view(n, 1, 1)
-    ops = torch.stack([brightness.view(n, 1, 1) * eye, contrast.view(n, 1, 1) * eye, s * eye + (1 - s) * to_gray,
-                       hue_matrix(hue)], dim=1)  # (n, 4, 3, 3), indexed by op
+    ops = torch.stack(
+        [brightness.view(n, 1, 1) * eye, contrast.view(n, 1, 1) * eye, s * eye + (1 - s) * to_gray, hue_matrix(hue)],
+        dim=1,
+    )  # (n, 4, 3, 3), indexed by op
     if order is None:
         order = torch.arange(4, device=device).expand(n, 4)
     rows = torch.arange(n, device=device)
@@ -110,8 +121,15 @@ class ColorJitterGrayscale(nn.Module):
         torch.Size([4, 3, 8, 8])
     """
 
-    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float = 0.8,
-                 grayscale_p: float = 0.2):
+    def __init__(
+        self,
+        brightness: float,
+        contrast: float,
+        saturation: float,
+        hue: float,
+        p: float = 0.8,
+        grayscale_p: float = 0.2,
+    ):
         super().__init__()
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.p, self.grayscale_p = p, grayscale_p
@@ -120,7 +138,10 @@ class ColorJitterGrayscale(nn.Module):
         n, device = x.shape[0], x.device
         jitter = torch.rand(n, device=device) < self.p
         one = torch.ones(n, device=device)
-        draw = lambda v: torch.where(jitter, _uniform(n, max(0.0, 1 - v), 1 + v, device), one)
+
+        def draw(v: float) -> torch.Tensor:
+            return torch.where(jitter, _uniform(n, max(0.0, 1 - v), 1 + v, device), one)
+
         b, c, s = draw(self.brightness), draw(self.contrast), draw(self.saturation)
         h = torch.where(jitter, _uniform(n, -self.hue, self.hue, device), one - 1)
         gray = torch.rand(n, device=device) < self.grayscale_p
@@ -184,9 +205,18 @@ class RandomResizedCropFlip(nn.Module):
         torch.Size([4, 3, 16, 16])
     """
 
-    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 hflip_p: float = 0.5, tries: int = 10, vflip_p: float = 0.0, blur_p: float = 0.0,
-                 blur_kernel: int = 3, blur_sigma: tuple[float, float] = (0.1, 2.0)):
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip_p: float = 0.5,
+        tries: int = 10,
+        vflip_p: float = 0.0,
+        blur_p: float = 0.0,
+        blur_kernel: int = 3,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+    ):
         super().__init__()
         self.size, self.scale, self.ratio, self.hflip_p, self.tries = size, tuple(scale), tuple(ratio), hflip_p, tries
         self.vflip_p = vflip_p
@@ -208,7 +238,7 @@ class RandomResizedCropFlip(nn.Module):
         y0 = torch.rand(n, device=device) * (height - h)
         return torch.stack([x0, y0, w, h], 1)
 
-    def uncropped(self) -> "RandomResizedCropFlip":
+    def uncropped(self) -> RandomResizedCropFlip:
         """The same flips and blur without the crop, for images already cut to ``size`` (streaming)."""
         op = RandomResizedCropFlip(self.size, (1.0, 1.0), (1.0, 1.0), self.hflip_p, 1, self.vflip_p)
         op.blur = self.blur

@@ -5,6 +5,7 @@ Example:
     >>> perms.shape, min_hamming_distance(perms) >= 2
     (torch.Size([10, 4]), True)
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,9 @@ def hamming_permutations(
         (torch.Size([100, 9]), True)
     """
     if num_tiles < 2 or num_tiles > 10:
-        raise ValueError(f"num_tiles must be between 2 and 10 (all num_tiles! candidates are enumerated), got {num_tiles}")
+        raise ValueError(
+            f"num_tiles must be between 2 and 10 (all num_tiles! candidates are enumerated), got {num_tiles}"
+        )
     if not 1 <= num_permutations <= math.factorial(num_tiles):
         raise ValueError(
             f"num_permutations must be between 1 and {num_tiles}! = {math.factorial(num_tiles)}, got {num_permutations}"

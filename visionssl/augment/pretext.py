@@ -17,6 +17,7 @@ Example:
     >>> jigsaw_tiles(x, grid=3).shape  # 10 px cells, 8 px tiles
     torch.Size([4, 9, 3, 8, 8])
 """
+
 from __future__ import annotations
 
 import math
@@ -170,7 +171,9 @@ def context_pairs(
     return patches[:, 0], patches[:, 1], label
 
 
-def color_drop(patches: torch.Tensor, noise_ratio: float = 0.01, generator: torch.Generator | None = None) -> torch.Tensor:
+def color_drop(
+    patches: torch.Tensor, noise_ratio: float = 0.01, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Keeps one random colour channel per image and replaces the others by Gaussian noise.
 
     Doersch et al.'s guard against chromatic aberration: the noise's standard deviation is
@@ -244,7 +247,9 @@ def jigsaw_tiles(
     cell = min(h, w) // grid
     tile = default_tile_size(cell) if tile_size is None else tile_size
     if not 1 <= tile <= cell:
-        raise ValueError(f"tile_size must be between 1 and the cell size {cell} ({min(h, w)} px / grid {grid}), got {tile}")
+        raise ValueError(
+            f"tile_size must be between 1 and the cell size {cell} ({min(h, w)} px / grid {grid}), got {tile}"
+        )
     device, n = images.device, grid * grid
     if jitter:
         offset = torch.randint(0, cell - tile + 1, (b, 2, n), device=device, generator=generator)
@@ -325,8 +330,9 @@ def jitter_tile_colors(tiles: torch.Tensor, amount: float, generator: torch.Gene
     return tiles + offset.to(tiles.dtype)
 
 
-def pixelate(patches: torch.Tensor, p: float = 1 / 3, min_fraction: float = 0.1,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def pixelate(
+    patches: torch.Tensor, p: float = 1 / 3, min_fraction: float = 0.1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Doersch et al.'s robustness to pixelation: each patch (B, C, P, P) is, with probability ``p``,
     downsampled to a random side in [``min_fraction`` P, P] (area averaging) and upsampled back (bilinear).
 

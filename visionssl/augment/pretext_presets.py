@@ -8,6 +8,7 @@ Example:
     >>> [v.shape for v in vs.augment.create("rotation", image_size=16)(torch.zeros(2, 3, 24, 24, dtype=torch.uint8))]
     [torch.Size([2, 3, 16, 16])]
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,7 +27,10 @@ def pretext_view(
 
     The "resize 256, random crop 224" recipe of RotNet, context prediction and jigsaw, at any size.
     """
-    ops: list[nn.Module] = [Resize(max(image_size, round(image_size * resize_ratio))), K.RandomCrop((image_size, image_size))]
+    ops: list[nn.Module] = [
+        Resize(max(image_size, round(image_size * resize_ratio))),
+        K.RandomCrop((image_size, image_size)),
+    ]
     if hflip_p > 0:
         ops.append(K.RandomHorizontalFlip(p=hflip_p))
     if grayscale_p > 0:
@@ -54,18 +58,28 @@ def context(
 
 @register_augmentation("jigsaw")
 def jigsaw(
-    image_size: int = 32, channels: int = 3, resize_ratio: float = 256 / 225, hflip_p: float = 0.0,
-    grayscale_p: float = 0.3, **_: Any,
+    image_size: int = 32,
+    channels: int = 3,
+    resize_ratio: float = 256 / 225,
+    hflip_p: float = 0.0,
+    grayscale_p: float = 0.3,
+    **_: Any,
 ) -> MultiView:
     """Jigsaw's view (Noroozi & Favaro, 2016): a random crop (225 of 256 px in the paper) and 30%
     grayscale images; tiles, jitter and per-tile normalisation are done by the method."""
-    return MultiView([pretext_view(image_size, resize_ratio, hflip_p, grayscale_p)], channels=channels, normalize=Normalize())
+    return MultiView(
+        [pretext_view(image_size, resize_ratio, hflip_p, grayscale_p)], channels=channels, normalize=Normalize()
+    )
 
 
 @register_augmentation("deepcluster")
 def deepcluster(
-    image_size: int = 32, channels: int = 3, scale: tuple[float, float] | None = None, hflip_p: float = 0.5,
-    jitter_strength: float = 0.0, **_: Any
+    image_size: int = 32,
+    channels: int = 3,
+    scale: tuple[float, float] | None = None,
+    hflip_p: float = 0.5,
+    jitter_strength: float = 0.0,
+    **_: Any,
 ) -> MultiView:
     """DeepCluster's view (Caron et al., 2018): random resized crop and horizontal flip. The crop
     scale is (0.08, 1) from 64 px (the paper's) and (0.2, 1) below (small images lose too much).

@@ -1,4 +1,5 @@
 """SimCLR's view recipe (Chen et al., 2020, appendix A) as batched transforms on the device."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,8 +50,15 @@ def simclr_view(
     kernel = blur_kernel_size(image_size)
     if backend == "fused":
         ops: list[nn.Module] = [
-            RandomResizedCropFlip(image_size, scale=tuple(scale), hflip_p=hflip_p, vflip_p=vflip_p, blur_p=blur_p,
-                                  blur_kernel=kernel, blur_sigma=(0.1, 2.0)),
+            RandomResizedCropFlip(
+                image_size,
+                scale=tuple(scale),
+                hflip_p=hflip_p,
+                vflip_p=vflip_p,
+                blur_p=blur_p,
+                blur_kernel=kernel,
+                blur_sigma=(0.1, 2.0),
+            ),
             ColorJitterGrayscale(brightness, contrast, saturation, hue, p=jitter_p, grayscale_p=grayscale_p),
         ]
         if solarize_p > 0:
@@ -91,5 +99,8 @@ def simclr(
     small = image_size < SMALL_IMAGE
     s = jitter_strength if jitter_strength is not None else (0.5 if small else 1.0)
     p = blur_p if blur_p is not None else (0.0 if small else 0.5)
-    views = [simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p, vflip_p=vflip_p, backend=backend) for _ in range(num_views)]
+    views = [
+        simclr_view(image_size, scale=tuple(scale), jitter_strength=s, blur_p=p, vflip_p=vflip_p, backend=backend)
+        for _ in range(num_views)
+    ]
     return MultiView(views, channels=channels, normalize=Normalize())

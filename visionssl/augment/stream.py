@@ -3,6 +3,7 @@
 The CPU workers of ``visionssl.data.stream.StreamLoader`` cut each view's random resized crop; the
 ``StreamViews`` returned here apply the rest of the preset (flip, colour, blur, normalisation) on the device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,10 @@ class StreamViews(MultiView):
     def forward(self, crops: torch.Tensor) -> list[torch.Tensor]:
         if crops.ndim != 5 or crops.shape[1] != self.num_views:
             raise ValueError(f"expected crops (B, {self.num_views}, C, S, S), got shape {tuple(crops.shape)}")
-        return [self.normalize(p(to_float(crops[:, v], self.channels, self.dtype))).contiguous() for v, p in enumerate(self.pipelines)]
+        return [
+            self.normalize(p(to_float(crops[:, v], self.channels, self.dtype))).contiguous()
+            for v, p in enumerate(self.pipelines)
+        ]
 
 
 def split_preset(augment: MultiView) -> tuple[list[CropParams], StreamViews]:
@@ -44,8 +48,10 @@ def split_preset(augment: MultiView) -> tuple[list[CropParams], StreamViews]:
     import kornia.augmentation as K
 
     if augment.num_views != len(augment.pipelines):  # e.g. multicrop: one pipeline per crop group, not per view
-        raise ValueError(f"data.stream cannot split the {type(augment).__name__} preset ({augment.num_views} views from "
-                         f"{len(augment.pipelines)} crop groups); train from in-memory data (data.stream=false)")
+        raise ValueError(
+            f"data.stream cannot split the {type(augment).__name__} preset ({augment.num_views} views from "
+            f"{len(augment.pipelines)} crop groups); train from in-memory data (data.stream=false)"
+        )
     specs, pipelines = [], []
     for view, pipeline in enumerate(augment.pipelines):
         modules = list(pipeline) if isinstance(pipeline, nn.Sequential) else [pipeline]

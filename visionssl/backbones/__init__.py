@@ -9,12 +9,12 @@ Example:
     >>> net(torch.randn(2, 3, 32, 32)).shape, net.num_features
     (torch.Size([2, 512]), 512)
 """
+
 from __future__ import annotations
 
-import fnmatch
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-import torch
 from torch import nn
 
 from visionssl.registry import Registry, RegistryError, import_object

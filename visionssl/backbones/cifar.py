@@ -7,6 +7,7 @@ Example:
     >>> vs.create_backbone("resnet50_cifar")(torch.randn(2, 3, 32, 32)).shape
     torch.Size([2, 2048])
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,6 +10,7 @@ Example:
     >>> batched_features(net, images, lambda x: x.float() / 255, batch_size=2, device="cpu").shape
     torch.Size([5, 4])
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

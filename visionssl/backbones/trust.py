@@ -19,6 +19,7 @@ Example:
     ...
     visionssl.backbones.trust.UntrustedCodeError: ck.pt names the backbone 'subprocess:run', ...
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,10 @@ from visionssl.files import visionssl_home
 logger = logging.getLogger(__name__)
 
 TRUST_RECORD = "trusted_code.json"
-TRUST_CODE_HELP = ("allow a backbone named as code (module:function, file.py:function) by a checkpoint, safetensors "
-                   "metadata or zoo entry; it imports and runs that code, so only for files from a source you trust")
+TRUST_CODE_HELP = (
+    "allow a backbone named as code (module:function, file.py:function) by a checkpoint, safetensors "
+    "metadata or zoo entry; it imports and runs that code, so only for files from a source you trust"
+)
 # timm options that fetch or read weights by themselves: a file's weights come from the file
 TIMM_FORBIDDEN = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 
@@ -72,14 +75,17 @@ def check_backbone_spec(name: Any, kwargs: Any, *, source: str, trust_code: bool
         raise ValueError(f"{source}: the backbone's keyword arguments must be a mapping of names, got {_short(kwargs)}")
     for key, value in kwargs.items():
         if not _is_data(value):
-            raise ValueError(f"{source}: backbone argument {key!r} must be plain data (numbers, strings, lists, "
-                             f"dicts), got {type(value).__name__}")
+            raise ValueError(
+                f"{source}: backbone argument {key!r} must be plain data (numbers, strings, lists, "
+                f"dicts), got {type(value).__name__}"
+            )
     if is_code_spec(name):
         if not trust_code:
             raise UntrustedCodeError(
                 f"{source} names the backbone {name!r}, which is code (module:function / file.py:function), not a "
                 f"registered or timm model, and visionssl does not import code named by a file; if you trust it, "
-                f"pass it yourself (--backbone {name}) or allow it with --trust-code (Python: trust_code=True)")
+                f"pass it yourself (--backbone {name}) or allow it with --trust-code (Python: trust_code=True)"
+            )
         return name, dict(kwargs)
     if name in BACKBONES:
         _check_signature(BACKBONES.get(name), name, kwargs, source)
@@ -87,12 +93,16 @@ def check_backbone_spec(name: Any, kwargs: Any, *, source: str, trust_code: bool
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(f"{source} names the backbone {name!r}, which is neither a registered backbone nor a timm "
-                         f"model (see `visionssl backbones`)")
+        raise ValueError(
+            f"{source} names the backbone {name!r}, which is neither a registered backbone nor a timm "
+            f"model (see `visionssl backbones`)"
+        )
     bad = sorted(set(kwargs) & set(TIMM_FORBIDDEN))
     if bad:
-        raise ValueError(f"{source}: backbone argument(s) {', '.join(bad)} would load weights from elsewhere; "
-                         f"the weights come from the file itself")
+        raise ValueError(
+            f"{source}: backbone argument(s) {', '.join(bad)} would load weights from elsewhere; "
+            f"the weights come from the file itself"
+        )
     return name, dict(kwargs)
 
 
@@ -123,8 +133,10 @@ def _check_signature(factory: Any, name: str, kwargs: dict, source: str) -> None
     valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"{source}: backbone {name!r} has no argument(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(valid) or '(none)'}")
+        raise ValueError(
+            f"{source}: backbone {name!r} has no argument(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(valid) or '(none)'}"
+        )
 
 
 def _is_data(value: Any, depth: int = 0) -> bool:
@@ -168,8 +180,9 @@ def _key(create: bool) -> bytes | None:
             tmp.unlink(missing_ok=True)
         return path.read_bytes()
     except OSError as exc:
-        logger.warning("cannot use the trust key %s (%s): runs with code backbones will need --trust-code to load",
-                       path, exc)
+        logger.warning(
+            "cannot use the trust key %s (%s): runs with code backbones will need --trust-code to load", path, exc
+        )
         return None
 
 

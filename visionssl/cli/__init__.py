@@ -4,6 +4,7 @@ One module per command group (``pretrain``, ``eval``, ``listing``, ``benchmark``
 has ``add_parser(subparsers)``, whose commands set ``run=handler`` (``handler(args) -> exit code``).
 Run ``visionssl COMMAND --help`` for every option of a command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ COMMAND_GROUPS = (pretrain, eval, listing, zoo, export, benchmark)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="visionssl", description="Self-supervised visual representation learning on any timm backbone.", epilog=EPILOG,
+        prog="visionssl",
+        description="Self-supervised visual representation learning on any timm backbone.",
+        epilog=EPILOG,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -33,8 +36,18 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from visionssl.registry import RegistryError
     from visionssl.zoo import ZooError
 
-    return (ConfigError, RegistryError, BadImageError, CheckpointError, NonFiniteLossError, ZooError, FileNotFoundError,
-            ValueError, TypeError, OSError)
+    return (
+        ConfigError,
+        RegistryError,
+        BadImageError,
+        CheckpointError,
+        NonFiniteLossError,
+        ZooError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+        OSError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ Example:
     >>> from visionssl.cli.benchmark import run_benchmark
     >>> result = run_benchmark("knn", ["runs/demo", "random"], ["elpv", "elpv:type"], "bench")  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,38 +121,69 @@ def run_benchmark(
             curves[name] = curve
         for data_name, train_set, test_set in data:
             tic = time.perf_counter()
-            cached = all(feature_cache_path(backbone, ds, cache_dir, image_size, dev).is_file()
-                         for ds in (train_set, test_set))
+            cached = all(
+                feature_cache_path(backbone, ds, cache_dir, image_size, dev).is_file() for ds in (train_set, test_set)
+            )
             (train_x, train_y), (test_x, test_y) = (
                 extract_features(backbone, ds, batch_size, image_size, dev, cache_dir, progress=progress)
                 for ds in (train_set, test_set)
             )
-            row: dict[str, Any] = {"checkpoint": name, "dataset": data_name, "train": len(train_set),
-                                   "test": len(test_set), "classes": 1 + int(max(train_y.max(), test_y.max()))}
+            row: dict[str, Any] = {
+                "checkpoint": name,
+                "dataset": data_name,
+                "train": len(train_set),
+                "test": len(test_set),
+                "classes": 1 + int(max(train_y.max(), test_y.max())),
+            }
             if kind == "knn":
-                metrics = knn(train_x, train_y, test_x, test_y, k=[min(kk, len(train_x)) for kk in ks],
-                              temperature=temperature)
+                metrics = knn(
+                    train_x, train_y, test_x, test_y, k=[min(kk, len(train_x)) for kk in ks], temperature=temperature
+                )
                 first = min(ks[0], len(train_x))
                 row.update(top1=metrics[f"top1@k{first}"], top5=metrics[f"top5@k{first}"], **metrics)
             else:
                 options = {"seed": seed, "progress": progress, "device": dev, **(probe_options or {})}
                 log_dir = out_dir / "tensorboard" / slug(name) / slug(data_name)
                 metrics = linear_probe(train_x, train_y, test_x, test_y, log_dir=log_dir, **options)
-                row.update({key: metrics.get(key) for key in ("top1", "top5", "solver", "selection", "C", "lr",
-                                                              "weight_decay", "val_top1", "best_epoch")})
+                row.update(
+                    {
+                        key: metrics.get(key)
+                        for key in (
+                            "top1",
+                            "top5",
+                            "solver",
+                            "selection",
+                            "C",
+                            "lr",
+                            "weight_decay",
+                            "val_top1",
+                            "best_epoch",
+                        )
+                    }
+                )
                 row["sweep"] = metrics["sweep"]
             row["features"] = "cached" if cached else "computed"
             row["seconds"] = round(time.perf_counter() - tic, 3)
             rows.append(row)
-            echo(f"{name} on {data_name}: top-1 {row['top1']:.2f}%  ({row['features']} features, {row['seconds']:.1f}s)")
+            echo(
+                f"{name} on {data_name}: top-1 {row['top1']:.2f}%  ({row['features']} features, {row['seconds']:.1f}s)"
+            )
 
     payload: dict[str, Any] = {
         "kind": kind,
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": round(time.time() - started, 1),
-        "settings": {"image_size": image_size, "device": str(dev), "batch_size": batch_size,
-                     **({"k": ks, "temperature": temperature} if kind == "knn" else {"probe_options": jsonable(probe_options or {})})},
+        "settings": {
+            "image_size": image_size,
+            "device": str(dev),
+            "batch_size": batch_size,
+            **(
+                {"k": ks, "temperature": temperature}
+                if kind == "knn"
+                else {"probe_options": jsonable(probe_options or {})}
+            ),
+        },
         "environment": _environment(dev),
         "rows": rows,
         "summary": summarize(rows),
@@ -175,7 +207,9 @@ def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code:
         if not name:
             source = next((s for s in all_specs if not str(s).startswith("random")), None)
             if source is None:
-                raise ValueError("'random' copies the backbone of the first checkpoint; give one, or use random:BACKBONE")
+                raise ValueError(
+                    "'random' copies the backbone of the first checkpoint; give one, or use random:BACKBONE"
+                )
             name, kwargs = _backbone_spec(str(source), trust_code)
         torch.manual_seed(seed)
         return f"random ({name})", create_backbone(name, **kwargs)
@@ -206,7 +240,9 @@ def _backbone_spec(spec: str, trust_code: bool = False) -> tuple[str, dict[str, 
     from visionssl import zoo
 
     entry = zoo.info(spec)
-    return check_backbone_spec(entry.backbone, entry.backbone_kwargs, source=f"zoo entry {spec!r}", trust_code=trust_code)
+    return check_backbone_spec(
+        entry.backbone, entry.backbone_kwargs, source=f"zoo entry {spec!r}", trust_code=trust_code
+    )
 
 
 def _run_image_size(checkpoints: Sequence[str]) -> int | None:
@@ -240,8 +276,14 @@ def _environment(device: torch.device) -> dict[str, Any]:
     from visionssl import __version__
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    return {"device": name, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "visionssl": __version__, "torch": torch.__version__, "faiss": faiss.__version__}
+    return {
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "visionssl": __version__,
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+    }
 
 
 def _cpu_name() -> str:
@@ -257,24 +299,39 @@ def _cpu_name() -> str:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``benchmark knn`` and ``benchmark linear-probe`` to the ``visionssl`` command line (``run=`` handler)."""
     bench = subparsers.add_parser(
-        "benchmark", help="kNN / linear-probe benchmark of checkpoints x datasets, with tables and plots",
+        "benchmark",
+        help="kNN / linear-probe benchmark of checkpoints x datasets, with tables and plots",
         description="Evaluate one or more checkpoints on one or more labelled datasets; print a results table and "
-                    "write results.md/.csv/.json and PNG plots under --out, with a transfer-suite summary "
-                    "(mean top-1 and mean rank per checkpoint). Features are cached, so reruns skip the backbone.",
+        "write results.md/.csv/.json and PNG plots under --out, with a transfer-suite summary "
+        "(mean top-1 and mean rank per checkpoint). Features are cached, so reruns skip the backbone.",
     )
     sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="{knn,linear-probe}")
-    for kind, help_text in (("knn", "FAISS kNN on frozen features"),
-                            ("linear-probe", "linear probe on cached features: L-BFGS over Cs picked by k-fold")):
+    for kind, help_text in (
+        ("knn", "FAISS kNN on frozen features"),
+        ("linear-probe", "linear probe on cached features: L-BFGS over Cs picked by k-fold"),
+    ):
         p = sub.add_parser(kind, help=help_text, description=f"{help_text}. " + (bench.description or ""))
-        p.add_argument("--checkpoint", action="append", required=True,
-                       help="run directory, checkpoint file, .safetensors export, zoo name, 'random' (random weights of "
-                            "the first checkpoint's backbone) or 'random:BACKBONE'; repeat for several")
-        p.add_argument("--data", action="append", default=None,
-                       help="labelled dataset spec: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, ...; repeat for a "
-                            "transfer suite (default: elpv)")
+        p.add_argument(
+            "--checkpoint",
+            action="append",
+            required=True,
+            help="run directory, checkpoint file, .safetensors export, zoo name, 'random' (random weights of "
+            "the first checkpoint's backbone) or 'random:BACKBONE'; repeat for several",
+        )
+        p.add_argument(
+            "--data",
+            action="append",
+            default=None,
+            help="labelled dataset spec: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, ...; repeat for a "
+            "transfer suite (default: elpv)",
+        )
         p.add_argument("--out", default=None, help=f"output directory (default: runs/benchmark-{kind})")
-        p.add_argument("--image-size", type=positive_int, default=None,
-                       help="backbone input size (default: the first run's augment.image_size, else 224)")
+        p.add_argument(
+            "--image-size",
+            type=positive_int,
+            default=None,
+            help="backbone input size (default: the first run's augment.image_size, else 224)",
+        )
         p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
         p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
         p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/feature_cache)")
@@ -283,22 +340,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
         if kind == "knn":
-            p.add_argument("--k", type=positive_int, nargs="+", default=[200, 20],
-                           help="neighbours; several values come from one search, the first is the headline (default: 200 20)")
+            p.add_argument(
+                "--k",
+                type=positive_int,
+                nargs="+",
+                default=[200, 20],
+                help="neighbours; several values come from one search, the first is the headline (default: 200 20)",
+            )
             p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default 0.07)")
         else:
-            p.add_argument("--solver", choices=("auto", "lbfgs", "sgd"), default="auto",
-                           help="probe solver: full-batch L-BFGS over Cs, or the minibatch SGD sweep (default auto: "
-                                "L-BFGS unless an SGD option is given or the features are too many)")
-            p.add_argument("--Cs", dest="cs", type=float, nargs="+", default=None,
-                           help="L-BFGS: inverse regularisation strengths, scikit-learn's C (default: 1e-4 ... 100, one per decade)")
-            p.add_argument("--folds", type=positive_int, default=5, help="L-BFGS: k-fold picking C below 20k samples (default 5)")
+            p.add_argument(
+                "--solver",
+                choices=("auto", "lbfgs", "sgd"),
+                default="auto",
+                help="probe solver: full-batch L-BFGS over Cs, or the minibatch SGD sweep (default auto: "
+                "L-BFGS unless an SGD option is given or the features are too many)",
+            )
+            p.add_argument(
+                "--Cs",
+                dest="cs",
+                type=float,
+                nargs="+",
+                default=None,
+                help="L-BFGS: inverse regularisation strengths, scikit-learn's C (default: 1e-4 ... 100, one per decade)",
+            )
+            p.add_argument(
+                "--folds", type=positive_int, default=5, help="L-BFGS: k-fold picking C below 20k samples (default 5)"
+            )
             p.add_argument("--epochs", type=positive_int, default=None, help="SGD: maximum probe epochs (default 100)")
-            p.add_argument("--lrs", type=float, nargs="+", default=None, help="SGD: learning rates of the sweep (default: 0.01 0.03 0.1 0.3 1)")
-            p.add_argument("--weight-decays", type=float, nargs="+", default=None,
-                           help="SGD: weight decays of the sweep (default: 0 1e-5 1e-4 1e-3 1e-2 1e-1)")
-            p.add_argument("--optimizer", choices=PROBE_OPTIMIZERS, default=None, help="SGD: probe optimizer (default sgd)")
-            p.add_argument("--probe-batch-size", type=positive_int, default=1024, help="SGD: features per probe step (default 1024)")
+            p.add_argument(
+                "--lrs",
+                type=float,
+                nargs="+",
+                default=None,
+                help="SGD: learning rates of the sweep (default: 0.01 0.03 0.1 0.3 1)",
+            )
+            p.add_argument(
+                "--weight-decays",
+                type=float,
+                nargs="+",
+                default=None,
+                help="SGD: weight decays of the sweep (default: 0 1e-5 1e-4 1e-3 1e-2 1e-1)",
+            )
+            p.add_argument(
+                "--optimizer", choices=PROBE_OPTIMIZERS, default=None, help="SGD: probe optimizer (default sgd)"
+            )
+            p.add_argument(
+                "--probe-batch-size",
+                type=positive_int,
+                default=1024,
+                help="SGD: features per probe step (default 1024)",
+            )
         p.set_defaults(run=_run_cli, benchmark_kind=kind)
 
 
@@ -316,11 +408,22 @@ def _run_cli(args: argparse.Namespace) -> int:
         if args.weight_decays:
             probe["weight_decays"] = tuple(args.weight_decays)
     run_benchmark(
-        args.benchmark_kind, args.checkpoint, args.data or ["elpv"], args.out or f"runs/benchmark-{args.benchmark_kind}",
-        image_size=args.image_size, device=args.device, batch_size=args.batch_size,
-        k=getattr(args, "k", (200, 20)), temperature=getattr(args, "temperature", 0.07), probe_options=probe,
-        cache_dir=args.cache_dir, plots=not args.no_plots, seed=args.seed, progress=not args.no_progress,
-        command=_command_line(args), trust_code=args.trust_code,
+        args.benchmark_kind,
+        args.checkpoint,
+        args.data or ["elpv"],
+        args.out or f"runs/benchmark-{args.benchmark_kind}",
+        image_size=args.image_size,
+        device=args.device,
+        batch_size=args.batch_size,
+        k=getattr(args, "k", (200, 20)),
+        temperature=getattr(args, "temperature", 0.07),
+        probe_options=probe,
+        cache_dir=args.cache_dir,
+        plots=not args.no_plots,
+        seed=args.seed,
+        progress=not args.no_progress,
+        command=_command_line(args),
+        trust_code=args.trust_code,
     )
     return 0
 
@@ -330,8 +433,20 @@ def _command_line(args: argparse.Namespace) -> str:
     words = ["visionssl", "benchmark", args.benchmark_kind]
     words += [w for c in args.checkpoint for w in ("--checkpoint", c)]
     words += [w for d in args.data or [] for w in ("--data", d)]
-    for option in ("out", "image_size", "device", "batch_size", "cache_dir", "seed", "temperature", "solver", "folds",
-                   "epochs", "optimizer", "probe_batch_size"):
+    for option in (
+        "out",
+        "image_size",
+        "device",
+        "batch_size",
+        "cache_dir",
+        "seed",
+        "temperature",
+        "solver",
+        "folds",
+        "epochs",
+        "optimizer",
+        "probe_batch_size",
+    ):
         value = getattr(args, option, None)
         if value is not None:
             words += [f"--{option.replace('_', '-')}", str(value)]

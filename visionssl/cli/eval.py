@@ -1,4 +1,5 @@
 """``visionssl eval knn|linear``: one checkpoint on one labelled dataset, next to its random-weights baseline."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a pretrained backbone (kNN, linear probe)", epilog=EPILOG)
     esub = p.add_subparsers(dest="eval_command", required=True, metavar="{knn,linear}")
     k = esub.add_parser(
-        "knn", help="FAISS kNN accuracy of frozen features",
+        "knn",
+        help="FAISS kNN accuracy of frozen features",
         description="kNN classification of the test split with the train split as the bank, on frozen features, "
         "printed next to the same backbone with random weights.",
     )
@@ -31,16 +33,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a run directory, a checkpoint file, or a model-zoo name")
     p.add_argument("--data", default=None, help="labelled dataset spec (default: the run's dataset)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="view size (default: the run's augment.image_size)")
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="view size (default: the run's augment.image_size)"
+    )
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-baseline", action="store_true", help="skip the random-weights baseline")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-weights baseline")
     p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
-    p.add_argument("--layer", default="final",
-                   help="features of this stage, globally average-pooled: final (default) or stage0..stageN of a timm "
-                        "backbone's feature_info (e.g. stage3 of a ResNet is layer3); pretext methods are best judged "
-                        "at their best stage")
+    p.add_argument(
+        "--layer",
+        default="final",
+        help="features of this stage, globally average-pooled: final (default) or stage0..stageN of a timm "
+        "backbone's feature_info (e.g. stage3 of a ResNet is layer3); pretext methods are best judged "
+        "at their best stage",
+    )
 
 
 def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[str, Any], tuple[str, dict] | None]:
@@ -56,7 +63,11 @@ def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[
     if path.exists():
         config = load_checkpoint(path)["config"]  # load_backbone checked its shape
         spec = config["backbone"]
-        return backbone, {k: v if isinstance(v, dict) else {} for k, v in config.items()}, (spec["name"], spec.get("kwargs") or {})
+        return (
+            backbone,
+            {k: v if isinstance(v, dict) else {} for k, v in config.items()},
+            (spec["name"], spec.get("kwargs") or {}),
+        )
     entry = zoo.info(checkpoint)
     return backbone, {}, (entry.backbone, dict(entry.backbone_kwargs))
 
@@ -90,16 +101,33 @@ def run_eval(args: argparse.Namespace) -> int:
         models.append((f"random weights ({name})", create_backbone(name, **kwargs)))
     if distributed.is_main():
         layer = "" if args.layer == "final" else f", features of {args.layer}"
-        print(f"{args.evaluator} on {spec} (label: {train.label}), {len(train)} train / {len(test)} test images at {image_size} px{layer}")
+        print(
+            f"{args.evaluator} on {spec} (label: {train.label}), {len(train)} train / {len(test)} test images at {image_size} px{layer}"
+        )
     width = max(len(n) for n, _ in models)
     for name, model in models:
-        feats = [extract_features_distributed(with_layer(model, args.layer), ds, batch_size=args.batch_size, image_size=image_size, device=device,
-                                              dst=0) for ds in (train, test)]
+        feats = [
+            extract_features_distributed(
+                with_layer(model, args.layer),
+                ds,
+                batch_size=args.batch_size,
+                image_size=image_size,
+                device=device,
+                dst=0,
+            )
+            for ds in (train, test)
+        ]
         if not distributed.is_main():  # rank 0 received the features and evaluates
             continue
         if args.evaluator == "knn":
-            result = eval_lib.knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=min(args.k, len(train)),
-                                  temperature=args.temperature)
+            result = eval_lib.knn(
+                feats[0][0],
+                feats[0][1],
+                feats[1][0],
+                feats[1][1],
+                k=min(args.k, len(train)),
+                temperature=args.temperature,
+            )
         else:
             result = eval_lib.linear_probe(feats[0][0], feats[0][1], feats[1][0], feats[1][1])
         print(f"  {name:<{width}}  top-1 {result['top1']:6.2f}%  top-5 {result['top5']:6.2f}%", flush=True)

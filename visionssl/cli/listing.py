@@ -1,4 +1,5 @@
 """``visionssl methods|backbones|recipes``: what is registered and packaged."""
+
 from __future__ import annotations
 
 import argparse

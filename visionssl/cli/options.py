@@ -4,6 +4,7 @@ Example:
     >>> positive_int("3"), positive_float("0.5"), positive_seconds("10")
     (3, 0.5, 10.0)
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``visionssl pretrain``: options -> config overrides -> ``Trainer``, in a claimed run directory."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,35 +13,63 @@ from visionssl.engine.optim import OPTIMIZERS
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Adds ``pretrain`` to the ``visionssl`` command line."""
     p = sub.add_parser(
-        "pretrain", help="pretrain a backbone with a self-supervised method",
+        "pretrain",
+        help="pretrain a backbone with a self-supervised method",
         description="Pretrain a backbone with a self-supervised method. The method's recipe "
         "(visionssl/configs/METHOD.yaml) gives the defaults; options and KEY=VALUE overrides change them.",
         epilog=EPILOG,
     )
-    p.add_argument("--method", default=None, help="registered method (see `visionssl methods`; default: simclr, or the --config's)")
+    p.add_argument(
+        "--method", default=None, help="registered method (see `visionssl methods`; default: simclr, or the --config's)"
+    )
     p.add_argument("--config", default=None, help="a recipe name (e.g. simclr_imagenet) or a YAML file")
-    p.add_argument("--backbone", default=None, help="registered backbone, any timm model, or module:function / file.py:function")
-    p.add_argument("--data", default=None, help="dataset: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, stl10:PATH, synthetic[:N]")
+    p.add_argument(
+        "--backbone", default=None, help="registered backbone, any timm model, or module:function / file.py:function"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, stl10:PATH, synthetic[:N]",
+    )
     p.add_argument("--epochs", type=positive_int, default=None, help="number of training epochs")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per step, over all processes under torchrun (optim.batch_size)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="images per step, over all processes under torchrun (optim.batch_size)",
+    )
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate for batch 256 (optim.lr)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optim.name")
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help=f"side of the views fed to the backbone (augment.image_size); images are kept at {STORED_RATIO}x this")
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help=f"side of the views fed to the backbone (augment.image_size); images are kept at {STORED_RATIO}x this",
+    )
     p.add_argument("--device", default=None, help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed (train.seed)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--out", required=True, help="run directory: config, metrics.jsonl, TensorBoard events, checkpoints")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (its files are removed first); without it a non-empty --out is refused")
-    p.add_argument("--trust-code", action="store_true",
-                   help="allow a backbone named as code (module:function, file.py:function) by the --config file or the "
-                        "resumed run's config; not needed for --backbone, nor to resume your own run")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (reported) instead of stopping")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its files are removed first); without it a non-empty --out is refused",
+    )
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a backbone named as code (module:function, file.py:function) by the --config file or the "
+        "resumed run's config; not needed for --backbone, nor to resume your own run",
+    )
+    p.add_argument(
+        "--skip-bad-images", action="store_true", help="skip unreadable images (reported) instead of stopping"
+    )
     p.add_argument("--deterministic", action="store_true", help="bit-identical runs (slower on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.5 method.temperature=0.2")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.5 method.temperature=0.2"
+    )
     p.set_defaults(run=run_pretrain)
 
 
@@ -54,8 +83,14 @@ def pretrain_overrides(args: argparse.Namespace) -> list[str]:
             backbone = f"{Path(file).expanduser().resolve()}:{fn}"  # keep runs loadable from any directory
         o.append(f"backbone.name={backbone}")
     pairs = {
-        "data.name": args.data, "train.epochs": args.epochs, "optim.batch_size": args.batch_size, "optim.lr": args.lr,
-        "optim.name": args.optimizer, "train.device": args.device, "train.seed": args.seed, "train.num_threads": args.threads,
+        "data.name": args.data,
+        "train.epochs": args.epochs,
+        "optim.batch_size": args.batch_size,
+        "optim.lr": args.lr,
+        "optim.name": args.optimizer,
+        "train.device": args.device,
+        "train.seed": args.seed,
+        "train.num_threads": args.threads,
     }
     o += [f"{k}={v}" for k, v in pairs.items() if v is not None]
     if args.image_size:
@@ -103,8 +138,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         trainer.fit(resume=args.resume)
         return 0
     where = f"{trainer.device} x {trainer.world_size} processes" if trainer.world_size > 1 else str(trainer.device)
-    print(f"pretraining {cfg.method['name']} on {cfg.data.name} ({len(trainer.train_set)} images) with {cfg.backbone.name} "
-          f"for {cfg.train.epochs} epochs on {where}; run directory: {cfg.out}", flush=True)
+    print(
+        f"pretraining {cfg.method['name']} on {cfg.data.name} ({len(trainer.train_set)} images) with {cfg.backbone.name} "
+        f"for {cfg.train.epochs} epochs on {where}; run directory: {cfg.out}",
+        flush=True,
+    )
     if trainer.train_set.skipped:
         from visionssl.data.decode import display_path
 
@@ -113,10 +151,15 @@ def _pretrain(args: argparse.Namespace) -> int:
             print(f"  {display_path(path)}: {reason}")
     result = trainer.fit(resume=args.resume)
     if result.get("stopped_by"):  # preempted (SIGTERM) or Ctrl-C: a clean stop, the run goes on with --resume
-        print(f"stopped by {result['stopped_by']} at step {result['step']}; "
-              f"checkpoint: {trainer.checkpoint_path}; resume with: {trainer.resume_command}", flush=True)
+        print(
+            f"stopped by {result['stopped_by']} at step {result['step']}; "
+            f"checkpoint: {trainer.checkpoint_path}; resume with: {trainer.resume_command}",
+            flush=True,
+        )
         return 0
     if "knn/top1" in result:
-        print(f"done: epoch {result['epoch']}, kNN top-1 {result['knn/top1']:.2f}% on {cfg.data.eval or cfg.data.name} (test split)")
+        print(
+            f"done: epoch {result['epoch']}, kNN top-1 {result['knn/top1']:.2f}% on {cfg.data.eval or cfg.data.name} (test split)"
+        )
     print(f"checkpoint: {trainer.checkpoint_path}")
     return 0

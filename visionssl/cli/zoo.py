@@ -1,4 +1,5 @@
 """``visionssl zoo list|info|download|verify|pin|convert``: the model zoo from the command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,16 +15,19 @@ from visionssl.cli.options import positive_seconds
 from visionssl.zoo.download import DEFAULT_TIMEOUT
 
 OFFLINE_HELP = "use only the cache and local files (same as VISIONSSL_OFFLINE=1)"
-UNSAFE_HELP = ("allow full unpickling of a checkpoint the safe loader refuses; it runs any code in the file, "
-               "so use it only for files from a source you trust")
+UNSAFE_HELP = (
+    "allow full unpickling of a checkpoint the safe loader refuses; it runs any code in the file, "
+    "so use it only for files from a source you trust"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``zoo`` (with its sub-commands) to the ``visionssl`` command line."""
     zoo = subparsers.add_parser(
-        "zoo", help="pretrained checkpoints: list, info, download, verify, pin, convert",
+        "zoo",
+        help="pretrained checkpoints: list, info, download, verify, pin, convert",
         description="The model zoo (model_zoo.yaml, plus $VISIONSSL_HOME/zoo.yaml and VISIONSSL_ZOO files). "
-                    "Downloads go to $VISIONSSL_HOME/zoo (default ~/.cache/visionssl/zoo).",
+        "Downloads go to $VISIONSSL_HOME/zoo (default ~/.cache/visionssl/zoo).",
     )
     sub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
 
@@ -47,10 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_verify)
 
     p = sub.add_parser(
-        "pin", help="record the sha256 of an entry that has none (trust on first use)",
+        "pin",
+        help="record the sha256 of an entry that has none (trust on first use)",
         description="Downloads the file if needed and writes the entry, with its sha256, to your zoo file "
-                    "(--file, else the user file it came from, else the first VISIONSSL_ZOO file, else "
-                    "$VISIONSSL_HOME/zoo.yaml). The packaged model_zoo.yaml is never modified.",
+        "(--file, else the user file it came from, else the first VISIONSSL_ZOO file, else "
+        "$VISIONSSL_HOME/zoo.yaml). The packaged model_zoo.yaml is never modified.",
     )
     p.add_argument("name")
     p.add_argument("--file", default=None, help="zoo file to write the pinned entry to")
@@ -58,14 +63,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_pin)
 
     p = sub.add_parser(
-        "convert", help="convert a checkpoint (zoo name or upstream file) to a timm safetensors file",
+        "convert",
+        help="convert a checkpoint (zoo name or upstream file) to a timm safetensors file",
         description="Writes the backbone weights with timm key names as safetensors, loadable with "
-                    "timm.create_model(BACKBONE, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=OUT)) "
-                    "for a timm model, or vs.zoo.load_backbone(OUT) for any backbone (also visionssl's own, e.g. resnet18_cifar).",
+        "timm.create_model(BACKBONE, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=OUT)) "
+        "for a timm model, or vs.zoo.load_backbone(OUT) for any backbone (also visionssl's own, e.g. resnet18_cifar).",
     )
     p.add_argument("source", help="a zoo name, or a checkpoint file (then give --format and --backbone)")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
-    p.add_argument("--format", default=None, help="upstream format of a file (see `visionssl zoo info`; e.g. moco, vissl)")
+    p.add_argument(
+        "--format", default=None, help="upstream format of a file (see `visionssl zoo info`; e.g. moco, vissl)"
+    )
     p.add_argument("--backbone", default=None, help="timm / visionssl backbone name for a file (e.g. resnet50)")
     p.add_argument("--unsafe-load", action="store_true", help=UNSAFE_HELP)
     p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
@@ -75,10 +83,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", default=None, help=OFFLINE_HELP)
-    p.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
-                   help="idle limit: seconds with less than 1 KiB from a server (default %(default)s)")
-    p.add_argument("--total-timeout", type=positive_seconds, default=None,
-                   help="seconds a whole download from one server may take (default: no limit)")
+    p.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        help="idle limit: seconds with less than 1 KiB from a server (default %(default)s)",
+    )
+    p.add_argument(
+        "--total-timeout",
+        type=positive_seconds,
+        default=None,
+        help="seconds a whole download from one server may take (default: no limit)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -154,24 +170,37 @@ def run_convert(args: argparse.Namespace) -> int:
 
     if Path(args.source).exists():
         if not (args.format and args.backbone):
-            raise zoo.ZooError(f"converting the file {args.source} needs --format ({', '.join(zoo.list_formats())}) "
-                               f"and --backbone")
+            raise zoo.ZooError(
+                f"converting the file {args.source} needs --format ({', '.join(zoo.list_formats())}) and --backbone"
+            )
         path, fmt, backbone, kwargs = Path(args.source), args.format, args.backbone, {}
     else:
         from visionssl.backbones.trust import check_backbone_spec
 
         entry = zoo.info(args.source)
         if not args.backbone:  # the entry's backbone is the zoo file's word, not the user's: check it first
-            check_backbone_spec(entry.backbone, entry.backbone_kwargs, source=f"zoo entry {entry.name!r} ({entry.origin})",
-                                trust_code=args.trust_code)
+            check_backbone_spec(
+                entry.backbone,
+                entry.backbone_kwargs,
+                source=f"zoo entry {entry.name!r} ({entry.origin})",
+                trust_code=args.trust_code,
+            )
         path = zoo.fetch(entry, **network_kwargs(args))
         fmt, backbone, kwargs = entry.format, args.backbone or entry.backbone, entry.backbone_kwargs
     net = zoo.load_file(path, fmt, backbone, unsafe=args.unsafe_load, **kwargs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(out), metadata={"format": "visionssl", "backbone": backbone,
-                                         "backbone_kwargs": json.dumps(dict(kwargs)), "source": str(path)})
+    save_file(
+        state,
+        str(out),
+        metadata={
+            "format": "visionssl",
+            "backbone": backbone,
+            "backbone_kwargs": json.dumps(dict(kwargs)),
+            "source": str(path),
+        },
+    )
     print(f"{out}  sha256 {zoo.sha256_file(out)}")
     print(f"load with: {load_hint(backbone, kwargs, out)}")
     return 0
@@ -188,8 +217,10 @@ def load_hint(backbone: str, kwargs: dict, out: Path) -> str:
 
     if backbone in BACKBONES:
         args = "".join(f", {k}={v!r}" for k, v in dict(kwargs).items())
-        return (f"vs.zoo.load_backbone({str(out)!r})  # or: net = vs.create_backbone({backbone!r}{args}); "
-                f"net.load_state_dict(safetensors.torch.load_file({str(out)!r}))")
+        return (
+            f"vs.zoo.load_backbone({str(out)!r})  # or: net = vs.create_backbone({backbone!r}{args}); "
+            f"net.load_state_dict(safetensors.torch.load_file({str(out)!r}))"
+        )
     return f"timm.create_model({backbone!r}, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file={str(out)!r}))"
 
 

@@ -6,6 +6,7 @@ Example:
     >>> ds.images.shape, ds.images.dtype, ds.label
     (torch.Size([64, 3, 16, 16]), torch.uint8, 'class')
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,7 +45,9 @@ def load_dataset(
     name, _, arg = spec.partition(":")
     if name not in DATASETS and (Path(spec).expanduser().is_dir() or "/" in spec or spec.startswith(".")):
         name, arg = "imagefolder", spec
-    return DATASETS.get(name)(arg or None, split=split, image_size=image_size, skip_bad_images=skip_bad_images, **kwargs)
+    return DATASETS.get(name)(
+        arg or None, split=split, image_size=image_size, skip_bad_images=skip_bad_images, **kwargs
+    )
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -53,6 +56,15 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 
 __all__ = [
-    "BadImageError", "BatchLoader", "DATASETS", "ImageDataset", "decode_image", "decode_images",
-    "list_datasets", "load_dataset", "register_dataset", "stored_size", "stratified_split",
+    "BadImageError",
+    "BatchLoader",
+    "DATASETS",
+    "ImageDataset",
+    "decode_image",
+    "decode_images",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+    "stored_size",
+    "stratified_split",
 ]

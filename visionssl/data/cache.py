@@ -1,11 +1,13 @@
 """An on-disk cache of decoded datasets: images as a memory-mapped .npy, labels as JSON."""
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +47,9 @@ def cached_arrays(
         except OSError:
             pass  # the folder is not even a directory: nothing was written
         reason = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # atomic_write's error names the file
-        warnings.warn(f"could not write the dataset cache {npy}: {reason.strerror or reason}; going on without it", stacklevel=2)
+        warnings.warn(
+            f"could not write the dataset cache {npy}: {reason.strerror or reason}; going on without it", stacklevel=2
+        )
     return images, info
 
 
@@ -59,4 +63,3 @@ def _remove_stale_temp_files(folder: Path, key: str) -> None:
                 tmp.unlink()
         except OSError:
             pass
-

@@ -1,4 +1,5 @@
 """``ImageDataset``: a whole dataset decoded once into one uint8 tensor, with its labels."""
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,9 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         for key, y in self.labels.items():
             if len(y) != len(self.images):
                 raise ValueError(f"label {key!r} has {len(y)} entries for {len(self.images)} images")
@@ -75,18 +78,23 @@ class ImageDataset:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
-    def with_label(self, label: str) -> "ImageDataset":
+    def with_label(self, label: str) -> ImageDataset:
         """The same images with another default label."""
         if label not in self.labels:
             raise ValueError(f"dataset {self.name!r} has no label {label!r}; valid: {', '.join(self.labels)}")
         return ImageDataset(self.images, self.labels, label, self.classes, self.name, self.split, self.skipped)
 
-    def subset(self, indices: torch.Tensor | list[int]) -> "ImageDataset":
+    def subset(self, indices: torch.Tensor | list[int]) -> ImageDataset:
         """A dataset holding only ``indices`` (same label names and classes)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(
-            self.images[idx], {k: v[idx] for k, v in self.labels.items()}, self.label, self.classes,
-            self.name, self.split, self.skipped,
+            self.images[idx],
+            {k: v[idx] for k, v in self.labels.items()},
+            self.label,
+            self.classes,
+            self.name,
+            self.split,
+            self.skipped,
         )
 
     def fingerprint(self) -> str:

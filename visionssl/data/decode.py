@@ -1,17 +1,30 @@
 """Decoding image files into uint8 arrays, with a clear error naming any file that cannot be read."""
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")  # .gif: first frame
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)  # .gif: first frame
 MAX_PIXELS = 100_000_000  # larger images are refused as decompression bombs
 
 
@@ -20,7 +33,9 @@ class BadImageError(ValueError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path, self.reason = str(path), reason
-        super().__init__(f"cannot read image {display_path(path)}: {reason} (pass --skip-bad-images to skip such files)")
+        super().__init__(
+            f"cannot read image {display_path(path)}: {reason} (pass --skip-bad-images to skip such files)"
+        )
 
 
 def display_path(path: str | os.PathLike) -> str:
@@ -59,7 +74,9 @@ def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.nd
         # here: it is not thread-safe, and decode_images runs this in threads.)
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:
-                raise BadImageError(path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
+                raise BadImageError(
+                    path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)"
+                )
             img.load()
             img = to_8bit(ImageOps.exif_transpose(img), channels)
     except BadImageError:

@@ -2,6 +2,7 @@
 
 Both paths list the same files in the same order, so one folder always splits the same way.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,8 +1,9 @@
 """Feeds uint8 batches from an in-memory (or memory-mapped) dataset to the device."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
 
 import torch
 
@@ -64,8 +65,12 @@ def uniform_over_labels(labels: torch.Tensor, n: int, generator: torch.Generator
     labels = torch.as_tensor(labels).cpu()
     members = [torch.nonzero(labels == v).flatten() for v in torch.unique(labels)]
     m = n // len(members) + 1
-    picks = [idx[torch.randperm(len(idx), generator=generator)[:m]] if len(idx) > m
-             else idx[torch.randint(len(idx), (m,), generator=generator)] for idx in members]
+    picks = [
+        idx[torch.randperm(len(idx), generator=generator)[:m]]
+        if len(idx) > m
+        else idx[torch.randint(len(idx), (m,), generator=generator)]
+        for idx in members
+    ]
     drawn = torch.cat(picks)
     return drawn[torch.randperm(len(drawn), generator=generator)][:n]
 
@@ -110,8 +115,10 @@ class BatchLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is the global batch and must be divisible by the number of "
-                             f"processes ({world_size}); e.g. {batch_size // world_size * world_size or world_size}")
+            raise ValueError(
+                f"batch size {batch_size} is the global batch and must be divisible by the number of "
+                f"processes ({world_size}); e.g. {batch_size // world_size * world_size or world_size}"
+            )
         if world_size > 1 and not drop_last:
             raise ValueError("drop_last=False would give the ranks batches of different sizes; use drop_last=True")
         if drop_last and batch_size > len(dataset):
@@ -142,8 +149,10 @@ class BatchLoader:
         """The sample indices of batches ``start, start+1, ...`` of ``epoch`` (this rank's block of each)."""
         order = self.order(epoch)
         first = self.rank * self.local_batch_size
-        return [order[b * self.batch_size : (b + 1) * self.batch_size][first : first + self.local_batch_size]
-                for b in range(start, len(self))]
+        return [
+            order[b * self.batch_size : (b + 1) * self.batch_size][first : first + self.local_batch_size]
+            for b in range(start, len(self))
+        ]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start, start+1, ...`` of ``epoch`` (this rank's block of each)."""

@@ -1,4 +1,5 @@
 """Built-in datasets: elpv (embedded default), ImageFolder, CIFAR-10/100, STL-10, synthetic."""
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,9 @@ def _take_split(ds: ImageDataset, strata: np.ndarray, split: str, seed: int = 0)
 
 
 @register_dataset("elpv")
-def elpv(arg: str | None = None, split: str = "train", image_size: int | None = None, cache_dir=None, **_: Any) -> ImageDataset:
+def elpv(
+    arg: str | None = None, split: str = "train", image_size: int | None = None, cache_dir=None, **_: Any
+) -> ImageDataset:
     """The elpv solar-cell dataset (2,624 grayscale 300x300 images, shipped by the ``elpv-dataset`` package).
 
     Labels: ``defect`` (defect probability >= 0.5: "defective", else "functional"; the default) and
@@ -89,8 +92,13 @@ def elpv(arg: str | None = None, split: str = "train", image_size: int | None = 
 
 @register_dataset("imagefolder")
 def imagefolder(
-    arg: str | None, split: str = "train", image_size: int | None = None, skip_bad_images: bool = False,
-    channels: int = 3, cache_dir=None, **_: Any,
+    arg: str | None,
+    split: str = "train",
+    image_size: int | None = None,
+    skip_bad_images: bool = False,
+    channels: int = 3,
+    cache_dir=None,
+    **_: Any,
 ) -> ImageDataset:
     """A folder with one sub-folder per class (torchvision's ImageFolder layout), decoded once.
 
@@ -121,12 +129,18 @@ def imagefolder(
     images, info = cached_arrays(key, build, cache_dir)
     if not info["ok"]:
         path, reason = info["skipped"][0]
-        raise ValueError(f"all {len(paths)} images of {display_path(folder)} were skipped as unreadable "
-                         f"(the first: {display_path(path)}: {reason}); there is nothing to train on")
+        raise ValueError(
+            f"all {len(paths)} images of {display_path(folder)} were skipped as unreadable "
+            f"(the first: {display_path(path)}: {reason}); there is nothing to train on"
+        )
     y = torch.tensor(targets, dtype=torch.long)[torch.tensor(info["ok"], dtype=torch.long)]
     ds = ImageDataset(
-        torch.from_numpy(np.ascontiguousarray(images)), {"class": y}, "class", {"class": class_names},
-        f"imagefolder:{root}", skipped=[tuple(s) for s in info["skipped"]],
+        torch.from_numpy(np.ascontiguousarray(images)),
+        {"class": y},
+        "class",
+        {"class": class_names},
+        f"imagefolder:{root}",
+        skipped=[tuple(s) for s in info["skipped"]],
     )
     if presplit or split == "all":
         ds.split = split
@@ -138,7 +152,9 @@ def _torchvision(cls_name: str, arg: str | None, split: str, image_size: int | N
     import torchvision
 
     if not arg:
-        raise ValueError(f"{cls_name.lower()} needs the folder holding its files: '{cls_name.lower()}:PATH' (nothing is downloaded)")
+        raise ValueError(
+            f"{cls_name.lower()} needs the folder holding its files: '{cls_name.lower()}:PATH' (nothing is downloaded)"
+        )
     cls = getattr(torchvision.datasets, cls_name)
     try:
         if cls_name == "STL10":
@@ -148,12 +164,16 @@ def _torchvision(cls_name: str, arg: str | None, split: str, image_size: int | N
             tv = cls(arg, train=split != "test", download=False)
             images, targets, names = tv.data.transpose(0, 3, 1, 2), np.asarray(tv.targets), tv.classes
     except RuntimeError as exc:
-        raise FileNotFoundError(f"{cls_name} not found under {arg}: {exc} (download it yourself; visionssl never downloads data)") from None
+        raise FileNotFoundError(
+            f"{cls_name} not found under {arg}: {exc} (download it yourself; visionssl never downloads data)"
+        ) from None
     x = torch.from_numpy(np.ascontiguousarray(images))
     if image_size and image_size != x.shape[-1]:
         x = resize_uint8(x, image_size)
     name = cls_name.lower()
-    return ImageDataset(x, {"class": torch.from_numpy(targets.astype(np.int64))}, "class", {"class": list(names)}, name, split)
+    return ImageDataset(
+        x, {"class": torch.from_numpy(targets.astype(np.int64))}, "class", {"class": list(names)}, name, split
+    )
 
 
 @register_dataset("cifar10")
@@ -176,8 +196,14 @@ def stl10(arg: str | None, split: str = "train", image_size: int | None = None, 
 
 @register_dataset("synthetic")
 def synthetic(
-    arg: str | None = None, split: str = "train", image_size: int | None = None, num_classes: int = 4,
-    size: int = 256, channels: int = 3, seed: int = 0, **_: Any,
+    arg: str | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    num_classes: int = 4,
+    size: int = 256,
+    channels: int = 3,
+    seed: int = 0,
+    **_: Any,
 ) -> ImageDataset:
     """Generated images whose class sets the frequency of a randomly oriented grating (for tests and benchmarks).
 
@@ -185,7 +211,9 @@ def synthetic(
     """
     n = int(arg) if arg and arg.strip().isdigit() else (size if not arg else 0)
     if n < 1:
-        raise ValueError(f"data 'synthetic:{arg or size}': N must be a whole number of images >= 1 (e.g. synthetic:256)")
+        raise ValueError(
+            f"data 'synthetic:{arg or size}': N must be a whole number of images >= 1 (e.g. synthetic:256)"
+        )
     s = image_size or 32
     g = torch.Generator().manual_seed(seed + (0 if split != "test" else 1))
     y = torch.arange(n) % num_classes

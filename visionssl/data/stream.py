@@ -26,15 +26,17 @@ Example:
     >>> crops.shape, crops.dtype
     (torch.Size([2, 1, 3, 16, 16]), torch.uint8)
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -150,7 +152,9 @@ def crop_boxes(width: int, height: int, specs: Sequence[CropSpec], rng: np.rando
     return np.array([random_crop_box(width, height, s, rng) for s in specs], dtype=np.float64)
 
 
-def read_crops(path: str | os.PathLike, specs: Sequence[CropSpec], channels: int, rng: np.random.Generator) -> np.ndarray:
+def read_crops(
+    path: str | os.PathLike, specs: Sequence[CropSpec], channels: int, rng: np.random.Generator
+) -> np.ndarray:
     """Decodes one file and returns its crops, uint8 (V, channels, S, S); ``BadImageError`` names a bad file.
 
     The crop is resized with PIL's antialiased bilinear filter. A JPEG is decoded at 1/2, 1/4 or 1/8
@@ -161,7 +165,9 @@ def read_crops(path: str | os.PathLike, specs: Sequence[CropSpec], channels: int
         with Image.open(path) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
-                raise BadImageError(path, f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
+                raise BadImageError(
+                    path, f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)"
+                )
             # EXIF orientation 5-8 turns the picture by 90 degrees: the boxes are drawn on the upright image
             upright = (height, width) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
             boxes = crop_boxes(*upright, specs, rng)
@@ -200,7 +206,13 @@ class _CropFiles(torch.utils.data.Dataset):
     """Item ``(epoch, index)``: the crops of file ``index``, drawn from a generator seeded by (seed, epoch, index)."""
 
     def __init__(self, paths: Sequence[Path], specs: Sequence[CropSpec], channels: int, seed: int, gpu_decode: bool):
-        self.paths, self.specs, self.channels, self.seed, self.gpu_decode = list(paths), list(specs), channels, seed, gpu_decode
+        self.paths, self.specs, self.channels, self.seed, self.gpu_decode = (
+            list(paths),
+            list(specs),
+            channels,
+            seed,
+            gpu_decode,
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -288,8 +300,9 @@ class StreamLoader(BatchLoader):
         rank: int = 0,
         world_size: int = 1,
     ):
-        super().__init__(files, batch_size, device, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank,
-                         world_size=world_size)
+        super().__init__(
+            files, batch_size, device, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size
+        )
         crops = [CropSpec(*c) for c in crops]  # split_preset hands plain (size, scale, ratio) tuples
         if not crops or len({c.size for c in crops}) != 1:
             raise ValueError(f"crops must be one CropSpec per view, all of one size; got {list(crops)}")
@@ -313,12 +326,17 @@ class StreamLoader(BatchLoader):
             workers = self.num_workers
             self._loader = torch.utils.data.DataLoader(
                 _CropFiles(self.files.paths, self.crops, self.channels, self.seed, self.gpu_decode),
-                batch_sampler=self._sampler, num_workers=workers, collate_fn=_collate,
-                pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                batch_sampler=self._sampler,
+                num_workers=workers,
+                collate_fn=_collate,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
                 prefetch_factor=4 if workers > 0 else None,
             )
         if not self.gpu_decode:
-            host = ((indices, self._fill_bad_rows(indices, crops, errors)) for indices, crops, _, errors in self._loader)
+            host = (
+                (indices, self._fill_bad_rows(indices, crops, errors)) for indices, crops, _, errors in self._loader
+            )
             yield from prefetch_to_device(host, self.device)
             return
         for indices, crops, jpegs, errors in self._loader:
@@ -328,12 +346,14 @@ class StreamLoader(BatchLoader):
         size = self.crops[0].size
         return len(self.crops), self.channels, size, size
 
-    def _fill_bad_rows(self, indices: torch.Tensor, crops: torch.Tensor, errors: list[tuple[int, _Item]]) -> torch.Tensor:
+    def _fill_bad_rows(
+        self, indices: torch.Tensor, crops: torch.Tensor, errors: list[tuple[int, _Item]]
+    ) -> torch.Tensor:
         """Raises ``BadImageError`` for the first bad file, or (skip_bad_images) refills its row with a good one."""
         if not errors:
             return crops
         rows = [r for r, _ in errors]
-        for r, it in errors:
+        for _, it in errors:
             path = str(self.files.paths[it.index])
             if not self.skip_bad_images:
                 raise BadImageError(path, it.error or "unreadable")
@@ -341,7 +361,9 @@ class StreamLoader(BatchLoader):
             logger.warning("skipped unreadable image %s (%s)", display_path(path), it.error)
         good = [r for r in range(len(indices)) if r not in set(rows)]
         if not good:
-            raise BadImageError(self.files.paths[errors[0][1].index], f"every image of its batch is unreadable ({errors[0][1].error})")
+            raise BadImageError(
+                self.files.paths[errors[0][1].index], f"every image of its batch is unreadable ({errors[0][1].error})"
+            )
         for k, r in enumerate(rows):
             substitute = good[k % len(good)]
             crops[r] = crops[substitute]
@@ -349,7 +371,11 @@ class StreamLoader(BatchLoader):
         return crops
 
     def _decode_on_device(
-        self, indices: torch.Tensor, crops: torch.Tensor, jpegs: list[tuple[int, _Item]], errors: list[tuple[int, _Item]]
+        self,
+        indices: torch.Tensor,
+        crops: torch.Tensor,
+        jpegs: list[tuple[int, _Item]],
+        errors: list[tuple[int, _Item]],
     ) -> torch.Tensor:
         """nvJPEG-decodes the batch's JPEGs on the device and resizes their crops there."""
         from torchvision.transforms.v2.functional import resized_crop
@@ -366,12 +392,17 @@ class StreamLoader(BatchLoader):
                 path = self.files.paths[it.index]
                 try:
                     epoch = self._sampler.epoch
-                    out[row] = torch.from_numpy(read_crops(path, self.crops, self.channels, _rng(self.seed, epoch, it.index))).to(self.device)
+                    out[row] = torch.from_numpy(
+                        read_crops(path, self.crops, self.channels, _rng(self.seed, epoch, it.index))
+                    ).to(self.device)
                 except BadImageError as exc:
                     errors.append((row, it._replace(error=exc.reason)))
                 continue
             for v, ((x0, y0, w, h), spec) in enumerate(zip(it.boxes, self.crops)):
                 top, left = int(round(y0)), int(round(x0))
-                height, width = max(1, min(int(round(h)), image.shape[1] - top)), max(1, min(int(round(w)), image.shape[2] - left))
+                height, width = (
+                    max(1, min(int(round(h)), image.shape[1] - top)),
+                    max(1, min(int(round(w)), image.shape[2] - left)),
+                )
                 out[row, v] = resized_crop(image, top, left, height, width, [spec.size, spec.size], antialias=True)
         return out

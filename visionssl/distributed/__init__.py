@@ -18,6 +18,7 @@ Example (one process: rank 0 of 1, the gathers return their input):
     >>> all_gather_with_grad(x) is x
     True
 """
+
 from visionssl.distributed.collectives import (
     all_gather_no_grad,
     all_gather_object,
@@ -46,8 +47,26 @@ from visionssl.distributed.group import (
 )
 
 __all__ = [
-    "init", "shutdown", "is_distributed", "rank", "world_size", "local_rank", "is_main", "barrier",
-    "all_gather_with_grad", "all_gather_no_grad", "all_reduce", "broadcast", "broadcast_object", "all_gather_object",
-    "any_rank", "max_over_ranks", "local_slice", "shard_bounds", "gather_rows", "sync_buffers",
-    "convert_sync_batchnorm", "wrap_ddp",
+    "init",
+    "shutdown",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main",
+    "barrier",
+    "all_gather_with_grad",
+    "all_gather_no_grad",
+    "all_reduce",
+    "broadcast",
+    "broadcast_object",
+    "all_gather_object",
+    "any_rank",
+    "max_over_ranks",
+    "local_slice",
+    "shard_bounds",
+    "gather_rows",
+    "sync_buffers",
+    "convert_sync_batchnorm",
+    "wrap_ddp",
 ]

@@ -6,6 +6,7 @@ Example:
     >>> all_gather_with_grad(x) is x
     True
 """
+
 from __future__ import annotations
 
 import inspect
@@ -187,7 +188,9 @@ def shard_bounds(n: int, rank_: int | None = None, world_size_: int | None = Non
     return start, start + base + (r < extra)
 
 
-def gather_rows(local: torch.Tensor, total: int, dst: int | None = None, chunk_rows: int = 65536) -> torch.Tensor | None:
+def gather_rows(
+    local: torch.Tensor, total: int, dst: int | None = None, chunk_rows: int = 65536
+) -> torch.Tensor | None:
     """Concatenates the ranks' blocks of ``shard_bounds(total)`` rows into the full (total, ...) tensor.
 
     The result is on the CPU (``local`` itself, wherever it is, when not distributed).
@@ -270,8 +273,9 @@ def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bo
     # buffers: rank 0's copied once here, then no broadcast before each forward pass
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
     no_forward_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters,
-                                   **no_forward_sync)
+    return DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=find_unused_parameters, **no_forward_sync
+    )
 
 
 def _all_gather(x: torch.Tensor) -> torch.Tensor:

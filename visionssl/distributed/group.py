@@ -6,6 +6,7 @@ Example:
     >>> rank(), world_size(), is_main()
     (0, 1, True)
 """
+
 from __future__ import annotations
 
 import atexit
@@ -47,8 +48,10 @@ def init(device: str | torch.device = "cpu", timeout_s: float | None = None) -> 
         return device
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and missing:
-        raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: "
-                           "start the processes with torchrun (see docs/distributed.md)")
+        raise RuntimeError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: "
+            "start the processes with torchrun (see docs/distributed.md)"
+        )
     if not dist.is_initialized() and not missing:  # started by torchrun (even --nproc_per_node=1)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -126,8 +129,10 @@ def _rank_device(device: torch.device) -> torch.device:
     index = local_rank()
     count = torch.cuda.device_count()
     if index >= count:
-        raise RuntimeError(f"LOCAL_RANK={index} but only {count} GPU(s) are visible: start at most {count} "
-                           "processes per node (torchrun --nproc_per_node)")
+        raise RuntimeError(
+            f"LOCAL_RANK={index} but only {count} GPU(s) are visible: start at most {count} "
+            "processes per node (torchrun --nproc_per_node)"
+        )
     if device.index is not None and device.index != index and world_size() > 1:
         logger.warning("device %s ignored under torchrun: rank %d uses cuda:%d (LOCAL_RANK)", device, rank(), index)
     return torch.device("cuda", index)

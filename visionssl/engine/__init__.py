@@ -5,15 +5,28 @@ Example:
     >>> load_config("simclr").optim.name
     'lars'
 """
+
 from visionssl.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_run_backbone
 from visionssl.engine.config import ConfigError, list_recipes, load_config
-from visionssl.engine.optim import cosine_with_warmup, create_optimizer
 from visionssl.engine.guards import NonFiniteLossError
+from visionssl.engine.optim import cosine_with_warmup, create_optimizer
 from visionssl.engine.trainer import Trainer
 
-load_backbone = load_run_backbone  # the documented name (README): a run's backbone; the zoo's own load_backbone reads any source
+load_backbone = (
+    load_run_backbone  # the documented name (README): a run's backbone; the zoo's own load_backbone reads any source
+)
 
 __all__ = [
-    "CheckpointError", "ConfigError", "NonFiniteLossError", "Trainer", "atomic_save", "cosine_with_warmup",
-    "create_optimizer", "list_recipes", "load_backbone", "load_checkpoint", "load_config", "load_run_backbone",
+    "CheckpointError",
+    "ConfigError",
+    "NonFiniteLossError",
+    "Trainer",
+    "atomic_save",
+    "cosine_with_warmup",
+    "create_optimizer",
+    "list_recipes",
+    "load_backbone",
+    "load_checkpoint",
+    "load_config",
+    "load_run_backbone",
 ]

@@ -6,6 +6,7 @@ that kNN, linear probes and fine-tuning give it. Wu & Johnson ("Rethinking 'Batc
 2021) call this a train-test inconsistency and fix it by recomputing the statistics with the final
 weights, as their "precise BN": a few forward passes, no labels, no gradients.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,7 +47,9 @@ def recalibrate_batchnorm(
     if batch_size < 1 or max_images < 1:
         raise ValueError(f"batch_size and max_images must be >= 1, got {batch_size} and {max_images}")
     if images.ndim != 4 or images.dtype != torch.uint8 or len(images) == 0:
-        raise ValueError(f"images must be a non-empty uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be a non-empty uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
+        )
     layers = [m for m in module.modules() if isinstance(m, _BATCHNORM) and m.track_running_stats]
     if not layers:
         return 0

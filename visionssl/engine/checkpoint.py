@@ -10,6 +10,7 @@ A visionssl checkpoint is a ``dict`` saved with ``torch.save``:
     rng          torch / numpy / python RNG states
     metrics      the last logged metrics
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 f"refusing to load {path}: it holds Python objects other than tensors and plain containers, "
                 f"and unpickling them could run code ({unsafe}); load only checkpoints from sources you trust"
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint (unsupported pickle content)") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a torch checkpoint (unsupported pickle content)"
+        ) from None
     except Exception as exc:  # damaged bytes make the unpickler fail in many ways (KeyError, EOFError, ...)
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): {detail}") from None
@@ -85,11 +88,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def backbone_state_dict(method_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``backbone.``-prefixed entries of a method's state dict, prefix removed."""
     prefix = "backbone."
-    return {k[len(prefix):]: v for k, v in method_state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in method_state.items() if k.startswith(prefix)}
 
 
-def load_run_backbone(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-                  trust_code: bool = False) -> nn.Module:
+def load_run_backbone(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust_code: bool = False
+) -> nn.Module:
     """Rebuilds the backbone of a visionssl checkpoint (file or run directory), weights loaded strictly.
 
     The checkpoint's config may name a registered or timm backbone; a ``module:function`` /
@@ -113,13 +117,16 @@ def load_run_backbone(path: str | os.PathLike, map_location: str | torch.device 
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise CheckpointError(f"the weights in {path} do not fit its backbone {name!r}: "
-                              f"{detail[:300]}{'...' if len(detail) > 300 else ''}") from None
+        raise CheckpointError(
+            f"the weights in {path} do not fit its backbone {name!r}: "
+            f"{detail[:300]}{'...' if len(detail) > 300 else ''}"
+        ) from None
     return backbone.to(map_location)
 
 
 def checkpoint_backbone(ckpt: Any, path: str | os.PathLike) -> tuple[Any, Any, dict[str, torch.Tensor]]:
     """``(backbone name, kwargs, backbone state dict)`` of a loaded checkpoint; ``CheckpointError`` if malformed."""
+
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path} is not a visionssl checkpoint: {what}")
 

@@ -8,6 +8,7 @@ Example:
     >>> cfg.train.epochs, cfg.optim.lr, cfg.method.name
     (3, 0.5, 'simclr')
 """
+
 from __future__ import annotations
 
 import difflib
@@ -16,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +40,7 @@ class BackboneConfig:
 
 @dataclass
 class AugmentConfig:
-    name: Optional[str] = None  # preset; None: the method's own
+    name: str | None = None  # preset; None: the method's own
     image_size: int = 32  # side of the views fed to the backbone
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -47,11 +48,13 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     name: str = "elpv"  # dataset spec (see visionssl.data.load_dataset)
-    image_size: Optional[int] = 36  # side of the uint8 images kept in memory (None: native)
+    image_size: int | None = 36  # side of the uint8 images kept in memory (None: native)
     skip_bad_images: bool = False  # skip unreadable files (reported) instead of stopping
-    eval: Optional[str] = None  # labelled dataset for online kNN (None: the train/test splits of `name`)
-    stream: bool = False  # an image folder too large for memory: CPU workers decode + crop each batch (image_size unused)
-    workers: Optional[int] = None  # with stream: decoding processes (None: every core)
+    eval: str | None = None  # labelled dataset for online kNN (None: the train/test splits of `name`)
+    stream: bool = (
+        False  # an image folder too large for memory: CPU workers decode + crop each batch (image_size unused)
+    )
+    workers: int | None = None  # with stream: decoding processes (None: every core)
     gpu_decode: bool = False  # with stream on CUDA: decode JPEGs on the GPU (nvJPEG)
 
 
@@ -67,7 +70,7 @@ class OptimConfig:
     batch_size: int = 256  # the GLOBAL batch: under torchrun each of the N processes takes batch_size / N
     warmup_epochs: float = 10.0  # linear warmup, then cosine decay
     final_lr_ratio: float = 0.0  # the cosine schedule ends at lr x final_lr_ratio
-    grad_clip: Optional[float] = None  # max gradient norm (None: no clipping)
+    grad_clip: float | None = None  # max gradient norm (None: no clipping)
 
 
 @dataclass
@@ -84,14 +87,18 @@ class TrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.07
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
-    on_nonfinite: str = "stop"  # NaN/inf loss or gradients -> stop: end the run (last good checkpoint kept) | skip the step
+    on_nonfinite: str = (
+        "stop"  # NaN/inf loss or gradients -> stop: end the run (last good checkpoint kept) | skip the step
+    )
     max_skipped_steps: int = 10  # with on_nonfinite=skip: stop after more than this many skipped steps in a row
     min_loss_scale: float = 1e-4  # with precision=fp16: warn when the GradScaler's scale falls below this (underflow)
-    num_threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
+    num_threads: int | None = None  # CPU threads for torch (None: torch's default)
     progress: bool = True  # progress bar
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     find_unused_parameters: bool = False  # DDP: only for a method whose forward leaves some parameters unused
-    precise_bn: bool = False  # re-estimate the backbone's BatchNorm statistics on whole images before kNN and the last checkpoint
+    precise_bn: bool = (
+        False  # re-estimate the backbone's BatchNorm statistics on whole images before kNN and the last checkpoint
+    )
 
 
 @dataclass
@@ -102,7 +109,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out: Optional[str] = None  # run directory
+    out: str | None = None  # run directory
 
 
 CHOICES = {
@@ -145,7 +152,10 @@ def recipe_path(name: str) -> Path:
     if not path.is_file():
         valid = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         close = difflib.get_close_matches(name, valid, n=3)
-        raise ConfigError(f"unknown recipe {name!r}; " + (f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"))
+        raise ConfigError(
+            f"unknown recipe {name!r}; "
+            + (f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(valid)}")
+        )
     return path
 
 
@@ -210,14 +220,25 @@ def validate(cfg: DictConfig) -> None:
         ("train.knn_temperature", cfg.train.knn_temperature > 0, "must be > 0"),
         ("train.max_skipped_steps", cfg.train.max_skipped_steps >= 0, "must be >= 0"),
         ("train.min_loss_scale", cfg.train.min_loss_scale > 0, "must be > 0"),
-        ("train.num_threads", cfg.train.num_threads is None or cfg.train.num_threads >= 1, "must be >= 1 (or null: torch's default)"),
+        (
+            "train.num_threads",
+            cfg.train.num_threads is None or cfg.train.num_threads >= 1,
+            "must be >= 1 (or null: torch's default)",
+        ),
         ("optim.momentum", 0 <= cfg.optim.momentum < 1, "must be in [0, 1)"),
         ("optim.final_lr_ratio", 0 <= cfg.optim.final_lr_ratio <= 1, "must be in [0, 1]"),
-        ("optim.grad_clip", cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "must be > 0 (or null: no clipping)"),
+        (
+            "optim.grad_clip",
+            cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
+            "must be > 0 (or null: no clipping)",
+        ),
         ("optim.trust_coefficient", cfg.optim.trust_coefficient > 0, "must be > 0"),
         ("optim.betas", all(0 <= b < 1 for b in cfg.optim.betas), "must be two numbers in [0, 1)"),
-        ("train.num_threads", cfg.train.num_threads is None or cfg.train.num_threads <= max_threads(),
-         f"must be between 1 and {max_threads()} (this machine has {os.cpu_count()} CPUs; or null: torch's default)"),
+        (
+            "train.num_threads",
+            cfg.train.num_threads is None or cfg.train.num_threads <= max_threads(),
+            f"must be between 1 and {max_threads()} (this machine has {os.cpu_count()} CPUs; or null: torch's default)",
+        ),
     ]
     for key, value in _numbers(to_dict(cfg)):  # one check for every number: inf/nan is never a valid setting
         if not math.isfinite(value):
@@ -272,7 +293,9 @@ def _check_hparam_type(method: str, key: str, value: Any, default: Any) -> None:
     else:
         return
     if not ok:
-        raise ConfigError(f"method.{key}={value!r} must be of type {type(default).__name__} ({method}'s default: {default!r})")
+        raise ConfigError(
+            f"method.{key}={value!r} must be of type {type(default).__name__} ({method}'s default: {default!r})"
+        )
 
 
 def max_threads() -> int:
@@ -299,7 +322,9 @@ def _check_hparam_range(method: str, key: str, value: Any, ranges: list[tuple[st
     if rule is None:
         return
     low, high, low_inclusive = rule
-    if (low is not None and (value < low or (value == low and not low_inclusive))) or (high is not None and value > high):
+    if (low is not None and (value < low or (value == low and not low_inclusive))) or (
+        high is not None and value > high
+    ):
         lower = "" if low is None else f"{'>=' if low_inclusive else '>'} {low:g}"
         upper = "" if high is None else f"<= {high:g}"
         raise ConfigError(f"method.{key}={value} must be {' and '.join(x for x in (lower, upper) if x)} ({method})")

@@ -9,6 +9,7 @@ Example:
     >>> "knn" in EVALUATORS
     True
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -31,8 +32,17 @@ class Evaluator(Protocol):
         options: the evaluator's own settings (for ``"knn"``: ``k`` and ``temperature``).
     """
 
-    def __call__(self, backbone: nn.Module, bank: Any, queries: Any, *, batch_size: int, image_size: int,
-                 device: torch.device, **options: Any) -> dict[str, float] | None: ...
+    def __call__(
+        self,
+        backbone: nn.Module,
+        bank: Any,
+        queries: Any,
+        *,
+        batch_size: int,
+        image_size: int,
+        device: torch.device,
+        **options: Any,
+    ) -> dict[str, float] | None: ...
 
 
 def register_evaluator(name: str):  # noqa: ANN201  (a decorator)

@@ -3,6 +3,7 @@
 ``Guards`` is a mixin of ``visionssl.engine.Trainer``; it uses the trainer's ``config``, ``method``,
 ``optimizer``, ``scaler``, ``out``, ``step``, ``epoch`` and ``save_checkpoint``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,10 @@ class Guards:
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.stop_signal = signal.Signals(signum).name
-            logger.warning("%s received: stopping after the current step to save a checkpoint (SIGINT again stops at once)",
-                           self.stop_signal)
+            logger.warning(
+                "%s received: stopping after the current step to save a checkpoint (SIGINT again stops at once)",
+                self.stop_signal,
+            )
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -74,14 +77,23 @@ class Guards:
 
     def _save_on_stop(self) -> None:
         path = self.save_checkpoint()
-        where = (f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}/{self.steps_per_epoch}" if self.batch_in_epoch
-                 else f"the end of epoch {self.epoch}")
+        where = (
+            f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}/{self.steps_per_epoch}"
+            if self.batch_in_epoch
+            else f"the end of epoch {self.epoch}"
+        )
         self.resume_command = f"visionssl pretrain --out {shlex.quote(str(self.out))} --resume"
         if self.world_size > 1:  # the same launcher again (any number of processes: the global batch is kept)
             self.resume_command = f"torchrun <the same options> -m {self.resume_command}"
-        logger.warning("stopped by %s at step %d (%s); checkpoint saved to %s. Resume with: %s "
-                       "(from Python: Trainer(config).fit(resume=True))", self.stop_signal, self.step, where, path,
-                       self.resume_command)
+        logger.warning(
+            "stopped by %s at step %d (%s); checkpoint saved to %s. Resume with: %s "
+            "(from Python: Trainer(config).fit(resume=True))",
+            self.stop_signal,
+            self.step,
+            where,
+            path,
+            self.resume_command,
+        )
 
     def _snapshot_buffers(self) -> None:
         """With train.on_nonfinite=skip, keeps the buffers (BatchNorm statistics, queues) from before the
@@ -111,7 +123,9 @@ class Guards:
             grads = [p.grad for p in self.method.parameters() if p.grad is not None]
             if grads:  # the max-abs norm is NaN/inf exactly when some gradient entry is; it never overflows
                 bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))
-        if distributed.is_distributed():  # one verdict on every rank (an inf loss on one rank may leave finite gradients)
+        if (
+            distributed.is_distributed()
+        ):  # one verdict on every rank (an inf loss on one rank may leave finite gradients)
             bad = distributed.all_reduce(bad.float(), "max") > 0
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
@@ -131,8 +145,12 @@ class Guards:
             for saved, b in zip(self._buffers_before_step, self.method.buffers()):
                 b.copy_(saved)
         limit = self.config.train.max_skipped_steps
-        logger.warning("step %d: NaN or infinite loss or gradients, optimizer step skipped (%d in a row, %d in all)",
-                       self.step + 1, self._skipped_in_a_row, self.skipped_steps)
+        logger.warning(
+            "step %d: NaN or infinite loss or gradients, optimizer step skipped (%d in a row, %d in all)",
+            self.step + 1,
+            self._skipped_in_a_row,
+            self.skipped_steps,
+        )
         if self._skipped_in_a_row > limit:
             raise NonFiniteLossError(
                 f"{self._skipped_in_a_row} steps in a row had a NaN or infinite loss or gradients (more than "
@@ -153,7 +171,11 @@ class Guards:
                 logger.warning(
                     "fp16 loss scale fell to %.3g (below train.min_loss_scale=%g) at step %d: the gradients keep "
                     "overflowing, and those steps are skipped. Try train.precision=bf16 or fp32, a lower optim.lr "
-                    "or optim.grad_clip.", scale, self.config.train.min_loss_scale, self.step)
+                    "or optim.grad_clip.",
+                    scale,
+                    self.config.train.min_loss_scale,
+                    self.step,
+                )
             self._low_scale_warned = low
         return scalars
 
@@ -169,4 +191,8 @@ class Guards:
 
     def _kept_checkpoint(self) -> str:
         path = self.checkpoint_path
-        return f"the last good checkpoint is kept at {path}" if path is not None and path.is_file() else "no checkpoint was written yet"
+        return (
+            f"the last good checkpoint is kept at {path}"
+            if path is not None and path.is_file()
+            else "no checkpoint was written yet"
+        )

@@ -3,6 +3,7 @@
 A collapsed representation maps every image to (nearly) the same vector, or to a low-dimensional
 subspace; both statistics fall when that happens.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Optimizers (SGD, LARS, AdamW) and the cosine learning-rate schedule with linear warmup."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,13 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 def create_optimizer(
-    param_groups: list[dict[str, Any]], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
-    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), trust_coefficient: float = 0.001,
+    param_groups: list[dict[str, Any]],
+    name: str = "sgd",
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    trust_coefficient: float = 0.001,
 ) -> torch.optim.Optimizer:
     """SGD (momentum), LARS (timm's, no adaptation where weight decay is 0) or AdamW over ``param_groups``.
 

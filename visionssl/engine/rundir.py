@@ -14,6 +14,7 @@ Example:
     ...         pass
     >>> check_run_dir(d, resume=False, overwrite=False)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,10 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise RunDirError(f"run directory {folder} is in use by another run (process {holder}); wait for it to "
-                              f"finish or choose another --out") from None
+            raise RunDirError(
+                f"run directory {folder} is in use by another run (process {holder}); wait for it to "
+                f"finish or choose another --out"
+            ) from None
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -94,8 +97,10 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
         return
     present = run_files(folder)
     if present and not overwrite:
-        raise RunDirError(f"run directory {folder} is not empty ({', '.join(present[:5])}); continue that run with "
-                          f"--resume, replace it with --overwrite, or choose another --out")
+        raise RunDirError(
+            f"run directory {folder} is not empty ({', '.join(present[:5])}); continue that run with "
+            f"--resume, replace it with --overwrite, or choose another --out"
+        )
 
 
 def clear_run_dir(run_dir: str | os.PathLike) -> None:
@@ -103,8 +108,10 @@ def clear_run_dir(run_dir: str | os.PathLike) -> None:
     folder = Path(run_dir)
     foreign = [name for name in run_files(folder) if name not in RUN_FILES]
     if foreign:
-        raise RunDirError(f"--overwrite refuses to empty {folder}: it holds files a visionssl run does not write "
-                          f"({', '.join(foreign[:5])}); move them or choose another --out")
+        raise RunDirError(
+            f"--overwrite refuses to empty {folder}: it holds files a visionssl run does not write "
+            f"({', '.join(foreign[:5])}); move them or choose another --out"
+        )
     for name in run_files(folder):
         path = folder / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()

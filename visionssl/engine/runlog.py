@@ -3,6 +3,7 @@
 ``RunLog`` is a mixin of ``visionssl.engine.Trainer``; it uses the trainer's ``config``, ``out``,
 ``step``, ``epoch``, ``batch_in_epoch``, ``steps_per_epoch`` and ``checkpoint_path``.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ class RunLog:
                 self._writer.add_scalar(key, value, step)
 
     def _extra_scalars(self, out: dict[str, torch.Tensor]) -> dict[str, float]:
-        scalars = {k: float(v) for k, v in out.items() if k not in ("loss", "embedding") and torch.is_tensor(v) and v.ndim == 0}
+        scalars = {
+            k: float(v) for k, v in out.items() if k not in ("loss", "embedding") and torch.is_tensor(v) and v.ndim == 0
+        }
         emb = out.get("embedding")
         if emb is not None and bool(torch.isfinite(emb).all()):  # a skipped step's embedding may be NaN
             from visionssl.engine.monitor import effective_rank, embedding_std
@@ -46,8 +49,14 @@ class RunLog:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
-                    unit="step", leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=self.steps_per_epoch,
+            initial=self.batch_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def _open_run_dir(self) -> None:
         if self.out is None or not distributed.is_main():  # rank 0 alone writes the run directory

@@ -5,6 +5,7 @@ Example:
     >>> resolve_precision("auto", torch.device("cuda"))
     'bf16'
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,8 +64,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def rng_state() -> dict[str, Any]:
     """All RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    numpy_state = {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

@@ -1,6 +1,7 @@
 """Streaming training data: an image-file loader (``visionssl.data``) paired with a preset's device views
 (``visionssl.augment``). The composition lives here, above both.
 """
+
 from __future__ import annotations
 
 from typing import Any

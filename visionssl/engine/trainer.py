@@ -7,6 +7,7 @@ Everything a run produces lives in its run directory::
     tensorboard/       TensorBoard events (loss, lr, images/s, kNN accuracy, collapse metrics)
     checkpoints/last.pt  written atomically; ``resume=True`` continues from it exactly
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,11 @@ from visionssl.data import BatchLoader, ImageDataset, load_dataset
 from visionssl.data.decode import display_path
 from visionssl.engine.batchnorm import recalibrate_batchnorm
 from visionssl.engine.checkpoint import (
-    CHECKPOINT_FORMAT, LAST, CheckpointError, atomic_save, load_checkpoint,
+    CHECKPOINT_FORMAT,
+    LAST,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
 )
 from visionssl.engine.config import ConfigError, to_dict
 from visionssl.engine.evaluators import EVALUATORS
@@ -34,7 +39,11 @@ from visionssl.engine.guards import Guards, NonFiniteLossError  # noqa: F401  (N
 from visionssl.engine.optim import cosine_with_warmup, create_optimizer, set_lr
 from visionssl.engine.runlog import RunLog
 from visionssl.engine.runtime import (  # noqa: F401  (cpu_computes_bf16: re-exported)
-    cpu_computes_bf16, resolve_precision, rng_state, seed_everything, set_rng_state,
+    cpu_computes_bf16,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
 )
 from visionssl.methods import SSLMethod, create_method
 
@@ -101,17 +110,26 @@ class Trainer(RunLog, Guards):
         else:
             self.train_set = train_set or load_dataset(data.name, "train", data.image_size, data.skip_bad_images)
         if self.train_set.skipped:
-            logger.warning("skipped %d unreadable images: %s", len(self.train_set.skipped),
-                           "; ".join(f"{display_path(p)} ({r})" for p, r in self.train_set.skipped[:10]))
+            logger.warning(
+                "skipped %d unreadable images: %s",
+                len(self.train_set.skipped),
+                "; ".join(f"{display_path(p)} ({r})" for p, r in self.train_set.skipped[:10]),
+            )
         self.eval_sets = eval_sets
         if cfg.optim.batch_size > len(self.train_set):
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is larger than the dataset ({len(self.train_set)} images)")
+            raise ConfigError(
+                f"optim.batch_size={cfg.optim.batch_size} is larger than the dataset ({len(self.train_set)} images)"
+            )
         if cfg.optim.batch_size % self.world_size:
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is the global batch, split over {self.world_size} "
-                              f"processes: it must be a multiple of {self.world_size}")
+            raise ConfigError(
+                f"optim.batch_size={cfg.optim.batch_size} is the global batch, split over {self.world_size} "
+                f"processes: it must be a multiple of {self.world_size}"
+            )
 
         self.method = method or create_method(
-            cfg.method["name"], backbone=cfg.backbone.name, backbone_kwargs=dict(cfg.backbone.kwargs),
+            cfg.method["name"],
+            backbone=cfg.backbone.name,
+            backbone_kwargs=dict(cfg.backbone.kwargs),
             **{k: v for k, v in to_dict(cfg.method).items() if k != "name"},
         )
         if cfg.train.sync_bn and distributed.is_distributed():
@@ -124,7 +142,9 @@ class Trainer(RunLog, Guards):
             self.method.to(memory_format=torch.channels_last)
         channels = input_channels(self.method.backbone)
         self.augment = augment_lib.create(
-            cfg.augment.name or self.method.augmentation, image_size=cfg.augment.image_size, channels=channels,
+            cfg.augment.name or self.method.augmentation,
+            image_size=cfg.augment.image_size,
+            channels=channels,
             **to_dict(cfg.augment.kwargs),
         ).to(self.device)
         # DDP averages the gradients over the ranks; hooks are called on self.method, never on the wrapper
@@ -140,23 +160,40 @@ class Trainer(RunLog, Guards):
             from visionssl.engine.stream import stream_loader
 
             self.loader, self.augment = stream_loader(
-                self.train_set, self.augment, cfg.optim.batch_size, self.device, seed=cfg.train.seed,
-                num_workers=data.workers, gpu_decode=data.gpu_decode, skip_bad_images=data.skip_bad_images,
-                rank=self.rank, world_size=self.world_size,
+                self.train_set,
+                self.augment,
+                cfg.optim.batch_size,
+                self.device,
+                seed=cfg.train.seed,
+                num_workers=data.workers,
+                gpu_decode=data.gpu_decode,
+                skip_bad_images=data.skip_bad_images,
+                rank=self.rank,
+                world_size=self.world_size,
             )
             if self.eval_sets is None and not data.eval:
                 self.eval_sets = (None, None)  # a kNN bank is held in memory: online kNN needs data.eval
         else:
-            self.loader = BatchLoader(self.train_set, cfg.optim.batch_size, self.device, seed=cfg.train.seed,
-                                      rank=self.rank, world_size=self.world_size)
+            self.loader = BatchLoader(
+                self.train_set,
+                cfg.optim.batch_size,
+                self.device,
+                seed=cfg.train.seed,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
         scale = {"linear": cfg.optim.batch_size / 256, "sqrt": math.sqrt(cfg.optim.batch_size / 256), "none": 1.0}
         self.lr = cfg.optim.lr * scale[cfg.optim.lr_scaling]
         self.optimizer = create_optimizer(
-            self.method.param_groups(cfg.optim.weight_decay), cfg.optim.name, lr=self.lr,
-            momentum=cfg.optim.momentum, betas=tuple(cfg.optim.betas), trust_coefficient=cfg.optim.trust_coefficient,
+            self.method.param_groups(cfg.optim.weight_decay),
+            cfg.optim.name,
+            lr=self.lr,
+            momentum=cfg.optim.momentum,
+            betas=tuple(cfg.optim.betas),
+            trust_coefficient=cfg.optim.trust_coefficient,
         )
         self.precision = precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
         if self.precision == "bf16" and isinstance(self.augment, augment_lib.MultiView):
@@ -239,16 +276,24 @@ class Trainer(RunLog, Guards):
         bar = self._progress_bar()
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
-            if self.precision in ("bf16", "fp16") else nullcontext()
+            if self.precision in ("bf16", "fp16")
+            else nullcontext()
         )
         for indices, images in self.loader.epoch(self.epoch, start=self.batch_in_epoch):
-            lr = set_lr(self.optimizer, cosine_with_warmup(self.step, self.total_steps, self.warmup_steps, cfg.optim.final_lr_ratio))
+            lr = set_lr(
+                self.optimizer,
+                cosine_with_warmup(self.step, self.total_steps, self.warmup_steps, cfg.optim.final_lr_ratio),
+            )
             views = self.augment(images)
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             self._snapshot_buffers()
             with autocast:
-                out = self._forward(views, indices=indices.to(self.device, non_blocking=True)) if self._pass_indices else self._forward(views)
+                out = (
+                    self._forward(views, indices=indices.to(self.device, non_blocking=True))
+                    if self._pass_indices
+                    else self._forward(views)
+                )
             loss = out["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -266,7 +311,11 @@ class Trainer(RunLog, Guards):
                 distributed.all_reduce(counted)
                 n = counted.item()
                 elapsed = time.perf_counter() - tic
-                scalars = {"train/loss": loss_sum.item() / n if n else math.nan, "train/lr": lr, "train/images_per_s": seen / elapsed}
+                scalars = {
+                    "train/loss": loss_sum.item() / n if n else math.nan,
+                    "train/lr": lr,
+                    "train/images_per_s": seen / elapsed,
+                }
                 scalars.update(self._extra_scalars(out))
                 scalars.update(self._numerics_scalars())
                 self.log_scalars(scalars)
@@ -294,8 +343,13 @@ class Trainer(RunLog, Guards):
         backbone trained on inputs unlike the images it is used on (tiles, patches, rotations), whose
         running statistics describe those inputs. Returns the number of BatchNorm layers updated.
         """
-        return recalibrate_batchnorm(self.method.backbone, self.train_set.images, self.config.augment.image_size,
-                                     batch_size=max(self.config.optim.batch_size, 256), device=self.device)
+        return recalibrate_batchnorm(
+            self.method.backbone,
+            self.train_set.images,
+            self.config.augment.image_size,
+            batch_size=max(self.config.optim.batch_size, 256),
+            device=self.device,
+        )
 
     @torch.no_grad()
     def evaluate_knn(self) -> dict[str, float]:
@@ -305,14 +359,20 @@ class Trainer(RunLog, Guards):
             return {}
         cfg = self.config
         evaluate = EVALUATORS.get("knn")  # registered by visionssl.eval
-        result = evaluate(self.method.backbone, bank, queries, batch_size=max(cfg.optim.batch_size, 256),
-                          image_size=cfg.augment.image_size, device=self.device, k=min(cfg.train.knn_k, len(bank)),
-                          temperature=cfg.train.knn_temperature)
+        result = evaluate(
+            self.method.backbone,
+            bank,
+            queries,
+            batch_size=max(cfg.optim.batch_size, 256),
+            image_size=cfg.augment.image_size,
+            device=self.device,
+            k=min(cfg.train.knn_k, len(bank)),
+            temperature=cfg.train.knn_temperature,
+        )
         self.method.train()
         if result is not None:
             result = {f"knn/{key}": float(v) for key, v in result.items() if key in ("top1", "top5")}
         return distributed.broadcast_object(result)
-
 
     # ------------------------------------------------------------ checkpoints
     @property
@@ -372,8 +432,10 @@ class Trainer(RunLog, Guards):
             self.scaler.load_state_dict(ckpt["scaler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"cannot resume from {self.checkpoint_path}: it does not match this run's "
-                                  f"method/backbone/optimizer ({detail})") from None
+            raise CheckpointError(
+                f"cannot resume from {self.checkpoint_path}: it does not match this run's "
+                f"method/backbone/optimizer ({detail})"
+            ) from None
         self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt.get("batch_in_epoch", 0)
         self.metrics = dict(ckpt.get("metrics", {}))
         self.skipped_steps = ckpt.get("skipped_steps", 0)
@@ -381,8 +443,12 @@ class Trainer(RunLog, Guards):
         if len(per_rank) == self.world_size:
             set_rng_state(per_rank[self.rank])
         else:  # another number of processes: same global batches and schedule, other augmentation draws
-            logger.warning("resuming on %d processes a run saved by %d: the batches and the schedule continue, the "
-                           "random augmentations differ", self.world_size, len(per_rank))
+            logger.warning(
+                "resuming on %d processes a run saved by %d: the batches and the schedule continue, the "
+                "random augmentations differ",
+                self.world_size,
+                len(per_rank),
+            )
             set_rng_state(per_rank[0])
             if self.rank:
                 seed_everything(self.config.train.seed + 1_000_003 * self.step + self.rank)
@@ -393,11 +459,15 @@ class Trainer(RunLog, Guards):
         if self.eval_sets is None:
             data = self.config.data
             if data.eval:
-                self.eval_sets = (load_dataset(data.eval, "train", data.image_size), load_dataset(data.eval, "test", data.image_size))
+                self.eval_sets = (
+                    load_dataset(data.eval, "train", data.image_size),
+                    load_dataset(data.eval, "test", data.image_size),
+                )
             elif self.train_set.targets is not None:
-                self.eval_sets = (self.train_set, load_dataset(data.name, "test", data.image_size, data.skip_bad_images))
+                self.eval_sets = (
+                    self.train_set,
+                    load_dataset(data.name, "test", data.image_size, data.skip_bad_images),
+                )
             else:
                 self.eval_sets = (None, None)
         return self.eval_sets
-
-

@@ -12,6 +12,7 @@ Example:
     >>> "top1" in vs.eval.linear_probe(train_x, train_y, test_x, test_y, epochs=5)
     True
 """
+
 from visionssl.eval import sharded  # noqa: F401  (registers the trainer's online "knn" evaluator)
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
@@ -23,6 +24,16 @@ from visionssl.eval.linear_probe import (
 )
 
 __all__ = [
-    "extract_features", "feature_cache_path", "knn", "knn_predict", "knn_scores", "knn_search", "linear_probe",
-    "linear_probe_classic", "rank_accuracy", "stratified_kfold", "holdout_split", "weights_hash",
+    "extract_features",
+    "feature_cache_path",
+    "knn",
+    "knn_predict",
+    "knn_scores",
+    "knn_search",
+    "linear_probe",
+    "linear_probe_classic",
+    "rank_accuracy",
+    "stratified_kfold",
+    "holdout_split",
+    "weights_hash",
 ]

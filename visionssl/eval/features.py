@@ -15,6 +15,7 @@ Example:
     >>> x.shape, x.dtype, y.tolist()
     (torch.Size([6, 512]), torch.float32, [0, 1, 0, 1, 0, 1])
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -129,8 +130,11 @@ def feature_cache_path(
         "version": CACHE_VERSION,
         "weights": cache_key or weights_hash(backbone),
         "data": dataset.fingerprint(),
-        "transform": {"preset": "eval", "image_size": int(image_size or dataset.images.shape[-1]),
-                      "channels": input_channels(backbone)},
+        "transform": {
+            "preset": "eval",
+            "image_size": int(image_size or dataset.images.shape[-1]),
+            "channels": input_channels(backbone),
+        },
         "precision": "bf16" if device.type == "cuda" else "float32",
     }
     if layer not in (None, "final"):
@@ -163,9 +167,11 @@ def _read_cache(path: Path, n: int) -> torch.Tensor | None:
         features = torch.load(path, map_location="cpu", weights_only=True)["features"]
         if features.ndim == 2 and len(features) == n and features.dtype == torch.float32:
             return features
-        warnings.warn(f"ignoring feature cache {path}: it holds shape {tuple(features.shape)} for {n} images")
+        warnings.warn(
+            f"ignoring feature cache {path}: it holds shape {tuple(features.shape)} for {n} images", stacklevel=2
+        )
     except Exception as exc:  # a damaged cache file is recomputed, never fatal
-        warnings.warn(f"ignoring unreadable feature cache {path}: {exc}")
+        warnings.warn(f"ignoring unreadable feature cache {path}: {exc}", stacklevel=2)
     return None
 
 

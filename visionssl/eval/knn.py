@@ -22,19 +22,21 @@ Example:
     >>> vs.eval.knn(train_x, train_y, torch.tensor([[0.1, 1.0]]), torch.tensor([1]), k=1)
     {'top1': 100.0, 'top5': 100.0, 'top1@k1': 100.0, 'top5@k1': 100.0}
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import faiss
 import numpy as np
 import torch
 
-Array = Union[torch.Tensor, np.ndarray]
-Bank = Union[torch.Tensor, np.ndarray, str, os.PathLike]
+Array = Union[torch.Tensor, np.ndarray]  # noqa: UP007  (a runtime alias: `|` of these fails on Python 3.10)
+Bank = Union[torch.Tensor, np.ndarray, str, os.PathLike]  # noqa: UP007
 INDEXES = ("flat", "ivf", "sharded")
 VOTES = ("weighted", "majority")
 DEVICES = ("auto", "cpu", "cuda")
@@ -91,8 +93,17 @@ def knn(
     ks = _check_ks(k)
     test_labels = check_labels(test_y, "test_y", len(test_x))
     scores = knn_predict(
-        train_x, train_y, test_x, ks, temperature, vote=vote, index=index, nlist=nlist, nprobe=nprobe,
-        shard_size=shard_size, device=device,
+        train_x,
+        train_y,
+        test_x,
+        ks,
+        temperature,
+        vote=vote,
+        index=index,
+        nlist=nlist,
+        nprobe=nprobe,
+        shard_size=shard_size,
+        device=device,
         num_classes=num_classes if num_classes is not None else _num_classes(train_y, test_labels),
     )
     metrics: dict[str, float] = {}
@@ -245,8 +256,14 @@ def knn_search(
 
 
 def _ivf_search(
-    bank: np.ndarray, queries: np.ndarray, k: int, nlist: int | None, nprobe: int | None, shard_size: int,
-    gpu: bool, seed: int,
+    bank: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    nlist: int | None,
+    nprobe: int | None,
+    shard_size: int,
+    gpu: bool,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     n, dim = bank.shape
     max_cells = max(1, n // 39)  # faiss wants >= 39 training points per k-means centroid
@@ -274,8 +291,9 @@ def _ivf_search(
 def _sharded_search(bank: np.ndarray, queries: np.ndarray, k: int, shard_size: int) -> tuple[np.ndarray, np.ndarray]:
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     for start in range(0, len(bank), shard_size):
-        shard = _normalized(bank[start : start + shard_size], "train_x", row_offset=start,
-                            copy=not isinstance(bank, _NpyRows))
+        shard = _normalized(
+            bank[start : start + shard_size], "train_x", row_offset=start, copy=not isinstance(bank, _NpyRows)
+        )
         sims, ids = faiss.knn(queries, shard, min(k, len(shard)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(sims, ids + start)
     heap.finalize()

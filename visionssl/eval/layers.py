@@ -15,6 +15,7 @@ Example:
     >>> StageFeatures(net, "stage3")(torch.randn(2, 3, 32, 32)).shape  # ResNet layer3
     torch.Size([2, 256])
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,7 +61,7 @@ class StageFeatures(nn.Module):
         if layer not in names or layer == "final":
             hint = "" if len(names) > 1 else " (this backbone has no timm feature_info, so only its final output)"
             raise ValueError(f"unknown layer {layer!r}; valid: {', '.join(names)}{hint}")
-        info = _feature_info(backbone)[int(layer[len("stage"):])]
+        info = _feature_info(backbone)[int(layer[len("stage") :])]
         self.backbone, self.layer = backbone, layer
         self.num_features = int(info["num_chs"])
         self._stage = backbone.get_submodule(info["module"])

@@ -25,10 +25,11 @@ Example:
     >>> out["top1"] > 90, out["solver"], out["selection"], len(out["sweep"])
     (True, 'lbfgs', '5-fold', 7)
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -147,8 +148,22 @@ def linear_probe(
     if solver == "lbfgs":
         _check_lbfgs(Cs, folds, max_iter, tol, normalize, val_fraction, train_y, cv_max_samples)
         train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-        return _lbfgs_probe(train_x, train_y, test_x, test_y, [float(c) for c in Cs], folds, cv_max_samples,
-                            max_iter, tol, normalize or "none", val_fraction, refit, num_classes, seed)
+        return _lbfgs_probe(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            [float(c) for c in Cs],
+            folds,
+            cv_max_samples,
+            max_iter,
+            tol,
+            normalize or "none",
+            val_fraction,
+            refit,
+            num_classes,
+            seed,
+        )
     lrs = (0.01, 0.03, 0.1, 0.3, 1.0) if lrs is None else lrs
     weight_decays = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1) if weight_decays is None else weight_decays
     epochs, patience = 100 if epochs is None else epochs, 10 if patience is None else patience
@@ -165,8 +180,15 @@ def linear_probe(
         writer = _summary_writer(log_dir)
         try:
             sweep = train_heads(
-                train_x[fit_idx], train_y[fit_idx], settings, epochs, (train_x[val_idx], train_y[val_idx]),
-                patience, progress, writer, **options,
+                train_x[fit_idx],
+                train_y[fit_idx],
+                settings,
+                epochs,
+                (train_x[val_idx], train_y[val_idx]),
+                patience,
+                progress,
+                writer,
+                **options,
             )
         finally:
             if writer is not None:
@@ -177,17 +199,28 @@ def linear_probe(
     else:
         best, (lr, wd), best_epoch = 0, settings[0], epochs
     if refit or val_fraction == 0:
-        heads = train_heads(train_x, train_y, [(lr, wd)], epochs, None, patience, progress, None,
-                             stop_after=best_epoch, **options).best_heads(0)
+        heads = train_heads(
+            train_x, train_y, [(lr, wd)], epochs, None, patience, progress, None, stop_after=best_epoch, **options
+        ).best_heads(0)
 
     logits = heads(test_x)[:, 0]
-    result = {**rank_accuracy(logits.cpu(), test_y.cpu()), "solver": "sgd", "C": None, "lr": lr, "weight_decay": wd,
-              "selection": "validation" if val_fraction > 0 else "none"}
+    result = {
+        **rank_accuracy(logits.cpu(), test_y.cpu()),
+        "solver": "sgd",
+        "C": None,
+        "lr": lr,
+        "weight_decay": wd,
+        "selection": "validation" if val_fraction > 0 else "none",
+    }
     if val_fraction > 0:
         result.update(
-            val_top1=float(sweep.best_val[best]), best_epoch=best_epoch, epochs_run=sweep.epochs_run,
-            sweep=[{"lr": s[0], "weight_decay": s[1], "val_top1": float(v), "best_epoch": int(e)}
-                   for s, v, e in zip(settings, sweep.best_val, sweep.best_epoch)],
+            val_top1=float(sweep.best_val[best]),
+            best_epoch=best_epoch,
+            epochs_run=sweep.epochs_run,
+            sweep=[
+                {"lr": s[0], "weight_decay": s[1], "val_top1": float(v), "best_epoch": int(e)}
+                for s, v, e in zip(settings, sweep.best_val, sweep.best_epoch)
+            ],
         )
     else:
         result.update(val_top1=float("nan"), best_epoch=epochs, epochs_run=epochs, sweep=[])
@@ -251,8 +284,22 @@ def _summary_writer(log_dir):
     return SummaryWriter(str(log_dir))
 
 
-def _lbfgs_probe(train_x, train_y, test_x, test_y, Cs, folds, cv_max_samples, max_iter, tol, normalize,
-                 val_fraction, refit, num_classes, seed) -> dict:
+def _lbfgs_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    Cs,
+    folds,
+    cv_max_samples,
+    max_iter,
+    tol,
+    normalize,
+    val_fraction,
+    refit,
+    num_classes,
+    seed,
+) -> dict:
     """Picks C by k-fold (or a validation split) with all folds x all Cs as one batch of heads, then refits."""
     normalizer = Normalizer(normalize, train_x)
     x, test_x = normalizer(train_x), normalizer(test_x)
@@ -272,8 +319,9 @@ def _lbfgs_probe(train_x, train_y, test_x, test_y, Cs, folds, cv_max_samples, ma
     weight, bias, iters = fit_heads(x, train_y, num_classes, l2, fit_mask.to(x.dtype), max_iter=max_iter, tol=tol)
     logits = _head_logits(x, weight, bias).view(n, k, m, num_classes)
     correct = (logits.argmax(-1) == train_y.view(-1, 1, 1)).to(x.dtype)  # (N, k, m)
-    loss = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), train_y.view(-1, 1, 1).expand(-1, k, m),
-                                             reduction="none")
+    loss = torch.nn.functional.cross_entropy(
+        logits.permute(0, 3, 1, 2), train_y.view(-1, 1, 1).expand(-1, k, m), reduction="none"
+    )
     share = held.to(x.dtype) / held.sum(0)  # per fold: mean over its held-out samples
     fold_acc = 100.0 * torch.einsum("nk,nkm->km", share, correct)
     val_acc, val_loss = fold_acc.mean(0).cpu(), torch.einsum("nk,nkm->km", share, loss).mean(0).cpu()
@@ -286,11 +334,21 @@ def _lbfgs_probe(train_x, train_y, test_x, test_y, Cs, folds, cv_max_samples, ma
         l2_all = torch.tensor([1.0 / (Cs[best] * n)], dtype=x.dtype)
         w0, b0, it = fit_heads(x, train_y, num_classes, l2_all, init=(w0, b0), max_iter=max_iter, tol=tol)
         refit_iters = int(it[0])
-    result = {**rank_accuracy(_head_logits(test_x, w0, b0)[:, 0].cpu(), test_y.cpu()), "solver": "lbfgs",
-              "selection": selection, "C": Cs[best], "lr": None, "weight_decay": 1.0 / (Cs[best] * n),
-              "val_top1": float(val_acc[best]), "best_epoch": refit_iters, "epochs_run": int(iters.max()),
-              "sweep": [{"C": c, "weight_decay": 1.0 / (c * n), "val_top1": float(a), "val_loss": float(v)}
-                        for c, a, v in zip(Cs, val_acc, val_loss)]}
+    result = {
+        **rank_accuracy(_head_logits(test_x, w0, b0)[:, 0].cpu(), test_y.cpu()),
+        "solver": "lbfgs",
+        "selection": selection,
+        "C": Cs[best],
+        "lr": None,
+        "weight_decay": 1.0 / (Cs[best] * n),
+        "val_top1": float(val_acc[best]),
+        "best_epoch": refit_iters,
+        "epochs_run": int(iters.max()),
+        "sweep": [
+            {"C": c, "weight_decay": 1.0 / (c * n), "val_top1": float(a), "val_loss": float(v)}
+            for c, a, v in zip(Cs, val_acc, val_loss)
+        ],
+    }
     return result
 
 

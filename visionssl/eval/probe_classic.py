@@ -1,6 +1,7 @@
 """The classic linear-probe protocol of solo-learn, LightlySSL and VISSL, for comparison with published numbers:
 augmented images through the frozen backbone every epoch, SGD with a cosine schedule.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,7 +74,8 @@ def linear_probe_classic(
 
         views = augmentations.MultiView(
             [nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)), K.RandomHorizontalFlip())],
-            channels=channels, normalize=augmentations.Normalize(),
+            channels=channels,
+            normalize=augmentations.Normalize(),
         )
     else:
         views = augmentations.create("eval" if augment is False else augment, image_size=image_size, channels=channels)
@@ -113,8 +115,13 @@ def linear_probe_classic(
             with torch.no_grad():
                 logits = classifier.eval()(test_x).cpu()
             classifier.train()
-            history.append({"epoch": epoch, "top1": rank_accuracy(logits, test_y)["top1"],
-                            "seconds": round(time.perf_counter() - started, 3)})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "top1": rank_accuracy(logits, test_y)["top1"],
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
     finally:
         backbone.train(was_training)
     return {**rank_accuracy(logits, test_y), "lr": lr, "epochs": epochs, "history": history}

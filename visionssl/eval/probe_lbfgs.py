@@ -17,6 +17,7 @@ Example:
     >>> w.shape, b.shape, bool(w[0].norm() > w[1].norm())
     (torch.Size([2, 3, 3]), torch.Size([2, 3]), True)
 """
+
 from __future__ import annotations
 
 import torch

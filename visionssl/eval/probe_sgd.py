@@ -6,6 +6,7 @@ entropy, so every head gets exactly its own gradient; SGD or AdamW then applies 
 and weight decay (a batched update written here, as ``torch.optim`` would need one parameter group, and one
 small kernel launch, per head). Minibatches: this is the solver for features too many for a full-batch pass.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ class _Heads:
     """H linear heads over normalised features. The weights are one (D, C, H) tensor (heads last, so that a
     per-head learning rate broadcasts), the biases (C, H)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, normalizer: "Normalizer"):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, normalizer: Normalizer):
         self.weight, self.bias, self.normalizer = weight, bias, normalizer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,9 +66,20 @@ class _Sweep:
 
 @torch.no_grad()
 def train_heads(
-    x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, float]], epochs: int,
-    val: tuple[torch.Tensor, torch.Tensor] | None, patience: int, progress: bool, writer,
-    *, num_classes: int, batch_size: int | None, optimizer: str, normalize: str, seed: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: list[tuple[float, float]],
+    epochs: int,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    patience: int,
+    progress: bool,
+    writer,
+    *,
+    num_classes: int,
+    batch_size: int | None,
+    optimizer: str,
+    normalize: str,
+    seed: int,
     stop_after: int | None = None,
 ) -> _Sweep:
     """Trains one head per setting. The gradient of the mean softmax cross entropy is written out,
@@ -94,8 +106,9 @@ def train_heads(
     active = torch.ones(h, dtype=torch.bool, device=x.device)
     best_w, best_b = weight.clone(), bias.clone()
     epoch = 0
-    with tqdm(range(1, (stop_after or epochs) + 1), desc=f"linear probe ({h} heads)", disable=not progress,
-              leave=False) as bar:
+    with tqdm(
+        range(1, (stop_after or epochs) + 1), desc=f"linear probe ({h} heads)", disable=not progress, leave=False
+    ) as bar:
         for epoch in bar:
             order = torch.randperm(n, generator=g).to(x.device) if batch < n else torch.arange(n, device=x.device)
             live = torch.nonzero(active).flatten()  # stopped heads cost nothing: work on the live ones only

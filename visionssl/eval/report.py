@@ -8,6 +8,7 @@ Example:
     >>> [(s["checkpoint"], s["mean_rank"]) for s in summarize(rows)]
     [('a', 1.0), ('b', 2.0)]
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,9 +39,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             equal = sum(s == score for s in scores.values())
             ranks[name].append(better + (equal + 1) / 2)  # ties share the average of their ranks
     summary = [
-        {"checkpoint": n, "datasets": len(ranks[n]),
-         "mean_top1": round(sum(r["top1"] for r in rows if r["checkpoint"] == n) / len(ranks[n]), 4),
-         "mean_rank": round(sum(ranks[n]) / len(ranks[n]), 4)}
+        {
+            "checkpoint": n,
+            "datasets": len(ranks[n]),
+            "mean_top1": round(sum(r["top1"] for r in rows if r["checkpoint"] == n) / len(ranks[n]), 4),
+            "mean_rank": round(sum(ranks[n]) / len(ranks[n]), 4),
+        }
         for n in names
     ]
     return sorted(summary, key=lambda s: (s["mean_rank"], -s["mean_top1"]))
@@ -63,9 +67,17 @@ def markdown_table(payload: dict[str, Any]) -> str:
     for r in rows:
         few_classes = r.get("classes", 6) <= 5
         lines.append(_md_row(["-" if few_classes and c.startswith("top5") else _fmt(r.get(c)) for c in cols]))
-    lines += ["", f"### Transfer-suite summary ({headline})", "",
-              _md_row(["checkpoint", "datasets", "mean top-1", "mean rank"]), _md_row(["---"] * 4)]
-    lines += [_md_row([s["checkpoint"], s["datasets"], _fmt(s["mean_top1"]), _fmt(s["mean_rank"])]) for s in payload["summary"]]
+    lines += [
+        "",
+        f"### Transfer-suite summary ({headline})",
+        "",
+        _md_row(["checkpoint", "datasets", "mean top-1", "mean rank"]),
+        _md_row(["---"] * 4),
+    ]
+    lines += [
+        _md_row([s["checkpoint"], s["datasets"], _fmt(s["mean_top1"]), _fmt(s["mean_rank"])])
+        for s in payload["summary"]
+    ]
     return "\n".join(lines)
 
 

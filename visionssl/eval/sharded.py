@@ -12,6 +12,7 @@ Example:
     >>> x.shape, y.shape
     (torch.Size([8, 512]), torch.Size([8]))
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,13 +53,20 @@ def extract_features_distributed(
     """
     n = len(dataset)
     if not distributed.is_distributed() or n < distributed.world_size():  # too few images to split: all work
-        features, labels = extract_features(backbone, dataset, batch_size, image_size, device,
-                                            progress=progress and distributed.is_main())
+        features, labels = extract_features(
+            backbone, dataset, batch_size, image_size, device, progress=progress and distributed.is_main()
+        )
         return (features if dst is None or distributed.rank() == dst else None), labels
     start, stop = distributed.shard_bounds(n)
     block = _Rows(dataset, start, stop)
-    local, _ = extract_features(backbone, block, batch_size, image_size or dataset.images.shape[-1], device,
-                                progress=progress and distributed.is_main())
+    local, _ = extract_features(
+        backbone,
+        block,
+        batch_size,
+        image_size or dataset.images.shape[-1],
+        device,
+        progress=progress and distributed.is_main(),
+    )
     labels = dataset.targets if dataset.targets is not None else torch.full((n,), -1)
     return distributed.gather_rows(local, n, dst=dst), torch.as_tensor(labels).long()
 
@@ -76,8 +84,17 @@ class _Rows:
 
 
 @register_evaluator("knn")
-def online_knn(backbone: nn.Module, bank, queries, *, batch_size: int = 256, image_size: int | None = None,  # noqa: ANN001
-               device: str | torch.device | None = None, k: int = 20, temperature: float = 0.07) -> dict[str, float] | None:
+def online_knn(
+    backbone: nn.Module,
+    bank,
+    queries,
+    *,
+    batch_size: int = 256,
+    image_size: int | None = None,  # noqa: ANN001
+    device: str | torch.device | None = None,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> dict[str, float] | None:
     """The trainer's online kNN (``train.knn_every``): features split over the ranks, searched on rank 0.
 
     Every rank must call it; rank 0 gets ``knn``'s metrics, the others ``None``.
@@ -89,8 +106,10 @@ def online_knn(backbone: nn.Module, bank, queries, *, batch_size: int = 256, ima
         >>> sorted(online_knn(vs.create_backbone("resnet10t_cifar"), bank, queries, k=5))
         ['top1', 'top1@k5', 'top5', 'top5@k5']
     """
-    feats = [extract_features_distributed(backbone, ds, batch_size=batch_size, image_size=image_size, device=device, dst=0)
-             for ds in (bank, queries)]
+    feats = [
+        extract_features_distributed(backbone, ds, batch_size=batch_size, image_size=image_size, device=device, dst=0)
+        for ds in (bank, queries)
+    ]
     if not distributed.is_main():
         return None
     return knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=k, temperature=temperature)

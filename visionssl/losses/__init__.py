@@ -5,6 +5,7 @@ Example:
     >>> float(vs.losses.nt_xent(torch.randn(4, 8), torch.randn(4, 8))) > 0
     True
 """
+
 from visionssl.losses.barlow_twins import barlow_twins
 from visionssl.losses.dino import dino, dino_center
 from visionssl.losses.infonce import infonce
@@ -15,4 +16,17 @@ from visionssl.losses.nt_xent import nt_xent
 from visionssl.losses.swav import sinkhorn, swav
 from visionssl.losses.vicreg import vicreg
 
-__all__ = ["barlow_twins", "dino", "dino_center", "infonce", "infonce_queue", "mae", "negative_cosine", "nt_xent", "patchify", "sinkhorn", "swav", "vicreg"]
+__all__ = [
+    "barlow_twins",
+    "dino",
+    "dino_center",
+    "infonce",
+    "infonce_queue",
+    "mae",
+    "negative_cosine",
+    "nt_xent",
+    "patchify",
+    "sinkhorn",
+    "swav",
+    "vicreg",
+]

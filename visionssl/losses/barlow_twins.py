@@ -1,4 +1,5 @@
 """Barlow Twins: redundancy reduction of a cross-correlation matrix (Zbontar et al., 2021, arXiv 2103.03230)."""
+
 from __future__ import annotations
 
 import torch

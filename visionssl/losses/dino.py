@@ -1,4 +1,5 @@
 """DINO: self-distillation with no labels (Caron et al., 2021, arXiv 2104.14294)."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,10 @@ def dino(
         True
     """
     if len(teacher) < 1 or len(student) < 2 or len(student) < len(teacher):
-        raise ValueError(f"DINO needs >= 2 student crops including the {len(teacher)} teacher (global) crop(s); "
-                         f"got {len(student)} student crop(s)")
+        raise ValueError(
+            f"DINO needs >= 2 student crops including the {len(teacher)} teacher (global) crop(s); "
+            f"got {len(student)} student crop(s)"
+        )
     dtype = torch.promote_types(student[0].dtype, torch.float32)  # float32, or float64 when given
     with torch.autocast(center.device.type, enabled=False):
         targets = [F.softmax((t.detach().to(dtype) - center) / teacher_temp, dim=-1) for t in teacher]
@@ -50,8 +53,9 @@ def dino(
 
 
 @torch.no_grad()
-def dino_center(center: torch.Tensor, teacher: list[torch.Tensor], momentum: float = 0.9,
-                gather_distributed: bool = False) -> torch.Tensor:
+def dino_center(
+    center: torch.Tensor, teacher: list[torch.Tensor], momentum: float = 0.9, gather_distributed: bool = False
+) -> torch.Tensor:
     """The next center: ``momentum * center + (1 - momentum) * mean of the teacher outputs`` (all crops,
     and with ``gather_distributed`` all ranks' samples, summed with an all-reduce).
 

@@ -1,4 +1,5 @@
 """InfoNCE with in-batch keys, the loss of MoCo v3 (Chen, Xie & He, 2021, arXiv 2104.02057)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,9 @@ import torch.nn.functional as F
 from visionssl import distributed
 
 
-def infonce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, gather_distributed: bool = False) -> torch.Tensor:
+def infonce(
+    q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, gather_distributed: bool = False
+) -> torch.Tensor:
     """MoCo v3's contrastive loss: query i against every key of the batch, its own key k_i positive.
 
     With q and k L2-normalised, logits_ij = q_i . k_j / T and the loss is

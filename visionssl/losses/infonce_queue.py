@@ -1,4 +1,5 @@
 """InfoNCE against a queue of negatives, the loss of MoCo (He et al., 2020; Chen et al., 2020 for v2)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """MAE: masked autoencoder reconstruction loss (He et al., 2022, arXiv 2111.06377)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,9 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def mae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def mae(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """MAE's loss: mean squared error per patch, averaged over the masked patches only.
 
     With ``norm_pix`` each target patch is normalised by its own mean and (unbiased) variance first,
@@ -39,8 +42,10 @@ def mae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: 
         0.0
     """
     if pred.shape != target.shape or mask.shape != pred.shape[:2]:
-        raise ValueError(f"pred and target must be (B, L, P) and mask (B, L); got {tuple(pred.shape)}, "
-                         f"{tuple(target.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"pred and target must be (B, L, P) and mask (B, L); got {tuple(pred.shape)}, "
+            f"{tuple(target.shape)} and {tuple(mask.shape)}"
+        )
     dtype = torch.promote_types(pred.dtype, torch.float32)
     pred, target, mask = pred.to(dtype), target.to(dtype), mask.to(dtype)
     if norm_pix:

@@ -1,4 +1,5 @@
 """Negative cosine similarity with a stop-gradient, the loss of SimSiam (Chen & He, 2021) and BYOL."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """NT-Xent, the normalized temperature-scaled cross entropy of SimCLR (Chen et al., 2020)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,9 @@ import torch.nn.functional as F
 from visionssl import distributed
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather_distributed: bool = False) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather_distributed: bool = False
+) -> torch.Tensor:
     """SimCLR's loss over the 2N embeddings of a batch of N positive pairs.
 
     With z = normalize([z1; z2]) and s_ij = z_i . z_j / T, anchor i with positive p(i) costs

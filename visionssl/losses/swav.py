@@ -1,4 +1,5 @@
 """SwAV: swapped prediction of Sinkhorn-Knopp codes across crops (Caron et al., 2020, arXiv 2006.09882)."""
+
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,9 @@ from visionssl import distributed
 
 
 @torch.no_grad()
-def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, gather_distributed: bool = False) -> torch.Tensor:
+def sinkhorn(
+    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, gather_distributed: bool = False
+) -> torch.Tensor:
     """Soft codes (B, K) of prototype scores (B, K): an equipartition of the batch over the prototypes.
 
     Q = exp(scores / epsilon)^T (K x B) is scaled to sum 1, then ``iterations`` times its rows are
@@ -64,15 +67,20 @@ def swav(
         True
     """
     if not 1 <= num_global <= len(scores) or len(scores) < 2:
-        raise ValueError(f"SwAV needs at least 2 crops and 1 <= num_global <= crops; got {len(scores)} crops, "
-                         f"num_global={num_global}")
+        raise ValueError(
+            f"SwAV needs at least 2 crops and 1 <= num_global <= crops; got {len(scores)} crops, "
+            f"num_global={num_global}"
+        )
     total = scores[0].new_zeros((), dtype=torch.float32)
     for i in range(num_global):
         s = scores[i].detach()
         if queue_scores is not None:
             s = torch.cat([s, queue_scores[i].detach()])
         q = sinkhorn(s, epsilon, iterations, gather_distributed)[: len(scores[i])]
-        sub = sum(-(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(1).mean()
-                  for v in range(len(scores)) if v != i)
+        sub = sum(
+            -(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(1).mean()
+            for v in range(len(scores))
+            if v != i
+        )
         total = total + sub / (len(scores) - 1)
     return total / num_global

@@ -1,4 +1,5 @@
 """VICReg: variance-invariance-covariance regularisation (Bardes, Ponce & LeCun, 2022)."""
+
 from __future__ import annotations
 
 import torch

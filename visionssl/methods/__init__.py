@@ -6,11 +6,13 @@ Example:
     >>> out = method([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)])
     >>> out["loss"].backward()
 """
+
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -66,7 +68,6 @@ def create_method(
     if backbone is not None:
         hparams["backbone"] = backbone
     return factory(backbone_kwargs=backbone_kwargs, **hparams)
-
 
 
 def _import_builtin_methods() -> None:

@@ -1,5 +1,6 @@
 """Barlow Twins (Zbontar et al., 2021, arXiv 2103.03230): the cross-correlation of two views'
 embeddings is driven to the identity."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """The base class every self-supervised method derives from."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol

@@ -1,5 +1,6 @@
 """BYOL (Grill et al., 2020, arXiv 2006.07733): an online network with a predictor regresses the
 output of a slowly moving (EMA) target network."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -84,5 +85,10 @@ class BYOL(SSLMethod):
         return momentum_at(step, total_steps, self.momentum, self.final_momentum)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        ema_step_([(self.target_backbone, self.backbone), (self.target_projector, self.projector)],
-                  step, total_steps, self.momentum, self.final_momentum)
+        ema_step_(
+            [(self.target_backbone, self.backbone), (self.target_projector, self.projector)],
+            step,
+            total_steps,
+            self.momentum,
+            self.final_momentum,
+        )

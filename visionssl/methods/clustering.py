@@ -12,6 +12,7 @@ Example:
     >>> nmi(assignments, truth) > 0.95
     True
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,12 +88,23 @@ def kmeans(
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
     use_gpu = faiss.get_num_gpus() > 0 if gpu is None else gpu
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, gpu=bool(use_gpu), max_points_per_centroid=n,  # no subsampling
-                      min_points_per_centroid=1, verbose=False)
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        seed=seed,
+        gpu=bool(use_gpu),
+        max_points_per_centroid=n,  # no subsampling
+        min_points_per_centroid=1,
+        verbose=False,
+    )
     km.train(data)
     _, labels = km.index.search(data, 1)
     centroids, assignments = repair_empty_clusters(
-        torch.from_numpy(data), torch.from_numpy(km.centroids.copy()), torch.from_numpy(labels[:, 0].astype(np.int64)), seed
+        torch.from_numpy(data),
+        torch.from_numpy(km.centroids.copy()),
+        torch.from_numpy(labels[:, 0].astype(np.int64)),
+        seed,
     )
     return assignments, centroids
 
@@ -211,6 +223,8 @@ def nmi(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     pairs, joint = np.unique(ai.astype(np.int64) * kb + bi, return_counts=True)
     size_a, size_b = np.bincount(ai), np.bincount(bi)
     pa, pb, pab = size_a / n, size_b / n, joint / n
-    mutual = float(np.sum(pab * (np.log(joint * n) - np.log(size_a[pairs // kb] * size_b[pairs % kb].astype(np.float64)))))
+    mutual = float(
+        np.sum(pab * (np.log(joint * n) - np.log(size_a[pairs // kb] * size_b[pairs % kb].astype(np.float64))))
+    )
     ha, hb = -float(np.sum(pa * np.log(pa))), -float(np.sum(pb * np.log(pb)))
     return float(min(max(mutual / max((ha + hb) / 2, np.finfo(np.float64).eps), 0.0), 1.0))

@@ -1,4 +1,5 @@
 """Context prediction (Doersch et al., 2015, arXiv 1505.05192): where is this patch relative to that one?"""
+
 from __future__ import annotations
 
 from typing import Any

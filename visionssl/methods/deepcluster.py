@@ -10,6 +10,7 @@ Example:
     >>> vs.methods.METHODS.get("deepcluster").needs_indices
     True
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -120,8 +121,13 @@ class DeepCluster(SSLMethod):
             raise ValueError(f"classifier must be 'reset' or 'centroids', got {classifier!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        for name, value in (("num_clusters", num_clusters), ("cluster_every", cluster_every), ("pca_dim", pca_dim),
-                            ("kmeans_iters", kmeans_iters), ("extract_batch_size", extract_batch_size)):
+        for name, value in (
+            ("num_clusters", num_clusters),
+            ("cluster_every", cluster_every),
+            ("pca_dim", pca_dim),
+            ("kmeans_iters", kmeans_iters),
+            ("extract_batch_size", extract_batch_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if num_clusters < 2:
@@ -135,7 +141,9 @@ class DeepCluster(SSLMethod):
         self.temperature = temperature
         if projection_dim < 0:
             raise ValueError(f"projection_dim must be >= 0 (0: no projection head), got {projection_dim}")
-        self.projector = mlp(self.num_features, projection_hidden_dim, projection_dim) if projection_dim else nn.Identity()
+        self.projector = (
+            mlp(self.num_features, projection_hidden_dim, projection_dim) if projection_dim else nn.Identity()
+        )
         cluster_dim = projection_dim or self.num_features
         self.classifier = nn.Linear(cluster_dim, num_clusters) if classifier == "reset" else None
         self.reset_classifier()
@@ -181,15 +189,21 @@ class DeepCluster(SSLMethod):
         if len(views) != 1:
             raise ValueError(f"DeepCluster takes 1 view, got {len(views)}")
         if indices is None:
-            raise ValueError("DeepCluster.forward needs `indices`, the dataset indices of the batch (the trainer passes them)")
+            raise ValueError(
+                "DeepCluster.forward needs `indices`, the dataset indices of the batch (the trainer passes them)"
+            )
         if self.pseudo_labels.numel() == 0:
-            raise RuntimeError("DeepCluster has no pseudo-labels yet: the trainer's on_epoch_start clusters first "
-                               "(or call set_pseudo_labels)")
+            raise RuntimeError(
+                "DeepCluster has no pseudo-labels yet: the trainer's on_epoch_start clusters first "
+                "(or call set_pseudo_labels)"
+            )
         targets = self.pseudo_labels[indices.to(self.pseudo_labels.device)]
         features = self.backbone(views[0])
         projected = self.projector(features)
         if self.classifier is None:
-            logits = centroid_logits(projected, self.whiten_mean, self.whiten_projection, self.centroids, self.temperature)
+            logits = centroid_logits(
+                projected, self.whiten_mean, self.whiten_projection, self.centroids, self.temperature
+            )
         else:
             logits = self.classifier(projected)
         return {
@@ -210,8 +224,12 @@ class DeepCluster(SSLMethod):
         # data-parallel: each rank extracts its block of the training set, rank 0 clusters them all and
         # sends the assignments to every rank, so the pseudo-labels are identical everywhere
         start, stop = distributed.shard_bounds(n)
-        local = self.extract_features(trainer.train_set.images[start:stop], trainer.device, _view_size(trainer),
-                                      getattr(trainer.augment, "channels", 3))
+        local = self.extract_features(
+            trainer.train_set.images[start:stop],
+            trainer.device,
+            _view_size(trainer),
+            getattr(trainer.augment, "channels", 3),
+        )
         features = distributed.gather_rows(local, n, dst=0)
         dim, reduced = local.shape[1], min(self.pca_dim, local.shape[1], n - 1)
         assignments = torch.empty(n, dtype=torch.long)
@@ -221,7 +239,8 @@ class DeepCluster(SSLMethod):
             seed = self.seed + int(self.num_clusterings)
             features = features.to(trainer.device)  # PCA on the GPU when there is one
             assignments, centroids, mean, projection = fit_clustering(
-                features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed)
+                features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed
+            )
         for tensor in (assignments, mean, projection, centroids):
             distributed.broadcast(tensor, src=0)
         scalars = {}
@@ -232,11 +251,17 @@ class DeepCluster(SSLMethod):
             scalars["deepcluster/nmi_labels"] = nmi(targets, assignments)
         self.set_pseudo_labels(assignments)
         device = self.whiten_mean.device
-        self.whiten_mean, self.whiten_projection, self.centroids = mean.to(device), projection.to(device), centroids.to(device)
+        self.whiten_mean, self.whiten_projection, self.centroids = (
+            mean.to(device),
+            projection.to(device),
+            centroids.to(device),
+        )
         self.clustered_epoch.fill_(int(trainer.epoch))
         self.num_clusterings += 1
         optimizer = getattr(trainer, "optimizer", None)
-        if optimizer is not None and self.classifier is not None:  # momentum of the old classifier means nothing for the new clusters
+        if (
+            optimizer is not None and self.classifier is not None
+        ):  # momentum of the old classifier means nothing for the new clusters
             for p in self.classifier.parameters():
                 optimizer.state.pop(p, None)
         trainer.log_scalars(scalars)
@@ -245,7 +270,9 @@ class DeepCluster(SSLMethod):
         """Installs new pseudo-labels (N,) and re-initialises the classifier, as after a clustering."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         if labels.ndim != 1 or labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= self.num_clusters:
-            raise ValueError(f"pseudo-labels must be a non-empty (N,) tensor of cluster indices in [0, {self.num_clusters})")
+            raise ValueError(
+                f"pseudo-labels must be a non-empty (N,) tensor of cluster indices in [0, {self.num_clusters})"
+            )
         self.pseudo_labels = labels.to(self.pseudo_labels.device)
         self.reset_classifier()
 
@@ -261,8 +288,13 @@ class DeepCluster(SSLMethod):
         was_training = self.training
         self.eval()
         try:
-            return batched_features(lambda x: self.projector(self.backbone(x)), images, lambda x: view(x)[0],
-                                    self.extract_batch_size, device)
+            return batched_features(
+                lambda x: self.projector(self.backbone(x)),
+                images,
+                lambda x: view(x)[0],
+                self.extract_batch_size,
+                device,
+            )
         finally:
             self.train(was_training)
 
@@ -282,5 +314,13 @@ def _view_size(trainer: TrainingContext) -> int:
         return int(trainer.train_set.images.shape[-1])
 
 
-__all__ = ["DeepCluster", "centroid_logits", "cluster_features", "fit_whitening", "kmeans", "nmi", "pca_whiten",
-           "repair_empty_clusters"]
+__all__ = [
+    "DeepCluster",
+    "centroid_logits",
+    "cluster_features",
+    "fit_whitening",
+    "kmeans",
+    "nmi",
+    "pca_whiten",
+    "repair_empty_clusters",
+]

@@ -1,5 +1,6 @@
 """DINO (Caron et al., 2021, arXiv 2104.14294): a student matches the centred, sharpened output of
 an EMA teacher across multi-crop views."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,15 @@ class DINOHead(nn.Module):
     weight-normalised linear layer without bias to ``out_dim`` (its rows kept at unit norm when
     ``norm_last_layer``, as the paper's ViT recipe)."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 num_layers: int = 3, norm_last_layer: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        norm_last_layer: bool = True,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         dim = in_dim
@@ -131,5 +139,10 @@ class DINO(EpochProgress):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         super().on_step_end(step, total_steps)
-        ema_step_([(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)],
-                  step, total_steps, self.momentum, 1.0)
+        ema_step_(
+            [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)],
+            step,
+            total_steps,
+            self.momentum,
+            1.0,
+        )

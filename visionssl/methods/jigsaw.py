@@ -1,4 +1,5 @@
 """Jigsaw puzzles (Noroozi & Favaro, 2016, arXiv 1603.09246): which permutation shuffled the 9 tiles?"""
+
 from __future__ import annotations
 
 from typing import Any
@@ -103,7 +104,9 @@ class Jigsaw(SSLMethod):
         try:
             jigsaw_tiles(torch.zeros(1, 1, size, size), grid, hparams["tile_size"], jitter=False)
         except ValueError as exc:
-            raise ValueError(f"jigsaw (method.grid={grid}, method.tile_size, augment.image_size={size}): {exc}") from None
+            raise ValueError(
+                f"jigsaw (method.grid={grid}, method.tile_size, augment.image_size={size}): {exc}"
+            ) from None
 
     @property
     def num_permutations(self) -> int:

@@ -1,5 +1,6 @@
 """MAE (He et al., 2022, arXiv 2111.06377): a ViT encoder sees a random 25% of the patches; a light
 decoder reconstructs the others."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +13,9 @@ from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod
 
 
-def random_masking(n: int, length: int, keep: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(
+    n: int, length: int, keep: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample random masks drawn in one batched call: (ids_keep (n, keep), ids_restore (n, length),
     mask (n, length) with 1 on the ``length - keep`` masked patches) from the argsort of uniform noise.
 
@@ -86,8 +89,9 @@ class MAE(SSLMethod):
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches, decoder_dim))
-        self.decoder_blocks = nn.Sequential(*[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
-                                              for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.Sequential(
+            *[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * vit.patch_embed.proj.in_channels)
         nn.init.trunc_normal_(self.mask_token, std=0.02)

@@ -1,5 +1,6 @@
 """MoCo v2 (He et al., 2020, arXiv 1911.05722; Chen et al., 2020, arXiv 2003.04297): a momentum key
 encoder and a queue of negative keys."""
+
 from __future__ import annotations
 
 import warnings
@@ -111,9 +112,7 @@ class MoCo(SSLMethod):
             q2 = F.normalize(self.projector(self.backbone(x2)), dim=1)
             with torch.no_grad():
                 k1 = distributed.local_slice(self._keys(x1))
-            loss = (
-                infonce_queue(q1, k2, queue, self.temperature) + infonce_queue(q2, k1, queue, self.temperature)
-            ) / 2
+            loss = (infonce_queue(q1, k2, queue, self.temperature) + infonce_queue(q2, k1, queue, self.temperature)) / 2
         else:
             loss = infonce_queue(q1, k2, queue, self.temperature)
         if self.training:
@@ -166,5 +165,10 @@ class MoCo(SSLMethod):
             )
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        ema_step_([(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
-                  step, total_steps, self.momentum, self.final_momentum)
+        ema_step_(
+            [(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
+            step,
+            total_steps,
+            self.momentum,
+            self.final_momentum,
+        )

@@ -1,5 +1,6 @@
 """MoCo v3 (Chen, Xie & He, 2021, arXiv 2104.02057): a query encoder with a predictor against a
 momentum key encoder, symmetric InfoNCE over the keys of the batch (no queue)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -61,8 +62,10 @@ class MoCoV3(SSLMethod):
         if freeze_patch_embed:
             patch_embed = getattr(self.backbone, "patch_embed", None)
             if patch_embed is None:
-                raise ValueError("freeze_patch_embed=True needs a ViT backbone (a module with .patch_embed); "
-                                 f"{type(self.backbone).__name__} has none")
+                raise ValueError(
+                    "freeze_patch_embed=True needs a ViT backbone (a module with .patch_embed); "
+                    f"{type(self.backbone).__name__} has none"
+                )
             patch_embed.requires_grad_(False)
         self.temperature = temperature
         self.momentum = momentum
@@ -86,5 +89,10 @@ class MoCoV3(SSLMethod):
         return {"loss": loss, "embedding": h1.detach()}
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        ema_step_([(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
-                  step, total_steps, self.momentum, 1.0)
+        ema_step_(
+            [(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
+            step,
+            total_steps,
+            self.momentum,
+            1.0,
+        )

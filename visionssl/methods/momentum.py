@@ -1,4 +1,5 @@
 """Momentum (EMA) target networks shared by MoCo, BYOL, MoCo v3 and DINO: copy, update, schedule."""
+
 from __future__ import annotations
 
 import copy
@@ -45,9 +46,7 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     target_params, online_params = list(target.parameters()), list(online.parameters())
     if len(target_params) != len(online_params):
-        raise ValueError(
-            f"target and online networks differ: {len(target_params)} vs {len(online_params)} parameters"
-        )
+        raise ValueError(f"target and online networks differ: {len(target_params)} vs {len(online_params)} parameters")
     # lerp: t + (1 - m) (o - t), one fused kernel per device and dtype
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
 
@@ -77,8 +76,9 @@ def momentum_at(step: int, total_steps: int, base: float, final: float | None = 
     return base if final is None else cosine_momentum(step - 1, total_steps - 1, base, final)
 
 
-def ema_step_(pairs: Iterable[tuple[nn.Module, nn.Module]], step: int, total_steps: int, base: float,
-              final: float | None = None) -> float:
+def ema_step_(
+    pairs: Iterable[tuple[nn.Module, nn.Module]], step: int, total_steps: int, base: float, final: float | None = None
+) -> float:
     """The EMA update after an optimizer step, for every ``(target, online)`` pair; returns the momentum used.
 
     One home for the momentum encoders of MoCo, BYOL, MoCo v3 and DINO (their ``on_step_end``).

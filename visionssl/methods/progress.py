@@ -1,5 +1,6 @@
 """Training progress for methods with epoch-based schedules (SwAV, DINO): a step counter that
 survives checkpoints, and the trainer's steps per epoch."""
+
 from __future__ import annotations
 
 import torch

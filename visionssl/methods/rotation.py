@@ -1,4 +1,5 @@
 """Rotation prediction (Gidaris et al., 2018, arXiv 1803.07728): which of 0/90/180/270 degrees?"""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """SimCLR (Chen et al., 2020, arXiv 2002.05709): two augmented views, an MLP projection, NT-Xent."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """SimSiam (Chen & He, 2021, arXiv 2011.10566): a Siamese network with a predictor and a stop-gradient,
 no negatives and no momentum encoder."""
+
 from __future__ import annotations
 
 from typing import Any

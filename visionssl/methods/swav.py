@@ -1,5 +1,6 @@
 """SwAV (Caron et al., 2020, arXiv 2006.09882): online clustering onto prototypes, codes swapped
 between multi-crop views."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -105,8 +106,9 @@ class SwAV(EpochProgress):
             if self._queue_full(queue):
                 queue_scores = [queue[i] @ prototypes.detach().T for i in range(2)]
             self._enqueue(queue, z[:2])
-        loss = swav(scores, 2, self.temperature, self.epsilon, self.sinkhorn_iterations, queue_scores,
-                    gather_distributed=True)
+        loss = swav(
+            scores, 2, self.temperature, self.epsilon, self.sinkhorn_iterations, queue_scores, gather_distributed=True
+        )
         return {"loss": loss, "embedding": feats[0].detach()}
 
     def _local_queue(self) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """VICReg (Bardes, Ponce & LeCun, 2022, arXiv 2105.04906): variance, invariance and covariance
 regularisation of two expanded embeddings."""
+
 from __future__ import annotations
 
 from typing import Any

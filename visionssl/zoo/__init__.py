@@ -13,6 +13,7 @@ Example:
     68.1
     >>> backbone = vs.zoo.load("moco_v2_rn50_800ep").eval()  # downloads once  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import builtins
@@ -58,10 +59,33 @@ from visionssl.zoo.download import (
 from visionssl.zoo.export import ExportedModel, export_run
 
 __all__ = [
-    "CONVERTERS", "ExportedModel", "UnverifiedDownloadWarning", "ZooEntry", "ZooError", "all_entries", "cache_dir",
-    "cached_path", "convert_checkpoint", "download", "export_run", "fetch", "info", "list", "list_formats", "load",
-    "load_backbone", "load_file", "load_strict", "markdown_table", "pin", "read_checkpoint", "register_converter",
-    "safetensors_backbone", "sha256_file", "verify", "zoo_files",
+    "CONVERTERS",
+    "ExportedModel",
+    "UnverifiedDownloadWarning",
+    "ZooEntry",
+    "ZooError",
+    "all_entries",
+    "cache_dir",
+    "cached_path",
+    "convert_checkpoint",
+    "download",
+    "export_run",
+    "fetch",
+    "info",
+    "list",
+    "list_formats",
+    "load",
+    "load_backbone",
+    "load_file",
+    "load_strict",
+    "markdown_table",
+    "pin",
+    "read_checkpoint",
+    "register_converter",
+    "safetensors_backbone",
+    "sha256_file",
+    "verify",
+    "zoo_files",
 ]
 
 
@@ -87,8 +111,15 @@ def info(name: str) -> ZooEntry:
     return get_entry(name)
 
 
-def download(name: str, *, offline: bool | None = None, timeout: float = DEFAULT_TIMEOUT,
-             progress: bool = True, force: bool = False, total_timeout: float | None = None) -> Path:
+def download(
+    name: str,
+    *,
+    offline: bool | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+    force: bool = False,
+    total_timeout: float | None = None,
+) -> Path:
     """Downloads (if needed) and verifies the checkpoint file of ``name``; returns its local path.
 
     Args:
@@ -99,12 +130,21 @@ def download(name: str, *, offline: bool | None = None, timeout: float = DEFAULT
         force: download again even if the file is cached.
         total_timeout: seconds one mirror's whole download may take (None: no limit).
     """
-    return fetch(get_entry(name), offline=offline, timeout=timeout, progress=progress, force=force,
-                 total_timeout=total_timeout)
+    return fetch(
+        get_entry(name), offline=offline, timeout=timeout, progress=progress, force=force, total_timeout=total_timeout
+    )
 
 
-def load(name: str, *, offline: bool | None = None, unsafe: bool = False, timeout: float = DEFAULT_TIMEOUT,
-         progress: bool = True, total_timeout: float | None = None, trust_code: bool = False) -> nn.Module:
+def load(
+    name: str,
+    *,
+    offline: bool | None = None,
+    unsafe: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+    total_timeout: float | None = None,
+    trust_code: bool = False,
+) -> nn.Module:
     """The backbone of zoo entry ``name`` with its pretrained weights loaded strictly.
 
     The backbone is built with ``vs.create_backbone(entry.backbone, **entry.backbone_kwargs)`` (a
@@ -125,8 +165,9 @@ def load(name: str, *, offline: bool | None = None, unsafe: bool = False, timeou
     from visionssl.backbones.trust import check_backbone_spec
 
     entry = get_entry(name)
-    check_backbone_spec(entry.backbone, entry.backbone_kwargs, source=f"zoo entry {name!r} ({entry.origin})",
-                        trust_code=trust_code)
+    check_backbone_spec(
+        entry.backbone, entry.backbone_kwargs, source=f"zoo entry {name!r} ({entry.origin})", trust_code=trust_code
+    )
     path = fetch(entry, offline=offline, timeout=timeout, progress=progress, total_timeout=total_timeout)
     return load_file(path, entry.format, entry.backbone, unsafe=unsafe, **entry.backbone_kwargs)
 
@@ -141,12 +182,16 @@ def verify(name: str) -> str:
     candidates = [cached_path(entry)] + [p for p in map(local_path, entry.urls) if p is not None]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise ZooError(f"{name} is not downloaded (no file at {cached_path(entry)}); run `visionssl zoo download {name}`")
+        raise ZooError(
+            f"{name} is not downloaded (no file at {cached_path(entry)}); run `visionssl zoo download {name}`"
+        )
     digest = sha256_file(path)
     recorded = read_sidecar(path) if path == cached_path(entry) else None
     if entry.sha256 is None and recorded is not None and digest != recorded:
-        raise ZooError(f"{path}: sha256 {digest} differs from the one recorded when it was downloaded ({recorded}); "
-                       f"the file changed. Replace it with `visionssl zoo download {name} --force`.")
+        raise ZooError(
+            f"{path}: sha256 {digest} differs from the one recorded when it was downloaded ({recorded}); "
+            f"the file changed. Replace it with `visionssl zoo download {name} --force`."
+        )
     try:
         check_hash(path, digest, entry, source=str(path))
     except ZooError as exc:
@@ -176,12 +221,14 @@ def pin(name: str, *, file: str | os.PathLike | None = None, **download_kwargs: 
     pinned.update(sha256=digest, size=path.stat().st_size)
     pinned["note"] = (f"{entry.note} " if entry.note else "") + (
         f"sha256 recorded by `visionssl zoo pin` on {datetime.date.today()}: trust on first use, "
-        f"not a checksum published upstream.")
+        f"not a checksum published upstream."
+    )
     return digest, save_entry(pinned, file)
 
 
-def load_backbone(spec: str | os.PathLike, *, unsafe: bool = False, offline: bool | None = None,
-                  trust_code: bool = False) -> nn.Module:
+def load_backbone(
+    spec: str | os.PathLike, *, unsafe: bool = False, offline: bool | None = None, trust_code: bool = False
+) -> nn.Module:
     """A backbone from a zoo name, an exported ``.safetensors`` file, or a visionssl checkpoint / run directory.
 
     This is what every CLI ``--checkpoint`` option accepts. The backbone a file names must be a
@@ -253,6 +300,8 @@ def markdown_table() -> str:
         source = metric["source"] if metric else (entry.paper or "")
         link = f"[link]({source})" if source.startswith("http") else source
         epochs = entry.recipe.get("epochs")
-        rows.append(f"| `{entry.name}` | {entry.method} | {entry.backbone} | {epochs if epochs is not None else '?'} "
-                    f"| {shown} | {link} |")
+        rows.append(
+            f"| `{entry.name}` | {entry.method} | {entry.backbone} | {epochs if epochs is not None else '?'} "
+            f"| {shown} | {link} |"
+        )
     return "\n".join(rows)

@@ -18,6 +18,7 @@ Example:
     >>> entry.backbone, entry.format, entry.recipe["epochs"]
     ('resnet50', 'moco', 800)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,9 @@ import difflib
 import fnmatch
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -124,7 +126,9 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
     where = str(origin)
     if not isinstance(raw, Mapping):
         raise ZooError(f"{where}: entry #{index + 1} must be a mapping of fields, got {type(raw).__name__}")
-    label = f"{where}: entry {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"{where}: entry #{index + 1}"
+    label = (
+        f"{where}: entry {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"{where}: entry #{index + 1}"
+    )
 
     def fail(field: str, problem: str) -> None:
         raise ZooError(f"{label}: field {field!r} {problem}")
@@ -132,8 +136,11 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
     unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
         close = difflib.get_close_matches(unknown[0], REQUIRED + OPTIONAL, n=1)
-        fail(unknown[0], f"is not a zoo field{f' (did you mean {close[0]!r}?)' if close else ''}; "
-                         f"valid fields: {', '.join(REQUIRED + OPTIONAL)}")
+        fail(
+            unknown[0],
+            f"is not a zoo field{f' (did you mean {close[0]!r}?)' if close else ''}; "
+            f"valid fields: {', '.join(REQUIRED + OPTIONAL)}",
+        )
     for field in REQUIRED:
         if field not in raw:
             fail(field, "is missing (write null where a value is unknown)")
@@ -167,7 +174,9 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
         fail("note", "is required when sha256 is null: say why there is no checksum")
     published = raw.get("published_hash")
     if published is not None and not (isinstance(published, str) and PUBLISHED_HASH_PATTERN.match(published)):
-        fail("published_hash", f"must look like 'md5:b251726a' or 'sha256:<hex>' (6 to 64 hex digits), got {published!r}")
+        fail(
+            "published_hash", f"must look like 'md5:b251726a' or 'sha256:<hex>' (6 to 64 hex digits), got {published!r}"
+        )
 
     size = raw["size"]
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
@@ -187,18 +196,36 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
     if not isinstance(metrics, list):
         fail("metrics", f"must be a list (possibly empty) of {{name, value, source}}, got {metrics!r}")
     for metric in metrics:
-        if (not isinstance(metric, Mapping) or not {"name", "value", "source"} <= set(metric)
-                or not isinstance(metric["value"], (int, float)) or isinstance(metric["value"], bool)):
-            fail("metrics", f"has {metric!r}; each metric needs a name, a numeric value and a source (URL or paper table)")
+        if (
+            not isinstance(metric, Mapping)
+            or not {"name", "value", "source"} <= set(metric)
+            or not isinstance(metric["value"], (int, float))
+            or isinstance(metric["value"], bool)
+        ):
+            fail(
+                "metrics",
+                f"has {metric!r}; each metric needs a name, a numeric value and a source (URL or paper table)",
+            )
     for field in ("paper", "license"):
         if raw[field] is not None and not isinstance(raw[field], str):
             fail(field, f"must be a string or null, got {raw[field]!r}")
 
     return ZooEntry(
-        name=raw["name"], method=raw["method"], backbone=raw["backbone"], urls=tuple(resolved),
-        sha256=sha256.lower() if sha256 else None, size=size, format=raw["format"], recipe=dict(recipe),
-        metrics=tuple(dict(m) for m in metrics), paper=raw["paper"], license=raw["license"], note=note,
-        backbone_kwargs=dict(kwargs), published_hash=published, origin=where,
+        name=raw["name"],
+        method=raw["method"],
+        backbone=raw["backbone"],
+        urls=tuple(resolved),
+        sha256=sha256.lower() if sha256 else None,
+        size=size,
+        format=raw["format"],
+        recipe=dict(recipe),
+        metrics=tuple(dict(m) for m in metrics),
+        paper=raw["paper"],
+        license=raw["license"],
+        note=note,
+        backbone_kwargs=dict(kwargs),
+        published_hash=published,
+        origin=where,
     )
 
 
@@ -250,7 +277,9 @@ def save_entry(entry: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """
     path = Path(path).expanduser()
     if path.resolve() == PACKAGED_ZOO.resolve():
-        raise ZooError(f"refusing to rewrite the packaged zoo {path}; write to {user_zoo_path()} or a VISIONSSL_ZOO file")
+        raise ZooError(
+            f"refusing to rewrite the packaged zoo {path}; write to {user_zoo_path()} or a VISIONSSL_ZOO file"
+        )
     data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     data = data or {"models": []}
     models = [m for m in data.get("models") or [] if not (isinstance(m, Mapping) and m.get("name") == entry["name"])]

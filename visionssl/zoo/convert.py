@@ -24,10 +24,12 @@ Example:
     >>> state = convert_checkpoint("moco", upstream)
     >>> load_strict(timm.create_model("resnet18", num_classes=0), state)
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,10 +97,12 @@ def take_prefix(state: Mapping[str, Any], prefix: str, drop: tuple[str, ...] = (
         ...             "module.encoder.", drop=("fc.",))
         {'conv1.weight': 1}
     """
-    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    kept = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not kept:
-        raise ZooError(f"no key of the checkpoint starts with {prefix!r} (first keys: {_listing(state)}); "
-                       f"is the checkpoint format right?")
+        raise ZooError(
+            f"no key of the checkpoint starts with {prefix!r} (first keys: {_listing(state)}); "
+            f"is the checkpoint format right?"
+        )
     return {k: v for k, v in kept.items() if not k.startswith(drop)}
 
 
@@ -117,11 +121,16 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
             f"{len(missing)} missing key(s) [{_listing(missing)}], {len(unexpected)} unexpected key(s) [{_listing(unexpected)}]. "
             f"Check the entry's backbone and format."
         )
-    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs backbone {tuple(expected[k].shape)}"
-             for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs backbone {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if wrong:
-        raise ZooError(f"{source} does not fit the backbone {type(model).__name__}: {len(wrong)} shape mismatch(es) "
-                       f"[{_listing(wrong)}]. Check the entry's backbone (depth, width) and backbone_kwargs.")
+        raise ZooError(
+            f"{source} does not fit the backbone {type(model).__name__}: {len(wrong)} shape mismatch(es) "
+            f"[{_listing(wrong)}]. Check the entry's backbone (depth, width) and backbone_kwargs."
+        )
     full = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state_dict}
     model.load_state_dict(full, strict=True)
 
@@ -271,8 +280,14 @@ def visionssl_state(checkpoint: Mapping[str, Any]) -> StateDict:
     return dict(unwrap(checkpoint))
 
 
-def load_file(path: str | os.PathLike, format: str, backbone: str, *, unsafe: bool = False,  # noqa: A002
-              **backbone_kwargs: Any) -> nn.Module:
+def load_file(
+    path: str | os.PathLike,
+    format: str,
+    backbone: str,
+    *,
+    unsafe: bool = False,  # noqa: A002
+    **backbone_kwargs: Any,
+) -> nn.Module:
     """Builds ``backbone`` and loads the checkpoint file ``path`` of ``format`` into it, strictly.
 
     Example:

@@ -37,6 +37,7 @@ Example (a local file, so nothing is downloaded):
     >>> fetch(entry) == p
     True
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,8 +100,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFAULT_TIMEOUT,
-          progress: bool = True, force: bool = False, total_timeout: float | None = None) -> Path:
+def fetch(
+    entry: ZooEntry,
+    *,
+    offline: bool | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+    force: bool = False,
+    total_timeout: float | None = None,
+) -> Path:
     """The verified local file of ``entry``: from the cache, a local path, or downloaded (mirrors in order).
 
     Args:
@@ -138,7 +146,9 @@ def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFA
             errors.append(f"{url}: not tried (offline mode)")
             continue
         try:
-            digest = download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
+            digest = download_url(
+                url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout
+            )
         except ZooError as exc:
             errors.append(str(exc))
             continue
@@ -147,7 +157,8 @@ def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFA
                 f"{entry.name}: the zoo has no sha256 for this file ({entry.note}), so {url} was accepted on trust "
                 f"(trust on first use). Its sha256 is {digest}. Run `visionssl zoo pin {entry.name}` to record it: "
                 f"later downloads are then verified against it.",
-                UnverifiedDownloadWarning, stacklevel=2,
+                UnverifiedDownloadWarning,
+                stacklevel=2,
             )
         return dest
     if offline:
@@ -155,13 +166,14 @@ def fetch(entry: ZooEntry, *, offline: bool | None = None, timeout: float = DEFA
             f"offline mode (VISIONSSL_OFFLINE=1 or offline=True): {entry.name} is not in the cache at {dest}.\n  - "
             + "\n  - ".join(errors)
             + f"\nWhat to do: run `visionssl zoo download {entry.name}` where there is internet and copy the file to "
-              f"{dest}, or turn offline mode off."
+            f"{dest}, or turn offline mode off."
         )
     raise ZooError(
-        f"could not get {entry.name}:\n  - " + "\n  - ".join(errors)
+        f"could not get {entry.name}:\n  - "
+        + "\n  - ".join(errors)
         + "\nWhat to do: check the network (and proxy settings such as HTTPS_PROXY) and run the command again; an "
-          "interrupted download resumes where it stopped. Or download the file yourself from one of the URLs above "
-          f"and put it at {dest}: it is checked against the zoo's sha256 when first used."
+        "interrupted download resumes where it stopped. Or download the file yourself from one of the URLs above "
+        f"and put it at {dest}: it is checked against the zoo's sha256 when first used."
     )
 
 
@@ -177,8 +189,10 @@ def check_cached(dest: Path, entry: ZooEntry) -> str | None:
     else:
         digest = sha256_file(dest)
         if entry.sha256 is None and recorded is not None and digest != recorded:
-            return (f"{dest}: the cached file changed since it was downloaded (sha256 {digest}, recorded {recorded}); "
-                    f"a successful download replaces it")
+            return (
+                f"{dest}: the cached file changed since it was downloaded (sha256 {digest}, recorded {recorded}); "
+                f"a successful download replaces it"
+            )
         if entry.sha256 is None or digest == entry.sha256:
             try:
                 check_hash(dest, digest, entry, source="the cached file")
@@ -189,13 +203,22 @@ def check_cached(dest: Path, entry: ZooEntry) -> str | None:
         if entry.sha256 is None or digest == entry.sha256:
             _write_sidecar(dest, digest)
     if entry.sha256 is not None and digest != entry.sha256:
-        return (f"{dest}: the cached file has sha256 {digest}, the zoo expects {entry.sha256} "
-                f"(an older or corrupt file; a successful download replaces it)")
+        return (
+            f"{dest}: the cached file has sha256 {digest}, the zoo expects {entry.sha256} "
+            f"(an older or corrupt file; a successful download replaces it)"
+        )
     return None
 
 
-def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFAULT_TIMEOUT,
-                 progress: bool = True, total_timeout: float | None = None) -> str:
+def download_url(
+    url: str,
+    dest: Path,
+    *,
+    entry: ZooEntry,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+    total_timeout: float | None = None,
+) -> str:
     """Streams ``url`` to ``dest`` (resuming a kept ``.part``), verifies it, renames it; returns its sha256.
 
     See the module docstring for the policy on partial files and the limits.
@@ -219,12 +242,18 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
             part.unlink(missing_ok=True)
         if exc.code == 416 and offset:  # the kept part is not a prefix of this file any more: start again
             return download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
-        raise ZooError(f"{url}: the server answered HTTP {exc.code} ({exc.reason})"
-                       + (": the file is not (or no longer) at this address" if exc.code in (404, 410) else "")) from None
+        raise ZooError(
+            f"{url}: the server answered HTTP {exc.code} ({exc.reason})"
+            + (": the file is not (or no longer) at this address" if exc.code in (404, 410) else "")
+        ) from None
     except (URLError, OSError, http.client.HTTPException) as exc:
         raise ZooError(f"{url}: {_describe(exc, timeout)}") from None
 
-    if offset and response.status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+    if (
+        offset
+        and response.status == 206
+        and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+    ):
         response.close()  # a range we did not ask for: start again from zero
         part.unlink(missing_ok=True)
         return download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
@@ -236,8 +265,10 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
         total = offset + int(length) if length and length.isdigit() else None
         if entry.size is not None and total is not None and total > entry.size:
             part.unlink(missing_ok=True)
-            raise ZooError(f"{url}: the server announces {total} bytes, but the zoo entry {entry.name} declares size "
-                           f"{entry.size}; nothing was downloaded (a wrong or tampered file)")
+            raise ZooError(
+                f"{url}: the server announces {total} bytes, but the zoo entry {entry.name} declares size "
+                f"{entry.size}; nothing was downloaded (a wrong or tampered file)"
+            )
         hashers = _hashers(entry)
         if offset:
             with open(part, "rb") as f:
@@ -247,10 +278,19 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
         received = offset
         stall = _Stall(timeout, deadline)
         try:
-            with open(part, "ab" if offset else "wb") as f, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dest.name, disable=not progress, leave=False,
-            ) as bar:
+            with (
+                open(part, "ab" if offset else "wb") as f,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                    leave=False,
+                ) as bar,
+            ):
                 while chunk := response.read1(CHUNK):  # read1: what has arrived, so the clock is checked often
                     received += len(chunk)
                     if entry.size is not None and received > entry.size:
@@ -264,15 +304,22 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
                 raise http.client.IncompleteRead(b"", total - received)
         except _TooLarge:
             part.unlink(missing_ok=True)
-            raise ZooError(f"{url}: the download passed the size the zoo entry {entry.name} declares ({entry.size} "
-                           f"bytes) and was stopped; the partial file was deleted (a wrong or tampered file)") from None
+            raise ZooError(
+                f"{url}: the download passed the size the zoo entry {entry.name} declares ({entry.size} "
+                f"bytes) and was stopped; the partial file was deleted (a wrong or tampered file)"
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             if not resumable:
                 part.unlink(missing_ok=True)
-            kept = (f"the partial file {part} is kept: run the same command again to resume" if resumable
-                    else "the server does not support resuming, so the partial file was deleted")
-            raise ZooError(f"{url}: the download stopped after {received} of {total or '?'} bytes "
-                           f"({_describe(exc, timeout)}); {kept}") from None
+            kept = (
+                f"the partial file {part} is kept: run the same command again to resume"
+                if resumable
+                else "the server does not support resuming, so the partial file was deleted"
+            )
+            raise ZooError(
+                f"{url}: the download stopped after {received} of {total or '?'} bytes "
+                f"({_describe(exc, timeout)}); {kept}"
+            ) from None
         except BaseException:  # Ctrl-C: same policy, then let it propagate
             if not resumable:
                 part.unlink(missing_ok=True)
@@ -286,7 +333,9 @@ def download_url(url: str, dest: Path, *, entry: ZooEntry, timeout: float = DEFA
         raise
     if entry.size is not None and received != entry.size:
         part.unlink(missing_ok=True)
-        raise ZooError(f"{url}: got {received} bytes, the zoo entry {entry.name} declares {entry.size}; it was not kept")
+        raise ZooError(
+            f"{url}: got {received} bytes, the zoo entry {entry.name} declares {entry.size}; it was not kept"
+        )
     os.replace(part, dest)
     _write_sidecar(dest, digest)
     for stale in dest.parent.glob(f"{dest.name}.*.part"):  # parts left by other mirrors

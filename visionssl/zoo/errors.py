@@ -1,4 +1,5 @@
 """The one error type of the model zoo (its own module, so that every zoo module can raise it)."""
+
 from __future__ import annotations
 
 

@@ -13,6 +13,7 @@ Example (with a run made by ``visionssl pretrain --out runs/demo``):
     >>> exported = export_run("runs/demo")  # doctest: +SKIP
     >>> exported.path, exported.sha256  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,13 @@ class ExportedModel:
     sha256_path: Path
 
 
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-               name: str | None = None, trust_code: bool = False) -> ExportedModel:
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    name: str | None = None,
+    trust_code: bool = False,
+) -> ExportedModel:
     """Writes the backbone of a run (a run directory or a checkpoint file) as safetensors + sha256 + zoo entry.
 
     Args:
@@ -67,7 +73,12 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
 
     run = Path(run_dir)
     ckpt = load_checkpoint(run)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt or "method" not in ckpt:
+    if (
+        not isinstance(ckpt, dict)
+        or ckpt.get("format") != CHECKPOINT_FORMAT
+        or "config" not in ckpt
+        or "method" not in ckpt
+    ):
         raise ZooError(f"{run} is not a visionssl training checkpoint (it needs format='visionssl', config and method)")
     config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
     spec = config.get("backbone") if isinstance(config.get("backbone"), dict) else {}
@@ -85,8 +96,13 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     if out.suffix != ".safetensors":
         raise ZooError(f"the exported file must end in .safetensors, got {out}")
     method = (config.get("method") or {}).get("name", "unknown")
-    metadata = {"format": "visionssl", "backbone": spec["name"], "backbone_kwargs": json.dumps(kwargs),
-                "method": str(method), "epoch": str(ckpt.get("epoch", ""))}
+    metadata = {
+        "format": "visionssl",
+        "backbone": spec["name"],
+        "backbone_kwargs": json.dumps(kwargs),
+        "method": str(method),
+        "epoch": str(ckpt.get("epoch", "")),
+    }
     atomic_write(out, save(state, metadata=metadata))
     digest = sha256_file(out)
     sha_path = out.with_name(out.name + ".sha256")
@@ -131,7 +147,13 @@ def _eval_metrics(metrics: dict[str, Any], run: Path) -> list[dict]:
     import torch
 
     keep = re.compile(r"knn|linear|top1|top-1|acc", re.IGNORECASE)
-    numeric = {k: float(v) for k, v in metrics.items()
-               if (isinstance(v, (int, float)) and not isinstance(v, bool)) or (torch.is_tensor(v) and v.numel() == 1)}
-    return [{"name": k, "value": v, "source": f"visionssl run {run.resolve()} (last logged metrics)"}
-            for k, v in numeric.items() if keep.search(k)]
+    numeric = {
+        k: float(v)
+        for k, v in metrics.items()
+        if (isinstance(v, (int, float)) and not isinstance(v, bool)) or (torch.is_tensor(v) and v.numel() == 1)
+    }
+    return [
+        {"name": k, "value": v, "source": f"visionssl run {run.resolve()} (last logged metrics)"}
+        for k, v in numeric.items()
+        if keep.search(k)
+    ]

@@ -34,6 +34,7 @@ Example:
     >>> ckpt["state_dict"]["w"].tolist(), float(ckpt["eta"]), ckpt["log"].shape
     ([1.0], 3.5, (0,))
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,9 @@ class HistoryBuffer:
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
-            raise _not_allowed(self.pickled_name, f"a state of type {type(state).__name__}, not the dict mmengine writes")
+            raise _not_allowed(
+                self.pickled_name, f"a state of type {type(state).__name__}, not the dict mmengine writes"
+            )
         vars(self).update(state)
 
     def __repr__(self) -> str:
@@ -95,7 +98,9 @@ def _bookkeeping_getattr(*args: Any) -> str:
 def _empty_bytes(*args: Any) -> bytes:
     """``bytes()`` as numpy pickles an empty array's data; any argument is refused."""
     if args:
-        raise _not_allowed("builtins.bytes", "only bytes with no argument, the data of an empty numpy array, is allowed")
+        raise _not_allowed(
+            "builtins.bytes", "only bytes with no argument, the data of an empty numpy array, is allowed"
+        )
     return b""
 
 
@@ -111,13 +116,18 @@ def safe_globals() -> list[Any]:
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     allowed: list[Any] = [argparse.Namespace, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
     # files written with numpy 1.x name the module numpy.core.multiarray
-    allowed += [(multiarray.scalar, "numpy.core.multiarray.scalar"),
-                (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    allowed += [
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    ]
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes as these classes
     if dtypes is not None:
         allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    allowed += [(HistoryBuffer, HistoryBuffer.pickled_name), (_bookkeeping_getattr, "builtins.getattr"),
-                (_empty_bytes, "builtins.bytes")]
+    allowed += [
+        (HistoryBuffer, HistoryBuffer.pickled_name),
+        (_bookkeeping_getattr, "builtins.getattr"),
+        (_empty_bytes, "builtins.bytes"),
+    ]
     return allowed
 
 
@@ -153,8 +163,11 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
             return _read_unsafe(path)
         found = re.search(r"GLOBAL ([\w.]+)(?: in a form not allowed \(([^)]*)\))?", str(exc))
         what = f"the object {found.group(1)!r}" if found else "Python objects other than tensors and plain containers"
-        why = f" in a form the allow-list does not accept ({found.group(2)})" if found and found.group(2) else (
-            ", which is not on the allow-list")
+        why = (
+            f" in a form the allow-list does not accept ({found.group(2)})"
+            if found and found.group(2)
+            else (", which is not on the allow-list")
+        )
         raise ZooError(
             f"refusing to load {path}: it holds {what}{why}; unpickling it could run "
             f"code from the file. If you trust where the file comes from, load it with unsafe=True "
@@ -169,7 +182,9 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
 def _damaged(path: Path, exc: BaseException) -> ZooError:
     lines = [line for line in str(exc).splitlines() if line.strip() and "Check the documentation" not in line]
     last = lines[-1].strip() if lines else type(exc).__name__
-    return ZooError(f"cannot read checkpoint {path} (truncated, damaged, or not a torch file): {type(exc).__name__}: {last}")
+    return ZooError(
+        f"cannot read checkpoint {path} (truncated, damaged, or not a torch file): {type(exc).__name__}: {last}"
+    )
 
 
 def _read_unsafe(path: Path) -> Any:
@@ -177,9 +192,13 @@ def _read_unsafe(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as exc:
-        raise ZooError(f"cannot unpickle {path}: it needs the Python module {exc.name!r}, which is not installed; "
-                       f"install it to load this file with unsafe=True (--unsafe-load)") from None
+        raise ZooError(
+            f"cannot unpickle {path}: it needs the Python module {exc.name!r}, which is not installed; "
+            f"install it to load this file with unsafe=True (--unsafe-load)"
+        ) from None
     except (ImportError, AttributeError) as exc:  # the module is there but lacks the class the file names
-        raise ZooError(f"cannot unpickle {path}: {exc}; the installed package is not the one that wrote the file") from None
+        raise ZooError(
+            f"cannot unpickle {path}: {exc}; the installed package is not the one that wrote the file"
+        ) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         raise ZooError(f"cannot read checkpoint {path} (truncated, or not a torch file): {exc}") from None
