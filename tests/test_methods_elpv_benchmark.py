@@ -100,6 +100,11 @@ def test_random_baseline_is_the_methods_own_initialisation(bench):
     method = vs.create_method("mae", backbone="vit_tiny_patch16_224", backbone_kwargs=kw, decoder_dim=16, decoder_depth=1)
     own = method.backbone.state_dict()
     assert baseline.keys() == own.keys() and all(torch.equal(baseline[k], own[k]) for k in own)
+    torch.manual_seed(3)  # dino's ViT (dynamic_img_size) shares the label, the weights and the features of mae's
+    dynamic = vs.create_backbone("vit_tiny_patch16_224", dynamic_img_size=True, **kw).eval()
+    assert all(torch.equal(baseline[k], v) for k, v in dynamic.state_dict().items())
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(dynamic(x), method.backbone.eval()(x), atol=1e-6)
 
 
 def test_save_scores_a_row_on_another_backbone_against_its_own_random_weights(bench, tmp_path, monkeypatch):
