@@ -20,7 +20,13 @@ random quarter of the cell (``resize_ratio=2``: the cell's frame no longer tells
 its recipe's learning rate unscaled (0.1 at batch 32; sqrt scaling left it under-trained), and its recipe
 re-estimates the BatchNorm statistics on whole cells at the end (``train.precise_bn``). DeepCluster
 runs its small recipe (DeepCluster-v2's centroid classifier and projection head). SimCLR is the
-quick-start recipe itself. Rows are merged into the results file by method, so a subset can be rerun.
+quick-start recipe itself. Barlow Twins and MoCo v3 (BYOL's views) get the milder views as BYOL does;
+SwAV and DINO take multi-crop at the budget's size, global crops keeping 60-100% of the cell, local crops
+of SwAV's 96/224 (24 px at 64), no blur; SwAV's queue starts after the first epoch (its recipe's epoch 15
+is past the budget). DINO and MAE run on their small recipe's ``vit_tiny_patch16_224`` with 8 x 8
+patches of the budget's image size (64 tokens, as the recipe's 4 px patches at 32 px), so their random
+baseline is that ViT's initialisation at the same seed: every row is scored against its own backbone.
+Rows are merged into the results file by method, so a subset can be rerun.
 
     python benchmarks/methods_elpv.py                      # all methods, the quick-start budget
     python benchmarks/methods_elpv.py --methods simclr byol --epochs 20
