@@ -20,7 +20,13 @@ random quarter of the cell (``resize_ratio=2``: the cell's frame no longer tells
 its recipe's learning rate unscaled (0.1 at batch 32; sqrt scaling left it under-trained), and its recipe
 re-estimates the BatchNorm statistics on whole cells at the end (``train.precise_bn``). DeepCluster
 runs its small recipe (DeepCluster-v2's centroid classifier and projection head). SimCLR is the
-quick-start recipe itself. Rows are merged into the results file by method, so a subset can be rerun.
+quick-start recipe itself. Barlow Twins and MoCo v3 (BYOL's views) get the milder views as BYOL does;
+SwAV and DINO take multi-crop at the budget's size, global crops keeping 60-100% of the cell, local crops
+of SwAV's 96/224 (24 px at 64), no blur; SwAV's queue starts after the first epoch (its recipe's epoch 15
+is past the budget). DINO and MAE run on their small recipe's ``vit_tiny_patch16_224`` with 8 x 8
+patches of the budget's image size (64 tokens, as the recipe's 4 px patches at 32 px), so their random
+baseline is that ViT's initialisation at the same seed: every row is scored against its own backbone.
+Rows are merged into the results file by method, so a subset can be rerun.
 
     python benchmarks/methods_elpv.py                      # all methods, the quick-start budget
     python benchmarks/methods_elpv.py --methods simclr byol --epochs 20
@@ -61,6 +67,7 @@ import visionssl as vs  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
 from visionssl.data.sources import stratified_split  # noqa: E402
 from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
+from visionssl.engine.config import to_dict
 
 ELPV_VIEWS = ["augment.kwargs.scale=[0.6,1.0]", "augment.kwargs.blur_p=0.0"]
 SQRT_LR = "optim.lr_scaling=sqrt"
@@ -73,9 +80,37 @@ ELPV_OVERRIDES = {
     "context": ["method.patch_size=null", "method.gap=null", "method.jitter=null", "method.color=none", SQRT_LR],
     "rotation": [SQRT_LR],
     "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # train.precise_bn comes from its recipe
+    "barlow_twins": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
+    "mocov3": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
+    # multi-crop at the budget's size: global crops as the two-view methods', local crops of SwAV's 96/224 (24 px at 64);
+    # the recipe's queue starts at epoch 15 of 200, after the budget's last epoch, so it starts after the first here
+    "swav": [
+        "augment.kwargs.global_scale=[0.6,1.0]",
+        "augment.kwargs.blur_p=0.0",
+        "method.queue_start_epoch=1",
+        "method.freeze_prototypes_epochs=1",
+    ],
+    "dino": ["augment.kwargs.global_scale=[0.6,1.0]", "augment.kwargs.local_size=null", "augment.kwargs.blur_p=0.0"],
+    "mae": ["augment.kwargs.scale=[0.6,1.0]"],
 }
+VIT_METHODS = {
+    "dino",
+    "mae",
+}  # on their small recipe's tiny ViT, 8 x 8 patches (the recipe's 64 tokens) at any image size
 RECIPE = {"simclr": "simclr_elpv"}  # the quick start
 KNN_TEMPERATURE = 0.07
+
+
+def elpv_overrides(method: str, image_size: int) -> list[str]:
+    """The method's elpv overrides; the ViT methods also get their recipe's ViT with 8 x 8 patches of ``image_size``."""
+    vit = [f"backbone.kwargs.img_size={image_size}", f"backbone.kwargs.patch_size={image_size // 8}"]
+    return (vit if method in VIT_METHODS else []) + ELPV_OVERRIDES.get(method, [])
+
+
+def backbone_label(cfg) -> str:
+    """The backbone's name with its keyword arguments, e.g. ``vit_tiny_patch16_224(img_size=64, patch_size=8)``."""
+    kwargs = {k: v for k, v in to_dict(cfg.backbone.kwargs).items() if k != "dynamic_img_size"}
+    return cfg.backbone.name + (f"({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})" if kwargs else "")
 
 
 def knn_scores(backbone, train, test, split, folds: np.ndarray, image_size: int, k: int) -> tuple[float, float]:
@@ -155,24 +190,34 @@ def main() -> None:
         split = tuple(torch.from_numpy(i) for i in stratified_split(strata, test_fraction=0.25, seed=args.seed))
         bank, test = train.subset(split[0]), train.subset(split[1])
 
-    random_seeds, random_cv = [], []  # the spread over initialisations says how far apart two untrained backbones are
-    for seed in range(args.seed, args.seed + args.random_seeds):
-        torch.manual_seed(seed)
-        top1, cv = knn_scores(vs.create_backbone(args.backbone), train, test, split, folds, args.image_size, args.k)
-        random_seeds.append(top1)
-        random_cv.append(cv)
-    random_top1 = random_seeds[0]  # the seed every method starts from: its own initialisation
-    spread = {
-        "seeds": random_seeds,
-        "mean": statistics.mean(random_seeds),
-        "std": statistics.pstdev(random_seeds),
-        "cross_validated": random_cv,
-    }
-    print(
-        f"random weights ({args.backbone}, seed {args.seed}): kNN top-1 {random_top1:.2f}%; over seeds "
-        f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}",
-        flush=True,
-    )
+    def random_weights(name: str, kwargs: dict) -> tuple[float, dict]:
+        """kNN of the backbone's untrained initialisation at --seed and at the next seeds (the spread)."""
+        random_seeds, random_cv = (
+            [],
+            [],
+        )  # the spread over initialisations says how far apart two untrained backbones are
+        for seed in range(args.seed, args.seed + args.random_seeds):
+            torch.manual_seed(seed)  # as the trainer seeds before the method builds its backbone
+            top1, cv = knn_scores(
+                vs.create_backbone(name, **kwargs), train, test, split, folds, args.image_size, args.k
+            )
+            random_seeds.append(top1)
+            random_cv.append(cv)
+        spread = {
+            "seeds": random_seeds,
+            "mean": statistics.mean(random_seeds),
+            "std": statistics.pstdev(random_seeds),
+            "cross_validated": random_cv,
+        }
+        print(
+            f"random weights ({name}{' ' + str(kwargs) if kwargs else ''}, seed {args.seed}): kNN top-1 {random_seeds[0]:.2f}%; over seeds "
+            f"{args.seed}-{args.seed + args.random_seeds - 1}: {spread['mean']:.2f} +- {spread['std']:.2f}",
+            flush=True,
+        )
+        return random_seeds[0], spread  # the seed every method starts from: its own initialisation
+
+    random_top1, spread = random_weights(args.backbone, {})
+    randoms = {args.backbone: (random_top1, spread)}  # per backbone label: a row scores against its own backbone's init
     budget = {
         "backbone": args.backbone,
         "image_size": args.image_size,
@@ -190,7 +235,6 @@ def main() -> None:
     rows = {r["method"]: r for r in kept}
     for name in methods:
         overrides = [
-            f"backbone.name={args.backbone}",
             f"augment.image_size={args.image_size}",
             f"data.image_size={stored}",
             f"optim.batch_size={args.batch_size}",
@@ -202,10 +246,15 @@ def main() -> None:
             "train.progress=false",
             f"train.device={device}",
             f"out={Path(args.out) / run_name(name, args.validation)}",
-            *ELPV_OVERRIDES.get(name, []),
+            *(() if name in VIT_METHODS else (f"backbone.name={args.backbone}",)),
+            *elpv_overrides(name, args.image_size),
             *args.set,
         ]
         cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
+        label = backbone_label(cfg) if cfg.backbone.name != args.backbone or cfg.backbone.kwargs else args.backbone
+        if label not in randoms:
+            randoms[label] = random_weights(cfg.backbone.name, to_dict(cfg.backbone.kwargs))
+        own_top1, own_spread = randoms[label]
         start = time.perf_counter()
         # another data.image_size: train_set=None lets the trainer load the train split at that size
         trainer = Trainer(cfg, train_set=train if cfg.data.image_size == stored else None, eval_sets=(bank, test))
@@ -222,27 +271,31 @@ def main() -> None:
         seconds = time.perf_counter() - start
         top1, cv = knn_scores(trainer.method.backbone, train, test, split, folds, args.image_size, args.k)
         if args.validation:
-            report_validation(trainer, name, args.set, top1, cv, spread, seconds, Path(args.out))
+            report_validation(trainer, name, args.set, top1, cv, own_spread, seconds, Path(args.out))
             continue
         rows[name] = {
             "method": name,
             "knn_top1": top1,
-            "gain_over_random": top1 - random_top1,
+            "gain_over_random": top1 - own_top1,
             "train_4fold_top1": cv,
-            "train_4fold_gain": cv - random_cv[0],
+            "train_4fold_gain": cv - own_spread["cross_validated"][0],
             "train_seconds": seconds,
             "final_loss": trainer.metrics.get("train/loss"),
             "precision": trainer.precision,
             "epochs_done": trainer.epoch,
-            "overrides": ELPV_OVERRIDES.get(name, []),
+            "overrides": elpv_overrides(name, args.image_size),
             "set": args.set,
             "recipe": RECIPE.get(name, name),
             "device": device_name(device),
             "torch": torch.__version__,
         }
+        if (
+            label != args.backbone
+        ):  # the row carries its own baseline: the budget's random weights are another backbone's
+            rows[name].update(backbone=label, random_knn_top1=own_top1, random_knn_top1_over_seeds=own_spread)
         print(
-            f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - random_top1:+.2f} vs random); 4-fold on the train split "
-            f"{cv:6.2f}% ({cv - random_cv[0]:+.2f}); {seconds:6.0f} s",
+            f"{name:12s} kNN top-1 {top1:6.2f}%  ({top1 - own_top1:+.2f} vs random {label}); 4-fold on the train split "
+            f"{cv:6.2f}% ({cv - own_spread['cross_validated'][0]:+.2f}); {seconds:6.0f} s",
             flush=True,
         )
         path = save(results, rows, budget, random_top1, spread, device_name(device), args.k)
@@ -304,7 +357,7 @@ def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dic
     lines = [
         "| method | kNN top-1 (%) | vs random | 4-fold on train (vs random) | precision | epochs | train time (s) | machine |",
         "|---|---|---|---|---|---|---|---|",
-        f"| random weights (seed {budget['seed']}, every method's initialisation) | {random_top1:.2f} | | "
+        f"| random weights (seed {budget['seed']}, every {budget['backbone']} row's initialisation) | {random_top1:.2f} | | "
         f"{cvs[0] if cvs else float('nan'):.2f} | | | | |",
     ]
     if len(seeds) > 1:
@@ -313,8 +366,22 @@ def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dic
             f"({min(seeds):.2f}-{max(seeds):.2f}) | | "
             f"{statistics.mean(cvs) if cvs else float('nan'):.2f} ({min(cvs or [0]):.2f}-{max(cvs or [0]):.2f}) | | | | |"
         )
+    for label in sorted({r["backbone"] for r in ordered if "backbone" in r}):  # rows on another backbone: its own init
+        own = [r for r in ordered if r.get("backbone") == label]
+        top1, sp = own[0]["random_knn_top1"], own[0]["random_knn_top1_over_seeds"]
+        lines.append(
+            f"| random weights, {label} (seed {budget['seed']}, the initialisation of "
+            f"{', '.join(r['method'] for r in own)}) | {top1:.2f} | | {sp['cross_validated'][0]:.2f} | | | | |"
+        )
+        if len(sp["seeds"]) > 1:
+            lines.append(
+                f"| random weights, {label}, {len(sp['seeds'])} seeds: mean +- std | {sp['mean']:.2f} +- "
+                f"{sp['std']:.2f} ({min(sp['seeds']):.2f}-{max(sp['seeds']):.2f}) | | "
+                f"{statistics.mean(sp['cross_validated']):.2f} ({min(sp['cross_validated']):.2f}-"
+                f"{max(sp['cross_validated']):.2f}) | | | | |"
+            )
     lines += [
-        f"| {r['method']} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {train_4fold(r)} | {r['precision']} | "
+        f"| {r['method']}{' on ' + r['backbone'] if 'backbone' in r else ''} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {train_4fold(r)} | {r['precision']} | "
         f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |"
         for r in ordered
     ]

@@ -96,3 +96,66 @@ def test_save_writes_the_table_and_names_extra_overrides(bench, tmp_path, monkey
     bench.save("plain", {"context": {**row, "set": []}}, budget, 78.59, spread, "cpu", 20)
     assert "ran with" not in (tmp_path / "plain.md").read_text()
     assert json.loads((tmp_path / "variant.json").read_text())["results"][0]["set"] == row["set"]
+
+
+def test_vit_methods_run_on_the_tiny_vit_with_8x8_patches_of_the_budget(bench):
+    cfg = vs.engine.load_config(config="mae", overrides=bench.elpv_overrides("mae", 64))
+    assert cfg.backbone.name == "vit_tiny_patch16_224" and (
+        cfg.backbone.kwargs.img_size,
+        cfg.backbone.kwargs.patch_size,
+    ) == (64, 8)
+    assert bench.backbone_label(cfg) == "vit_tiny_patch16_224(img_size=64, patch_size=8)"
+    dino = vs.engine.load_config(config="dino", overrides=bench.elpv_overrides("dino", 32))
+    assert dino.backbone.kwargs.patch_size == 4 and dino.backbone.kwargs.dynamic_img_size  # local crops need it
+    assert dino.augment.kwargs.local_size is None  # the preset's SwAV proportion of the budget's size
+    assert not any(o.startswith("backbone.") for o in bench.elpv_overrides("barlow_twins", 64))
+
+
+def test_random_baseline_is_the_methods_own_initialisation(bench):
+    kw = dict(img_size=16, patch_size=4, depth=1)
+    torch.manual_seed(3)  # what the baseline does, and what the trainer's seed_everything does first
+    baseline = vs.create_backbone("vit_tiny_patch16_224", **kw).state_dict()
+    torch.manual_seed(3)
+    method = vs.create_method(
+        "mae", backbone="vit_tiny_patch16_224", backbone_kwargs=kw, decoder_dim=16, decoder_depth=1
+    )
+    own = method.backbone.state_dict()
+    assert baseline.keys() == own.keys() and all(torch.equal(baseline[k], own[k]) for k in own)
+    torch.manual_seed(3)  # dino's ViT (dynamic_img_size) shares the label, the weights and the features of mae's
+    dynamic = vs.create_backbone("vit_tiny_patch16_224", dynamic_img_size=True, **kw).eval()
+    assert all(torch.equal(baseline[k], v) for k, v in dynamic.state_dict().items())
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(dynamic(x), method.backbone.eval()(x), atol=1e-6)
+
+
+def test_save_scores_a_row_on_another_backbone_against_its_own_random_weights(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys.modules[bench.write_results.__module__], "RESULTS", tmp_path)
+    vit = "vit_tiny_patch16_224(img_size=64, patch_size=8)"
+    vit_spread = {"seeds": [70.0, 72.0], "mean": 71.0, "std": 1.0, "cross_validated": [69.0, 71.0]}
+    rows = {
+        "mae": {
+            "method": "mae",
+            "knn_top1": 73.0,
+            "gain_over_random": 3.0,
+            "train_4fold_top1": 70.5,
+            "train_4fold_gain": 1.5,
+            "train_seconds": 100.0,
+            "precision": "bf16",
+            "epochs_done": 12,
+            "set": [],
+            "backbone": vit,
+            "random_knn_top1": 70.0,
+            "random_knn_top1_over_seeds": vit_spread,
+        }
+    }
+    budget = {"backbone": "resnet18", "image_size": 64, "batch_size": 32, "epochs": 12, "k": 20, "seed": 0}
+    spread = {"seeds": [78.59, 77.0], "mean": 77.795, "std": 0.795, "cross_validated": [77.46, 77.0]}
+    bench.save("vit", rows, budget, 78.59, spread, "cpu", 20)
+    table = (tmp_path / "vit.md").read_text()
+    assert f"| random weights, {vit} (seed 0, the initialisation of mae) | 70.00 | | 69.00 | | | | |" in table
+    assert (
+        f"| random weights, {vit}, 2 seeds: mean +- std | 71.00 +- 1.00 (70.00-72.00) | | 70.00 (69.00-71.00) |"
+        in table
+    )
+    assert f"| mae on {vit} | 73.00 | +3.00 | 70.50 (+1.50) | bf16 | 12 | 100 |" in table
