@@ -310,7 +310,7 @@ def knn_speed(path: str, bank_n: int, queries_n: int, k: int = 20) -> None:
     import torch
 
     import visionssl as vs
-    from visionssl.eval.knn import search_backend
+    from visionssl.eval.knn_search import search_backend
 
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((bank_n, 512), dtype=np.float32)

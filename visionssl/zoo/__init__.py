@@ -50,13 +50,11 @@ from visionssl.zoo.download import (
     UnverifiedDownloadWarning,
     cache_dir,
     cached_path,
-    check_hash,
     fetch,
     local_path,
-    read_sidecar,
-    sha256_file,
 )
 from visionssl.zoo.export import ExportedModel, export_run
+from visionssl.zoo.integrity import check_hash, read_sidecar, sha256_file
 
 __all__ = [
     "CONVERTERS",

@@ -54,12 +54,12 @@ from urllib.request import Request, url2pathname, urlopen
 
 from visionssl.files import visionssl_home
 from visionssl.zoo.catalog import ZooEntry, ZooError
+from visionssl.zoo.integrity import CHUNK, check_cached, check_hash, hashers_for, sha256_file, write_sidecar
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0  # seconds with less than MIN_PROGRESS bytes from the server before giving up
 MIN_PROGRESS = 1024  # bytes per `timeout` seconds: slower counts as stalled (a server trickling 1 byte/s)
-CHUNK = 1 << 20
 
 
 class UnverifiedDownloadWarning(UserWarning):
@@ -81,23 +81,6 @@ def is_offline(offline: bool | None = None) -> bool:
     if offline is not None:
         return offline
     return os.environ.get("VISIONSSL_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 of a file, read in chunks.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "f"
-        >>> _ = p.write_bytes(b"abc")
-        >>> sha256_file(p)[:16]
-        'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(
@@ -177,39 +160,6 @@ def fetch(
     )
 
 
-def check_cached(dest: Path, entry: ZooEntry) -> str | None:
-    """``None`` if the cached file can be used, else why not. Size and mtime are compared with those
-    recorded when it was hashed; if they changed (or were never recorded: a file placed by hand) the
-    file is hashed again and checked against the zoo's hashes, or the recorded one for an entry
-    without a sha256."""
-    recorded, stat = read_sidecar(dest), _read_stat(dest)
-    st = dest.stat()
-    if recorded is not None and stat == (st.st_size, st.st_mtime_ns):
-        digest = recorded
-    else:
-        digest = sha256_file(dest)
-        if entry.sha256 is None and recorded is not None and digest != recorded:
-            return (
-                f"{dest}: the cached file changed since it was downloaded (sha256 {digest}, recorded {recorded}); "
-                f"a successful download replaces it"
-            )
-        if entry.sha256 is None or digest == entry.sha256:
-            try:
-                check_hash(dest, digest, entry, source="the cached file")
-            except ZooError as exc:
-                return f"{dest}: {str(exc).split('. ')[0]}; a successful download replaces it"
-        if entry.size is not None and st.st_size != entry.size:
-            return f"{dest}: the cached file has {st.st_size} bytes, the zoo declares {entry.size}"
-        if entry.sha256 is None or digest == entry.sha256:
-            _write_sidecar(dest, digest)
-    if entry.sha256 is not None and digest != entry.sha256:
-        return (
-            f"{dest}: the cached file has sha256 {digest}, the zoo expects {entry.sha256} "
-            f"(an older or corrupt file; a successful download replaces it)"
-        )
-    return None
-
-
 def download_url(
     url: str,
     dest: Path,
@@ -269,7 +219,7 @@ def download_url(
                 f"{url}: the server announces {total} bytes, but the zoo entry {entry.name} declares size "
                 f"{entry.size}; nothing was downloaded (a wrong or tampered file)"
             )
-        hashers = _hashers(entry)
+        hashers = hashers_for(entry)
         if offset:
             with open(part, "rb") as f:
                 while chunk := f.read(CHUNK):
@@ -337,31 +287,10 @@ def download_url(
             f"{url}: got {received} bytes, the zoo entry {entry.name} declares {entry.size}; it was not kept"
         )
     os.replace(part, dest)
-    _write_sidecar(dest, digest)
+    write_sidecar(dest, digest)
     for stale in dest.parent.glob(f"{dest.name}.*.part"):  # parts left by other mirrors
         stale.unlink(missing_ok=True)
     return digest
-
-
-def check_hash(path: Path, digest: str, entry: ZooEntry, *, source: str, hashers: dict | None = None) -> None:
-    """Raises ``ZooError`` if ``digest`` (the sha256 of ``path``) or its published hash prefix disagrees with ``entry``."""
-    if entry.sha256 is not None and digest != entry.sha256:
-        raise ZooError(
-            f"{source}: sha256 mismatch, got {digest} but the zoo ({entry.origin}) expects {entry.sha256}. "
-            f"The file was changed, corrupted or tampered with; it was not kept. Try again or another mirror; "
-            f"if it persists, the entry needs updating."
-        )
-    if entry.published_hash:
-        algorithm, prefix = entry.published_hash.split(":")
-        if algorithm == "sha256":
-            got = digest
-        else:
-            got = (hashers[algorithm] if hashers and algorithm in hashers else _hash_file(path, algorithm)).hexdigest()
-        if not got.startswith(prefix):
-            raise ZooError(
-                f"{source}: {algorithm} is {got}, which does not start with {prefix}, the hash the authors published "
-                f"(field published_hash of {entry.name}). The file was changed or corrupted; it was not kept."
-            )
 
 
 def local_path(url: str) -> Path | None:
@@ -377,51 +306,6 @@ def local_path(url: str) -> Path | None:
     if parsed.scheme.lower() == "file":
         return Path(url2pathname(unquote(parsed.path)))
     return None
-
-
-def _hashers(entry: ZooEntry) -> dict:
-    hashers = {"sha256": hashlib.sha256()}
-    if entry.published_hash and not entry.published_hash.startswith("sha256:"):
-        algorithm = entry.published_hash.split(":")[0]
-        hashers[algorithm] = hashlib.new(algorithm)
-    return hashers
-
-
-def _hash_file(path: Path, algorithm: str):
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def read_sidecar(path: Path) -> str | None:
-    """The sha256 recorded beside a downloaded file (its ``.sha256``), or None when there is none."""
-    try:
-        text = _sidecar(path).read_text().split()
-    except OSError:
-        return None
-    return text[0] if text and len(text[0]) == 64 else None
-
-
-def _write_sidecar(path: Path, digest: str) -> str:
-    """Records the hash (``.sha256``) and the size and mtime it was taken at (``.stat``)."""
-    _sidecar(path).write_text(f"{digest}  {path.name}\n")
-    st = path.stat()
-    path.with_name(path.name + ".stat").write_text(f"{st.st_size} {st.st_mtime_ns}\n")
-    return digest
-
-
-def _read_stat(path: Path) -> tuple[int, int] | None:
-    try:
-        size, mtime = path.with_name(path.name + ".stat").read_text().split()
-        return int(size), int(mtime)
-    except (OSError, ValueError):
-        return None
 
 
 class _TooLarge(Exception):

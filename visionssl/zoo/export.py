@@ -27,7 +27,7 @@ import yaml
 
 from visionssl.files import atomic_write
 from visionssl.zoo.catalog import ZooError, parse_zoo
-from visionssl.zoo.download import sha256_file
+from visionssl.zoo.integrity import sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
