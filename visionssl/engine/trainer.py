@@ -15,7 +15,6 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -26,13 +25,6 @@ from visionssl.backbones.features import input_channels, resolve_device
 from visionssl.data import BatchLoader, ImageDataset, load_dataset
 from visionssl.data.decode import display_path
 from visionssl.engine.batchnorm import recalibrate_batchnorm
-from visionssl.engine.checkpoint import (
-    CHECKPOINT_FORMAT,
-    LAST,
-    CheckpointError,
-    atomic_save,
-    load_checkpoint,
-)
 from visionssl.engine.config import ConfigError, to_dict
 from visionssl.engine.evaluators import EVALUATORS
 from visionssl.engine.guards import Guards, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: re-exported)
@@ -41,16 +33,15 @@ from visionssl.engine.runlog import RunLog
 from visionssl.engine.runtime import (  # noqa: F401  (cpu_computes_bf16: re-exported)
     cpu_computes_bf16,
     resolve_precision,
-    rng_state,
     seed_everything,
-    set_rng_state,
 )
+from visionssl.engine.trainstate import Checkpointing
 from visionssl.methods import SSLMethod, create_method
 
 logger = logging.getLogger(__name__)
 
 
-class Trainer(RunLog, Guards):
+class Trainer(Checkpointing, RunLog, Guards):
     """Pretrains one method on one dataset as the config says.
 
     Args:
@@ -66,6 +57,7 @@ class Trainer(RunLog, Guards):
     group, wraps the method in DistributedDataParallel, takes its block of each global batch
     (``optim.batch_size`` is the global batch, the learning rate is scaled on it), and rank 0 alone
     writes the run directory; ``rank`` and ``world_size`` say where it stands (0 and 1 otherwise).
+    Checkpoints (``save_checkpoint``, ``resume``) come from ``visionssl.engine.trainstate``.
 
     Example:
         >>> from visionssl.engine.config import load_config
@@ -373,86 +365,6 @@ class Trainer(RunLog, Guards):
         if result is not None:
             result = {f"knn/{key}": float(v) for key, v in result.items() if key in ("top1", "top5")}
         return distributed.broadcast_object(result)
-
-    # ------------------------------------------------------------ checkpoints
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return self.out / "checkpoints" / LAST if self.out else None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": 1,
-            "config": to_dict(self.config),
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng_state(),
-            "metrics": dict(self.metrics),
-            "skipped_steps": self.skipped_steps,
-        }
-
-    def save_checkpoint(self) -> Path | None:
-        """Writes ``checkpoints/last.pt`` atomically (no-op without a run directory).
-
-        A state holding NaN/inf is never written: the last good checkpoint is kept.
-        """
-        if self.checkpoint_path is None:
-            return None
-        distributed.sync_buffers(self.method)  # every rank holds what the file will hold
-        self._assert_finite_state()
-        state = self.state_dict()
-        if distributed.is_distributed():  # every rank's RNG state: a resumed rank draws what it would have drawn
-            state["rng_per_rank"] = distributed.all_gather_object(state["rng"])
-        error = None
-        if distributed.is_main():  # rank 0 alone writes; the others wait for it to succeed or fail
-            try:
-                atomic_save(state, self.checkpoint_path)
-            except Exception as exc:  # noqa: BLE001  (re-raised below, after telling the other ranks)
-                error = exc
-        if distributed.any_rank(error is not None):
-            if error is not None:
-                raise error
-            raise CheckpointError(f"rank 0 could not write the checkpoint {self.checkpoint_path}; see its log")
-        return self.checkpoint_path
-
-    def resume(self) -> None:
-        """Restores model, optimizer, scaler, progress and RNG state from the run directory."""
-        if self.checkpoint_path is None:
-            raise ConfigError("resume needs a run directory (--out)")
-        if not self.checkpoint_path.is_file():
-            raise ConfigError(f"nothing to resume: {self.checkpoint_path} does not exist")
-        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        try:
-            self.method.load_state_dict(ckpt["method"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(
-                f"cannot resume from {self.checkpoint_path}: it does not match this run's "
-                f"method/backbone/optimizer ({detail})"
-            ) from None
-        self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt.get("batch_in_epoch", 0)
-        self.metrics = dict(ckpt.get("metrics", {}))
-        self.skipped_steps = ckpt.get("skipped_steps", 0)
-        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
-        if len(per_rank) == self.world_size:
-            set_rng_state(per_rank[self.rank])
-        else:  # another number of processes: same global batches and schedule, other augmentation draws
-            logger.warning(
-                "resuming on %d processes a run saved by %d: the batches and the schedule continue, the "
-                "random augmentations differ",
-                self.world_size,
-                len(per_rank),
-            )
-            set_rng_state(per_rank[0])
-            if self.rank:
-                seed_everything(self.config.train.seed + 1_000_003 * self.step + self.rank)
-        logger.info("resumed %s at epoch %d, step %d", self.checkpoint_path, self.epoch, self.step)
 
     # --------------------------------------------------------------- helpers
     def _eval_sets(self) -> tuple[ImageDataset | None, ImageDataset | None]:
