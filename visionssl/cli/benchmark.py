@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from visionssl.backbones.features import resolve_device
 from visionssl.backbones.trust import TRUST_CODE_HELP
+from visionssl.cli.benchmark_setup import environment, load_checkpoint, load_data, run_image_size
 from visionssl.cli.options import positive_int
-from visionssl.data.dataset import stored_size
 from visionssl.eval.features import extract_features, feature_cache_path
 from visionssl.eval.knn import knn
 from visionssl.eval.linear_probe import OPTIMIZERS as PROBE_OPTIMIZERS
@@ -108,14 +104,14 @@ def run_benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "feature_cache"
     dev = resolve_device(device)
-    image_size = image_size or _run_image_size(checkpoints) or 224
+    image_size = image_size or run_image_size(checkpoints) or 224
     started = time.time()
 
-    data = [_load_data(spec, image_size) for spec in datasets]
+    data = [load_data(spec, image_size) for spec in datasets]
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[float, float]]] = {}
     for spec in checkpoints:
-        name, backbone = _load_checkpoint(spec, checkpoints, seed, trust_code)
+        name, backbone = load_checkpoint(spec, checkpoints, seed, trust_code)
         curve = read_knn_curve(spec) if not str(spec).startswith("random") else []
         if curve:
             curves[name] = curve
@@ -184,7 +180,7 @@ def run_benchmark(
                 else {"probe_options": jsonable(probe_options or {})}
             ),
         },
-        "environment": _environment(dev),
+        "environment": environment(dev),
         "rows": rows,
         "summary": summarize(rows),
         "curves": {name: [{"epoch": e, "knn/top1": v} for e, v in curve] for name, curve in curves.items()},
@@ -196,104 +192,6 @@ def run_benchmark(
     echo(markdown_table(payload))
     echo("wrote " + ", ".join(str(out_dir / f) for f in payload["files"]))
     return payload
-
-
-def _load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: bool = False) -> tuple[str, nn.Module]:
-    from visionssl.backbones import create_backbone
-
-    spec = str(spec)
-    if spec == "random" or spec.startswith("random:"):
-        name, kwargs = spec.partition(":")[2], {}
-        if not name:
-            source = next((s for s in all_specs if not str(s).startswith("random")), None)
-            if source is None:
-                raise ValueError(
-                    "'random' copies the backbone of the first checkpoint; give one, or use random:BACKBONE"
-                )
-            name, kwargs = _backbone_spec(str(source), trust_code)
-        torch.manual_seed(seed)
-        return f"random ({name})", create_backbone(name, **kwargs)
-    return spec, _load_backbone(spec, trust_code)
-
-
-def _load_backbone(spec: str, trust_code: bool = False) -> nn.Module:
-    from visionssl import zoo
-
-    return zoo.load_backbone(spec, trust_code=trust_code)  # zoo names, .safetensors exports, runs and checkpoint files
-
-
-def _backbone_spec(spec: str, trust_code: bool = False) -> tuple[str, dict[str, Any]]:
-    """(backbone name, kwargs) of a checkpoint, without building it; checked like any name read from a file."""
-    from visionssl.backbones.trust import check_backbone_spec, run_dir_of, run_trusts
-
-    path = Path(spec)
-    if path.exists() and path.suffix == ".safetensors":
-        from visionssl.zoo import safetensors_backbone
-
-        return safetensors_backbone(path, trust_code=trust_code)
-    if path.exists():
-        from visionssl.engine.checkpoint import checkpoint_backbone, load_checkpoint
-
-        name, kwargs, _ = checkpoint_backbone(load_checkpoint(path), path)
-        trusted = trust_code or (isinstance(name, str) and run_trusts(run_dir_of(path), name))
-        return check_backbone_spec(name, kwargs, source=f"checkpoint {path}", trust_code=trusted)
-    from visionssl import zoo
-
-    entry = zoo.info(spec)
-    return check_backbone_spec(
-        entry.backbone, entry.backbone_kwargs, source=f"zoo entry {spec!r}", trust_code=trust_code
-    )
-
-
-def _run_image_size(checkpoints: Sequence[str]) -> int | None:
-    for spec in checkpoints:
-        path = Path(str(spec))
-        if path.exists() and path.suffix != ".safetensors":
-            from visionssl.engine.checkpoint import load_checkpoint
-
-            size = (load_checkpoint(path).get("config", {}).get("augment") or {}).get("image_size")
-            if size:
-                return int(size)
-    return None
-
-
-def _load_data(spec: str | tuple[Any, Any], image_size: int) -> tuple[str, Any, Any]:
-    if not isinstance(spec, str):
-        train_set, test_set = spec
-        return train_set.name, train_set, test_set
-    from visionssl.data import load_dataset
-
-    stored = stored_size(image_size)
-    train_set, test_set = load_dataset(spec, "train", stored), load_dataset(spec, "test", stored)
-    if train_set.targets is None or test_set.targets is None:
-        raise ValueError(f"dataset {spec!r} has no labels to evaluate with")
-    return spec, train_set, test_set
-
-
-def _environment(device: torch.device) -> dict[str, Any]:
-    import faiss
-
-    from visionssl import __version__
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    return {
-        "device": name,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "visionssl": __version__,
-        "torch": torch.__version__,
-        "faiss": faiss.__version__,
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
