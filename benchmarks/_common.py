@@ -41,8 +41,8 @@ def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """Writes ``benchmarks/results/<name>.json`` (or ``<name>.json`` when ``name`` is a path) with versions and a
-    timestamp added."""
+    """Writes ``benchmarks/results/<name>.json`` with versions and a timestamp added; an absolute ``name`` is used as
+    the path, and a name already ending in ``.json`` gets no second suffix."""
     import kornia
     import timm
 
@@ -57,7 +57,7 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
         },
         **payload,
     }
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / (name if str(name).endswith(".json") else f"{name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
