@@ -71,6 +71,20 @@ def test_lbfgs_heads_reach_sklearns_optimum_for_a_fixed_C(C):
     np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), ref.predict_proba(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("C", [0.003, 0.3])
+def test_two_classes_have_sklearns_binary_penalty(C):
+    # scikit-learn fits one vector w for two classes; the multinomial pair (W0, W1) is penalised as |w|^2 only
+    # when l2 is doubled (the optimum has W1 = -W0 = w / 2), which the probe does for two classes
+    x, y = small_problem(classes=2)
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(x, y)
+    l2 = torch.tensor([2 / (C * len(x))], dtype=torch.float64)
+    weight, _, _ = fit_heads(torch.from_numpy(x), torch.from_numpy(y), 2, l2, max_iter=2000, tol=1e-10)
+    np.testing.assert_allclose((weight[0, :, 1] - weight[0, :, 0]).numpy(), ref.coef_[0], atol=1e-5)
+    out = vs.eval.linear_probe(x[:200], y[:200], x[200:], y[200:], Cs=(C,), folds=2)
+    assert out["weight_decay"] == pytest.approx(2 / (C * 200))
+    assert out["sweep"][0]["weight_decay"] == pytest.approx(2 / (C * 200))
+
+
 def test_lbfgs_sample_weights_of_zero_leave_samples_out():
     x, y = small_problem()
     keep = torch.arange(len(x)) % 3 != 0

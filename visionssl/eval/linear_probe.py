@@ -315,7 +315,10 @@ def _lbfgs_probe(
     k, m = held.shape[1], len(Cs)
     fit_mask = (~held).repeat_interleave(m, dim=1)  # heads fold-major: head f * m + j
     c_heads = torch.tensor(Cs * k, dtype=x.dtype)
-    l2 = 1.0 / (c_heads * fit_mask.sum(0).cpu().to(x.dtype))
+    # two classes: scikit-learn fits one weight vector w = W1 - W0; the multinomial optimum has W1 = -W0 = w / 2,
+    # so its penalty 0.5 * l2 * (|W0|^2 + |W1|^2) is half of 0.5 * l2 * |w|^2 unless l2 is doubled
+    binary = 2.0 if num_classes == 2 else 1.0
+    l2 = binary / (c_heads * fit_mask.sum(0).cpu().to(x.dtype))
     weight, bias, iters = fit_heads(x, train_y, num_classes, l2, fit_mask.to(x.dtype), max_iter=max_iter, tol=tol)
     logits = _head_logits(x, weight, bias).view(n, k, m, num_classes)
     correct = (logits.argmax(-1) == train_y.view(-1, 1, 1)).to(x.dtype)  # (N, k, m)
@@ -331,7 +334,7 @@ def _lbfgs_probe(
     w0, b0 = weight[chosen].mean(0, keepdim=True), bias[chosen].mean(0, keepdim=True)
     refit_iters = 0
     if refit:  # warm start from the selection's heads, as scikit-learn's LogisticRegressionCV does
-        l2_all = torch.tensor([1.0 / (Cs[best] * n)], dtype=x.dtype)
+        l2_all = torch.tensor([binary / (Cs[best] * n)], dtype=x.dtype)
         w0, b0, it = fit_heads(x, train_y, num_classes, l2_all, init=(w0, b0), max_iter=max_iter, tol=tol)
         refit_iters = int(it[0])
     result = {
@@ -340,12 +343,12 @@ def _lbfgs_probe(
         "selection": selection,
         "C": Cs[best],
         "lr": None,
-        "weight_decay": 1.0 / (Cs[best] * n),
+        "weight_decay": binary / (Cs[best] * n),
         "val_top1": float(val_acc[best]),
         "best_epoch": refit_iters,
         "epochs_run": int(iters.max()),
         "sweep": [
-            {"C": c, "weight_decay": 1.0 / (c * n), "val_top1": float(a), "val_loss": float(v)}
+            {"C": c, "weight_decay": binary / (c * n), "val_top1": float(a), "val_loss": float(v)}
             for c, a, v in zip(Cs, val_acc, val_loss)
         ],
     }
