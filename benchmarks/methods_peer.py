@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import sys
@@ -38,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import device_name, write_results  # noqa: E402
 from methods_elpv import ELPV_OVERRIDES, RECIPE, knn_scores, stratified_folds  # noqa: E402
 from throughput import PeerImages  # noqa: E402
@@ -277,9 +279,18 @@ def main(argv: list[str] | None = None) -> Path:
         "peer_lr": args.peer_lr,
         "max_images": args.max_images,
     }
-    rows = []
+    import lightly
+
+    old = _common.RESULTS / f"{args.results}.json"
+    old = json.loads(old.read_text()) if old.exists() else {}
+    # rows of the same budget are kept (a stopped run resumes, more seeds or methods add rows); others dropped
+    same = {k: v for k, v in budget.items() if k != "seeds"}
+    rows = [r for r in old.get("rows", []) if {k: v for k, v in old.get("budget", {}).items() if k != "seeds"} == same]
+    done = {(r["method"], r["seed"]) for r in rows}
     for method in args.methods:
         for seed in args.seeds:
+            if (method, seed) in done:
+                continue
             trainer = train_visionssl(method, train, test, args, seed, device, stored)
             initial = copy.deepcopy(trainer.method.backbone).cpu()  # both sides start from these weights
             start = time.perf_counter()
@@ -303,19 +314,19 @@ def main(argv: list[str] | None = None) -> Path:
                     f"({seconds:.0f} s)",
                     flush=True,
                 )
-    summary = summarize(rows)
-    import lightly
+            path = save(args.results, rows, budget, device_name(device), lightly.__version__)  # after every seed
+    path = save(args.results, rows, budget, device_name(device), lightly.__version__)
+    print(path.with_suffix(".md").read_text())
+    return path
 
-    payload = {
-        "device": device_name(device),
-        "lightly": lightly.__version__,
-        "budget": budget,
-        "summary": summary,
-        "rows": rows,
-    }
-    path = write_results(args.results, payload)
-    path.with_suffix(".md").write_text(markdown(summary, budget, device_name(device)))
-    print(markdown(summary, budget, device_name(device)))
+
+def save(name: str, rows: list[dict], budget: dict, device: str, lightly_version: str) -> Path:
+    """Writes results/<name>.json (every row, the summary) and its table, <name>.md."""
+    budget = {**budget, "seeds": sorted({r["seed"] for r in rows})}
+    summary = summarize(rows)
+    payload = {"device": device, "lightly": lightly_version, "budget": budget, "summary": summary, "rows": rows}
+    path = write_results(name, payload)
+    path.with_suffix(".md").write_text(markdown(summary, budget, device))
     return path
 
 

@@ -80,3 +80,19 @@ def test_peer_starts_from_the_same_weights_with_the_same_head_widths(bench):
     x0, x1 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
     loss = peer.training_step(x0, x1, 0, 10)
     assert -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine similarity
+
+
+def test_a_rerun_keeps_finished_seeds_and_adds_new_ones(bench, tmp_path):
+    args = ["--methods", "simsiam", "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--max-images", "24"]
+    args += ["--backbone", "resnet10t_cifar", "--workers", "0", "--k", "5", "--device", "cpu"]
+    args += ["--out", str(tmp_path / "runs"), "--results", "resume"]
+    first = json.loads(bench.main([*args, "--seeds", "0"]).read_text())
+    second = json.loads(bench.main([*args, "--seeds", "0", "1"]).read_text())
+    assert second["rows"][:2] == first["rows"]  # seed 0 is not trained again
+    assert [(r["seed"], r["side"]) for r in second["rows"]] == [
+        (0, "visionssl"),
+        (0, "lightly"),
+        (1, "visionssl"),
+        (1, "lightly"),
+    ]
+    assert second["budget"]["seeds"] == [0, 1] and second["summary"]["simsiam"]["visionssl"]["defect"]["n"] == 2
