@@ -113,14 +113,18 @@ def backbone_label(cfg) -> str:
     return cfg.backbone.name + (f"({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})" if kwargs else "")
 
 
-def knn_scores(backbone, train, test, split, folds: np.ndarray, image_size: int, k: int) -> tuple[float, float]:
+def knn_scores(
+    backbone, train, test, split, folds: np.ndarray, image_size: int, k: int, layer: str | None = None
+) -> tuple[float, float]:
     """(kNN top-1 of the queries, 4-fold kNN top-1 over ``train``), in %, from one pass over the train split.
 
-    ``split`` is None (bank: ``train``, queries: ``test``) or ``(bank_idx, query_idx)`` into ``train``.
+    ``split`` is None (bank: ``train``, queries: ``test``) or ``(bank_idx, query_idx)`` into ``train``;
+    ``layer`` a stage of the backbone (``vs.eval.extract_features``), default its output.
     """
-    x, y = vs.eval.extract_features(backbone, train, image_size=image_size, progress=False)
+    x, y = vs.eval.extract_features(backbone, train, image_size=image_size, progress=False, layer=layer)
     if split is None:
-        bank, queries = (x, y), vs.eval.extract_features(backbone, test, image_size=image_size, progress=False)
+        bank = (x, y)
+        queries = vs.eval.extract_features(backbone, test, image_size=image_size, progress=False, layer=layer)
     else:
         bank, queries = (x[split[0]], y[split[0]]), (x[split[1]], y[split[1]])
     top1 = vs.eval.knn(*bank, *queries, k=k, temperature=KNN_TEMPERATURE)["top1"]
