@@ -150,18 +150,23 @@ def test_context_normalises_each_patch_and_pixelates_about_a_third():
 
 
 def test_jigsaw_jitters_each_tile_and_normalises_with_one_mean_and_std_per_tile():
-    from visionssl.augment.pretext import jitter_tile_colors, normalize_tiles
+    from visionssl.augment.pretext import normalize_tiles, shift_tile_channels
 
-    tiles = torch.rand(4, 9, 3, 6, 6)
-    jittered = jitter_tile_colors(tiles, 0.05)
-    offsets = (jittered - tiles)[..., 0, 0]
-    assert offsets.abs().max() <= 0.05 and offsets.std() > 0.01  # one offset per tile and channel
-    assert torch.allclose(jittered - tiles, offsets[..., None, None].expand_as(tiles), atol=1e-6)
-    # per-channel statistics would cancel the offsets; one mean/std per tile keeps them
-    assert torch.allclose(normalize_tiles(jittered), normalize_tiles(tiles), atol=1e-4)
-    assert not torch.allclose(
-        normalize_tiles(jittered, per_channel=False), normalize_tiles(tiles, per_channel=False), atol=1e-3
-    )
+    # the paper's spatial jitter of the colour channels: each channel of each tile moved by its own offset
+    ramp = torch.arange(8.0)
+    tiles = (ramp.view(1, 8) * 10 + ramp.view(8, 1)).expand(50, 9, 3, 8, 8)  # value = 10 * col + row
+    moved = shift_tile_channels(tiles, 2, torch.Generator().manual_seed(0))
+    centre = moved[..., 3:5, 3:5]  # away from the edges, where no clamping happens
+    dx = torch.round((centre[..., 0, 0] - tiles[..., 3, 3]) / 10)  # a value moved by (dy, dx) changes by 10 dx + dy
+    dy = centre[..., 0, 0] - tiles[..., 3, 3] - 10 * dx
+    assert dx.abs().max() == 2 and dy.abs().max() == 2 and len(torch.unique(dx)) == 5  # -2 .. 2 on each axis
+    assert torch.equal(centre - centre[..., :1, :1], tiles[..., 3:5, 3:5] - tiles[..., 3:4, 3:4])  # a pure shift
+    assert (dx[..., 0] != dx[..., 1]).any()  # channels move independently
+    # one mean/std per tile (the reference port), not per channel
+    x = torch.rand(4, 9, 3, 6, 6) * torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1)
+    one = normalize_tiles(x, per_channel=False)
+    assert torch.allclose(one.mean((-3, -2, -1)), torch.zeros(4, 9), atol=1e-5)
+    assert not torch.allclose(one.std((-2, -1)), torch.ones(4, 9, 3), atol=0.1)  # channel spreads are kept
     m = vs.create_method("jigsaw", backbone="resnet10t_cifar", num_permutations=10, tile_dim=16, head_hidden_dim=32)
     fed = _backbone_inputs(m, [torch.randn(2, 3, 32, 32)])
     assert torch.allclose(fed.mean((1, 2, 3)), torch.zeros(18), atol=1e-4)

@@ -11,8 +11,8 @@ from torch import nn
 from visionssl.augment.pretext import (
     hamming_permutations,
     jigsaw_tiles,
-    jitter_tile_colors,
     normalize_tiles,
+    shift_tile_channels,
     shuffle_tiles,
 )
 from visionssl.methods import register_method
@@ -24,8 +24,9 @@ class Jigsaw(SSLMethod):
     """The context-free network: the view is cut into a ``grid`` x ``grid`` of cells, one tile is
     cropped at a random place inside each cell (the gap between tiles hides edge continuity), the
     tiles are shuffled by one of ``num_permutations`` permutations chosen for large Hamming distance,
-    each tile gets its own small colour offset per channel and is normalised on its own (one mean and
-    std over the tile's channels and pixels, as the reference), the shared backbone encodes
+    each tile's colour channels are moved by a pixel or two each (the paper's spatial channel jitter)
+    and the tile is normalised on its own (one mean and std over its channels and pixels, as the
+    reference port), the shared backbone encodes
     all ``grid**2 * B`` tiles in one pass, a per-tile layer (the paper's fc6) maps each feature to
     ``tile_dim``, and an MLP on the concatenated tile features predicts the permutation's index
     (cross entropy over ``num_permutations`` classes).
@@ -40,10 +41,11 @@ class Jigsaw(SSLMethod):
         tile_dim: per-tile layer width (paper: fc6, 1024); ``None``: concatenate the backbone features.
         head_hidden_dim: hidden width of the classifier MLP (paper: fc7, 4096).
         head_layers: linear layers of the classifier (paper: fc7 + fc8 = 2).
-        tile_color_jitter: per-tile, per-channel colour offset, in grey levels of 255 (reference: about 2),
-            drawn in the normalised view's units (divided by 255 and ImageNet's mean std); 0 turns it off.
+        channel_shift: largest shift in pixels of a tile's colour channel, each channel and axis drawn
+            on its own (paper: +-2 px on 64 px tiles); ``None``: ``round(2 * tile side / 64)``, which is
+            0 (off) for tiles under 16 px; 0 turns it off.
         tile_norm: ``"tile"`` (one mean/std per tile, the reference) or ``"channel"`` (per channel,
-            which also cancels the colour offsets; the behaviour before issue 19).
+            the behaviour before issue 19).
 
     Returns (forward): ``loss``, ``embedding`` (mean tile feature per image, detached) and
     ``jigsaw/accuracy`` (permutation accuracy, 0-d).
@@ -73,7 +75,7 @@ class Jigsaw(SSLMethod):
         tile_dim: int | None = 1024,
         head_hidden_dim: int = 4096,
         head_layers: int = 2,
-        tile_color_jitter: float = 2.0,
+        channel_shift: int | None = None,
         tile_norm: str = "tile",
     ):
         super().__init__(backbone, backbone_kwargs)
@@ -81,9 +83,9 @@ class Jigsaw(SSLMethod):
             raise ValueError(f"head_layers must be >= 1, got {head_layers}")
         if tile_norm not in ("tile", "channel"):
             raise ValueError(f"tile_norm must be 'tile' or 'channel', got {tile_norm!r}")
-        if tile_color_jitter < 0:
-            raise ValueError(f"tile_color_jitter must be >= 0 (grey levels of 255), got {tile_color_jitter}")
-        self.tile_color_jitter, self.tile_norm = tile_color_jitter, tile_norm
+        if channel_shift is not None and channel_shift < 0:
+            raise ValueError(f"channel_shift must be >= 0 pixels or None (2 px per 64 px of tile), got {channel_shift}")
+        self.channel_shift, self.tile_norm = channel_shift, tile_norm
         self.grid, self.tile_size = grid, tile_size
         perms = hamming_permutations(num_permutations, grid * grid, permutation_seed, permutation_selection)
         self.register_buffer("permutations", perms)  # saved with the weights: the classes stay defined
@@ -119,8 +121,8 @@ class Jigsaw(SSLMethod):
         b, n = x.shape[0], self.grid * self.grid
         index = torch.randint(0, self.num_permutations, (b,), device=x.device)
         tiles = shuffle_tiles(jigsaw_tiles(x, self.grid, self.tile_size), self.permutations, index)
-        if self.tile_color_jitter > 0:  # the views are normalised: 1/255 of the range is 1/(255 * 0.226) here
-            tiles = jitter_tile_colors(tiles, self.tile_color_jitter / (255 * 0.226))
+        shift = round(2 * tiles.shape[-1] / 64) if self.channel_shift is None else self.channel_shift
+        tiles = shift_tile_channels(tiles, shift)
         tiles = normalize_tiles(tiles, per_channel=self.tile_norm == "channel")
         features = self.backbone(tiles.flatten(0, 1))  # (B * n, D), tiles of a sample adjacent
         logits = self.classifier(self.tile_head(features).reshape(b, -1))
