@@ -52,6 +52,29 @@ METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg")
 LABELS = ("defect", "type")
 
 
+@vs.register_backbone("peer_cnn", override=True)  # override: tests load this script more than once
+def peer_cnn(**_) -> nn.Module:
+    """A small custom CNN (four conv-BN-ReLU blocks of 32-64-128-256 channels, 0.39M parameters; 256-d
+    features), the kind of backbone the held-out check of issue 19 used: ``--backbone peer_cnn``."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    net = nn.Sequential(
+        *block(3, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.MaxPool2d(2),
+        *block(128, 256),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    net.num_features = 256
+    return net
+
+
 def widths(head: nn.Module) -> tuple[int, int]:
     """(hidden, output) width of an MLP head: the first and the last ``nn.Linear``'s outputs."""
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
@@ -218,17 +241,19 @@ def markdown(summary: dict, budget: dict, device: str) -> str:
         "",
         f"Budget: {budget}. kNN top-1 (%) on the test split, mean +- std over seeds; gap = visionssl - LightlySSL.",
         "",
-        "| method | label | visionssl | LightlySSL | gap | seeds |",
-        "|---|---|---|---|---|---|",
+        "| method | label | visionssl | LightlySSL | gap | untrained (same weights) | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, sides in summary.items():
         for label in LABELS:
             ours, peer = sides.get("visionssl", {}).get(label), sides.get("lightly", {}).get(label)
             if ours is None or peer is None:
                 continue
+            init = sides.get("untrained", {}).get(label)
+            init = f"{init['mean']:.2f} +- {init['std']:.2f}" if init else ""
             lines.append(
                 f"| {method} | {label} | {ours['mean']:.2f} +- {ours['std']:.2f} | {peer['mean']:.2f} +- "
-                f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {ours['n']} |"
+                f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {init} | {ours['n']} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -251,7 +276,19 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/methods_peer")
     parser.add_argument("--results", default="methods_peer", help="results file name under benchmarks/results")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="NAME", help="no training: gather the rows of results/NAME.json into --results"
+    )
     args = parser.parse_args(argv)
+    if args.merge:  # e.g. seeds run side by side, each into its own file
+        parts = [json.loads((_common.RESULTS / f"{name}.json").read_text()) for name in args.merge]
+        budgets = [{k: v for k, v in p["budget"].items() if k != "seeds"} for p in parts]
+        if any(b != budgets[0] for b in budgets):
+            raise SystemExit(f"--merge: the files were run at different budgets: {budgets}")
+        rows = [r for p in parts for r in p["rows"]]
+        path = save(args.results, rows, parts[0]["budget"], parts[0]["device"], parts[0]["lightly"])
+        print(path.with_suffix(".md").read_text())
+        return path
     device = resolve_device(args.device)
     stored = math.ceil(args.image_size * 1.125)
     data = {
@@ -303,6 +340,7 @@ def main(argv: list[str] | None = None) -> Path:
             for side, backbone, seconds in (
                 ("visionssl", trainer.method.backbone, ours_seconds),
                 ("lightly", peer, peer_seconds),
+                ("untrained", initial, 0.0),  # where both started: a method must end above it
             ):
                 scores = {}
                 for label in LABELS:

@@ -56,7 +56,7 @@ def test_dry_budget_trains_both_sides_and_writes_mean_and_spread(bench, tmp_path
     )
     result = json.loads(path.read_text())
     assert path.parent == tmp_path / "results" and result["device"]
-    assert len(result["rows"]) == 2 * 2  # seeds x sides
+    assert len(result["rows"]) == 2 * 3  # seeds x sides (visionssl, LightlySSL, the untrained start)
     for method in ("moco",):
         for side in ("visionssl", "lightly"):
             for label in ("defect", "type"):
@@ -88,11 +88,11 @@ def test_a_rerun_keeps_finished_seeds_and_adds_new_ones(bench, tmp_path):
     args += ["--out", str(tmp_path / "runs"), "--results", "resume"]
     first = json.loads(bench.main([*args, "--seeds", "0"]).read_text())
     second = json.loads(bench.main([*args, "--seeds", "0", "1"]).read_text())
-    assert second["rows"][:2] == first["rows"]  # seed 0 is not trained again
-    assert [(r["seed"], r["side"]) for r in second["rows"]] == [
-        (0, "visionssl"),
-        (0, "lightly"),
-        (1, "visionssl"),
-        (1, "lightly"),
-    ]
+    assert second["rows"][:3] == first["rows"]  # seed 0 is not trained again
+    sides = ["visionssl", "lightly", "untrained"]
+    assert [(r["seed"], r["side"]) for r in second["rows"]] == [(s, side) for s in (0, 1) for side in sides]
     assert second["budget"]["seeds"] == [0, 1] and second["summary"]["simsiam"]["visionssl"]["defect"]["n"] == 2
+    # seeds run side by side into their own files merge into one table
+    bench.main([*args[:-1], "solo1", "--seeds", "1"])
+    merged = json.loads(bench.main(["--merge", "resume", "solo1", "--results", "merged"]).read_text())
+    assert merged["summary"]["simsiam"]["untrained"]["type"]["n"] == 3 and merged["budget"]["seeds"] == [0, 1]
