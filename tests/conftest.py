@@ -50,3 +50,25 @@ def private_home(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def load_benchmark(monkeypatch):
+    """Imports ``benchmarks/<name>.py`` as a module (with benchmarks/ on the path, for its ``_common`` import);
+    the benchmark helpers it imported are forgotten afterwards, so each test sees fresh module state."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in ("_common", "methods_elpv", "throughput"):
+        sys.modules.pop(name, None)

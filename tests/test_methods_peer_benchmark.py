@@ -1,27 +1,18 @@
 """benchmarks/methods_peer.py at a tiny dry budget: both sides train, both labels are scored, files are written."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("lightly")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "methods_peer.py"
-
 
 @pytest.fixture()
-def bench(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("methods_peer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def bench(load_benchmark, monkeypatch, tmp_path):
+    module = load_benchmark("methods_peer")
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path / "results")
-    yield module
-    for name in ("_common", "methods_elpv", "throughput"):
-        sys.modules.pop(name, None)
+    return module
 
 
 def test_dry_budget_trains_both_sides_and_writes_mean_and_spread(bench, tmp_path):

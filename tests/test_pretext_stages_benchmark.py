@@ -1,9 +1,5 @@
 """benchmarks/pretext_stages.py: every stage of a trained run scored against the same stage of its initialisation."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,18 +7,10 @@ import visionssl as vs
 from visionssl.data.dataset import ImageDataset
 from visionssl.engine import Trainer, load_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretext_stages.py"
-
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("pretext_stages", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    for name in ("_common", "methods_elpv"):
-        sys.modules.pop(name, None)
+def bench(load_benchmark):
+    return load_benchmark("pretext_stages")
 
 
 def toy(n: int, seed: int) -> ImageDataset:

@@ -1,24 +1,13 @@
 """benchmarks/probe_vs_sklearn.py at a tiny size: rows compare the same folds, the speed case times both fits."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("sklearn")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_vs_sklearn.py"
-
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("probe_vs_sklearn", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("_common", None)
+def bench(load_benchmark):
+    return load_benchmark("probe_vs_sklearn")
 
 
 def test_a_row_holds_all_three_protocols_and_the_verdict(bench):
