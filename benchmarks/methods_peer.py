@@ -163,9 +163,10 @@ class LightlyMethod(nn.Module):
 
 
 def train_lightly(
-    method: str, initial: nn.Module, ours: vs.methods.SSLMethod, train, args, device: torch.device
-) -> nn.Module:
-    """Pretrains a copy of ``initial`` the LightlySSL way for ``args.epochs``; returns its backbone."""
+    method: str, initial: nn.Module, ours: vs.methods.SSLMethod, train, args, device: torch.device, lr: float
+) -> tuple[nn.Module, bool]:
+    """Pretrains a copy of ``initial`` the LightlySSL way for ``args.epochs`` at SGD ``lr``; returns its
+    backbone and whether the loss stayed finite."""
     model = LightlyMethod(method, copy.deepcopy(initial), ours).to(device)
     stored = train.images  # uint8 (N, C, H, W); PeerImages serves PIL RGB images
     loader = DataLoader(
@@ -178,7 +179,7 @@ def train_lightly(
     )
     total = args.epochs * len(loader)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.peer_lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total, 1))
     model.train()
     step = 0
@@ -191,9 +192,9 @@ def train_lightly(
             optimizer.step()
             schedule.step()
             step += 1
-    if step and not math.isfinite(float(loss.detach())):
-        print(f"  LightlySSL {method}: non-finite final loss", flush=True)
-    return model.backbone
+            if not math.isfinite(float(loss.detach())):
+                return model.backbone, False
+    return model.backbone, True
 
 
 def train_visionssl(method: str, train, test, args, seed: int, device: torch.device, stored: int) -> Trainer:
@@ -333,10 +334,14 @@ def main(argv: list[str] | None = None) -> Path:
             start = time.perf_counter()
             trainer.fit()
             ours_seconds = time.perf_counter() - start
-            torch.manual_seed(seed)
-            start = time.perf_counter()
-            peer = train_lightly(method, initial, trainer.method, train, args, device)
-            peer_seconds = time.perf_counter() - start
+            for peer_lr in (args.peer_lr, args.peer_lr / 10):  # a diverged peer gets one more try at a tenth
+                torch.manual_seed(seed)
+                start = time.perf_counter()
+                peer, finite = train_lightly(method, initial, trainer.method, train, args, device, peer_lr)
+                peer_seconds = time.perf_counter() - start
+                if finite:
+                    break
+                print(f"  LightlySSL {method}: the loss went non-finite at SGD lr {peer_lr:g}", flush=True)
             for side, backbone, seconds in (
                 ("visionssl", trainer.method.backbone, ours_seconds),
                 ("lightly", peer, peer_seconds),
@@ -344,9 +349,14 @@ def main(argv: list[str] | None = None) -> Path:
             ):
                 scores = {}
                 for label in LABELS:
+                    if side == "lightly" and not finite:  # diverged twice: no features to score
+                        scores[label] = scores[f"{label}_4fold"] = float("nan")
+                        continue
                     top1, cv = knn_scores(backbone, *data[label], None, folds, args.image_size, min(args.k, len(train)))
                     scores[label], scores[f"{label}_4fold"] = top1, cv
                 rows.append({"method": method, "seed": seed, "side": side, "scores": scores, "train_seconds": seconds})
+                if side == "lightly":
+                    rows[-1]["peer_lr"] = peer_lr
                 print(
                     f"{method:8s} seed {seed} {side:9s} defect {scores['defect']:6.2f}%  type {scores['type']:6.2f}%  "
                     f"({seconds:.0f} s)",

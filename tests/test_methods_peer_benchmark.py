@@ -87,3 +87,20 @@ def test_a_rerun_keeps_finished_seeds_and_adds_new_ones(bench, tmp_path):
     bench.main([*args[:-1], "solo1", "--seeds", "1"])
     merged = json.loads(bench.main(["--merge", "resume", "solo1", "--results", "merged"]).read_text())
     assert merged["summary"]["simsiam"]["untrained"]["type"]["n"] == 3 and merged["budget"]["seeds"] == [0, 1]
+
+
+def test_a_diverged_peer_is_retried_once_at_a_tenth_of_the_rate(bench, tmp_path, monkeypatch):
+    lrs, real = [], bench.train_lightly
+
+    def diverges_at_full_rate(method, initial, ours, train, args, device, lr):
+        lrs.append(lr)
+        backbone, _ = real(method, initial, ours, train, args, device, lr)
+        return backbone, lr < args.peer_lr
+
+    monkeypatch.setattr(bench, "train_lightly", diverges_at_full_rate)
+    args = ["--methods", "vicreg", "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--max-images", "24"]
+    args += ["--backbone", "resnet10t_cifar", "--workers", "0", "--k", "5", "--device", "cpu", "--seeds", "0"]
+    rows = json.loads(bench.main([*args, "--out", str(tmp_path / "runs"), "--results", "retry"]).read_text())["rows"]
+    assert lrs == [0.1, pytest.approx(0.01)]
+    peer = next(r for r in rows if r["side"] == "lightly")
+    assert peer["peer_lr"] == pytest.approx(0.01) and 0 <= peer["scores"]["defect"] <= 100
