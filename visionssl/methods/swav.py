@@ -3,6 +3,7 @@ between multi-crop views."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -88,6 +89,19 @@ class SwAV(EpochProgress):
         self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
         self.register_buffer("queue", torch.zeros(2, queue_length, proj_dim))
         self._queued: int | None = None  # rows filled, known on the host (read from the buffer once after a resume)
+
+    @staticmethod
+    def check_config(hparams: dict[str, Any], config: Any) -> None:
+        """Warns when there are more prototypes than embeddings for Sinkhorn to spread over them."""
+        seen = config.optim.batch_size + hparams["queue_length"]
+        if hparams["num_prototypes"] > seen:
+            warnings.warn(
+                f"swav: method.num_prototypes={hparams['num_prototypes']} is more than the {seen} embeddings "
+                f"Sinkhorn shares out per step (optim.batch_size + method.queue_length): equal-partition codes "
+                f"are then near-uniform and training can stall at loss ln(K); use at most {max(seen // 4, 1)} "
+                f"prototypes or a longer queue",
+                stacklevel=2,
+            )
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) < 2 or views[0].shape != views[1].shape:
