@@ -477,3 +477,16 @@ def test_streaming_refuses_the_multicrop_preset_with_one_line():
 
     with pytest.raises(ValueError, match="data.stream cannot split the MultiCrop preset"):
         split_preset(vs.augment.create("multicrop", image_size=16, num_local=2))
+
+
+def test_swav_warns_when_prototypes_outnumber_the_embeddings_sinkhorn_shares_out():
+    import warnings
+
+    from visionssl.engine import load_config
+
+    base = ["optim.batch_size=32", "method.queue_length=1024"]
+    with pytest.warns(UserWarning, match=r"num_prototypes=3000 is more than the 1056 embeddings"):
+        load_config("swav", overrides=[*base, "method.num_prototypes=3000"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config("swav", overrides=[*base, "method.num_prototypes=256"])

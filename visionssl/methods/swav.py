@@ -98,8 +98,8 @@ class SwAV(EpochProgress):
             warnings.warn(
                 f"swav: method.num_prototypes={hparams['num_prototypes']} is more than the {seen} embeddings "
                 f"Sinkhorn shares out per step (optim.batch_size + method.queue_length): equal-partition codes "
-                f"are then near-uniform and training can stall at loss ln(K); use at most {max(seen // 4, 1)} "
-                f"prototypes or a longer queue",
+                f"are then near-uniform and training can stall at loss ln(K); use fewer prototypes (the paper: 3000 "
+                f"for 4096) or a longer queue",
                 stacklevel=2,
             )
 
