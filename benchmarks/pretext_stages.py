@@ -46,7 +46,14 @@ def stage_scores(method: str, run: Path, train, test, folds, image_size: int, k:
             f"{method:9s} {layer:7s} test {test_t:6.2f} ({test_t - test_r:+.2f})  4-fold {cv_t:6.2f} ({cv_t - cv_r:+.2f})"
         )
     best = max(stages, key=lambda s: stages[s]["4fold"])  # chosen on the train split: the test split stays unseen
-    return {"method": method, "run": str(run), "seed": cfg["train"]["seed"], "stages": stages, "best_stage": best}
+    return {
+        "method": method,
+        "run": str(run),
+        "seed": cfg["train"]["seed"],
+        "epochs": cfg["train"]["epochs"],
+        "stages": stages,
+        "best_stage": best,
+    }
 
 
 def markdown(rows: list[dict], device: str, image_size: int, k: int) -> str:
@@ -55,14 +62,15 @@ def markdown(rows: list[dict], device: str, image_size: int, k: int) -> str:
         f"run and of its untrained initialisation; gain over the same stage of the initialisation; best stage "
         f"picked by the 4-fold score on the train split. {device}.",
         "",
-        "| method | stage | test top-1 (gain) | 4-fold on train (gain) | |",
+        "| method (epochs, seed) | stage | test top-1 (gain) | 4-fold on train (gain) | |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         for layer, s in r["stages"].items():
             mark = "best" if layer == r["best_stage"] else ("final" if layer == "final" else "")
             lines.append(
-                f"| {r['method']} | {layer} | {s['test']:.2f} ({s['test'] - s['random_test']:+.2f}) "
+                f"| {r['method']} ({r.get('epochs')}, {r['seed']}) | {layer} | {s['test']:.2f} "
+                f"({s['test'] - s['random_test']:+.2f}) "
                 f"| {s['4fold']:.2f} ({s['4fold'] - s['random_4fold']:+.2f}) | {mark} |"
             )
     return "\n".join(lines) + "\n"

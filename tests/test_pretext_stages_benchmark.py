@@ -39,4 +39,4 @@ def test_each_stage_is_scored_against_the_same_stage_of_the_runs_initialisation(
     assert (row["stages"]["stage2"]["test"], row["stages"]["stage2"]["4fold"]) == trained
     assert row["best_stage"] == max(row["stages"], key=lambda s: row["stages"][s]["4fold"])
     table = bench.markdown([row], "cpu", 16, 3)
-    assert table.count("| rotation |") == 6 and "best" in table
+    assert table.count("| rotation (1, 3) |") == 6 and "best" in table and row["epochs"] == 1
