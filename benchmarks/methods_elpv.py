@@ -171,6 +171,11 @@ def main() -> None:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a method's run from its checkpoint in --out (an interrupted benchmark); a method without one starts",
+    )
+    parser.add_argument(
         "--validation", action="store_true", help="score a held-out quarter of the train split (tuning)"
     )
     parser.add_argument(
@@ -265,7 +270,8 @@ def main() -> None:
         # another data.image_size: train_set=None lets the trainer load the train split at that size
         trainer = Trainer(cfg, train_set=train if cfg.data.image_size == stored else None, eval_sets=(bank, test))
         try:
-            result = trainer.fit()
+            resumed = args.resume and (trainer.out / "checkpoints" / "last.pt").exists()
+            result = trainer.fit(resume=resumed)
         except NonFiniteLossError as exc:  # recorded, and the other methods still run
             print(f"{name:12s} stopped: {exc}", flush=True)
         else:
@@ -285,7 +291,8 @@ def main() -> None:
             "gain_over_random": top1 - own_top1,
             "train_4fold_top1": cv,
             "train_4fold_gain": cv - own_spread["cross_validated"][0],
-            "train_seconds": seconds,
+            "train_seconds": seconds,  # of this process only when resumed
+            "resumed": resumed,
             "final_loss": trainer.metrics.get("train/loss"),
             "precision": trainer.precision,
             "epochs_done": trainer.epoch,

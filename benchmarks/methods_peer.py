@@ -81,11 +81,16 @@ def widths(head: nn.Module) -> tuple[int, int]:
     return linears[0].out_features, linears[-1].out_features
 
 
-def lightly_transform(method: str, size: int):
-    """LightlySSL's transform of ``method`` at its defaults; no blur below 64 px (its CIFAR-10 benchmark's choice)."""
+def lightly_transform(method: str, size: int, min_scale: float | None = None):
+    """LightlySSL's transform of ``method`` at its defaults; no blur below 64 px (its CIFAR-10 benchmark's choice).
+
+    ``min_scale`` replaces its crops' smallest area fraction (a control: visionssl's elpv views crop 0.6-1.0).
+    """
     from lightly import transforms as T
 
     small = {"gaussian_blur": 0.0} if size < 64 else {}
+    if min_scale is not None:
+        small["min_scale"] = min_scale
     if method == "simclr":
         return T.SimCLRTransform(input_size=size, cj_strength=0.5 if size < 64 else 1.0, **small)
     if method == "moco":
@@ -170,7 +175,7 @@ def train_lightly(
     model = LightlyMethod(method, copy.deepcopy(initial), ours).to(device)
     stored = train.images  # uint8 (N, C, H, W); PeerImages serves PIL RGB images
     loader = DataLoader(
-        PeerImages(stored, lightly_transform(method, args.image_size)),
+        PeerImages(stored, lightly_transform(method, args.image_size, args.peer_min_scale)),
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=True,
@@ -269,6 +274,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--peer-lr", type=float, default=0.1, help="LightlySSL side: SGD learning rate")
+    parser.add_argument(
+        "--peer-min-scale", type=float, default=None, help="LightlySSL side: its crops' min_scale (default: its own)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="LightlySSL side: DataLoader workers")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N train/test images (dry runs)")
     parser.add_argument(
@@ -316,6 +324,7 @@ def main(argv: list[str] | None = None) -> Path:
         "seeds": args.seeds,
         "peer_lr": args.peer_lr,
         "max_images": args.max_images,
+        **({"peer_min_scale": args.peer_min_scale} if args.peer_min_scale is not None else {}),  # old files stay valid
     }
     import lightly
 

@@ -104,3 +104,16 @@ def test_a_diverged_peer_is_retried_once_at_a_tenth_of_the_rate(bench, tmp_path,
     assert lrs == [0.1, pytest.approx(0.01)]
     peer = next(r for r in rows if r["side"] == "lightly")
     assert peer["peer_lr"] == pytest.approx(0.01) and 0 <= peer["scores"]["defect"] <= 100
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "vicreg"])
+def test_peer_min_scale_reaches_every_crop_of_the_lightly_transform(bench, method):
+    def crop_scales(transform) -> list[tuple[float, float]]:
+        if type(transform).__name__ == "RandomResizedCrop":  # torchvision's v1 or v2, as LightlySSL picks
+            return [tuple(transform.scale)]
+        inner = list(getattr(transform, "transforms", [])) + [getattr(transform, "transform", None)]
+        return [scale for t in inner if t is not None for scale in crop_scales(t)]  # views nest Compose in Compose
+
+    default, control = bench.lightly_transform(method, 32), bench.lightly_transform(method, 32, min_scale=0.6)
+    assert crop_scales(control) and {s[0] for s in crop_scales(control)} == {0.6}
+    assert {s[0] for s in crop_scales(default)} <= {0.08, 0.2}  # LightlySSL's own defaults
