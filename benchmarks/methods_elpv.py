@@ -400,7 +400,7 @@ def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dic
             )
     lines += [
         f"| {r['method']}{' on ' + r['backbone'] if 'backbone' in r else ''} | {r['knn_top1']:.2f} | {r['gain_over_random']:+.2f} | {train_4fold(r)} | {r['precision']} | "
-        f"{r['epochs_done']} | {r['train_seconds']:.0f} | {r.get('device', '?')}, torch {r.get('torch', '?')} |"
+        f"{r['epochs_done']} | {r['train_seconds']:.0f}{' (resumed: this part only)' if r.get('resumed') else ''} | {r.get('device', '?')}, torch {r.get('torch', '?')} |"
         for r in ordered
     ]
     b = budget
