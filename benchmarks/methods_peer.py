@@ -241,7 +241,7 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def markdown(summary: dict, budget: dict, device: str) -> str:
+def markdown(summary: dict, budget: dict, device: str, rows: list[dict] = ()) -> str:
     lines = [
         f"# visionssl vs LightlySSL at equal budget on elpv ({device})",
         "",
@@ -260,6 +260,16 @@ def markdown(summary: dict, budget: dict, device: str) -> str:
             lines.append(
                 f"| {method} | {label} | {ours['mean']:.2f} +- {ours['std']:.2f} | {peer['mean']:.2f} +- "
                 f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {init} | {ours['n']} |"
+            )
+    retried: dict = {}  # method -> {lr: seeds}: LightlySSL runs that diverged at --peer-lr and were retried
+    for r in rows:
+        if r["side"] == "lightly" and r.get("peer_lr", budget["peer_lr"]) != budget["peer_lr"]:
+            retried.setdefault(r["method"], {}).setdefault(r["peer_lr"], []).append(r["seed"])
+    for method, lrs in retried.items():
+        for lr, seeds in lrs.items():
+            lines.append(
+                f"\nLightlySSL {method}: SGD lr {lr:g} at seeds {', '.join(map(str, sorted(seeds)))} "
+                f"(its loss went non-finite at {budget['peer_lr']:g})."
             )
     return "\n".join(lines) + "\n"
 
@@ -383,7 +393,7 @@ def save(name: str, rows: list[dict], budget: dict, device: str, lightly_version
     summary = summarize(rows)
     payload = {"device": device, "lightly": lightly_version, "budget": budget, "summary": summary, "rows": rows}
     path = write_results(name, payload)
-    path.with_suffix(".md").write_text(markdown(summary, budget, device))
+    path.with_suffix(".md").write_text(markdown(summary, budget, device, rows))
     return path
 
 
