@@ -103,7 +103,10 @@ def test_a_diverged_peer_is_retried_once_at_a_tenth_of_the_rate(bench, tmp_path,
     path = bench.main([*args, "--out", str(tmp_path / "runs"), "--results", "retry"])
     rows = json.loads(path.read_text())["rows"]
     assert lrs == [0.1, pytest.approx(0.01)]
-    assert "LightlySSL vicreg: SGD lr 0.01 at seeds 0 (its loss went non-finite at 0.1)." in path.with_suffix(".md").read_text()
+    assert (
+        "LightlySSL vicreg: SGD lr 0.01 at seeds 0 (its loss went non-finite at 0.1)."
+        in path.with_suffix(".md").read_text()
+    )
     peer = next(r for r in rows if r["side"] == "lightly")
     assert peer["peer_lr"] == pytest.approx(0.01) and 0 <= peer["scores"]["defect"] <= 100
 
