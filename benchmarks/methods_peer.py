@@ -4,7 +4,8 @@ For each of simclr, moco, byol, simsiam and vicreg and each seed, the same backb
 weights is pretrained on the elpv train split (labels unused) for the same epochs, image size and batch:
 
 - **visionssl**: the method's own recipe adapted to elpv exactly as ``benchmarks/methods_elpv.py`` does it
-  (``RECIPE`` / ``ELPV_OVERRIDES``), through ``Trainer`` (batched views on the device);
+  (``RECIPE`` / ``ELPV_OVERRIDES``; ``--plain-recipe``: the small recipe as the CLI gives it), through
+  ``Trainer`` (batched views on the device);
 - **LightlySSL**: its components, as its examples write them: its projection/prediction heads (at the
   widths of the visionssl method, so the two differ in recipe and code, not in size), its loss, its
   momentum update (``update_momentum`` with ``cosine_schedule(step, total, 0.996, 1)``), its per-image
@@ -20,6 +21,7 @@ with the machine named.
 
     python benchmarks/methods_peer.py                           # 5 methods x 3 seeds, the quick-start budget
     python benchmarks/methods_peer.py --methods byol moco --seeds 0 1 2 3 4 --epochs 15
+    python benchmarks/methods_peer.py --plain-recipe --peer-min-scale 0.6   # controls: either side's views
     python benchmarks/methods_peer.py --epochs 1 --image-size 32 --batch-size 16 --max-images 64 --seeds 0 --results dry
 """
 
@@ -217,7 +219,7 @@ def train_visionssl(method: str, train, test, args, seed: int, device: torch.dev
         "train.progress=false",
         f"train.device={device}",
         f"out={Path(args.out) / f'{method}-seed{seed}'}",
-        *ELPV_OVERRIDES.get(method, []),
+        *(() if args.plain_recipe else ELPV_OVERRIDES.get(method, [])),
         *args.set,
     ]
     if method == "moco":  # the queue must stay below the training set (a dry run's subset included)
@@ -287,6 +289,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--peer-min-scale", type=float, default=None, help="LightlySSL side: its crops' min_scale (default: its own)"
     )
+    parser.add_argument(
+        "--plain-recipe",
+        action="store_true",
+        help="visionssl side: the method's small recipe as the CLI gives it, without the elpv adaptation",
+    )
     parser.add_argument("--workers", type=int, default=2, help="LightlySSL side: DataLoader workers")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N train/test images (dry runs)")
     parser.add_argument(
@@ -334,7 +341,9 @@ def main(argv: list[str] | None = None) -> Path:
         "seeds": args.seeds,
         "peer_lr": args.peer_lr,
         "max_images": args.max_images,
-        **({"peer_min_scale": args.peer_min_scale} if args.peer_min_scale is not None else {}),  # old files stay valid
+        # keys only when set, so files written before the options existed keep their budget
+        **({"peer_min_scale": args.peer_min_scale} if args.peer_min_scale is not None else {}),
+        **({"visionssl_recipe": "plain"} if args.plain_recipe else {}),
     }
     import lightly
 
