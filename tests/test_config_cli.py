@@ -13,25 +13,6 @@ def test_recipe_then_overrides():
     assert cfg.method.proj_dim == 128  # from the recipe
 
 
-def test_a_shorter_run_keeps_each_warmups_share_of_the_run():
-    recipe = load_config("dino")  # 200 epochs: 10 of learning-rate warm-up, 30 of teacher-temperature warm-up
-    short = load_config("dino", overrides=["train.epochs=20"])
-    assert (recipe.optim.warmup_epochs, recipe.method.warmup_teacher_temp_epochs) == (10, 30)
-    assert (short.optim.warmup_epochs, short.method.warmup_teacher_temp_epochs) == (1.0, 3)
-    assert load_config("swav", overrides=["train.epochs=40"]).method.queue_start_epoch == 3  # 15 of 200
-    given = load_config("dino", overrides=["train.epochs=20", "optim.warmup_epochs=4"])
-    assert (given.optim.warmup_epochs, given.method.warmup_teacher_temp_epochs) == (4, 3)
-    assert load_config("dino", overrides=["train.epochs=400"]).optim.warmup_epochs == 10  # longer: kept
-
-
-def test_cli_epochs_shortens_the_recipes_warmup():
-    from visionssl.cli import build_parser
-    from visionssl.cli.pretrain import pretrain_overrides
-
-    args = build_parser().parse_args(["pretrain", "--method", "byol", "--epochs", "15", "--out", "runs/x"])
-    assert load_config("byol", overrides=pretrain_overrides(args)).optim.warmup_epochs == 0.75
-
-
 @pytest.mark.parametrize(
     "override,message",
     [

@@ -189,9 +189,7 @@ def load_config(
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
             source = "the key=value overrides"
-            recipe_epochs = cfg.train.epochs
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
-            shorten_warmups(cfg, recipe_epochs, given={item.split("=", 1)[0].strip() for item in items})
         validate(cfg)  # inside: reading a value resolves interpolations (${...}), which may fail
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc)) from None
@@ -199,33 +197,6 @@ def load_config(
         where = " ".join(str(exc).split())
         raise ConfigError(f"{source}: not valid YAML ({where})") from None
     return cfg
-
-
-# Warm-ups a recipe counts in epochs of its own run length (the papers': 3-15% of 100-1000 epochs).
-WARMUP_KEYS = ("optim.warmup_epochs", "method.warmup_teacher_temp_epochs", "method.queue_start_epoch")
-
-
-def shorten_warmups(cfg: DictConfig, recipe_epochs: int, given: set[str]) -> None:
-    """A run shorter than its recipe's keeps each warm-up's share of the run, unless the warm-up was given.
-
-    Without this, a 200-epoch recipe's 10 warm-up epochs would fill most of a 15-epoch run.
-
-    Example:
-        >>> cfg = load_config("byol", overrides=["train.epochs=20"])  # the recipe: 10 of 200 epochs
-        >>> cfg.optim.warmup_epochs
-        1.0
-        >>> load_config("byol", overrides=["train.epochs=20", "optim.warmup_epochs=5"]).optim.warmup_epochs
-        5.0
-    """
-    epochs = cfg.train.epochs
-    if not isinstance(epochs, int) or not 1 <= epochs < recipe_epochs:
-        return  # a longer run keeps the recipe's warm-ups; validate() names a bad value
-    for key in WARMUP_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if key in given or not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        short = value * epochs / recipe_epochs
-        OmegaConf.update(cfg, key, short if isinstance(value, float) else round(short))
 
 
 def validate(cfg: DictConfig) -> None:
