@@ -121,6 +121,23 @@ def test_byol_target_momentum_hits_its_start_and_end():
     assert all(torch.equal(a, b) for a, b in zip(after_first, target_parameters(m).values()))
 
 
+def test_byol_hidden_widths_of_none_scale_with_the_backbone():
+    def widths(m):
+        return m.projector[0].out_features, m.predictor[0].out_features
+
+    assert widths(vs.create_method("byol", backbone=TinyNet(), proj_hidden_dim=None, pred_hidden_dim=None)) == (
+        4 * TinyNet().num_features,
+        4 * TinyNet().num_features,
+    )
+    wide = vs.create_method(
+        "byol", backbone=TinyNet(width=1024), proj_hidden_dim=None, pred_hidden_dim=None, proj_dim=8
+    )
+    assert widths(wide) == (4096, 4096)  # never past the paper's
+    assert widths(vs.create_method("byol", backbone=TinyNet(), proj_hidden_dim=24, pred_hidden_dim=40)) == (24, 40)
+    cfg = yaml.safe_load((Path(vs.__file__).parent / "configs" / "byol.yaml").read_text())["method"]
+    assert cfg["proj_hidden_dim"] is None and cfg["pred_hidden_dim"] is None  # the small recipe scales
+
+
 def test_byol_loss_is_the_papers_symmetrised_regression_loss():
     m = small("byol")
     views = two_views()

@@ -32,6 +32,8 @@ class BYOL(SSLMethod):
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
         proj_hidden_dim, proj_dim: projector widths (hidden, output).
         pred_hidden_dim: predictor hidden width (its output is ``proj_dim``).
+            A hidden width of None is 4 x the backbone's ``num_features``, at most the paper's 4096: the
+            paper's 4096 is 2 x ResNet-50's features, and 16 x a small CNN's 256 learnt less on elpv.
         momentum: tau_base, the target momentum at the first step.
         final_momentum: the momentum at the last step (1.0 in the paper).
 
@@ -52,17 +54,18 @@ class BYOL(SSLMethod):
         self,
         backbone: str | nn.Module = "resnet18",
         backbone_kwargs: dict[str, Any] | None = None,
-        proj_hidden_dim: int = 4096,
+        proj_hidden_dim: int | None = 4096,
         proj_dim: int = 256,
-        pred_hidden_dim: int = 4096,
+        pred_hidden_dim: int | None = 4096,
         momentum: float = 0.996,
         final_momentum: float = 1.0,
     ):
         super().__init__(backbone, backbone_kwargs)
         self.momentum = momentum
         self.final_momentum = final_momentum
-        self.projector = mlp(self.num_features, proj_hidden_dim, proj_dim)
-        self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
+        relative = min(4096, 4 * self.num_features)
+        self.projector = mlp(self.num_features, proj_hidden_dim or relative, proj_dim)
+        self.predictor = mlp(proj_dim, pred_hidden_dim or relative, proj_dim)
         self.target_backbone = copy_frozen(self.backbone)
         self.target_projector = copy_frozen(self.projector)
 
