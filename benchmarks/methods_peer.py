@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> Path:
         # keys only when set, so files written before the options existed keep their budget
         **({"peer_min_scale": args.peer_min_scale} if args.peer_min_scale is not None else {}),
         **({"visionssl_recipe": "plain"} if args.plain_recipe else {}),
+        **({"visionssl_set": args.set} if args.set else {}),
     }
     import lightly
 

@@ -87,6 +87,11 @@ def test_a_rerun_keeps_finished_seeds_and_adds_new_ones(bench, tmp_path):
     bench.main([*args[:-1], "solo1", "--seeds", "1"])
     merged = json.loads(bench.main(["--merge", "resume", "solo1", "--results", "merged"]).read_text())
     assert merged["summary"]["simsiam"]["untrained"]["type"]["n"] == 3 and merged["budget"]["seeds"] == [0, 1]
+    # --set is part of the budget: a rerun with other overrides does not keep the rows of the first
+    other = [*args[:-4], "--out", str(tmp_path / "runs_set"), "--results", "resume", "--seeds", "1"]
+    third = json.loads(bench.main([*other, "--set", "method.proj_dim=16"]).read_text())
+    assert third["budget"]["visionssl_set"] == ["method.proj_dim=16"]
+    assert [(r["seed"], r["side"]) for r in third["rows"]] == [(1, side) for side in sides]
 
 
 def test_a_diverged_peer_is_retried_once_at_a_tenth_of_the_rate(bench, tmp_path, monkeypatch):
