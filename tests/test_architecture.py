@@ -25,6 +25,7 @@ LAYERS = {
     "registry": 0,
     "distributed": 0,
     "files": 0,
+    "errors": 0,
     "data": 1,
     "augment": 1,
     "backbones": 1,

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from visionssl.errors import StorageError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -36,7 +38,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
 
     ``content`` is bytes, text (UTF-8) or a function that writes into the open binary file. A crash at
     any moment leaves the old file or the new one, never half of one; a failed write removes the
-    temporary file and raises ``OSError`` naming ``path`` (with the free space, for a full disk).
+    temporary file and raises ``StorageError`` (an ``OSError``) naming ``path`` (with the free space, for a full disk).
     The file gets the umask's mode (``file_mode``), as any other file the user writes.
     Temporary files are named ``.<name>.<random>.tmp`` (see ``remove_stale_temp_files``).
 
@@ -69,7 +71,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
         cause = _os_error_in(exc)  # torch reports a failed write as RuntimeError with the OSError as context
         if cause is None:
             raise
-        raise OSError(
+        raise StorageError(
             cause.errno, f"could not write {path}: {cause.strerror or cause}{_free_space(path.parent)}"
         ) from exc
     except BaseException:  # KeyboardInterrupt mid-write: no half-written file is left

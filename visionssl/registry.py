@@ -26,10 +26,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from visionssl.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class RegistryError(KeyError):
+class RegistryError(UserError, KeyError):
     """An unknown or duplicate name; the message lists what would be valid."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

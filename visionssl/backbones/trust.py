@@ -32,6 +32,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from visionssl.errors import TrustError
 from visionssl.files import visionssl_home
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ TRUST_CODE_HELP = (
 TIMM_FORBIDDEN = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 
 
-class UntrustedCodeError(ValueError):
+class UntrustedCodeError(TrustError):
     """A file names code (``module:function``, ``file.py:function``) the user did not vouch for."""
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from visionssl.errors import DataError
+
 IMAGE_EXTENSIONS = (
     ".jpg",
     ".jpeg",
@@ -28,7 +30,7 @@ IMAGE_EXTENSIONS = (
 MAX_PIXELS = 100_000_000  # larger images are refused as decompression bombs
 
 
-class BadImageError(ValueError):
+class BadImageError(DataError):
     """An image file that cannot be decoded; ``path`` names it."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -21,14 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionssl.errors import CheckpointError  # noqa: F401  (re-exported)
 from visionssl.files import atomic_write, remove_stale_temp_files  # noqa: F401  (remove_stale_temp_files: re-exported)
 
 CHECKPOINT_FORMAT = "visionssl"
 LAST = "last.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read: missing, truncated, not a torch file, or carrying code."""
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -24,12 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from visionssl.engine.optim import OPTIMIZERS
+from visionssl.errors import ConfigError  # noqa: F401  (re-exported: the config's errors)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration value that is unknown, of the wrong type or out of range; names the key."""
 
 
 @dataclass

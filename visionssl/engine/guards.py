@@ -16,12 +16,9 @@ from typing import Any
 import torch
 
 from visionssl import distributed
+from visionssl.errors import NonFiniteLossError
 
 logger = logging.getLogger("visionssl.engine.trainer")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
 
 
 class Guards:

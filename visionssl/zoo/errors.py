@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
+from visionssl.errors import ZooError
 
-class ZooError(RuntimeError):
-    """A zoo problem with a message that names the file, entry, field or URL and says what to do."""
+__all__ = ["ZooError"]
