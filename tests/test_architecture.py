@@ -3,6 +3,7 @@
 Layers, lowest first (a module may import its own layer's package and any lower layer, never a higher one;
 the packages of one layer do not import each other):
 
+   -1  errors                               (the user-error hierarchy: imports nothing of visionssl)
     0  registry, distributed, files          (generic helpers: no visionssl imports above them)
     1  data | augment | backbones | losses   (siblings: independent of each other)
     2  methods
@@ -25,7 +26,7 @@ LAYERS = {
     "registry": 0,
     "distributed": 0,
     "files": 0,
-    "errors": 0,
+    "errors": -1,
     "data": 1,
     "augment": 1,
     "backbones": 1,
