@@ -30,6 +30,7 @@ from visionssl.backbones.features import resolve_device
 from visionssl.backbones.trust import TRUST_CODE_HELP
 from visionssl.cli.benchmark_setup import environment, load_checkpoint, load_data, run_image_size
 from visionssl.cli.options import positive_int
+from visionssl.errors import ConfigError
 from visionssl.eval.features import extract_features, feature_cache_path
 from visionssl.eval.knn import knn
 from visionssl.eval.linear_probe import OPTIMIZERS as PROBE_OPTIMIZERS
@@ -96,9 +97,9 @@ def run_benchmark(
         ``{"kind", "rows", "summary", "settings", "files", ...}`` as written to ``results.json``.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown benchmark kind {kind!r}; valid: {', '.join(KINDS)}")
+        raise ConfigError(f"unknown benchmark kind {kind!r}; valid: {', '.join(KINDS)}")
     if not checkpoints or not datasets:
-        raise ValueError("give at least one checkpoint and one dataset")
+        raise ConfigError("give at least one checkpoint and one dataset")
     ks = [k] if isinstance(k, int) else list(k)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

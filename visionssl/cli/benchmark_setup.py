@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from visionssl.data.dataset import stored_size
+from visionssl.errors import ConfigError, DataError
 
 __all__ = ["environment", "load_checkpoint", "load_data", "run_image_size"]
 
@@ -37,7 +38,7 @@ def load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: 
         if not name:
             source = next((s for s in all_specs if not str(s).startswith("random")), None)
             if source is None:
-                raise ValueError(
+                raise ConfigError(
                     "'random' copies the backbone of the first checkpoint; give one, or use random:BACKBONE"
                 )
             name, kwargs = _backbone_spec(str(source), trust_code)
@@ -98,7 +99,7 @@ def load_data(spec: str | tuple[Any, Any], image_size: int) -> tuple[str, Any, A
     stored = stored_size(image_size)
     train_set, test_set = load_dataset(spec, "train", stored), load_dataset(spec, "test", stored)
     if train_set.targets is None or test_set.targets is None:
-        raise ValueError(f"dataset {spec!r} has no labels to evaluate with")
+        raise DataError(f"dataset {spec!r} has no labels to evaluate with")
     return spec, train_set, test_set
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from visionssl.backbones.trust import TRUST_CODE_HELP
 from visionssl.cli.options import EPILOG, positive_float, positive_int
 from visionssl.data.dataset import stored_size
+from visionssl.errors import DataError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +94,7 @@ def run_eval(args: argparse.Namespace) -> int:
     stored = stored or stored_size(image_size)
     train, test = load_dataset(spec, "train", stored), load_dataset(spec, "test", stored)
     if train.targets is None:
-        raise ValueError(f"dataset {spec!r} has no labels to evaluate with")
+        raise DataError(f"dataset {spec!r} has no labels to evaluate with")
     models = [(args.checkpoint, backbone)]
     if not args.no_baseline:
         torch.manual_seed(args.seed)

@@ -32,6 +32,7 @@ from visionssl.backbones.features import (
     input_channels,
     resolve_device,
 )
+from visionssl.errors import ConfigError, DataError
 from visionssl.files import atomic_write
 
 CACHE_VERSION = 1
@@ -70,9 +71,9 @@ def extract_features(
         ``(features, labels)``; ``labels`` is ``dataset.targets`` (all -1 for an unlabelled dataset).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if len(dataset) == 0:
-        raise ValueError(f"dataset {getattr(dataset, 'name', '')!r} is empty")
+        raise DataError(f"dataset {getattr(dataset, 'name', '')!r} is empty")
     from visionssl.eval.layers import with_layer
 
     device = resolve_device(device)

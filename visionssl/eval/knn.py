@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from visionssl.errors import ConfigError, DataError
 from visionssl.eval.knn_search import DEVICES, INDEXES, Array, Bank, feature_rows, knn_search  # noqa: F401  (re-exported)
 
 VOTES = ("weighted", "majority")
@@ -136,15 +137,15 @@ def knn_predict(
     """
     ks = _check_ks(k)
     if vote not in VOTES:
-        raise ValueError(f"unknown vote {vote!r}; valid: {', '.join(VOTES)}")
+        raise ConfigError(f"unknown vote {vote!r}; valid: {', '.join(VOTES)}")
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     train_x = feature_rows(train_x, "train_x")
     bank_labels = check_labels(train_y, "train_y", len(train_x))
     if num_classes is None:
         num_classes = _num_classes(bank_labels)
     elif int(bank_labels.max()) >= num_classes:
-        raise ValueError(f"train_y has label {int(bank_labels.max())} but num_classes={num_classes}")
+        raise DataError(f"train_y has label {int(bank_labels.max())} but num_classes={num_classes}")
     sims, ids = knn_search(
         train_x, test_x, max(ks), index=index, nlist=nlist, nprobe=nprobe, shard_size=shard_size, device=device
     )
@@ -182,7 +183,7 @@ def knn_scores(
     elif vote == "majority":
         weights = torch.ones_like(similarities)
     else:
-        raise ValueError(f"unknown vote {vote!r}; valid: {', '.join(VOTES)}")
+        raise ConfigError(f"unknown vote {vote!r}; valid: {', '.join(VOTES)}")
     if valid is not None:
         weights = weights * valid
     scores = torch.zeros(len(similarities), num_classes, dtype=weights.dtype)
@@ -212,11 +213,11 @@ def check_labels(y: Array, name: str, n: int) -> torch.Tensor:
     """
     y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).detach().cpu()
     if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"{name} must hold one label per feature row: expected shape ({n},), got {tuple(y.shape)}")
+        raise DataError(f"{name} must hold one label per feature row: expected shape ({n},), got {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+        raise DataError(f"{name} must hold integer class indices, got dtype {y.dtype}")
     if n and int(y.min()) < 0:
-        raise ValueError(f"{name} holds a negative label ({int(y.min())}); labels are class indices >= 0")
+        raise DataError(f"{name} holds a negative label ({int(y.min())}); labels are class indices >= 0")
     return y.long()
 
 
@@ -227,5 +228,5 @@ def _num_classes(*labels: Array) -> int:
 def _check_ks(k: int | Sequence[int]) -> list[int]:
     ks = [k] if isinstance(k, (int, np.integer)) else list(k)
     if not ks or any(not isinstance(kk, (int, np.integer)) or isinstance(kk, bool) or kk < 1 for kk in ks):
-        raise ValueError(f"k must be a positive int or a non-empty sequence of them, got {k!r}")
+        raise ConfigError(f"k must be a positive int or a non-empty sequence of them, got {k!r}")
     return sorted({int(kk) for kk in ks}, key=ks.index)

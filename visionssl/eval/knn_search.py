@@ -20,6 +20,8 @@ import faiss
 import numpy as np
 import torch
 
+from visionssl.errors import ConfigError, DataError
+
 Array = Union[torch.Tensor, np.ndarray]  # noqa: UP007  (a runtime alias: `|` fails on Python 3.10)
 Bank = Union[torch.Tensor, np.ndarray, str, os.PathLike]  # noqa: UP007
 INDEXES = ("flat", "ivf", "sharded")
@@ -48,14 +50,14 @@ def knn_search(
         ([[0, 1]], [[0.894, 0.447]])
     """
     if index not in INDEXES:
-        raise ValueError(f"unknown index {index!r}; valid: {', '.join(INDEXES)}")
+        raise ConfigError(f"unknown index {index!r}; valid: {', '.join(INDEXES)}")
     bank, queries = feature_rows(bank, "train_x"), feature_rows(queries, "test_x")
     if bank.shape[1] != queries.shape[1]:
-        raise ValueError(f"feature dimensions differ: train_x has {bank.shape[1]}, test_x has {queries.shape[1]}")
+        raise DataError(f"feature dimensions differ: train_x has {bank.shape[1]}, test_x has {queries.shape[1]}")
     if not 1 <= k <= len(bank):
-        raise ValueError(f"k must be between 1 and the bank size ({len(bank)} training features), got {k}")
+        raise ConfigError(f"k must be between 1 and the bank size ({len(bank)} training features), got {k}")
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     use = search_backend(device)
     queries = normalized_rows(queries, "test_x")
     if index == "ivf":
@@ -85,10 +87,10 @@ def _ivf_search(
     max_cells = max(1, n // 39)  # faiss wants >= 39 training points per k-means centroid
     nlist = nlist if nlist is not None else min(max_cells, max(1, round(math.sqrt(n))))
     if not 1 <= nlist <= n:
-        raise ValueError(f"nlist must be between 1 and the bank size ({n}), got {nlist}")
+        raise ConfigError(f"nlist must be between 1 and the bank size ({n}), got {nlist}")
     nprobe = nprobe if nprobe is not None else max(1, nlist // 8)
     if not 1 <= nprobe <= nlist:
-        raise ValueError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
+        raise ConfigError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.seed = seed
@@ -135,7 +137,7 @@ def search_backend(device: str) -> str:
         'faiss-cpu'
     """
     if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+        raise ConfigError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
     faiss_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     if device == "cpu":
         return "faiss-cpu"
@@ -144,7 +146,7 @@ def search_backend(device: str) -> str:
     if torch.cuda.is_available():
         return "torch-cuda"
     if device == "cuda":
-        raise ValueError("device='cuda' but neither faiss nor torch sees a GPU; use device='cpu' or 'auto'")
+        raise ConfigError("device='cuda' but neither faiss nor torch sees a GPU; use device='cpu' or 'auto'")
     return "faiss-cpu"
 
 
@@ -165,14 +167,14 @@ class _NpyRows:
     def __init__(self, path: str | os.PathLike, name: str):
         self.path = Path(path)
         if not self.path.is_file():
-            raise ValueError(f"{name} file {self.path} does not exist")
+            raise DataError(f"{name} file {self.path} does not exist")
         try:
             rows = np.load(self.path, mmap_mode="r")
         except ValueError as exc:
-            raise ValueError(f"{name} file {self.path} is not a .npy array: {exc}") from None
+            raise DataError(f"{name} file {self.path} is not a .npy array: {exc}") from None
         self.shape, self.ndim = rows.shape, rows.ndim
         if rows.dtype.kind != "f":
-            raise ValueError(f"{name} file {self.path} holds {rows.dtype}; features must be floating point")
+            raise DataError(f"{name} file {self.path} holds {rows.dtype}; features must be floating point")
         del rows
 
     def __len__(self) -> int:
@@ -188,13 +190,13 @@ def feature_rows(x: Bank, name: str) -> np.ndarray | _NpyRows:
         x = _NpyRows(x, name)
     if isinstance(x, _NpyRows):
         if x.ndim != 2 or len(x) == 0:
-            raise ValueError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(x.shape)}")
+            raise DataError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(x.shape)}")
         return x
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(x.shape)}")
+        raise DataError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(x.shape)}")
     return x
 
 
@@ -206,7 +208,7 @@ def normalized_rows(x: np.ndarray | _NpyRows, name: str, row_offset: int = 0, co
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise ValueError(
+        raise ConfigError(
             f"{name} has {len(bad)} rows with NaN or infinite values (first: row {row_offset + int(bad[0])}); "
             "features must be finite"
         )

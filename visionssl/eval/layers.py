@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from visionssl.errors import ConfigError
+
 __all__ = ["StageFeatures", "stage_names", "with_layer"]
 
 
@@ -52,7 +54,7 @@ class StageFeatures(nn.Module):
         >>> StageFeatures(vs.create_backbone("resnet10t_cifar"), "stage9")
         Traceback (most recent call last):
         ...
-        ValueError: unknown layer 'stage9'; valid: final, stage0, stage1, stage2, stage3, stage4
+        visionssl.errors.ConfigError: unknown layer 'stage9'; valid: final, stage0, stage1, stage2, stage3, stage4
     """
 
     def __init__(self, backbone: nn.Module, layer: str):
@@ -60,7 +62,7 @@ class StageFeatures(nn.Module):
         names = stage_names(backbone)
         if layer not in names or layer == "final":
             hint = "" if len(names) > 1 else " (this backbone has no timm feature_info, so only its final output)"
-            raise ValueError(f"unknown layer {layer!r}; valid: {', '.join(names)}{hint}")
+            raise ConfigError(f"unknown layer {layer!r}; valid: {', '.join(names)}{hint}")
         info = _feature_info(backbone)[int(layer[len("stage") :])]
         self.backbone, self.layer = backbone, layer
         self.num_features = int(info["num_chs"])

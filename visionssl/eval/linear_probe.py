@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from visionssl.backbones.features import resolve_device
+from visionssl.errors import ConfigError, DataError
 from visionssl.eval.knn import Array, check_labels, rank_accuracy
 from visionssl.eval.probe_classic import linear_probe_classic
 from visionssl.eval.probe_lbfgs import fit_heads, stratified_kfold
@@ -131,11 +132,11 @@ def linear_probe(
     """
     train_x, test_x = _matrix(train_x, "train_x"), _matrix(test_x, "test_x")
     if train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(f"feature dimensions differ: train_x has {train_x.shape[1]}, test_x has {test_x.shape[1]}")
+        raise DataError(f"feature dimensions differ: train_x has {train_x.shape[1]}, test_x has {test_x.shape[1]}")
     train_y, test_y = check_labels(train_y, "train_y", len(train_x)), check_labels(test_y, "test_y", len(test_x))
     num_classes = num_classes or 1 + int(max(train_y.max(), test_y.max()))
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+        raise ConfigError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
     sgd_only = (lrs, weight_decays, epochs, optimizer, patience)
     if solver == "auto" and (any(v is not None for v in sgd_only) or normalize == "batchnorm"):
         solver = "sgd"
@@ -176,7 +177,7 @@ def linear_probe(
     if val_fraction > 0:
         fit_idx, val_idx = (i.to(device) for i in holdout_split(train_y.cpu(), val_fraction, seed))
         if len(val_idx) == 0:
-            raise ValueError(f"val_fraction={val_fraction} leaves no validation sample; raise it or pass 0")
+            raise ConfigError(f"val_fraction={val_fraction} leaves no validation sample; raise it or pass 0")
         writer = _summary_writer(log_dir)
         try:
             sweep = train_heads(
@@ -251,29 +252,29 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple
 def _matrix(x: Array, name: str) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().float().cpu()
     if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(x.shape)}")
+        raise DataError(f"{name} must be a non-empty (N, D) feature matrix, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
-        raise ValueError(f"{name} holds NaN or infinite values; features must be finite")
+        raise DataError(f"{name} holds NaN or infinite values; features must be finite")
     return x
 
 
 def _check_options(settings, epochs, batch_size, optimizer, normalize, val_fraction, patience) -> None:
     if not settings:
-        raise ValueError("lrs and weight_decays must each hold at least one value")
+        raise ConfigError("lrs and weight_decays must each hold at least one value")
     if any(not lr > 0 for lr, _ in settings) or any(not wd >= 0 for _, wd in settings):
-        raise ValueError(f"learning rates must be > 0 and weight decays >= 0, got {settings}")
+        raise ConfigError(f"learning rates must be > 0 and weight decays >= 0, got {settings}")
     if epochs < 1 or patience < 1:
-        raise ValueError(f"epochs and patience must be >= 1, got epochs={epochs}, patience={patience}")
+        raise ConfigError(f"epochs and patience must be >= 1, got epochs={epochs}, patience={patience}")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if (normalize or "none") not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)} or None")
+        raise ConfigError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)} or None")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0 and len(settings) > 1:
-        raise ValueError(f"a sweep of {len(settings)} settings needs a validation split; set val_fraction > 0")
+        raise ConfigError(f"a sweep of {len(settings)} settings needs a validation split; set val_fraction > 0")
 
 
 def _summary_writer(log_dir):
@@ -363,13 +364,13 @@ def _head_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
 
 def _check_lbfgs(Cs, folds, max_iter, tol, normalize, val_fraction, train_y, cv_max_samples) -> None:
     if not Cs or any(not c > 0 for c in Cs):
-        raise ValueError(f"Cs must hold at least one value, all > 0, got {tuple(Cs)}")
+        raise ConfigError(f"Cs must hold at least one value, all > 0, got {tuple(Cs)}")
     if max_iter < 1 or not tol > 0:
-        raise ValueError(f"max_iter must be >= 1 and tol > 0, got max_iter={max_iter}, tol={tol}")
+        raise ConfigError(f"max_iter must be >= 1 and tol > 0, got max_iter={max_iter}, tol={tol}")
     if (normalize or "none") not in ("standardize", "none"):
-        raise ValueError(f"normalize {normalize!r} is not for the lbfgs solver; valid: standardize, none")
+        raise ConfigError(f"normalize {normalize!r} is not for the lbfgs solver; valid: standardize, none")
     if len(train_y) < cv_max_samples:
         if not 2 <= folds <= len(train_y):
-            raise ValueError(f"folds must be in [2, {len(train_y)}] (the training samples), got {folds}")
+            raise ConfigError(f"folds must be in [2, {len(train_y)}] (the training samples), got {folds}")
     elif not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1) to pick C on {len(train_y)} samples, got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in (0, 1) to pick C on {len(train_y)} samples, got {val_fraction}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionssl.backbones.features import input_channels, resolve_device
+from visionssl.errors import ConfigError
 from visionssl.eval.features import extract_features
 from visionssl.eval.knn import rank_accuracy
 
@@ -63,9 +64,9 @@ def linear_probe_classic(
     from visionssl import augment as augmentations
 
     if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
+        raise ConfigError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
     if train_set.targets is None or test_set.targets is None:
-        raise ValueError("the linear probe needs labelled train and test sets")
+        raise ConfigError("the linear probe needs labelled train and test sets")
     device = resolve_device(device)
     image_size = int(image_size or train_set.images.shape[-1])
     channels = input_channels(backbone)
