@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, timed, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
-from visionssl.augment.simclr import blur_kernel_size  # noqa: E402
+from visionssl.augment.crop_jitter import blur_kernel_size  # noqa: E402
 from visionssl.engine.runtime import cpu_computes_bf16  # noqa: E402
 
 

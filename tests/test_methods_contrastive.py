@@ -447,11 +447,11 @@ def test_moco_v2_presets(name, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_simclr_view_jitter_option_keeps_the_default(backend):
-    from visionssl.augment.simclr import simclr_view
+def test_crop_jitter_view_jitter_option_keeps_the_default(backend):
+    from visionssl.augment.crop_jitter import crop_jitter_view
 
-    default = _colour(simclr_view(32, jitter_strength=0.5, backend=backend))
-    explicit = _colour(simclr_view(32, jitter=(0.4, 0.4, 0.2, 0.1), backend=backend))
+    default = _colour(crop_jitter_view(32, jitter_strength=0.5, backend=backend))
+    explicit = _colour(crop_jitter_view(32, jitter=(0.4, 0.4, 0.2, 0.1), backend=backend))
     assert default == (0.4, 0.4, 0.4, 0.1, 0.8, 0.2)
     assert explicit == (0.4, 0.4, 0.2, 0.1, 0.8, 0.2)
 

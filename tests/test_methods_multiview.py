@@ -473,7 +473,7 @@ def test_bf16_autocast_keeps_the_loss_in_float32(name):
 
 
 def test_streaming_refuses_the_multicrop_preset_with_one_line():
-    from visionssl.augment.stream import split_preset
+    from visionssl.augment.preset_split import split_preset
 
     with pytest.raises(ValueError, match="data.stream cannot split the MultiCrop preset"):
         split_preset(vs.augment.create("multicrop", image_size=16, num_local=2))

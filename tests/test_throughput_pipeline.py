@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import visionssl as vs
 from visionssl.augment.ops import RandomGaussianBlur
-from visionssl.augment.stream import split_preset
+from visionssl.augment.preset_split import split_preset
 from visionssl.data import BadImageError
 from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.data.stream import (

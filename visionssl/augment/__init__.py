@@ -1,6 +1,8 @@
-"""Batched augmentation on the training device (Kornia): one uint8 batch in, N views out.
+"""Batched augmentation on the training device: one uint8 batch in, N views out.
 
-Presets are registered by name; each returns a ``MultiView`` module.
+Presets are registered by name; each returns a ``MultiView`` module. The crop-based presets take a
+``backend``: ``"fused"`` (the default: the batched ops of ``visionssl.augment.ops``, the fastest) or
+``"kornia"`` (the same recipe as Kornia modules).
 
 Example:
     >>> import torch, visionssl as vs

@@ -1,9 +1,8 @@
-"""View recipes of MoCo v2, SimSiam, BYOL and VICReg as batched Kornia transforms.
+"""BYOL's asymmetric view recipe (Grill et al., 2020, table 6), also VICReg's: ``crop_jitter_view`` pipelines.
 
-Each preset returns a ``MultiView`` of two views built from ``simclr_view``. Gaussian blur is a
-large-image augmentation: below 64 px it is left out (p = 0), as in the CIFAR recipes of the
-papers and of solo-learn; pass ``blur_p`` to force it. ``backend`` ("fused" or "kornia") is passed
-to ``simclr_view``.
+Gaussian blur is a large-image augmentation: below 64 px it is left out (p = 0), as in the CIFAR recipes
+of the papers and of solo-learn; pass ``blur_p`` to force it. ``backend`` ("fused", the default, or
+"kornia") is passed to ``crop_jitter_view``.
 
 Example:
     >>> import torch, visionssl as vs
@@ -18,32 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
+from visionssl.augment.crop_jitter import crop_jitter_view
 from visionssl.augment.ops import SMALL_IMAGE
-from visionssl.augment.simclr import simclr_view
 
-MOCO_V2_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
-
-
-def _symmetric(
-    image_size: int, channels: int, scale: tuple[float, float], blur_p: float | None, num_views: int, backend: str
-) -> MultiView:
-    """MoCo v2's recipe (``aug_plus``): crop, flip, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, blur 0.5."""
-    if blur_p is None:
-        blur_p = 0.0 if image_size < SMALL_IMAGE else 0.5
-    views = [
-        simclr_view(
-            image_size,
-            scale=tuple(scale),
-            jitter=MOCO_V2_JITTER,
-            jitter_p=0.8,
-            grayscale_p=0.2,
-            blur_p=blur_p,
-            backend=backend,
-        )
-        for _ in range(num_views)
-    ]
-    return MultiView(views, channels=channels, normalize=Normalize())
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 
 
 def _asymmetric(
@@ -60,7 +37,7 @@ def _asymmetric(
         blur_p = (0.0, 0.0) if image_size < SMALL_IMAGE else (1.0, 0.1)
     blur_p, solarize_p = _per_view(blur_p, "blur_p"), _per_view(solarize_p, "solarize_p")
     views = [
-        simclr_view(
+        crop_jitter_view(
             image_size,
             scale=tuple(scale),
             jitter=BYOL_JITTER,
@@ -84,21 +61,6 @@ def _per_view(p: float | Sequence[float], name: str) -> tuple[float, float]:
     return (float(p[0]), float(p[1]))
 
 
-@register_augmentation("moco")
-def moco(
-    image_size: int = 32,
-    channels: int = 3,
-    scale: tuple[float, float] = (0.2, 1.0),
-    blur_p: float | None = None,
-    num_views: int = 2,
-    backend: str = "fused",
-    **_: Any,
-) -> MultiView:
-    """MoCo v2's two views (Chen et al., 2020, ``aug_plus``): crop scale 0.2-1, jitter (0.4, 0.4, 0.4, 0.1)
-    with p = 0.8, grayscale p = 0.2, blur p = 0.5 (none below 64 px unless ``blur_p`` is given)."""
-    return _symmetric(image_size, channels, scale, blur_p, num_views, backend)
-
-
 @register_augmentation("byol")
 def byol(
     image_size: int = 32,
@@ -114,5 +76,4 @@ def byol(
     return _asymmetric(image_size, channels, scale, blur_p, solarize_p, backend)
 
 
-register_augmentation("simsiam")(moco)  # SimSiam's views are MoCo v2's (Chen & He, 2021, section 4)
 register_augmentation("vicreg")(byol)  # VICReg's views are BYOL's (Bardes et al., 2022, appendix C.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from visionssl.augment import MultiView, Normalize, register_augmentation
-from visionssl.augment.simclr import simclr_view
+from visionssl.augment.crop_jitter import crop_jitter_view
 
 
 @register_augmentation("mae")
@@ -19,5 +19,5 @@ def mae(
         >>> [tuple(v.shape) for v in vs.augment.create("mae", image_size=16)(torch.rand(2, 3, 20, 20))]
         [(2, 3, 16, 16)]
     """
-    view = simclr_view(image_size, scale=tuple(scale), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, backend=backend)
+    view = crop_jitter_view(image_size, scale=tuple(scale), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, backend=backend)
     return MultiView([view], channels=channels, normalize=Normalize())

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from visionssl.augment import MultiView, Normalize, register_augmentation, to_float
-from visionssl.augment.contrastive import BYOL_JITTER
+from visionssl.augment.byol import BYOL_JITTER
+from visionssl.augment.crop_jitter import crop_jitter_view
 from visionssl.augment.ops import SMALL_IMAGE
-from visionssl.augment.simclr import simclr_view
 
 
 class MultiCrop(MultiView):
@@ -92,7 +92,7 @@ def multicrop(
     local_size = local_size or local_crop_size(image_size)
 
     def view(size: int, scale: tuple[float, float]) -> nn.Module:
-        return simclr_view(
+        return crop_jitter_view(
             size, scale=tuple(scale), jitter=BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p, backend=backend
         )
 

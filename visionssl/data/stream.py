@@ -4,7 +4,7 @@ CPU workers (a torch ``DataLoader``) read each file, decode it and cut every vie
 straight to the training size: uint8 out, no float work on the CPU. A JPEG is decoded at a reduced
 scale (libjpeg's DCT scaling) whenever all of its crops stay at least as large as the output. Flip,
 colour, blur, solarisation and normalisation run batched on the device, from the same presets as the
-in-memory path: ``visionssl.augment.stream.split_preset`` moves each view's crop to the workers and keeps
+in-memory path: ``visionssl.augment.preset_split.split_preset`` moves each view's crop to the workers and keeps
 the rest, and ``visionssl.engine.stream.stream_loader`` pairs the two halves.
 
 With ``gpu_decode`` the workers only read the bytes and draw the crop boxes (from the file header);

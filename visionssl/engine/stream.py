@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from visionssl.augment import MultiView
-from visionssl.augment.stream import StreamViews, split_preset
+from visionssl.augment.preset_split import StreamViews, split_preset
 from visionssl.data.stream import ImageFiles, StreamLoader
 
 
