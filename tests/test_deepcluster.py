@@ -315,7 +315,7 @@ def test_bad_classifier_settings_are_clear():
 
 def test_projection_head_is_what_gets_clustered_and_trained():
     data = two_kinds_of_images()
-    method = make_method(classifier="centroids", projection_dim=6, projection_hidden_dim=12)
+    method = make_method(classifier="centroids", proj_dim=6, proj_hidden_dim=12)
     method.on_epoch_start(FakeTrainer(data))
     assert method.whiten_mean.shape == (6,) and method.centroids.shape == (4, 6)  # clustered in the head's space
     features = method.extract_features(data.images[:5], "cpu", image_size=16)
@@ -329,5 +329,5 @@ def test_projection_head_is_what_gets_clustered_and_trained():
     out["loss"].backward()
     assert out["embedding"].shape == (4, 16)  # the backbone's features, not the head's
     assert method.projector[0].weight.grad.abs().sum() > 0 and method.backbone[0].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="projection_dim must be >= 0"):
-        make_method(projection_dim=-1)
+    with pytest.raises(ValueError, match="proj_dim must be >= 0"):
+        make_method(proj_dim=-1)

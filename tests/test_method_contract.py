@@ -143,3 +143,53 @@ def test_the_round_trip_catches_state_kept_outside_the_state_dict(monkeypatch, p
     monkeypatch.setitem(SMALL, "leaky", Small())
     with pytest.raises(AssertionError, match="Scalars are not close"):
         test_method_contract("leaky", private_home)
+
+
+MOMENTUM_METHODS = {"moco": "momentum_", "mocov3": "momentum_", "byol": "target_", "dino": "teacher_"}
+
+
+@pytest.mark.parametrize("name", sorted(MOMENTUM_METHODS))
+def test_momentum_copies_are_one_target_with_one_schedule(name):
+    """MoCo's key encoder, BYOL's target, DINO's teacher: one ``MomentumTarget`` at ``method.target``, whose
+    copies mirror the online modules of the same names, scheduled by ``momentum`` / ``final_momentum``."""
+    from visionssl.methods import method_hparams
+    from visionssl.methods.momentum import MomentumTarget
+
+    method = build(name, seed=0)
+    assert isinstance(method.target, MomentumTarget)
+    assert {"momentum", "final_momentum"} <= set(method_hparams(name))
+    for child, copy_ in method.target.named_children():
+        online = method.get_submodule(child)
+        assert [n for n, _ in copy_.named_parameters()] == [n for n, _ in online.named_parameters()]
+        assert not any(p.requires_grad for p in copy_.parameters())
+    assert not [k for k in method.state_dict() if k.startswith(("momentum_", "teacher_", "target_"))]
+
+
+@pytest.mark.parametrize("name, old", sorted(MOMENTUM_METHODS.items()))
+def test_a_checkpoint_with_the_old_momentum_keys_still_loads(name, old):
+    """State dicts written before ``MomentumTarget`` named the copies ``<old>backbone.*``; they load unchanged."""
+    state = build(name, seed=1).state_dict()
+    legacy = {(f"{old}{k[len('target.') :]}" if k.startswith("target.") else k): v for k, v in state.items()}
+    assert any(k.startswith(old) for k in legacy)
+    fresh = build(name, seed=2)
+    fresh.load_state_dict(legacy)  # strict: no missing and no unexpected keys
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())
+
+
+def test_the_contract_has_its_defaults_on_the_base_class():
+    """What the config reader and the trainer read of a method is declared on ``SSLMethod`` with a default."""
+    from visionssl.methods import SSLMethod, method_class
+
+    assert SSLMethod.hparam_ranges == {} and SSLMethod.sample_labels is None and SSLMethod.sample_weights is None
+    assert SSLMethod.needs_indices is False and SSLMethod.check_config({}, None) is None
+
+    def factory(**kwargs):  # a plugin may register a factory function: the base class's defaults apply
+        return vs.create_method("simclr", **kwargs)
+
+    from visionssl.methods import METHODS
+
+    METHODS._factories["_factory_method"] = factory
+    try:
+        assert method_class("_factory_method") is SSLMethod and method_class("swav").__name__ == "SwAV"
+    finally:
+        del METHODS._factories["_factory_method"]

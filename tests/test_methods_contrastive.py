@@ -24,12 +24,19 @@ SMALL_HEADS = {
     "vicreg": dict(expander_dim=64),
 }
 METHODS = list(SMALL_HEADS)
-TARGET_PREFIXES = ("momentum_", "target_")
+TARGET_PREFIXES = ("target.",)
 
 
 def tiny_backbone():
     """The mechanics tests need BatchNorm and convolutions, not depth."""
     return TinyNet(width=16, stride=2)
+
+
+def linear_backbone(features):
+    """A backbone of ``features`` outputs, for the head-width rules."""
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, features))
+    net.num_features = features
+    return net
 
 
 def small(name, backbone=None, backbone_kwargs=None, **hparams):
@@ -106,11 +113,11 @@ def test_cosine_momentum_schedule():
 
 def test_byol_target_momentum_hits_its_start_and_end():
     m = small("byol")
-    assert m.target_momentum(1, 100) == pytest.approx(0.996, abs=1e-12)
-    assert m.target_momentum(100, 100) == 1.0
+    assert m.target.momentum_at(1, 100) == pytest.approx(0.996, abs=1e-12)
+    assert m.target.momentum_at(100, 100) == 1.0
     perturb_(m.backbone)
     perturb_(m.projector)
-    pairs = [(m.target_backbone, m.backbone), (m.target_projector, m.projector)]
+    pairs = [(m.target.backbone, m.backbone), (m.target.projector, m.projector)]
     before = [[p.detach().clone() for p in t.parameters()] for t, _ in pairs]
     m.on_step_end(1, 100)  # first update: tau = 0.996
     for (target, online), old in zip(pairs, before):
@@ -151,7 +158,7 @@ def test_byol_loss_is_the_papers_symmetrised_regression_loss():
 
     p1, p2 = (m.predictor(m.projector(m.backbone(x))) for x in views)
     with torch.no_grad():
-        t1, t2 = (m.target_projector(m.target_backbone(x)) for x in views)
+        t1, t2 = (m.target.projector(m.target.backbone(x)) for x in views)
     expected = regression(p1, t2) + regression(p2, t1)
     torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-6)
     expected.backward()
@@ -197,7 +204,7 @@ def test_moco_forward_uses_the_queue_before_enqueuing_its_keys():
     out["loss"].backward()
     with torch.no_grad():
         q = F.normalize(m.projector(m.backbone(views[0])), dim=1)
-        k = F.normalize(m.momentum_projector(m.momentum_backbone(views[1])), dim=1)
+        k = F.normalize(m.target.projector(m.target.backbone(views[1])), dim=1)
     torch.testing.assert_close(out["loss"], vs.losses.infonce_queue(q, k, queue_before, 0.2), rtol=1e-5, atol=1e-6)
     rows = torch.tensor([17, 18, 19, 0, 1, 2])
     torch.testing.assert_close(m.queue[rows], k, rtol=1e-5, atol=1e-6)
@@ -225,7 +232,7 @@ def test_moco_symmetric_averages_both_directions():
     loss = m(views)["loss"]
     with torch.no_grad():
         q1, q2 = (F.normalize(m.projector(m.backbone(x)), dim=1) for x in views)
-        k1, k2 = (F.normalize(m.momentum_projector(m.momentum_backbone(x)), dim=1) for x in views)
+        k1, k2 = (F.normalize(m.target.projector(m.target.backbone(x)), dim=1) for x in views)
     expected = (vs.losses.infonce_queue(q1, k2, queue) + vs.losses.infonce_queue(q2, k1, queue)) / 2
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(chronological(m)[-4:], k2)  # the queue receives the keys of view 2
@@ -236,9 +243,9 @@ def test_moco_key_encoder_momentum(final, expected_first, expected_last):
     m = small("moco", momentum=0.9, final_momentum=final)
     for step, tau in [(1, expected_first), (10, expected_last)]:
         perturb_(m.backbone)
-        old = [p.detach().clone() for p in m.momentum_backbone.parameters()]
+        old = [p.detach().clone() for p in m.target.backbone.parameters()]
         m.on_step_end(step, 10)
-        for t, t0, o in zip(m.momentum_backbone.parameters(), old, m.backbone.parameters()):
+        for t, t0, o in zip(m.target.backbone.parameters(), old, m.backbone.parameters()):
             torch.testing.assert_close(t, tau * t0 + (1 - tau) * o, rtol=1e-6, atol=1e-6)
 
 
@@ -308,16 +315,12 @@ def test_vicreg_outputs_the_loss_and_its_terms():
 
 
 @pytest.mark.parametrize(
-    "kwargs, width",
-    [
-        ({"image_size": 224}, 8192),
-        ({"image_size": 32}, 2048),
-        ({}, 8192),
-        ({"image_size": 224, "expander_dim": 96}, 96),
-    ],
+    "features, kwargs, width",
+    [(32, {}, 128), (512, {}, 2048), (2049, {}, 8192), (32, {"expander_dim": 96}, 96)],
 )
-def test_vicreg_expander_width(kwargs, width):
-    m = vs.create_method("vicreg", backbone=tiny_backbone(), expander_layers=1, **kwargs)
+def test_vicreg_expander_width(features, kwargs, width):
+    """None: 4 x the backbone's features, at most the paper's 8192 (``head_width``), whatever the image size."""
+    m = vs.create_method("vicreg", backbone=linear_backbone(features), expander_layers=1, **kwargs)
     assert m.expander[-1].out_features == width
 
 

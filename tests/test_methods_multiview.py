@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from torch import nn
 
 import visionssl as vs
 from visionssl.engine.optim import OPTIMIZERS
@@ -27,6 +28,13 @@ CONFIGS = Path(vs.__file__).parent / "configs"
 
 def tiny_backbone():
     return TinyNet(width=16, stride=2)
+
+
+def linear_backbone(features):
+    """A backbone of ``features`` outputs, for the head-width rules."""
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, features))
+    net.num_features = features
+    return net
 
 
 def small(name, backbone=None, **hparams):
@@ -67,11 +75,10 @@ def test_barlow_twins_method_computes_the_loss_of_its_projections():
     torch.testing.assert_close(out["loss"], vs.losses.barlow_twins(z1, z2, 0.0051), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "kwargs, width", [({"image_size": 224}, 8192), ({"image_size": 32}, 4 * 32), ({"proj_dim": 40}, 40)]
-)
-def test_barlow_twins_projector_width(kwargs, width):
-    m = vs.create_method("barlow_twins", backbone=tiny_backbone(), proj_layers=1, **kwargs)
+@pytest.mark.parametrize("features, kwargs, width", [(32, {}, 4 * 32), (2049, {}, 8192), (32, {"proj_dim": 40}, 40)])
+def test_barlow_twins_projector_width(features, kwargs, width):
+    """None: 4 x the backbone's features, at most the paper's 8192 (``head_width``), whatever the image size."""
+    m = vs.create_method("barlow_twins", backbone=linear_backbone(features), proj_layers=1, **kwargs)
     assert m.projector[-1].out_features == width
 
 
@@ -83,25 +90,25 @@ def test_mocov3_is_symmetric_infonce_of_predictions_against_momentum_keys():
     v = views()
     out = m(v)
     p1, p2 = (m.predictor(m.projector(m.backbone(x))) for x in v)
-    k1, k2 = (m.momentum_projector(m.momentum_backbone(x)) for x in v)
+    k1, k2 = (m.target.projector(m.target.backbone(x)) for x in v)
     expected = vs.losses.infonce(p1, k2, 0.5) + vs.losses.infonce(p2, k1, 0.5)
     torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-6)
     out["loss"].backward()
-    assert all(p.grad is None for p in m.momentum_backbone.parameters())
+    assert all(p.grad is None for p in m.target.backbone.parameters())
 
 
 def test_mocov3_momentum_rises_to_one():
     m = small("mocov3", momentum=0.5)
-    before = [p.clone() for p in m.momentum_projector.parameters()]
+    before = [p.clone() for p in m.target.projector.parameters()]
     with torch.no_grad():
         for p in m.projector.parameters():
             p.add_(1.0)
     m.on_step_end(1, 11)  # first update: momentum 0.5
-    for b, t, o in zip(before, m.momentum_projector.parameters(), m.projector.parameters()):
+    for b, t, o in zip(before, m.target.projector.parameters(), m.projector.parameters()):
         torch.testing.assert_close(t, 0.5 * b + 0.5 * o)
-    frozen = [p.clone() for p in m.momentum_projector.parameters()]
+    frozen = [p.clone() for p in m.target.projector.parameters()]
     m.on_step_end(11, 11)  # last update: momentum 1
-    assert all(torch.equal(a, b) for a, b in zip(frozen, m.momentum_projector.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, m.target.projector.parameters()))
 
 
 def test_mocov3_random_patch_projection_on_a_vit():
@@ -184,7 +191,7 @@ def test_swav_prototypes_are_frozen_during_the_first_epoch():
 
 
 def test_swav_queue_starts_at_its_epoch_holds_the_newest_first_and_joins_when_full():
-    m = small("swav", queue_length=12, queue_start_epoch=1)
+    m = small("swav", queue_size=12, queue_start_epoch=1)
     m.on_train_start(SimpleNamespace(steps_per_epoch=2))
     batches = [views(batch=4) for _ in range(5)]
     for step, v in enumerate(batches[:2]):
@@ -202,7 +209,7 @@ def test_swav_queue_starts_at_its_epoch_holds_the_newest_first_and_joins_when_fu
 
 
 def test_swav_with_a_full_queue_uses_its_scores_in_sinkhorn():
-    m = small("swav", queue_length=8, queue_start_epoch=0)
+    m = small("swav", queue_size=8, queue_start_epoch=0)
     m.train()
     m(views(batch=4))
     m(views(batch=4))  # the queue is now full
@@ -227,7 +234,7 @@ def test_dino_loss_student_on_every_crop_teacher_on_the_globals_then_center_move
     v = views(local=2)
     out = m(v)
     student = [m.head(h) for h in [*m.backbone(torch.cat(v[:2])).chunk(2), *m.backbone(torch.cat(v[2:])).chunk(2)]]
-    teacher = list(m.teacher_head(m.teacher_backbone(torch.cat(v[:2]))).chunk(2))
+    teacher = list(m.target.head(m.target.backbone(torch.cat(v[:2]))).chunk(2))
     center = torch.full((1, 16), 0.5)
     torch.testing.assert_close(out["loss"], vs.losses.dino(student, teacher, center, 0.1, 0.04), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(m.center, vs.losses.dino_center(center, teacher, 0.9))
@@ -250,14 +257,14 @@ def test_dino_last_layer_frozen_in_the_first_epoch_and_teacher_moves_by_ema():
         m.zero_grad()
         m(views())["loss"].backward()
         assert (float(m.head.last_layer.weight.grad.abs().max()) == 0.0) == (step < 2)
-        assert all(p.grad is None for p in m.teacher_head.parameters())
-        before = [p.clone() for p in m.teacher_head.parameters()]
+        assert all(p.grad is None for p in m.target.head.parameters())
+        before = [p.clone() for p in m.target.head.parameters()]
         with torch.no_grad():
             for p in m.head.parameters():
                 p.add_(0.1)
         m.on_step_end(step + 1, 3)
         tau = vs.methods.momentum.cosine_momentum(step, 2, 0.5, 1.0)
-        for b, t, o in zip(before, m.teacher_head.parameters(), m.head.parameters()):
+        for b, t, o in zip(before, m.target.head.parameters(), m.head.parameters()):
             torch.testing.assert_close(t, tau * b + (1 - tau) * o)
 
 
@@ -404,7 +411,7 @@ TRAINER = {
         "method.proj_hidden_dim=32",
         "method.proj_dim=16",
         "method.num_prototypes=10",
-        "method.queue_length=16",
+        "method.queue_size=16",
         "method.queue_start_epoch=1",
         "method.freeze_prototypes_epochs=1",
         "augment.kwargs={num_local: 2, local_size: 8}",
@@ -484,7 +491,7 @@ def test_swav_warns_when_prototypes_outnumber_the_embeddings_sinkhorn_shares_out
 
     from visionssl.engine import load_config
 
-    base = ["optim.batch_size=32", "method.queue_length=1024"]
+    base = ["optim.batch_size=32", "method.queue_size=1024"]
     with pytest.warns(UserWarning, match=r"num_prototypes=3000 is more than the 1056 embeddings"):
         load_config("swav", overrides=[*base, "method.num_prototypes=3000"])
     with warnings.catch_warnings():

@@ -63,9 +63,9 @@ def test_a_bad_value_is_one_line_exit_2_before_the_model_is_built(tmp_path, caps
 def test_a_method_declares_its_own_ranges_before_the_general_ones():
     from visionssl.engine import load_config
 
-    load_config("deepcluster", overrides=["method.projection_dim=0"])  # 0: no projection head (its own range)
-    with pytest.raises(visionssl.engine.ConfigError, match=r"method.projection_dim=-1 must be >= 0 \(deepcluster\)"):
-        load_config("deepcluster", overrides=["method.projection_dim=-1"])
+    load_config("deepcluster", overrides=["method.proj_dim=0"])  # 0: no projection head (its own range)
+    with pytest.raises(visionssl.engine.ConfigError, match=r"method.proj_dim=-1 must be >= 0 \(deepcluster\)"):
+        load_config("deepcluster", overrides=["method.proj_dim=-1"])
 
 
 def test_visionssl_home_naming_a_file_warns_and_goes_on_uncached(tmp_path, monkeypatch):

@@ -50,6 +50,18 @@ def method_hparams(name: str) -> dict[str, Any]:
     }
 
 
+def method_class(name: str) -> type[SSLMethod]:
+    """The class that declares method ``name``'s contract (``hparam_ranges``, ``check_config``, ...): the
+    registered ``SSLMethod`` subclass, or ``SSLMethod`` itself for a factory function, whose defaults then apply.
+
+    Example:
+        >>> method_class("moco").__name__, method_class("simclr").hparam_ranges
+        ('MoCo', {})
+    """
+    factory = METHODS.get(name)
+    return factory if inspect.isclass(factory) and issubclass(factory, SSLMethod) else SSLMethod
+
+
 def create_method(
     name: str, backbone: str | nn.Module | None = None, backbone_kwargs: dict | None = None, **hparams: Any
 ) -> SSLMethod:

@@ -11,9 +11,7 @@ from torch import nn
 from visionssl import distributed
 from visionssl.losses import barlow_twins
 from visionssl.methods import register_method
-from visionssl.methods.base import SSLMethod, mlp
-
-LARGE_IMAGE = 224
+from visionssl.methods.base import SSLMethod, head_width, mlp
 
 
 @register_method("barlow_twins")
@@ -26,15 +24,15 @@ class BarlowTwins(SSLMethod):
 
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
-        proj_dim: width of every projector layer; None picks the paper's 8192 from 224 px up, and
-            4 x the backbone's ``num_features`` below (2048 for a ResNet-18, solo-learn's CIFAR width).
+        proj_dim: width of every projector layer; None is ``head_width(num_features, 8192)``: 4 x the
+            backbone's features, at most the paper's 8192 (8192 for a ResNet-50, solo-learn's CIFAR 2048 for a
+            ResNet-18; see ``visionssl.methods.base.head_width``).
         proj_layers: number of linear layers in the projector.
-        image_size: training view size; only used to choose ``proj_dim`` when it is None.
         lambd: weight of the redundancy-reduction term.
 
     Example:
         >>> import torch, visionssl as vs
-        >>> m = vs.create_method("barlow_twins", backbone="resnet10t_cifar", image_size=16)
+        >>> m = vs.create_method("barlow_twins", backbone="resnet10t_cifar")
         >>> m.projector[-1].out_features
         2048
         >>> out = m([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]); out["loss"].backward()
@@ -49,12 +47,11 @@ class BarlowTwins(SSLMethod):
         backbone_kwargs: dict[str, Any] | None = None,
         proj_dim: int | None = None,
         proj_layers: int = 3,
-        image_size: int = LARGE_IMAGE,
         lambd: float = 0.0051,
     ):
         super().__init__(backbone, backbone_kwargs)
         if proj_dim is None:
-            proj_dim = 8192 if image_size >= LARGE_IMAGE else 4 * self.num_features
+            proj_dim = head_width(self.num_features, 8192)
         self.lambd = lambd
         self.projector = mlp(self.num_features, proj_dim, proj_dim, num_layers=proj_layers)
         last = self.projector[-1]  # no bias, as the reference code: the batch normalisation of the loss removes it

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -38,30 +38,54 @@ class TrainingContext(Protocol):
 class SSLMethod(nn.Module):
     """A self-supervised method: a backbone plus the heads and loss of one paper.
 
-    Subclasses declare every hyperparameter as a keyword argument of ``__init__`` (with the
-    paper's default) and implement ``forward(views) -> dict`` with at least ``"loss"``.
+    Everything the trainer and the config reader use of a method is declared here with its default, so a
+    new method overrides only what it needs. Subclasses declare every hyperparameter as a keyword argument of
+    ``__init__`` (with the paper's default) and implement ``forward``.
 
-    Class attributes:
-        augmentation: name of the augmentation preset that makes this method's views.
-        num_views: how many views the preset makes per image.
-        recipe: name of the YAML recipe under ``visionssl/configs`` (default: the method name).
-        cpu_bf16: whether ``train.precision=auto`` may pick bf16 on a CPU (False for methods that feed
-            small patches, whose 1x1 feature maps gave non-finite gradients in oneDNN's bf16 backward).
-        needs_indices: whether ``forward(views, indices=...)`` takes the dataset indices of the batch
-            (e.g. DeepCluster's pseudo-labels); the trainer passes them only then.
+    Construction and forward:
+        ``__init__(backbone, backbone_kwargs, **hparams)``: sets ``self.backbone`` (``num_features`` is its
+        output size); the hyperparameters are what ``method.<key>`` in a config may set.
+        ``forward(views) -> dict``: ``views`` a list of ``num_views`` (B, C, H, W) tensors; returns at least
+        ``"loss"`` (0-d), usually ``"embedding"`` (the detached backbone features of the first view) and any
+        0-d ``"<method>/<name>"`` tensors, which the trainer logs.
+
+    Class attributes (read before or while the trainer is built):
+        augmentation: name of the augmentation preset that makes this method's views (default ``"simclr"``).
+        num_views: how many views the preset makes per image (default 2).
+        recipe: name of the YAML recipe under ``visionssl/configs`` (default None: the method name).
+        cpu_bf16: whether ``train.precision=auto`` may pick bf16 on a CPU (default True; False for methods
+            that feed small patches, whose 1x1 feature maps gave non-finite gradients in oneDNN's bf16 backward).
+        needs_indices: whether ``forward(views, indices=...)`` takes the dataset indices of the batch (default
+            False; DeepCluster's pseudo-labels); the trainer passes them only then.
         decay_norm_and_bias: whether weight decay also applies to 1-d parameters (biases, norm scales and
-            shifts). The paper default per method: True for plain-SGD papers whose official code decays
-            every parameter (MoCo, SimSiam, DeepCluster, RotNet, and the Caffe-era jigsaw and context);
-            False for the LARS papers (SimCLR, BYOL, VICReg), which exclude biases and BN parameters.
+            shifts), read by ``param_groups`` (default True). The paper default per method: True for plain-SGD
+            papers whose official code decays every parameter (MoCo, SimSiam, DeepCluster, RotNet, and the
+            Caffe-era jigsaw and context); False for the LARS papers (SimCLR, BYOL, VICReg), which exclude
+            biases and BN parameters.
+        hparam_ranges: valid ranges of this method's hyperparameters, checked by
+            ``visionssl.engine.config.validate`` before the generic ones of ``engine.config.HPARAM_RANGES``:
+            ``{pattern: (low, high, low_inclusive)}`` with shell patterns as keys, None for an unbounded end,
+            the first matching pattern wins (default ``{}``; DeepCluster: ``{"proj_dim": (0, None, True)}``).
 
-    Hooks the trainer calls (all optional):
-        ``param_groups(weight_decay)``: optimizer parameter groups (a group with ``"fixed_lr": True`` keeps its lr).
-        ``on_train_start(context)`` / ``on_epoch_start(context)``: e.g. DeepCluster's clustering; ``context``
-        is a ``TrainingContext`` (the trainer, seen through what the hooks may use).
-        ``on_step_end(step, total_steps)``: e.g. an EMA update of a target network.
-        ``sample_weights``: per-sample weights for the next epoch's sampler, or ``None``.
-        ``check_config(hparams, config)`` (staticmethod): raise ``ConfigError`` for a combination the
-        method cannot run (e.g. a queue smaller than the batch); called before any work starts.
+    Called by the config reader:
+        ``check_config(hparams, config)`` (staticmethod): cross-checks of the resolved hyperparameters against
+        the run config, before any work starts; raise ``ValueError`` (reported as a ``ConfigError``) for a
+        combination the method cannot run, e.g. MoCo's queue smaller than the batch. Default: nothing.
+
+    Called by the trainer, in this order:
+        ``param_groups(weight_decay)``: the optimizer's parameter groups, once when the optimizer is built (a
+        group with ``"fixed_lr": True`` keeps its lr). Default: decay per ``decay_norm_and_bias``.
+        ``on_train_start(context)``: once before the first epoch (after a resumed run's state is loaded).
+        Default: nothing.
+        ``on_epoch_start(context)``: before each epoch (not when resuming mid-epoch), e.g. DeepCluster's
+        clustering. Default: nothing. ``context`` is a ``TrainingContext``: the trainer, seen through what the
+        hooks may use.
+        ``sample_weights`` / ``sample_labels``: read after ``on_epoch_start`` for the epoch's sampler: per-image
+        weights, or per-image labels to draw uniformly over (``sample_labels`` wins). Default: None for both
+        (uniform sampling); a property where they change.
+        ``forward(views[, indices])``: every step.
+        ``on_step_end(step, total_steps)``: after every optimizer step (``step`` counted from 1), e.g. the EMA
+        update of a momentum target (``visionssl.methods.momentum.MomentumTarget``). Default: nothing.
     """
 
     augmentation: str = "simclr"
@@ -70,17 +94,31 @@ class SSLMethod(nn.Module):
     cpu_bf16: bool = True
     needs_indices: bool = False
     decay_norm_and_bias: bool = True
+    hparam_ranges: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {}
     sample_weights: torch.Tensor | None = None
+    sample_labels: torch.Tensor | None = None
 
     def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):
         super().__init__()
         self.backbone = resolve_backbone(backbone, **(backbone_kwargs or {}))
 
+    @staticmethod
+    def check_config(hparams: dict[str, Any], config: Any) -> None:
+        """Raises ``ValueError`` for hyperparameters (all of them, resolved) the method cannot run with ``config``
+        (the run config: ``config.optim.batch_size``, ...); the default accepts every combination.
+
+        Example:
+            >>> SSLMethod.check_config({"temperature": 0.1}, None) is None
+            True
+        """
+
     @property
     def num_features(self) -> int:
+        """The backbone's feature size (D)."""
         return self.backbone.num_features
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """The loss of a batch of views (see the class); every method implements it."""
         raise NotImplementedError
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
@@ -103,13 +141,13 @@ class SSLMethod(nn.Module):
         ]
 
     def on_train_start(self, trainer: TrainingContext) -> None:
-        pass
+        """Once before training starts or resumes; the default does nothing."""
 
     def on_epoch_start(self, trainer: TrainingContext) -> None:
-        pass
+        """Before each epoch; the default does nothing."""
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        pass
+        """After optimizer step ``step`` (from 1) of ``total_steps``; the default does nothing."""
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False) -> nn.Sequential:
@@ -129,3 +167,19 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+def head_width(num_features: int, paper_width: int) -> int:
+    """The width of a head layer left at None: 4 x the backbone's features, at most the paper's width.
+
+    One rule for every family of heads, each method passing its paper's width: BYOL's projector and predictor
+    hidden layers (4096, 2 x ResNet-50's 2048 features), VICReg's expander and Barlow Twins' projector (8192,
+    4 x ResNet-50's). It gives the papers' widths on a ResNet-50 and solo-learn's CIFAR widths on a ResNet-18
+    (2048 for both families), and keeps a small backbone's heads small: BYOL with 16 x a 256-d CNN's features
+    learnt less on elpv than with 4 x. No data setting is needed: the width follows the backbone.
+
+    Example:
+        >>> head_width(512, 4096), head_width(2048, 4096), head_width(512, 8192), head_width(2048, 8192)
+        (2048, 4096, 2048, 8192)
+    """
+    return min(paper_width, 4 * num_features)

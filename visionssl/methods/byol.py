@@ -10,8 +10,8 @@ from torch import nn
 
 from visionssl.losses import negative_cosine
 from visionssl.methods import register_method
-from visionssl.methods.base import SSLMethod, mlp
-from visionssl.methods.momentum import copy_frozen, ema_step_, momentum_at
+from visionssl.methods.base import SSLMethod, head_width, mlp
+from visionssl.methods.momentum import MomentumTarget, legacy_target_keys
 
 
 @register_method("byol")
@@ -32,18 +32,20 @@ class BYOL(SSLMethod):
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
         proj_hidden_dim, proj_dim: projector widths (hidden, output).
         pred_hidden_dim: predictor hidden width (its output is ``proj_dim``).
-            A hidden width of None is 4 x the backbone's ``num_features``, at most the paper's 4096: the
-            paper's 4096 is 2 x ResNet-50's features, and 16 x a small CNN's 256 learnt less on elpv.
+            A hidden width of None is ``head_width(num_features, 4096)``: 4 x the backbone's features, at
+            most the paper's 4096 (see ``visionssl.methods.base.head_width``).
         momentum: tau_base, the target momentum at the first step.
         final_momentum: the momentum at the last step (1.0 in the paper).
+
+    The target network is ``self.target`` (a ``MomentumTarget``: ``target.backbone``, ``target.projector``).
 
     Example:
         >>> import torch, visionssl as vs
         >>> m = vs.create_method("byol", backbone="resnet10t_cifar", proj_hidden_dim=64, pred_hidden_dim=64)
         >>> out = m([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
         >>> out["loss"].backward(); m.on_step_end(1, 100)
-        >>> 0.0 <= float(out["loss"].detach()) <= 8.0
-        True
+        >>> 0.0 <= float(out["loss"].detach()) <= 8.0, m.target.momentum_at(100, 100)
+        (True, 1.0)
     """
 
     augmentation = "byol"
@@ -61,13 +63,11 @@ class BYOL(SSLMethod):
         final_momentum: float = 1.0,
     ):
         super().__init__(backbone, backbone_kwargs)
-        self.momentum = momentum
-        self.final_momentum = final_momentum
-        relative = min(4096, 4 * self.num_features)
-        self.projector = mlp(self.num_features, proj_hidden_dim or relative, proj_dim)
-        self.predictor = mlp(proj_dim, pred_hidden_dim or relative, proj_dim)
-        self.target_backbone = copy_frozen(self.backbone)
-        self.target_projector = copy_frozen(self.projector)
+        width = head_width(self.num_features, 4096)
+        self.projector = mlp(self.num_features, proj_hidden_dim or width, proj_dim)
+        self.predictor = mlp(proj_dim, pred_hidden_dim or width, proj_dim)
+        self.target = MomentumTarget(momentum, final_momentum, backbone=self.backbone, projector=self.projector)
+        self.register_load_state_dict_pre_hook(legacy_target_keys("target_"))
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 2:
@@ -77,21 +77,11 @@ class BYOL(SSLMethod):
         p1 = self.predictor(self.projector(h1))
         p2 = self.predictor(self.projector(self.backbone(x2)))
         with torch.no_grad():
-            t1 = self.target_projector(self.target_backbone(x1))
-            t2 = self.target_projector(self.target_backbone(x2))
+            t1 = self.target.projector(self.target.backbone(x1))
+            t2 = self.target.projector(self.target.backbone(x2))
         # 2 - 2 cos(p, t) = 2 + 2 * negative_cosine(p, t), per direction
         loss = 4 + 2 * (negative_cosine(p1, t2) + negative_cosine(p2, t1))
         return {"loss": loss, "embedding": h1.detach()}
 
-    def target_momentum(self, step: int, total_steps: int) -> float:
-        """tau after optimizer step ``step`` (counted from 1) of ``total_steps``."""
-        return momentum_at(step, total_steps, self.momentum, self.final_momentum)
-
     def on_step_end(self, step: int, total_steps: int) -> None:
-        ema_step_(
-            [(self.target_backbone, self.backbone), (self.target_projector, self.projector)],
-            step,
-            total_steps,
-            self.momentum,
-            self.final_momentum,
-        )
+        self.target.update(self, step, total_steps)

@@ -79,10 +79,10 @@ class DeepCluster(SSLMethod):
         classifier: ``"reset"`` (the paper: a linear layer, re-initialised after each clustering) or
             ``"centroids"`` (DeepCluster-v2: the fixed centroids, no classifier weights to learn).
         temperature: softmax temperature of the ``"centroids"`` classifier.
-        projection_dim: 0 (the paper) clusters the backbone's features; > 0 puts a projection MLP
-            (``projection_hidden_dim`` wide) between the backbone and the clustering, as DeepCluster-v2,
+        proj_dim: 0 (the paper) clusters the backbone's features; > 0 puts a projection MLP
+            (``proj_hidden_dim`` wide) between the backbone and the clustering, as DeepCluster-v2,
             so the cluster geometry shapes the head and the backbone's features stay general.
-        projection_hidden_dim: hidden width of that MLP.
+        proj_hidden_dim: hidden width of that MLP.
 
     Returns (forward): ``loss``, ``embedding`` (backbone features, detached) and ``deepcluster/accuracy``
     (agreement of the classifier with the pseudo-labels, 0-d).
@@ -99,7 +99,7 @@ class DeepCluster(SSLMethod):
     augmentation = "deepcluster"
     num_views = 1
     needs_indices = True  # forward(views, indices): the pseudo-labels of the batch
-    hparam_ranges: ClassVar[dict] = {"projection_dim": (0, None, True)}  # 0: no projection head
+    hparam_ranges: ClassVar[dict] = {"proj_dim": (0, None, True)}  # 0: no projection head
 
     def __init__(
         self,
@@ -113,8 +113,8 @@ class DeepCluster(SSLMethod):
         seed: int = 0,
         classifier: str = "reset",
         temperature: float = 0.1,
-        projection_dim: int = 0,
-        projection_hidden_dim: int = 2048,
+        proj_dim: int = 0,
+        proj_hidden_dim: int = 2048,
     ):
         super().__init__(backbone, backbone_kwargs)
         if classifier not in ("reset", "centroids"):
@@ -139,12 +139,10 @@ class DeepCluster(SSLMethod):
         self.extract_batch_size = extract_batch_size
         self.seed = seed
         self.temperature = temperature
-        if projection_dim < 0:
-            raise ValueError(f"projection_dim must be >= 0 (0: no projection head), got {projection_dim}")
-        self.projector = (
-            mlp(self.num_features, projection_hidden_dim, projection_dim) if projection_dim else nn.Identity()
-        )
-        cluster_dim = projection_dim or self.num_features
+        if proj_dim < 0:
+            raise ValueError(f"proj_dim must be >= 0 (0: no projection head), got {proj_dim}")
+        self.projector = mlp(self.num_features, proj_hidden_dim, proj_dim) if proj_dim else nn.Identity()
+        cluster_dim = proj_dim or self.num_features
         self.classifier = nn.Linear(cluster_dim, num_clusters) if classifier == "reset" else None
         self.reset_classifier()
         # "centroids": the whitening and the centroids of the last clustering (sizes set by each clustering)

@@ -12,8 +12,8 @@ from torch import nn
 
 from visionssl.losses import dino, dino_center
 from visionssl.methods import register_method
-from visionssl.methods.momentum import copy_frozen, ema_step_
-from visionssl.methods.progress import EpochProgress, scale_grad
+from visionssl.methods.epoch_schedule import EpochScheduledMethod, scale_grad
+from visionssl.methods.momentum import MomentumTarget, legacy_target_keys
 from visionssl.methods.swav import encode_crops
 
 
@@ -55,7 +55,7 @@ class DINOHead(nn.Module):
 
 
 @register_method("dino")
-class DINO(EpochProgress):
+class DINO(EpochScheduledMethod):
     """DINO with the paper's defaults: head 2048 hidden, 256 bottleneck, 65536 outputs; student
     temperature 0.1; teacher temperature warmed up linearly from 0.04 to ``teacher_temp`` over 30 epochs;
     center momentum 0.9; teacher momentum 0.996 -> 1 along a cosine; last layer frozen in the first epoch.
@@ -72,8 +72,12 @@ class DINO(EpochProgress):
         student_temp: the student's temperature.
         teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs: the teacher's temperature schedule.
         center_momentum: EMA momentum of the center.
-        momentum: the teacher's momentum at the first step (raised to 1 along a cosine).
+        momentum: the teacher's momentum at the first step.
+        final_momentum: the teacher's momentum at the last step (1.0 in the paper), reached along a cosine.
         freeze_last_layer_epochs: epochs during which the head's last layer takes no gradient.
+
+    The teacher is ``self.target`` (a ``MomentumTarget``, as the momentum copies of MoCo and BYOL:
+    ``target.backbone``, ``target.head``).
 
     Example:
         >>> import torch, visionssl as vs
@@ -104,17 +108,17 @@ class DINO(EpochProgress):
         warmup_teacher_temp_epochs: int = 30,
         center_momentum: float = 0.9,
         momentum: float = 0.996,
+        final_momentum: float = 1.0,
         freeze_last_layer_epochs: float = 1,
     ):
         super().__init__(backbone, backbone_kwargs)
-        self._init_progress()
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.warmup_teacher_temp, self.warmup_teacher_temp_epochs = warmup_teacher_temp, warmup_teacher_temp_epochs
-        self.center_momentum, self.momentum = center_momentum, momentum
+        self.center_momentum = center_momentum
         self.freeze_last_layer_epochs = freeze_last_layer_epochs
         self.head = DINOHead(self.num_features, out_dim, hidden_dim, bottleneck_dim, head_layers, norm_last_layer)
-        self.teacher_backbone = copy_frozen(self.backbone)
-        self.teacher_head = copy_frozen(self.head)
+        self.target = MomentumTarget(momentum, final_momentum, backbone=self.backbone, head=self.head)
+        self.register_load_state_dict_pre_hook(legacy_target_keys("teacher_"))
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_temperature(self) -> float:
@@ -131,7 +135,7 @@ class DINO(EpochProgress):
         feats = encode_crops(self.backbone, views)
         student = [self.head(h) for h in feats]
         with torch.no_grad():
-            teacher = list(self.teacher_head(self.teacher_backbone(torch.cat(views[:2]))).chunk(2))
+            teacher = list(self.target.head(self.target.backbone(torch.cat(views[:2]))).chunk(2))
         loss = dino(student, teacher, self.center, self.student_temp, self.teacher_temperature())
         if self.training:
             self.center.copy_(dino_center(self.center, teacher, self.center_momentum, gather_distributed=True))
@@ -139,10 +143,4 @@ class DINO(EpochProgress):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         super().on_step_end(step, total_steps)
-        ema_step_(
-            [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)],
-            step,
-            total_steps,
-            self.momentum,
-            1.0,
-        )
+        self.target.update(self, step, total_steps)

@@ -1,15 +1,18 @@
-"""Training progress for methods with epoch-based schedules (SwAV, DINO): a step counter that
-survives checkpoints, and the trainer's steps per epoch."""
+"""The base of methods whose schedules count epochs (SwAV, DINO): a step counter that survives checkpoints,
+turned into epochs with the trainer's steps per epoch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 from visionssl.methods.base import SSLMethod, TrainingContext
 
 
-class EpochProgress(SSLMethod):
-    """An ``SSLMethod`` that knows how far training has gone, in epochs.
+class EpochScheduledMethod(SSLMethod):
+    """An ``SSLMethod`` whose schedules (a warm-up, a frozen layer, a queue's start) are set in epochs.
 
     ``iteration`` (a buffer, so a resumed run continues its schedules) counts the optimizer steps
     taken; ``steps_per_epoch`` comes from the trainer in ``on_train_start``. Outside the trainer it
@@ -21,7 +24,8 @@ class EpochProgress(SSLMethod):
     iteration: torch.Tensor
     steps_per_epoch: int = 1
 
-    def _init_progress(self) -> None:
+    def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):
+        super().__init__(backbone, backbone_kwargs)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._host_iteration: int | None = None
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host_iteration", None))
@@ -34,7 +38,7 @@ class EpochProgress(SSLMethod):
         return self._host_iteration / max(self.steps_per_epoch, 1)
 
     def on_train_start(self, trainer: TrainingContext) -> None:
-        self.steps_per_epoch = int(getattr(trainer, "steps_per_epoch", 1) or 1)
+        self.steps_per_epoch = int(trainer.steps_per_epoch or 1)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.iteration.fill_(step)

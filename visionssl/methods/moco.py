@@ -14,7 +14,7 @@ from visionssl import distributed
 from visionssl.losses import infonce_queue
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, TrainingContext
-from visionssl.methods.momentum import copy_frozen, ema_step_
+from visionssl.methods.momentum import MomentumTarget, legacy_target_keys
 
 
 @register_method("moco")
@@ -27,8 +27,9 @@ class MoCo(SSLMethod):
     queries against their keys and the queue. After the loss is computed (in training mode only)
     the keys replace the oldest entries of the queue: a FIFO ring buffer with a wrapping pointer
     (``queue_ptr``), so any batch size works, whether or not it divides K. The queue starts as
-    random unit vectors, as in the paper. The EMA update of the key encoder happens in
-    ``on_step_end``, after each optimizer step.
+    random unit vectors, as in the paper. The key encoder is ``self.target`` (a ``MomentumTarget``:
+    ``target.backbone``, ``target.projector``); its EMA update happens in ``on_step_end``, after each
+    optimizer step.
 
     Data-parallel training (torchrun): the queue receives the keys of every rank, gathered in rank
     order, so it holds the same keys in the same order as one process training on the global batch
@@ -85,16 +86,14 @@ class MoCo(SSLMethod):
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.temperature = temperature
-        self.momentum = momentum
-        self.final_momentum = final_momentum
         self.symmetric = symmetric
         self.shuffle_bn = shuffle_bn
         # MoCo v2's head: fc-ReLU-fc, without BatchNorm
         self.projector = nn.Sequential(
             nn.Linear(self.num_features, proj_hidden_dim), nn.ReLU(inplace=True), nn.Linear(proj_hidden_dim, proj_dim)
         )
-        self.momentum_backbone = copy_frozen(self.backbone)
-        self.momentum_projector = copy_frozen(self.projector)
+        self.target = MomentumTarget(momentum, final_momentum, backbone=self.backbone, projector=self.projector)
+        self.register_load_state_dict_pre_hook(legacy_target_keys("momentum_"))
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -139,7 +138,7 @@ class MoCo(SSLMethod):
         return distributed.all_gather_no_grad(self._encode_keys(x))
 
     def _encode_keys(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.momentum_projector(self.momentum_backbone(x)), dim=1)
+        return F.normalize(self.target.projector(self.target.backbone(x)), dim=1)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -155,7 +154,7 @@ class MoCo(SSLMethod):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
     def on_train_start(self, trainer: TrainingContext) -> None:
-        train_set = getattr(trainer, "train_set", None)
+        train_set = trainer.train_set
         if train_set is not None and self.queue.shape[0] >= len(train_set):
             warnings.warn(
                 f"MoCo queue_size={self.queue.shape[0]} is not smaller than the training set ({len(train_set)} "
@@ -165,10 +164,4 @@ class MoCo(SSLMethod):
             )
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        ema_step_(
-            [(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
-            step,
-            total_steps,
-            self.momentum,
-            self.final_momentum,
-        )
+        self.target.update(self, step, total_steps)

@@ -11,14 +11,15 @@ from torch import nn
 from visionssl.losses import infonce
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, mlp
-from visionssl.methods.momentum import copy_frozen, ema_step_
+from visionssl.methods.momentum import MomentumTarget, legacy_target_keys
 
 
 @register_method("mocov3")
 class MoCoV3(SSLMethod):
     """MoCo v3: projector (Linear-BN-ReLU x (L - 1), Linear, BN without affine) and predictor
     (Linear-BN-ReLU, Linear), 4096 hidden and 256 out, keys from an EMA copy of backbone + projector
-    whose momentum rises from ``momentum`` to 1 along a cosine schedule.
+    (``self.target``, a ``MomentumTarget``) whose momentum rises from ``momentum`` to ``final_momentum`` along a
+    cosine schedule.
 
     loss = infonce(p1, k2) + infonce(p2, k1), each 2T x the InfoNCE of the queries against the
     batch's keys. Data-parallel training: the keys of every rank are gathered, so each query meets
@@ -30,7 +31,8 @@ class MoCoV3(SSLMethod):
         proj_layers: projector depth; the paper uses 2 for ResNets and 3 for ViTs.
         pred_hidden_dim: predictor hidden width (its output is ``proj_dim``).
         temperature: T; 0.2 for ViTs (the paper), 1.0 in the reference ResNet-50 recipe.
-        momentum: key-encoder momentum at the first step (raised to 1 along a cosine).
+        momentum: key-encoder momentum at the first step.
+        final_momentum: its momentum at the last step (1.0 in the paper), reached along a cosine.
         freeze_patch_embed: for ViTs, keep the patch projection at its random initialisation
             (the paper's fix for training instability); needs a backbone with ``patch_embed``.
 
@@ -56,6 +58,7 @@ class MoCoV3(SSLMethod):
         pred_hidden_dim: int = 4096,
         temperature: float = 0.2,
         momentum: float = 0.99,
+        final_momentum: float = 1.0,
         freeze_patch_embed: bool = False,
     ):
         super().__init__(backbone, backbone_kwargs)
@@ -68,11 +71,10 @@ class MoCoV3(SSLMethod):
                 )
             patch_embed.requires_grad_(False)
         self.temperature = temperature
-        self.momentum = momentum
         self.projector = mlp(self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers, last_bn=True)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
-        self.momentum_backbone = copy_frozen(self.backbone)
-        self.momentum_projector = copy_frozen(self.projector)
+        self.target = MomentumTarget(momentum, final_momentum, backbone=self.backbone, projector=self.projector)
+        self.register_load_state_dict_pre_hook(legacy_target_keys("momentum_"))
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 2:
@@ -82,17 +84,11 @@ class MoCoV3(SSLMethod):
         p1 = self.predictor(self.projector(h1))
         p2 = self.predictor(self.projector(self.backbone(x2)))
         with torch.no_grad():
-            k1 = self.momentum_projector(self.momentum_backbone(x1))
-            k2 = self.momentum_projector(self.momentum_backbone(x2))
+            k1 = self.target.projector(self.target.backbone(x1))
+            k2 = self.target.projector(self.target.backbone(x2))
         t = self.temperature
         loss = infonce(p1, k2, t, gather_distributed=True) + infonce(p2, k1, t, gather_distributed=True)
         return {"loss": loss, "embedding": h1.detach()}
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        ema_step_(
-            [(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)],
-            step,
-            total_steps,
-            self.momentum,
-            1.0,
-        )
+        self.target.update(self, step, total_steps)

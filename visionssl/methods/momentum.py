@@ -1,10 +1,14 @@
-"""Momentum (EMA) target networks shared by MoCo, BYOL, MoCo v3 and DINO: copy, update, schedule."""
+"""Momentum (EMA) target networks shared by MoCo, BYOL, MoCo v3 and DINO: copy, update, schedule.
+
+``MomentumTarget`` is the one object those methods hold (``method.target``): the frozen copies and their schedule.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,3 +100,65 @@ def ema_step_(
     for target, online in pairs:
         ema_update_(target, online, momentum)
     return momentum
+
+
+class MomentumTarget(nn.Module):
+    """The momentum (EMA) copies of some of a method's modules, and their schedule: MoCo's key encoder,
+    BYOL's target network, DINO's teacher all are a ``MomentumTarget`` held as ``method.target``.
+
+    ``MomentumTarget(momentum, final_momentum, backbone=method.backbone, projector=method.projector)`` holds a
+    frozen copy (``copy_frozen``) of each module under the same name, so a checkpoint's ``target.backbone.*``
+    mirrors ``backbone.*``. ``update(method, step, total_steps)``, called from the method's ``on_step_end``,
+    moves each copy towards the module of that name on ``method`` with ``momentum_at`` (``momentum`` throughout
+    when ``final_momentum`` is None, else a cosine from ``momentum`` at the first step to ``final_momentum`` at
+    the last) and returns the momentum used.
+
+    Example:
+        >>> online = torch.nn.Module(); online.backbone = torch.nn.Linear(2, 1)
+        >>> target = MomentumTarget(0.5, None, backbone=online.backbone)
+        >>> with torch.no_grad():
+        ...     _ = online.backbone.weight.fill_(2.0), target.backbone.weight.fill_(0.0)
+        >>> target.update(online, step=1, total_steps=10), target.backbone.weight.tolist()
+        (0.5, [[1.0, 1.0]])
+        >>> sorted(target.state_dict())
+        ['backbone.bias', 'backbone.weight']
+    """
+
+    def __init__(self, momentum: float, final_momentum: float | None = None, **modules: nn.Module):
+        super().__init__()
+        if not modules:
+            raise ValueError("MomentumTarget needs at least one module to copy")
+        self.momentum, self.final_momentum = momentum, final_momentum
+        for name, module in modules.items():
+            self.add_module(name, copy_frozen(module))
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """The momentum of the update after optimizer step ``step`` (counted from 1) of ``total_steps``."""
+        return momentum_at(step, total_steps, self.momentum, self.final_momentum)
+
+    def update(self, online: nn.Module, step: int, total_steps: int) -> float:
+        """EMA-updates every copy towards ``online``'s module of the same name; returns the momentum used."""
+        pairs = [(copy, online.get_submodule(name)) for name, copy in self.named_children()]
+        return ema_step_(pairs, step, total_steps, self.momentum, self.final_momentum)
+
+
+def legacy_target_keys(*old_prefixes: str) -> Any:
+    """A ``load_state_dict`` pre-hook for a method whose momentum copies had their own attributes before
+    ``MomentumTarget`` (``target_backbone``, ``teacher_head``, ``momentum_projector``): it renames the
+    checkpoint's ``<old>_<name>.*`` keys to ``target.<name>.*``, so checkpoints of earlier runs still resume.
+
+    Example:
+        >>> state = {"teacher_head.w": 1, "head.w": 2}
+        >>> legacy_target_keys("teacher_")(None, state, "")
+        >>> state
+        {'head.w': 2, 'target.head.w': 1}
+    """
+
+    def hook(module: nn.Module | None, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix) :]
+            old = next((p for p in old_prefixes if rest.startswith(p)), None)
+            if old is not None:
+                state_dict[f"{prefix}target.{rest[len(old) :]}"] = state_dict.pop(key)
+
+    return hook

@@ -4,7 +4,7 @@ between multi-crop views."""
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from visionssl import distributed
 from visionssl.losses import swav
 from visionssl.methods import register_method
 from visionssl.methods.base import mlp
-from visionssl.methods.progress import EpochProgress, scale_grad
+from visionssl.methods.epoch_schedule import EpochScheduledMethod, scale_grad
 
 
 def encode_crops(backbone: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -31,7 +31,7 @@ def encode_crops(backbone: nn.Module, views: list[torch.Tensor]) -> list[torch.T
 
 
 @register_method("swav")
-class SwAV(EpochProgress):
+class SwAV(EpochScheduledMethod):
     """SwAV with the paper's defaults: projector 2048 hidden / 128 out, 3000 prototypes, T = 0.1,
     Sinkhorn epsilon 0.05 with 3 iterations, prototypes frozen during the first epoch.
 
@@ -39,10 +39,10 @@ class SwAV(EpochProgress):
     crop is projected and L2-normalised; the prototypes (rows of ``prototypes.weight``) are
     re-normalised before each training forward pass. Codes come from the global crops only.
 
-    Queue: with ``queue_length > 0``, from epoch ``queue_start_epoch`` on, each global crop keeps the
+    Queue: with ``queue_size > 0``, from epoch ``queue_start_epoch`` on, each global crop keeps the
     embeddings of the last batches; once full, their scores join the batch's in Sinkhorn (for small
     batches; the paper: 3840 embeddings from epoch 15 at batch 256). Under several processes each rank
-    keeps ``queue_length // world_size`` of them and Sinkhorn sums over all ranks.
+    keeps ``queue_size // world_size`` of them and Sinkhorn sums over all ranks.
 
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
@@ -50,7 +50,7 @@ class SwAV(EpochProgress):
         num_prototypes: K, the number of prototypes.
         temperature: T of the predictions.
         epsilon, sinkhorn_iterations: Sinkhorn's regularisation and iteration count.
-        queue_length: embeddings queued per global crop (0: no queue).
+        queue_size: embeddings queued per global crop (0: no queue).
         queue_start_epoch: the epoch from which the queue fills.
         freeze_prototypes_epochs: epochs during which the prototypes take no gradient.
 
@@ -65,6 +65,8 @@ class SwAV(EpochProgress):
     augmentation = "multicrop"
     num_views = 8
 
+    hparam_ranges: ClassVar[dict] = {"queue_size": (0, None, True)}  # 0: no queue
+
     queue: torch.Tensor
 
     def __init__(
@@ -77,27 +79,26 @@ class SwAV(EpochProgress):
         temperature: float = 0.1,
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
-        queue_length: int = 0,
+        queue_size: int = 0,
         queue_start_epoch: float = 15,
         freeze_prototypes_epochs: float = 1,
     ):
         super().__init__(backbone, backbone_kwargs)
-        self._init_progress()
         self.temperature, self.epsilon, self.sinkhorn_iterations = temperature, epsilon, sinkhorn_iterations
         self.queue_start_epoch, self.freeze_prototypes_epochs = queue_start_epoch, freeze_prototypes_epochs
         self.projector = mlp(self.num_features, proj_hidden_dim, proj_dim)
         self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
-        self.register_buffer("queue", torch.zeros(2, queue_length, proj_dim))
+        self.register_buffer("queue", torch.zeros(2, queue_size, proj_dim))
         self._queued: int | None = None  # rows filled, known on the host (read from the buffer once after a resume)
 
     @staticmethod
     def check_config(hparams: dict[str, Any], config: Any) -> None:
         """Warns when there are more prototypes than embeddings for Sinkhorn to spread over them."""
-        seen = config.optim.batch_size + hparams["queue_length"]
+        seen = config.optim.batch_size + hparams["queue_size"]
         if hparams["num_prototypes"] > seen:
             warnings.warn(
                 f"swav: method.num_prototypes={hparams['num_prototypes']} is more than the {seen} embeddings "
-                f"Sinkhorn shares out per step (optim.batch_size + method.queue_length): equal-partition codes "
+                f"Sinkhorn shares out per step (optim.batch_size + method.queue_size): equal-partition codes "
                 f"are then near-uniform and training can stall at loss ln(K); use fewer prototypes (the paper: 3000 "
                 f"for 4096) or a longer queue",
                 stacklevel=2,

@@ -11,9 +11,7 @@ from torch import nn
 from visionssl import distributed
 from visionssl.losses import vicreg
 from visionssl.methods import register_method
-from visionssl.methods.base import SSLMethod, mlp
-
-LARGE_IMAGE = 224
+from visionssl.methods.base import SSLMethod, head_width, mlp
 
 
 @register_method("vicreg")
@@ -31,16 +29,15 @@ class VICReg(SSLMethod):
 
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
-        expander_dim: width of every expander layer; None picks it from ``image_size``: the paper's
-            8192 from 224 px up, 2048 for smaller images (solo-learn's CIFAR width; 8192 x 8192
-            layers are needless at that scale and dominate the step time).
+        expander_dim: width of every expander layer; None is ``head_width(num_features, 8192)``: 4 x the
+            backbone's features, at most the paper's 8192 (8192 for a ResNet-50, solo-learn's CIFAR 2048 for a
+            ResNet-18; see ``visionssl.methods.base.head_width``).
         expander_layers: number of linear layers in the expander.
-        image_size: training view size in pixels; only used to choose ``expander_dim`` when it is None.
         sim_weight, var_weight, cov_weight: lambda, mu and nu of the loss.
 
     Example:
         >>> import torch, visionssl as vs
-        >>> m = vs.create_method("vicreg", backbone="resnet10t_cifar", image_size=16)
+        >>> m = vs.create_method("vicreg", backbone="resnet10t_cifar")
         >>> m.expander[-1].out_features
         2048
         >>> out = m([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
@@ -58,14 +55,13 @@ class VICReg(SSLMethod):
         backbone_kwargs: dict[str, Any] | None = None,
         expander_dim: int | None = None,
         expander_layers: int = 3,
-        image_size: int = LARGE_IMAGE,
         sim_weight: float = 25.0,
         var_weight: float = 25.0,
         cov_weight: float = 1.0,
     ):
         super().__init__(backbone, backbone_kwargs)
         if expander_dim is None:
-            expander_dim = 8192 if image_size >= LARGE_IMAGE else 2048
+            expander_dim = head_width(self.num_features, 8192)
         self.weights = {"sim_weight": sim_weight, "var_weight": var_weight, "cov_weight": cov_weight}
         self.expander = mlp(self.num_features, expander_dim, expander_dim, num_layers=expander_layers)
 
