@@ -198,7 +198,7 @@ def load_config(
 
 def validate(cfg: DictConfig) -> None:
     """Range and choice checks that types alone cannot express; method hyperparameter names."""
-    from visionssl.methods import METHODS, method_hparams
+    from visionssl.methods import METHODS, method_class, method_hparams
 
     for key, valid in CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -263,16 +263,14 @@ def validate(cfg: DictConfig) -> None:
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"method.{key}: {name} has no such hyperparameter; {hint}valid: {', '.join(valid)}")
     hparams = {**valid, **{k: v for k, v in to_dict(cfg.method).items() if k != "name"}}
-    ranges = [*getattr(METHODS.get(name), "hparam_ranges", {}).items(), *HPARAM_RANGES.items()]
+    ranges = [*method_class(name).hparam_ranges.items(), *HPARAM_RANGES.items()]
     for key, value in hparams.items():
         _check_hparam_type(name, key, value, valid[key])
         _check_hparam_range(name, key, value, ranges)
-    check = getattr(METHODS.get(name), "check_config", None)
-    if check is not None:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
-        try:
-            check(hparams, cfg)
-        except ValueError as exc:
-            raise ConfigError(str(exc).splitlines()[0]) from None
+    try:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
+        method_class(name).check_config(hparams, cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 def _check_hparam_type(method: str, key: str, value: Any, default: Any) -> None:

@@ -145,7 +145,7 @@ class Trainer(Checkpointing, RunLog, Guards):
             self._forward = torch.compile(self._forward)
         if self.rank:  # every rank draws its own augmentations (the weights are rank 0's: DDP copies them)
             seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
-        self._pass_indices = bool(getattr(self.method, "needs_indices", False))
+        self._pass_indices = self.method.needs_indices
 
         # optim.batch_size is the global batch: each rank takes its block of batch_size / world_size images
         if data.stream:  # the preset's crops move to the loader's workers; self.augment keeps the rest
@@ -259,7 +259,7 @@ class Trainer(Checkpointing, RunLog, Guards):
         if self.batch_in_epoch == 0:
             method.on_epoch_start(self)
         self.loader.sample_weights = method.sample_weights
-        self.loader.sample_labels = getattr(method, "sample_labels", None)
+        self.loader.sample_labels = method.sample_labels
         log_every = cfg.train.log_every
         loss_sum = torch.zeros((), device=self.device)
         counted = torch.zeros((), device=self.device)  # steps of the window whose loss was finite
