@@ -45,7 +45,7 @@ def test_backbone_without_num_features_is_rejected():
     def bad(**_):
         return nn.Flatten()
 
-    with pytest.raises(TypeError, match="num_features"):
+    with pytest.raises(vs.errors.ConfigError, match="num_features"):
         vs.create_backbone("test_bad_backbone")
 
 

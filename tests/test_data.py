@@ -75,7 +75,7 @@ def test_unusual_modes_become_rgb(tmp_path, mode, dtype):
 
 
 def test_bad_specs_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(vs.errors.DataError, match="does not exist"):
         load_dataset(str(tmp_path / "missing") + "/")
     with pytest.raises(ValueError, match="no class sub-folders"):
         load_dataset(str(tmp_path))
@@ -83,7 +83,7 @@ def test_bad_specs_fail_clearly(tmp_path):
         load_dataset("imagenett")
     with pytest.raises(ValueError, match="unknown split"):
         load_dataset("synthetic", split="val")
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(vs.errors.DataError, match="never downloads"):
         load_dataset(f"cifar10:{tmp_path}")
     with pytest.raises(ValueError, match="no label 'colour'"):
         load_dataset("elpv:colour", image_size=8)

@@ -6,8 +6,9 @@ Example:
     True
 """
 
-from visionssl import augment, data, engine, eval, losses, zoo  # noqa: A004  (vs.eval is the evaluation package)
+from visionssl import augment, data, engine, errors, eval, losses, zoo  # noqa: A004  (vs.eval is the evaluation package)
 from visionssl.backbones import create_backbone, list_backbones, register_backbone
+from visionssl.errors import UserError
 from visionssl.methods import SSLMethod, create_method, list_methods, register_method
 from visionssl.registry import Registry, RegistryError
 
@@ -17,11 +18,13 @@ __all__ = [
     "Registry",
     "RegistryError",
     "SSLMethod",
+    "UserError",
     "augment",
     "create_backbone",
     "create_method",
     "data",
     "engine",
+    "errors",
     "eval",
     "list_backbones",
     "list_methods",

@@ -26,7 +26,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from visionssl.errors import UserError
+from visionssl.errors import ConfigError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def import_object(path: str) -> Any:
     """
     module_name, sep, attr = path.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"{path!r} is not of the form 'package.module:function' or 'file.py:function'")
+        raise ConfigError(f"{path!r} is not of the form 'package.module:function' or 'file.py:function'")
     try:
         if module_name.endswith(".py"):
             module = _import_file(module_name)
@@ -140,21 +140,31 @@ def import_object(path: str) -> Any:
                 sys.path.insert(0, os.getcwd())  # console scripts do not put the working directory on the path
             module = importlib.import_module(module_name)
     except (ImportError, FileNotFoundError) as exc:
-        raise ValueError(f"cannot import {module_name!r} from {path!r}: {exc}") from None
+        raise ConfigError(f"cannot import {module_name!r} from {path!r}: {exc}") from None
     try:
         obj = module
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise ValueError(f"{module_name!r} has no attribute {attr!r} (from {path!r})") from None
+        raise ConfigError(f"{module_name!r} has no attribute {attr!r} (from {path!r})") from None
     return obj
+
+
+def user_module_name(resolved: Path) -> str:
+    """The ``sys.modules`` name under which the file ``resolved`` (an absolute path) is imported, once per process.
+
+    Example:
+        >>> user_module_name(Path("/x/my_net.py")).startswith("visionssl_user_my_net_")
+        True
+    """
+    return f"visionssl_user_{resolved.stem}_{abs(hash(str(resolved)))}"
 
 
 def _import_file(file: str) -> Any:
     resolved = Path(file).expanduser().resolve()
     if not resolved.is_file():
-        raise FileNotFoundError(f"{file} does not exist")
-    name = f"visionssl_user_{resolved.stem}_{abs(hash(str(resolved)))}"
+        raise ConfigError(f"{file} does not exist")
+    name = user_module_name(resolved)
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, resolved)

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from visionssl.errors import ConfigError
 from visionssl.registry import Registry, RegistryError, import_object
 
 BACKBONES = Registry("backbone", entry_point_group="visionssl.backbones")
@@ -83,9 +84,9 @@ def list_backbones(pattern: str = "*") -> list[str]:
 def check_backbone(net: Any, name: str = "backbone") -> nn.Module:
     """Raises a clear error unless ``net`` is an ``nn.Module`` with an integer ``num_features``."""
     if not isinstance(net, nn.Module):
-        raise TypeError(f"backbone {name!r} must be a torch.nn.Module, got {type(net).__name__}")
+        raise ConfigError(f"backbone {name!r} must be a torch.nn.Module, got {type(net).__name__}")
     if not isinstance(getattr(net, "num_features", None), int):
-        raise TypeError(
+        raise ConfigError(
             f"backbone {name!r} must have an integer attribute `num_features` (the size D of its (B, D) output)"
         )
     return net

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from visionssl.errors import ConfigError
+
 
 def batched_features(
     net: Callable[[torch.Tensor], torch.Tensor],
@@ -34,7 +36,7 @@ def batched_features(
     ``net`` must return (B, D); anything else is a ``ValueError``.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device = resolve_device(device)
     from tqdm.auto import tqdm
 
@@ -87,14 +89,14 @@ def resolve_device(device: str | torch.device | None = None, name: str = "device
         device(type='cpu')
         >>> resolve_device("gpu", name="train.device")
         Traceback (most recent call last):
-        ValueError: train.device='gpu' is not a device; valid: auto, cpu, cuda, cuda:N
+        visionssl.errors.ConfigError: train.device='gpu' is not a device; valid: auto, cpu, cuda, cuda:N
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{name}={device!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+        raise ConfigError(f"{name}={device!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name}={str(device)!r} but no CUDA GPU is available; use 'cpu' or 'auto'")
+        raise ConfigError(f"{name}={str(device)!r} but no CUDA GPU is available; use 'cpu' or 'auto'")
     return resolved

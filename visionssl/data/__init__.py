@@ -16,6 +16,7 @@ from visionssl.data.dataset import ImageDataset, stored_size
 from visionssl.data.decode import BadImageError, decode_image, decode_images
 from visionssl.data.loader import BatchLoader
 from visionssl.data.sources import DATASETS, register_dataset, stratified_split
+from visionssl.errors import ConfigError
 
 SPLITS = ("train", "test", "all", "unlabeled")
 
@@ -39,9 +40,9 @@ def load_dataset(
         (32, 'test')
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if image_size is not None and image_size < 1:
-        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        raise ConfigError(f"image_size must be a positive number of pixels, got {image_size}")
     name, _, arg = spec.partition(":")
     if name not in DATASETS and (Path(spec).expanduser().is_dir() or "/" in spec or spec.startswith(".")):
         name, arg = "imagefolder", spec

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from visionssl.errors import DataError
+
 STORED_RATIO = 1.125  # images are kept (decoded, cached) at this multiple of the view side: room for the crops
 
 
@@ -59,7 +61,7 @@ class ImageDataset:
             if len(y) != len(self.images):
                 raise ValueError(f"label {key!r} has {len(y)} entries for {len(self.images)} images")
         if self.label is not None and self.label not in self.labels:
-            raise ValueError(f"unknown label {self.label!r}; valid: {', '.join(self.labels)}")
+            raise DataError(f"unknown label {self.label!r}; valid: {', '.join(self.labels)}")
         self._fingerprint: str | None = None
 
     def __len__(self) -> int:
@@ -81,7 +83,7 @@ class ImageDataset:
     def with_label(self, label: str) -> ImageDataset:
         """The same images with another default label."""
         if label not in self.labels:
-            raise ValueError(f"dataset {self.name!r} has no label {label!r}; valid: {', '.join(self.labels)}")
+            raise DataError(f"dataset {self.name!r} has no label {label!r}; valid: {', '.join(self.labels)}")
         return ImageDataset(self.images, self.labels, label, self.classes, self.name, self.split, self.skipped)
 
     def subset(self, indices: torch.Tensor | list[int]) -> ImageDataset:

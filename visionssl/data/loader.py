@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from visionssl.data.dataset import ImageDataset
+from visionssl.errors import ConfigError
 
 
 def prefetch_to_device(
@@ -111,18 +112,18 @@ class BatchLoader:
         world_size: int = 1,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_size % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"batch size {batch_size} is the global batch and must be divisible by the number of "
                 f"processes ({world_size}); e.g. {batch_size // world_size * world_size or world_size}"
             )
         if world_size > 1 and not drop_last:
-            raise ValueError("drop_last=False would give the ranks batches of different sizes; use drop_last=True")
+            raise ConfigError("drop_last=False would give the ranks batches of different sizes; use drop_last=True")
         if drop_last and batch_size > len(dataset):
-            raise ValueError(f"batch size {batch_size} is larger than the dataset ({len(dataset)} images)")
+            raise ConfigError(f"batch size {batch_size} is larger than the dataset ({len(dataset)} images)")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.device, self.shuffle, self.drop_last = torch.device(device), shuffle, drop_last
         self.rank, self.world_size, self.local_batch_size = rank, world_size, batch_size // world_size

@@ -14,6 +14,7 @@ from visionssl.data.cache import cached_arrays
 from visionssl.data.dataset import ImageDataset
 from visionssl.data.decode import decode_images, display_path
 from visionssl.data.folders import list_image_folder
+from visionssl.errors import DataError
 from visionssl.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -84,7 +85,7 @@ def elpv(
     classes = {"defect": ["functional", "defective"], "type": ["mono", "poly"], "probability": ["0", "1/3", "2/3", "1"]}
     label = arg or "defect"
     if label not in labels:
-        raise ValueError(f"elpv has no label {label!r}; valid: {', '.join(labels)}")
+        raise DataError(f"elpv has no label {label!r}; valid: {', '.join(labels)}")
     ds = ImageDataset(torch.from_numpy(np.ascontiguousarray(images)), labels, label, classes, "elpv")
     strata = labels["probability"].numpy() * 2 + labels["type"].numpy()
     return _take_split(ds, strata, split)
@@ -107,10 +108,10 @@ def imagefolder(
     centre-cropped to ``image_size`` (default 224).
     """
     if not arg:
-        raise ValueError("imagefolder needs a path: 'imagefolder:PATH' or just PATH")
+        raise DataError("imagefolder needs a path: 'imagefolder:PATH' or just PATH")
     root = Path(arg).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+        raise DataError(f"image folder {root} does not exist or is not a directory")
     folder, presplit, paths, targets, class_names = list_image_folder(root, split)
     size = image_size or 224
     listing = hashlib.sha256()
@@ -129,7 +130,7 @@ def imagefolder(
     images, info = cached_arrays(key, build, cache_dir)
     if not info["ok"]:
         path, reason = info["skipped"][0]
-        raise ValueError(
+        raise DataError(
             f"all {len(paths)} images of {display_path(folder)} were skipped as unreadable "
             f"(the first: {display_path(path)}: {reason}); there is nothing to train on"
         )
@@ -152,7 +153,7 @@ def _torchvision(cls_name: str, arg: str | None, split: str, image_size: int | N
     import torchvision
 
     if not arg:
-        raise ValueError(
+        raise DataError(
             f"{cls_name.lower()} needs the folder holding its files: '{cls_name.lower()}:PATH' (nothing is downloaded)"
         )
     cls = getattr(torchvision.datasets, cls_name)
@@ -164,7 +165,7 @@ def _torchvision(cls_name: str, arg: str | None, split: str, image_size: int | N
             tv = cls(arg, train=split != "test", download=False)
             images, targets, names = tv.data.transpose(0, 3, 1, 2), np.asarray(tv.targets), tv.classes
     except RuntimeError as exc:
-        raise FileNotFoundError(
+        raise DataError(
             f"{cls_name} not found under {arg}: {exc} (download it yourself; visionssl never downloads data)"
         ) from None
     x = torch.from_numpy(np.ascontiguousarray(images))
@@ -211,9 +212,7 @@ def synthetic(
     """
     n = int(arg) if arg and arg.strip().isdigit() else (size if not arg else 0)
     if n < 1:
-        raise ValueError(
-            f"data 'synthetic:{arg or size}': N must be a whole number of images >= 1 (e.g. synthetic:256)"
-        )
+        raise DataError(f"data 'synthetic:{arg or size}': N must be a whole number of images >= 1 (e.g. synthetic:256)")
     s = image_size or 32
     g = torch.Generator().manual_seed(seed + (0 if split != "test" else 1))
     y = torch.arange(n) % num_classes

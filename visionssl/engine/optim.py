@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from visionssl.errors import ConfigError
+
 OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
@@ -47,7 +49,7 @@ def create_optimizer(
     elif name == "adamw":
         opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=on_cuda or None)
     else:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     return opt
 
 
