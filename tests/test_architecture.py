@@ -153,3 +153,76 @@ def test_no_private_name_is_imported_from_another_module():
 def test_no_module_is_longer_than_a_newcomer_reads_in_one_sitting():
     long = {module_name(p): n for p in library_files() if (n := len(p.read_text().splitlines())) > 420}
     assert not long, long
+
+
+def method_names(tree: ast.AST) -> set[str]:
+    """Local names bound to a method: ``method = self.method`` (also in a tuple assignment) or ``m: SSLMethod``."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs = (
+                    zip(target.elts, node.value.elts)
+                    if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
+                    else [(target, node.value)]
+                )
+                names |= {t.id for t, v in pairs if isinstance(t, ast.Name) and ast.unparse(v) == "self.method"}
+        elif isinstance(node, ast.arg) and node.annotation is not None and "SSLMethod" in ast.unparse(node.annotation):
+            names.add(node.arg)
+    return names
+
+
+def is_method(node: ast.expr, names: set[str]) -> bool:
+    """``self.method``, a name bound to it, ``method_class(...)`` or ``METHODS.get(...)``: an expression that is a
+    method (or its class)."""
+    if isinstance(node, ast.Name):
+        return node.id in names
+    if isinstance(node, ast.Attribute):
+        return node.attr == "method" and isinstance(node.value, ast.Name) and node.value.id == "self"
+    if isinstance(node, ast.Call):
+        return ast.unparse(node.func) in ("method_class", "METHODS.get")
+    return False
+
+
+def method_reads(source: str, filename: str) -> tuple[list[str], set[str]]:
+    """In one file: ``getattr``/``hasattr`` calls on a method (each a contract part found by name) and the
+    attribute names read on a method."""
+    tree = ast.parse(source)
+    names = method_names(tree)
+    by_name, attributes = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+            if node.args and (is_method(node.args[0], names) or "method" in ast.unparse(node.args[0]).lower()):
+                by_name.append(f"{filename}:{node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Attribute) and is_method(node.value, names):
+            attributes.add(node.attr)
+    return by_name, attributes
+
+
+def test_method_reads_are_found_in_the_source():
+    source = (
+        "def f(self, name, m: SSLMethod, sd: dict):\n"
+        "    cfg, method = self.config, self.method\n"
+        "    x = getattr(self.method, 'needs_indices', False)\n"
+        "    y = METHODS.get(name).hparam_ranges + method.num_views + m.backbone + sd.items()\n"
+        "    self.method.on_step_end(1)\n"
+    )
+    assert method_reads(source, "probe.py") == (
+        ["probe.py:3: getattr(self.method, 'needs_indices', False)"],
+        {"hparam_ranges", "num_views", "backbone", "on_step_end"},
+    )
+
+
+def test_the_engine_reads_only_what_sslmethod_declares():
+    """The method contract is written down: every part the trainer or the config reader uses is declared on
+    ``SSLMethod`` (with its default), never looked up with ``getattr(method, "...", default)``."""
+    from visionssl.methods import SSLMethod
+
+    declared = set(dir(SSLMethod)) | {n for c in SSLMethod.__mro__ for n in getattr(c, "__annotations__", {})}
+    by_name, undeclared = [], []
+    for path in sorted((PACKAGE / "engine").rglob("*.py")):
+        found, attributes = method_reads(path.read_text(encoding="utf-8"), path.name)
+        by_name += found
+        undeclared += [f"{path.name}: method.{a}" for a in sorted(attributes - declared)]
+    assert not by_name, "declare these on SSLMethod and read them as attributes:\n" + "\n".join(by_name)
+    assert not undeclared, "read on a method but not declared on SSLMethod:\n" + "\n".join(undeclared)

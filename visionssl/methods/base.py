@@ -88,6 +88,7 @@ class SSLMethod(nn.Module):
         update of a momentum target (``visionssl.methods.momentum.MomentumTarget``). Default: nothing.
     """
 
+    backbone: nn.Module  # set by __init__
     augmentation: str = "simclr"
     num_views: int = 2
     recipe: str | None = None
