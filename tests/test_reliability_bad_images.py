@@ -282,3 +282,134 @@ def test_the_cli_with_skip_bad_images_trains_and_reports_how_many_and_which(tmp_
         line = next(line for line in out.splitlines() if line.strip().startswith(str(root / "cats" / name) + ":"))
         assert reason.lower() in line.lower()
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] >= 1
+
+
+def wide_png(width):
+    """A few kB of PNG holding ``width`` x 1 black pixels: resized to a shorter side of 36 it would be
+    ``36 * width`` x 36 pixels (15.5 GB for 3,000,000 wide), and 60,000,000 wide overflows."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, 1, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    pixels = zlib.compress(b"\0" * (width + 1), 9)  # one row: its filter byte and the pixels
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+ADDRESS_SPACE = 8 << 30  # torch itself needs between 4 and 8 GiB of address space to import
+LIMITED_CLI = f"""
+import contextlib, io, json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE}, {ADDRESS_SPACE}))
+from visionssl.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    results.append((code, out.getvalue(), err.getvalue()))
+print(json.dumps(results))
+"""
+
+
+def pretrain_limited(tmp_path, *runs):
+    """``visionssl pretrain`` once per list of extra arguments, in one process whose address space is limited
+    to 8 GiB (``--image-size 32``: images are kept at 36 pixels); returns (exit code, stdout, stderr) of each."""
+    import json
+    import subprocess
+    import sys
+
+    backbone = tmp_path / "tiny_backbone.py"
+    backbone.write_text(
+        "from torch import nn\n\ndef tiny(**kw):\n"
+        "    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+        "    net.num_features = 8\n    return net\n"
+    )
+    common = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--backbone", f"{backbone}:tiny"]
+    common += [
+        "--no-progress",
+        "--threads",
+        "1",
+        "train.knn_every=-1",
+        "method.proj_hidden_dim=16",
+        "method.proj_dim=8",
+    ]
+    env = dict(os.environ, VISIONSSL_NO_CACHE="1", VISIONSSL_HOME=str(tmp_path / "home"))
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(decode_module.__file__)), *sys.path])
+    argv = json.dumps([["pretrain", *common, *run] for run in runs])
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_CLI, argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr  # the interpreter itself ran under the limit
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_resize_bomb_is_refused_from_its_header_and_skipped_under_an_8_gib_address_space(tmp_path):
+    folder = tmp_path / "data" / "a"
+    folder.mkdir(parents=True)
+    write_good(folder, n=8)
+    (folder / "wide.png").write_bytes(wide_png(3_000_000))
+    (folder / "wider.png").write_bytes(wide_png(60_000_000))
+    assert os.path.getsize(folder / "wide.png") < 4000
+    data = ["--data", str(tmp_path / "data")]
+    skipping, stopping = pretrain_limited(
+        tmp_path, [*data, "--out", str(tmp_path / "r1"), "--skip-bad-images"], [*data, "--out", str(tmp_path / "r2")]
+    )
+    code, out, err = skipping
+    assert code == 0 and "skipped 2 unreadable images:" in out, err
+    for name, width in (("wide.png", 3_000_000), ("wider.png", 60_000_000)):
+        assert f"{folder / name}: {width}x1 pixels: an aspect ratio of {width}:1, above the limit of 100:1" in out
+    code, out, err = stopping
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"visionssl: error: cannot read image {folder / 'wide.png'}: 3000000x1 pixels: an aspect")
+    # in this process (no address-space limit) only once the limited ones have shown it allocates nothing
+    with pytest.raises(BadImageError, match=r"wide\.png: 3000000x1 pixels: an aspect ratio of 3000000:1, above the"):
+        decode_image(folder / "wide.png", 36)
+
+
+def test_an_image_resized_to_too_many_pixels_is_refused_before_the_resize(tmp_path):
+    Image.new("L", (2000, 100)).save(tmp_path / "a.png")  # 20:1, 200k pixels: fine at 224, not at 3000
+    assert decode_image(tmp_path / "a.png", 224).shape == (3, 224, 224)
+    with pytest.raises(BadImageError, match=r"resized to a shorter side of 3000 would be 60000x3000, above the limit"):
+        decode_image(tmp_path / "a.png", 3000)
+
+
+def eps_bytes():
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 12), "red").save(buf, "EPS")
+    return buf.getvalue()
+
+
+def test_eps_content_named_png_is_skipped_without_pillow_looking_for_ghostscript(tmp_path, no_cache, monkeypatch):
+    import shutil
+    import subprocess
+
+    from PIL import EpsImagePlugin
+
+    from visionssl.data.stream import CropSpec, read_crops
+
+    calls = []  # recorded, not raised: decoding turns any exception into a BadImageError
+
+    def record(name):
+        def called(*args, **kwargs):
+            calls.append(name)
+            raise OSError(f"{name} must not be called")
+
+        return called
+
+    for owner, name in [(EpsImagePlugin, "Ghostscript"), (EpsImagePlugin, "has_ghostscript"), (shutil, "which")]:
+        monkeypatch.setattr(owner, name, record(name))
+    for name in ("check_call", "run", "Popen"):
+        monkeypatch.setattr(subprocess, name, record(name))
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        write_good(root / c)
+    (root / "a" / "x.png").write_bytes(eps_bytes())
+    reason = "UnidentifiedImageError: not a PNG, JPEG, BMP, TIFF, WEBP, GIF or PPM image"
+    with pytest.raises(BadImageError, match=rf"cannot read image {root / 'a' / 'x.png'}: {reason}"):
+        load_dataset(str(root), split="all", image_size=16)
+    ds = load_dataset(str(root), split="all", image_size=16, skip_bad_images=True)
+    assert len(ds) == 8 and ds.skipped == [(str(root / "a" / "x.png"), reason)]
+    with pytest.raises(BadImageError, match=reason):
+        read_crops(root / "a" / "x.png", [CropSpec(8)], 3, np.random.default_rng(0))
+    assert calls == []

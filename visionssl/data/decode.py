@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visionssl.errors import DataError
 
@@ -27,7 +27,11 @@ IMAGE_EXTENSIONS = (
     ".webp",
     ".gif",
 )  # .gif: first frame
-MAX_PIXELS = 100_000_000  # larger images are refused as decompression bombs
+# The formats of IMAGE_EXTENSIONS (PPM covers .pgm). A file is opened as one of these only: content of
+# another kind under an image's name (EPS, which Pillow renders by running Ghostscript) is refused.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+MAX_PIXELS = 100_000_000  # larger images, or resizes to more pixels, are refused as decompression bombs
+MAX_ASPECT_RATIO = 100  # a 3,000,000 x 1 PNG of 3 kB would resize to billions of pixels
 
 
 class BadImageError(DataError):
@@ -72,22 +76,75 @@ def decode_image(path: str | os.PathLike, size: int, channels: int = 3) -> np.nd
     try:
         if not path.is_file():
             raise BadImageError(path, _not_a_file_reason(path))
-        # The size is checked on the header, before any pixel is decoded. (No warnings.catch_warnings
+        # The sizes are checked on the header, before any pixel is decoded. (No warnings.catch_warnings
         # here: it is not thread-safe, and decode_images runs this in threads.)
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise BadImageError(
-                    path, f"{img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)"
-                )
+        with open_image(path) as img:
+            check_image_size(path, img.width, img.height, size)
             img.load()
-            img = to_8bit(ImageOps.exif_transpose(img), channels)
+            img = _resize_center_crop(to_8bit(ImageOps.exif_transpose(img), channels), size)
     except BadImageError:
         raise
     except Exception as exc:  # PIL raises many kinds on broken files; any of them is this file's fault
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from None
-    img = _resize_center_crop(img, size)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Opens ``path`` lazily (the header only) as one of ``IMAGE_FORMATS``; ``BadImageError`` for anything else.
+
+    Example:
+        >>> import tempfile
+        >>> p = tempfile.mkdtemp() + "/a.png"; Image.new("L", (3, 2)).save(p)
+        >>> with open_image(p) as img:
+        ...     img.format, img.size
+        ('PNG', (3, 2))
+        >>> Image.new("L", (3, 2)).save(p, "EPS")
+        >>> open_image(p)
+        Traceback (most recent call last):
+        ...
+        visionssl.data.decode.BadImageError: cannot read image ...: UnidentifiedImageError: not a PNG, JPEG, BMP, \
+TIFF, WEBP, GIF or PPM image (pass --skip-bad-images to skip such files)
+    """
+    try:
+        return Image.open(path, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        kinds = ", ".join(IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]}"
+        raise BadImageError(path, f"UnidentifiedImageError: not a {kinds} image") from None
+
+
+def check_image_size(path: str | os.PathLike, width: int, height: int, size: int | None = None) -> None:
+    """Refuses, from the header's size alone, an image whose decoding or resizing would take unbounded memory:
+    more than ``MAX_PIXELS`` pixels, an aspect ratio above ``MAX_ASPECT_RATIO``:1, or (``size``: the shorter
+    side it is resized to) a resized image of more than ``MAX_PIXELS`` pixels. Raises ``BadImageError``.
+
+    Example:
+        >>> check_image_size("ok.png", 640, 480, 224)
+        >>> check_image_size("wide.png", 3_000_000, 1, 32)
+        Traceback (most recent call last):
+        ...
+        visionssl.data.decode.BadImageError: cannot read image wide.png: 3000000x1 pixels: an aspect ratio of \
+3000000:1, above the limit of 100:1 (a resize bomb?) (pass --skip-bad-images to skip such files)
+    """
+    if width < 1 or height < 1:
+        raise BadImageError(path, f"{width}x{height} pixels: the image is empty")
+    if width * height > MAX_PIXELS:
+        raise BadImageError(path, f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)")
+    long, short = max(width, height), min(width, height)
+    if long > MAX_ASPECT_RATIO * short:
+        raise BadImageError(
+            path,
+            f"{width}x{height} pixels: an aspect ratio of {long / short:.0f}:1, above the limit of "
+            f"{MAX_ASPECT_RATIO}:1 (a resize bomb?)",
+        )
+    if size is not None:
+        w, h = _resized_size(width, height, size)
+        if w * h > MAX_PIXELS:
+            raise BadImageError(
+                path,
+                f"{width}x{height} pixels resized to a shorter side of {size} would be {w}x{h}, "
+                f"above the limit of {MAX_PIXELS} pixels",
+            )
 
 
 def decode_images(
@@ -206,11 +263,15 @@ def _full_scale(mode: str, arr: np.ndarray) -> float:
     return hi if hi > 0 else 1.0  # floats of another range: their own maximum, the only scale they carry
 
 
+def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """The size ``_resize_center_crop`` resizes to before cropping: the shorter side becomes ``size``."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    scale = size / min(w, h)
-    if scale != 1:
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR, reducing_gap=3.0)
+    if size != min(img.size):
+        img = img.resize(_resized_size(*img.size, size), Image.BILINEAR, reducing_gap=3.0)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))

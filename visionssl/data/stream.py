@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from visionssl.data.decode import MAX_PIXELS, BadImageError, decode_jpegs, display_path, to_8bit
+from visionssl.data.decode import BadImageError, check_image_size, decode_jpegs, display_path, open_image, to_8bit
 from visionssl.data.folders import list_image_folder
 from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.data.sources import stratified_split
@@ -162,12 +162,9 @@ def read_crops(
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise BadImageError(
-                    path, f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)"
-                )
+            check_image_size(path, width, height)  # the crops' output is bounded; the decoded image is not
             # EXIF orientation 5-8 turns the picture by 90 degrees: the boxes are drawn on the upright image
             upright = (height, width) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
             boxes = crop_boxes(*upright, specs, rng)
@@ -225,7 +222,8 @@ class _CropFiles(torch.utils.data.Dataset):
                 with open(path, "rb") as f:
                     data = f.read()
                 if data[:3] == JPEG_MAGIC:
-                    with Image.open(io.BytesIO(data)) as img:  # the header only: the size for the boxes
+                    with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:  # the header: the boxes' size
+                        check_image_size(path, img.width, img.height)  # before nvJPEG allocates the image
                         upright = img.getexif().get(0x0112, 1) == 1  # nvJPEG ignores EXIF: turned ones go to PIL
                         boxes = crop_boxes(img.width, img.height, self.specs, rng) if upright else None
                     if upright:
