@@ -170,3 +170,137 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
         assert (folder / ".lock").read_text().strip() == str(os.getpid())
     with run_lock(tmp_path / "r"):
         pass
+
+
+# ------------------------------------------------------------------ a run never writes through a link
+TINY_NET = """
+from torch import nn
+def build(width=4, **kw):
+    net = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.num_features = width
+    return net
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished tiny run with a code backbone (so it has a trusted_code.json); tests work on copies."""
+    base = tmp_path_factory.mktemp("finished")
+    (base / "tiny_net.py").write_text(TINY_NET)
+    run = base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISIONSSL_HOME", str(base / "home"))
+        tiny = [a for a in TINY if not a.startswith("backbone.name=")]
+        code = main(["pretrain", "--out", str(run), *tiny, "--backbone", f"{base / 'tiny_net.py'}:build"])
+    assert code == 0
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoints", "trusted_code.json"}
+    return base
+
+
+def copy_run(finished_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "run", run)
+    shutil.copytree(finished_run / "home", tmp_path / "home")  # the trust key that signed the record
+    monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path / "home"))
+    return run
+
+
+def victim_file(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours to write\n")
+    os.chmod(victim, 0o644)
+    return victim
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, capsys):
+    victim = victim_file(tmp_path)
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock").symlink_to(victim)
+    code, _, err = cli(capsys, "pretrain", "--out", run, *TINY)
+    assert code == 2 and one_line(err), err
+    assert f"{run / '.lock'} is a symbolic link" in err and "remove the link" in err
+    assert victim.read_text() == "not yours to write\n"
+    assert (run / ".lock").is_symlink() and sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "trusted_code.json", "config.yaml", ".lock"])
+def test_resuming_a_run_whose_file_is_a_link_is_refused_and_the_target_untouched(
+    finished_run, tmp_path, capsys, monkeypatch, name
+):
+    run = copy_run(finished_run, tmp_path, monkeypatch)
+    victim = victim_file(tmp_path)
+    (run / name).unlink(missing_ok=True)
+    (run / name).symlink_to(victim)
+    before = snapshot(run)
+    # --trust-code: a record that no longer verifies must not be what stops the run here
+    code, _, err = cli(capsys, "pretrain", "--out", run, "--resume", "--trust-code", "train.epochs=2")
+    assert code == 2 and one_line(err), err
+    assert f"{run / name} is a symbolic link" in err
+    assert victim.read_text() == "not yours to write\n"
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_run_folder_that_is_a_link_is_refused_and_the_folder_it_points_to_untouched(
+    finished_run, tmp_path, capsys, monkeypatch, flag
+):
+    run = copy_run(finished_run, tmp_path, monkeypatch)
+    elsewhere = tmp_path / "elsewhere"
+    (run / "checkpoints").rename(elsewhere)
+    (run / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    before = snapshot(elsewhere)
+    code, _, err = cli(capsys, "pretrain", "--out", run, flag, *([] if flag == "--resume" else TINY), "train.epochs=2")
+    assert code == 2 and one_line(err), err
+    assert f"{run / 'checkpoints'} is a symbolic link" in err
+    assert snapshot(elsewhere) == before and (run / "checkpoints").is_symlink()
+
+
+def test_the_trainer_api_refuses_a_linked_run_file_too(tmp_path):
+    victim = victim_file(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(victim)
+    cfg = load_config(
+        "simclr",
+        overrides=[a for a in TINY if "=" in a]
+        + ["data.name=synthetic:32", "augment.image_size=16", "optim.batch_size=16", "train.epochs=1"]
+        + ["train.progress=false", f"out={run}"],
+    )
+    with pytest.raises(RunDirError, match="metrics.jsonl is a symbolic link"):
+        Trainer(cfg).fit()
+    assert victim.read_text() == "not yours to write\n"
+
+
+def test_open_no_follow_refuses_a_link_even_when_it_appears_after_the_checks(tmp_path):
+    from visionssl.errors import StorageError
+    from visionssl.files import open_no_follow
+
+    victim = victim_file(tmp_path)
+    (tmp_path / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(StorageError, match="is a symbolic link"):
+        open_no_follow(tmp_path / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    assert victim.read_text() == "not yours to write\n"
+
+
+# ------------------------------------------------------------- --overwrite checks everything before deleting
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["optim.lr=-1"],
+        ["backbone.name=no_such_backbone_xyz"],
+        ["data.name={tmp}/no_such_folder"],
+    ],
+    ids=["lr", "backbone", "data"],
+)
+def test_overwrite_with_a_bad_config_keeps_every_old_file(finished_run, tmp_path, capsys, monkeypatch, bad):
+    run = copy_run(finished_run, tmp_path, monkeypatch)
+    before = snapshot(run)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    bad = [b.format(tmp=tmp_path) for b in bad]
+    code, _, err = cli(capsys, "pretrain", "--out", run, "--overwrite", *TINY, *bad)
+    assert code == 2 and one_line(err), err
+    assert snapshot(run) == before

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -79,6 +80,34 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def open_no_follow(path: str | os.PathLike, flags: int) -> int:
+    """``os.open(path, flags)`` for a file written in place, refusing a symbolic link at ``path``.
+
+    For files a run opens rather than replaces (its lock, the append-only ``metrics.jsonl``): a link
+    put there by someone else would make the run write into the file it points to. Raises
+    ``StorageError`` naming ``path`` if it is a link; returns the file descriptor (mode ``file_mode()``).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()); (folder / "link").symlink_to(folder / "victim")
+        >>> os.close(open_no_follow(folder / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+        >>> open_no_follow(folder / "link", os.O_WRONLY | os.O_CREAT)
+        Traceback (most recent call last):
+        ...
+        visionssl.errors.StorageError: [Errno 40] refusing to write .../link: it is a symbolic link ...
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST and Path(path).is_symlink()):
+            raise StorageError(
+                exc.errno,
+                f"refusing to write {path}: it is a symbolic link (to {os.readlink(path)}), and a run writes only "
+                f"inside its directory; remove the link",
+            ) from None
+        raise
 
 
 def file_mode() -> int:

@@ -121,7 +121,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from visionssl.backbones.trust import check_backbone_spec, is_code_spec, run_trusts
+    from omegaconf import OmegaConf
+
+    from visionssl.backbones.trust import check_backbone_spec
     from visionssl.engine import Trainer, load_config
 
     config = args.config
@@ -131,8 +133,21 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(method=args.method if args.method or config else "simclr", config=config, overrides=overrides)
     name = str(cfg.backbone.name)
     given = any(o.startswith("backbone.name=") for o in overrides)  # --backbone or a KEY=VALUE: the user's own words
-    if is_code_spec(name) and not (given or args.trust_code or (args.resume and run_trusts(args.out, name))):
-        check_backbone_spec(name, {}, source=f"the config {config}")  # raises UntrustedCodeError, one line
+    if config is not None:  # a config file's backbone and arguments are data, checked like a checkpoint's
+        kwargs = OmegaConf.to_container(cfg.backbone.kwargs)
+        yours = [o for o in overrides if o.startswith("backbone.kwargs")]  # the user's own words again
+        from_file = {
+            k: v
+            for k, v in kwargs.items()
+            if not any(o.startswith(("backbone.kwargs=", f"backbone.kwargs.{k}=")) for o in yours)
+        }
+        check_backbone_spec(  # one line; a resumed run's own code is imported from the files its record vouches for
+            name,
+            from_file,
+            source=f"the config {config}",
+            trust_code=given or args.trust_code,
+            run_dir=args.out if args.resume else None,
+        )
     trainer = Trainer(cfg)
     if trainer.rank:  # under torchrun, rank 0 alone reports (and writes the run directory)
         trainer.fit(resume=args.resume)

@@ -4,7 +4,10 @@
 process fails at once with ``RunDirError`` naming that PID. The lock is re-entrant within a process
 (the CLI takes it before loading data, the Trainer again for the run's life). ``check_run_dir``
 refuses a non-empty directory unless the run resumes it or overwrites it; ``clear_run_dir`` removes
-a previous run's files for ``--overwrite``.
+a previous run's files for ``--overwrite``, called only once the new run's config, backbone and data
+have been checked. A run never writes through a symbolic link: ``refuse_links`` refuses a run
+directory whose run files or folders are links, and the files written in place are opened with
+``O_NOFOLLOW`` (``visionssl.files.open_no_follow``).
 
 Example:
     >>> import tempfile
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from visionssl.engine.checkpoint import LAST
 from visionssl.engine.config import ConfigError
+from visionssl.files import open_no_follow
 
 LOCK = ".lock"
 # what a run writes into its directory (``--overwrite`` removes these and nothing else)
@@ -52,7 +56,8 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
             _held[folder][1] -= 1
         return
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    refuse_links(folder)
+    fd = open_no_follow(folder / LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -82,6 +87,28 @@ def run_files(run_dir: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != LOCK) if folder.is_dir() else []
 
 
+def refuse_links(run_dir: str | os.PathLike) -> None:
+    """Refuses a run directory where a file or folder the run writes is a symbolic link (``RunDirError``).
+
+    A link there would make the run write (or ``--overwrite`` delete) wherever it points.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); (d / "metrics.jsonl").symlink_to("/etc/passwd")
+        >>> refuse_links(d)
+        Traceback (most recent call last):
+        ...
+        visionssl.engine.rundir.RunDirError: .../metrics.jsonl is a symbolic link (to /etc/passwd); ...
+    """
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_symlink():
+            raise RunDirError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); a run writes only inside its own directory "
+                f"and never through a link: remove the link (the run makes its own {name}) or choose another --out"
+            )
+
+
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
     """Refuses what would mix two runs in ``run_dir``: one ``RunDirError`` line saying what would be valid."""
     if not str(run_dir).strip():
@@ -101,17 +128,27 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
             f"run directory {folder} is not empty ({', '.join(present[:5])}); continue that run with "
             f"--resume, replace it with --overwrite, or choose another --out"
         )
+    if overwrite:
+        _refuse_foreign_files(folder)
 
 
-def clear_run_dir(run_dir: str | os.PathLike) -> None:
-    """Removes a previous run's files from ``run_dir`` (``--overwrite``); refuses if it holds anything else."""
-    folder = Path(run_dir)
+def _refuse_foreign_files(folder: Path) -> None:
     foreign = [name for name in run_files(folder) if name not in RUN_FILES]
     if foreign:
         raise RunDirError(
             f"--overwrite refuses to empty {folder}: it holds files a visionssl run does not write "
             f"({', '.join(foreign[:5])}); move them or choose another --out"
         )
+
+
+def clear_run_dir(run_dir: str | os.PathLike) -> None:
+    """Removes a previous run's files from ``run_dir`` (``--overwrite``); refuses if it holds anything else.
+
+    Call it last, once the new run's config, backbone and data have been checked. A link is removed,
+    never followed (``shutil.rmtree`` does not follow the links inside a folder either).
+    """
+    folder = Path(run_dir)
+    _refuse_foreign_files(folder)
     for name in run_files(folder):
         path = folder / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -119,9 +156,11 @@ def clear_run_dir(run_dir: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def claim_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Iterator[Path]:
-    """Checks ``run_dir`` (``check_run_dir``), holds its lock, and with ``overwrite`` clears the old run first.
+    """Checks ``run_dir`` (``check_run_dir``) and holds its lock; it deletes nothing.
 
-    A missing directory is checked before anything is created, so a refused command leaves nothing behind.
+    With ``overwrite`` the caller calls ``clear_run_dir`` once the new run has been checked, so a
+    refused config leaves the old run as it was. A missing directory is checked before anything is
+    created, so a refused command leaves nothing behind.
     """
     created = not Path(run_dir).is_dir()
     if not str(run_dir).strip() or created:
@@ -129,8 +168,6 @@ def claim_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     try:
         with run_lock(run_dir) as folder:
             check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-            if overwrite:
-                clear_run_dir(folder)
             yield folder
     except BaseException:
         if created and not run_files(run_dir):  # refused before writing anything: leave no empty run behind

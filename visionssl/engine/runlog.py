@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 from omegaconf import OmegaConf
 
 from visionssl import distributed
 from visionssl.engine.checkpoint import atomic_write_text, remove_stale_temp_files
+from visionssl.files import open_no_follow
 
 
 class RunLog:
@@ -68,7 +70,8 @@ class RunLog:
 
         if is_code_spec(str(self.config.backbone.name)):  # whoever built this Trainer vouched for that code
             record_trust(self.out, str(self.config.backbone.name))
-        self._metrics_file = open(self.out / "metrics.jsonl", "a")
+        fd = open_no_follow(self.out / "metrics.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._metrics_file = os.fdopen(fd, "a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
