@@ -54,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the run already in --out (its files are removed first); without it a non-empty --out is refused",
+        help="replace the run already in --out (its files are removed once the new config, backbone and data are "
+        "checked); without it a non-empty --out is refused",
     )
     p.add_argument(
         "--trust-code",
@@ -152,6 +153,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     if trainer.rank:  # under torchrun, rank 0 alone reports (and writes the run directory)
         trainer.fit(resume=args.resume)
         return 0
+    if args.overwrite:  # only now, with the config, the backbone and the data checked, is the old run removed
+        from visionssl.engine.rundir import clear_run_dir
+
+        clear_run_dir(args.out)
     where = f"{trainer.device} x {trainer.world_size} processes" if trainer.world_size > 1 else str(trainer.device)
     print(
         f"pretraining {cfg.method['name']} on {cfg.data.name} ({len(trainer.train_set)} images) with {cfg.backbone.name} "
