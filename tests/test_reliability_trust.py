@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import visionssl as vs
-from visionssl.backbones.trust import UntrustedCodeError, check_backbone_spec
+from visionssl.backbones.trust import UntrustedCodeError, check_backbone_spec, record_trust, run_trusts
 from visionssl.cli import main
 from visionssl.engine import CheckpointError, load_backbone
 
@@ -389,3 +390,129 @@ def test_fuzzed_checkpoint_contents_succeed_or_fail_in_one_line(tmp_path_factory
     if code == 2:
         assert one_line(err.getvalue()), err.getvalue()
     assert not (folder / "pwned").exists()
+
+
+# ------------------------------------------------------ a trust record vouches for the code, not for a name
+COUNTING_BACKBONE = """
+from torch import nn
+
+with open({marker!r}, "a") as f:  # importing this file is running it: one line per import
+    f.write("imported\\n")
+
+
+def build(width=4, **kw):
+    net = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.num_features = width
+    return net
+"""
+
+
+def write_module(folder, module, marker):
+    """``module`` (``net`` or ``pkg.net``) under ``folder``; importing it (or its package) appends to ``marker``."""
+    *packages, leaf = module.split(".")
+    where = folder
+    for package in packages:
+        where = where / package
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('package\\n')\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    (where / f"{leaf}.py").write_text(COUNTING_BACKBONE.format(marker=str(marker)))
+
+
+@pytest.fixture
+def fresh_imports(monkeypatch):
+    """Each later CLI call is as a new process: sys.path and sys.modules are restored afterwards."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def forget(module, tmp_path):
+    """As a new process would: ``module`` and its package not imported, no folder of this test on the path."""
+    for name in [m for m in sys.modules if m.split(".")[0] == module.split(".")[0]]:
+        del sys.modules[name]
+    sys.path[:] = [p for p in sys.path if not p.startswith(str(tmp_path))]
+
+
+@pytest.mark.parametrize("module", ["replay_net", "replay_pkg.net"])
+def test_a_replayed_trust_record_does_not_import_another_module_of_the_same_name(
+    tmp_path, capsys, monkeypatch, fresh_imports, module
+):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    write_module(ours, module, tmp_path / "ours_ran")
+    write_module(theirs, module, tmp_path / "theirs_ran")  # same name, other code
+    monkeypatch.chdir(ours)
+    code, _, err = cli(capsys, "pretrain", "--backbone", f"{module}:build", "--epochs", "1", "--out", "run", *TINY_RUN)
+    assert code == 0, err
+    record = json.loads((ours / "run" / "trusted_code.json").read_text())
+    assert record["files"][-1]["file"] == str((ours / (module.replace(".", "/") + ".py")).resolve())
+    assert record["kwargs"] == {} and record["run"] and record["files"][-1]["sha256"]
+
+    shutil.copytree(ours / "run", theirs / "run")  # the run and its record, replayed where other code lives
+    forget(module, tmp_path)
+    monkeypatch.chdir(theirs)
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", "run", *EVAL)
+    assert code == 2 and one_line(err), err
+    assert f"the code that `{module}:build` names has changed since this run vouched for it" in err
+    assert "pass --trust-code to load it anyway" in err and str(theirs) in err and str(ours) in err
+    assert not (tmp_path / "theirs_ran").exists() and module not in sys.modules  # nothing of theirs was imported
+    for command in (["export", "run", "--out", tmp_path / "x.safetensors"], ["pretrain", "--out", "run", "--resume"]):
+        code, _, err = cli(capsys, *command)
+        assert code == 2 and one_line(err) and "has changed since this run vouched for it" in err, (command, err)
+    assert not (tmp_path / "theirs_ran").exists()
+
+    # the same code, moved: the run and the very same files elsewhere still load, from where they are now
+    moved = tmp_path / "moved"
+    shutil.copytree(ours, moved)
+    shutil.rmtree(ours)
+    forget(module, tmp_path)
+    monkeypatch.chdir(moved)
+    imports = (tmp_path / "ours_ran").read_text().count("\n")
+    code, out, err = cli(capsys, "eval", "knn", "--checkpoint", "run", *EVAL)
+    assert code == 0, err
+    assert f"random weights ({module}:build)" in out  # the baseline reuses the module imported once
+    assert (tmp_path / "ours_ran").read_text().count("\n") == imports + len(module.split("."))
+    assert sys.modules[module].__file__ == str(moved / (module.replace(".", "/") + ".py"))
+
+
+def test_a_trust_record_vouches_for_its_arguments_in_its_own_format_only(tmp_path, capsys, fresh_imports):
+    marker = tmp_path / "ran"
+    spec = f"{code_file(tmp_path, marker)}:build"
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "pretrain", "--backbone", spec, "--epochs", "1", "--out", run, *TINY_RUN)
+    assert code == 0, err
+    record = json.loads((run / "trusted_code.json").read_text())
+    marker.unlink()
+
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt["config"]["backbone"]["kwargs"] = {"width": 8}  # the record vouched for width 4
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", run, *EVAL)
+    assert code == 2 and one_line(err) and 'with the arguments {}, not {"width":8}' in err, err
+
+    old = {"backbone": spec, "signature": record["signature"]}  # an older visionssl: the name and a signature
+    (run / "trusted_code.json").write_text(json.dumps(old))
+    ckpt["config"]["backbone"]["kwargs"] = {}
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", run, *EVAL)
+    assert code == 2 and one_line(err) and "vouches for the name" in err and "re-run with --trust-code" in err
+
+    tampered = {**record, "files": [{**record["files"][0], "sha256": "0" * 64}]}  # edited without the key
+    (run / "trusted_code.json").write_text(json.dumps(tampered))
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", run, *EVAL)
+    assert code == 2 and one_line(err) and "not signed on this machine" in err
+    assert not marker.exists()
+
+
+def test_the_trust_record_replaces_a_link_instead_of_writing_through_it(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trusted_code.json").symlink_to(victim)
+    record_trust(run, "json:dumps", {})
+    assert victim.read_text() == "precious\n"
+    assert not (run / "trusted_code.json").is_symlink() and run_trusts(run, "json:dumps", {})

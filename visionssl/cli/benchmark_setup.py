@@ -30,7 +30,7 @@ __all__ = ["environment", "load_checkpoint", "load_data", "run_image_size"]
 
 def load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: bool = False) -> tuple[str, nn.Module]:
     """(display name, backbone) of a checkpoint spec; ``random`` copies the backbone of the first real one in ``all_specs``."""
-    from visionssl.backbones import create_backbone
+    from visionssl.backbones.trust import build_backbone
 
     spec = str(spec)
     if spec == "random" or spec.startswith("random:"):
@@ -43,7 +43,7 @@ def load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: 
                 )
             name, kwargs = _backbone_spec(str(source), trust_code)
         torch.manual_seed(seed)
-        return f"random ({name})", create_backbone(name, **kwargs)
+        return f"random ({name})", build_backbone(name, kwargs, source=spec)
     return spec, _load_backbone(spec, trust_code)
 
 
@@ -55,7 +55,7 @@ def _load_backbone(spec: str, trust_code: bool = False) -> nn.Module:
 
 def _backbone_spec(spec: str, trust_code: bool = False) -> tuple[str, dict[str, Any]]:
     """(backbone name, kwargs) of a checkpoint, without building it; checked like any name read from a file."""
-    from visionssl.backbones.trust import check_backbone_spec, run_dir_of, run_trusts
+    from visionssl.backbones.trust import check_backbone_spec, run_dir_of
 
     path = Path(spec)
     if path.exists() and path.suffix == ".safetensors":
@@ -66,8 +66,9 @@ def _backbone_spec(spec: str, trust_code: bool = False) -> tuple[str, dict[str, 
         from visionssl.engine.checkpoint import checkpoint_backbone, load_checkpoint
 
         name, kwargs, _ = checkpoint_backbone(load_checkpoint(path), path)
-        trusted = trust_code or (isinstance(name, str) and run_trusts(run_dir_of(path), name))
-        return check_backbone_spec(name, kwargs, source=f"checkpoint {path}", trust_code=trusted)
+        return check_backbone_spec(
+            name, kwargs, source=f"checkpoint {path}", trust_code=trust_code, run_dir=run_dir_of(path)
+        )
     from visionssl import zoo
 
     entry = zoo.info(spec)

@@ -178,13 +178,12 @@ def run_convert(args: argparse.Namespace) -> int:
         from visionssl.backbones.trust import check_backbone_spec
 
         entry = zoo.info(args.source)
-        if not args.backbone:  # the entry's backbone is the zoo file's word, not the user's: check it first
-            check_backbone_spec(
-                entry.backbone,
-                entry.backbone_kwargs,
-                source=f"zoo entry {entry.name!r} ({entry.origin})",
-                trust_code=args.trust_code,
-            )
+        check_backbone_spec(  # the entry's backbone and arguments are the zoo file's word: check them first
+            args.backbone or entry.backbone,
+            entry.backbone_kwargs,
+            source=f"zoo entry {entry.name!r} ({entry.origin})",
+            trust_code=args.trust_code or bool(args.backbone),  # a --backbone is the user's word
+        )
         path = zoo.fetch(entry, **network_kwargs(args))
         fmt, backbone, kwargs = entry.format, args.backbone or entry.backbone, entry.backbone_kwargs
     net = zoo.load_file(path, fmt, backbone, unsafe=args.unsafe_load, **kwargs)

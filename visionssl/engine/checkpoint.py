@@ -101,13 +101,14 @@ def load_run_backbone(
     Example (with a run made by ``visionssl pretrain --out runs/demo``):
         >>> backbone = load_run_backbone("runs/demo")  # doctest: +SKIP
     """
-    from visionssl.backbones.trust import create_backbone_from_file, run_dir_of, run_trusts
+    from visionssl.backbones.trust import create_backbone_from_file, run_dir_of
 
     ckpt = load_checkpoint(path, map_location)
     name, kwargs, state = checkpoint_backbone(ckpt, path)
-    trusted = trust_code or (isinstance(name, str) and run_trusts(run_dir_of(path), name))
     try:
-        backbone = create_backbone_from_file(name, kwargs, source=f"checkpoint {path}", trust_code=trusted)
+        backbone = create_backbone_from_file(
+            name, kwargs, source=f"checkpoint {path}", trust_code=trust_code, run_dir=run_dir_of(path)
+        )
     except (ValueError, KeyError) as exc:
         raise CheckpointError(str(exc)) from None
     try:

@@ -69,7 +69,7 @@ class RunLog:
         from visionssl.backbones.trust import is_code_spec, record_trust
 
         if is_code_spec(str(self.config.backbone.name)):  # whoever built this Trainer vouched for that code
-            record_trust(self.out, str(self.config.backbone.name))
+            record_trust(self.out, str(self.config.backbone.name), OmegaConf.to_container(self.config.backbone.kwargs))
         fd = open_no_follow(self.out / "metrics.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._metrics_file = os.fdopen(fd, "a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter

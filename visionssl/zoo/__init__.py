@@ -281,6 +281,8 @@ def safetensors_backbone(path: str | os.PathLike, *, trust_code: bool = False) -
         kwargs = json.loads(meta.get("backbone_kwargs") or "{}")
     except ValueError:
         raise ZooError(f"{path}: its metadata 'backbone_kwargs' is not JSON") from None
+    except RecursionError:
+        raise ZooError(f"{path}: its metadata 'backbone_kwargs' is nested too deeply") from None
     return check_backbone_spec(meta["backbone"], kwargs, source=f"{path} (metadata)", trust_code=trust_code)
 
 

@@ -299,9 +299,9 @@ def load_file(
         >>> torch.equal(net.conv1.weight, ref.conv1.weight)
         True
     """
-    from visionssl.backbones import create_backbone
+    from visionssl.backbones.trust import build_backbone
 
     state = convert_checkpoint(format, read_checkpoint(path, unsafe=unsafe))
-    net = create_backbone(backbone, **backbone_kwargs)
+    net = build_backbone(backbone, backbone_kwargs, source=str(path))
     load_strict(net, state, source=f"{path} (format {format!r})")
     return net

@@ -59,11 +59,7 @@ def export_run(
     """
     from safetensors.torch import save
 
-    from visionssl.backbones.trust import (
-        create_backbone_from_file,
-        run_dir_of,
-        run_trusts,
-    )
+    from visionssl.backbones.trust import create_backbone_from_file, run_dir_of
     from visionssl.engine.checkpoint import (
         CHECKPOINT_FORMAT,
         backbone_state_dict,
@@ -86,8 +82,9 @@ def export_run(
         raise ZooError(f"{run}: the run's config has no backbone name (config['backbone']['name'])")
     state = {k: v.detach().cpu().contiguous() for k, v in backbone_state_dict(ckpt["method"]).items()}
     kwargs = dict(spec.get("kwargs") or {})
-    trusted = trust_code or (isinstance(spec["name"], str) and run_trusts(run_dir_of(run), spec["name"]))
-    net = create_backbone_from_file(spec["name"], kwargs, source=f"checkpoint {run}", trust_code=trusted)
+    net = create_backbone_from_file(
+        spec["name"], kwargs, source=f"checkpoint {run}", trust_code=trust_code, run_dir=run_dir_of(run)
+    )
     load_strict(net, state, source=f"the backbone of {run}")
 
     run_name = run.name if run.is_dir() else run.stem
