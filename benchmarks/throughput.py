@@ -145,8 +145,6 @@ class Ours:
             "train.knn_every=-1",
             "train.epochs=1000000",
         ]
-        if method == "vicreg":
-            overrides.append(f"method.image_size={cfg['image_size']}")
         self.config = load_config(method, overrides=overrides)
         self.trainer = Trainer(self.config, train_set=images, eval_sets=(None, None))
         self.trainer.method.on_train_start(self.trainer)

@@ -1,11 +1,15 @@
-"""The runnable example of docs/methods.md "Adding a method" runs as printed and registers its method."""
+"""The runnable example of docs/methods.md "Adding a method" runs as printed, registers its method, and its\ndeclared contract parts (``hparam_ranges``, ``check_config``) are what the config reader checks."""
 
 import contextlib
 import io
 import re
 from pathlib import Path
 
+import pytest
+
 import visionssl as vs
+from visionssl.engine.config import load_config
+from visionssl.errors import ConfigError
 from visionssl.methods import METHODS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "methods.md"
@@ -27,3 +31,9 @@ def test_adding_a_method_example_runs(monkeypatch):
         "proj_dim": 128,
         "temperature": 0.5,
     }
+    # the contract parts it declares are the ones the config reader uses: its own range and its own check
+    load_config(method="tiny_simclr")
+    with pytest.raises(ConfigError, match=re.escape("method.proj_dim=4 must be >= 8 (tiny_simclr)")):
+        load_config(method="tiny_simclr", overrides=["method.proj_dim=4"])
+    with pytest.raises(ConfigError, match="method.temperature=2.0 is above 1"):
+        load_config(method="tiny_simclr", overrides=["method.temperature=2.0"])
