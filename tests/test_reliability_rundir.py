@@ -293,8 +293,9 @@ def test_open_no_follow_refuses_a_link_even_when_it_appears_after_the_checks(tmp
         ["optim.lr=-1"],
         ["backbone.name=no_such_backbone_xyz"],
         ["data.name={tmp}/no_such_folder"],
+        ["train.knn_every=1", "data.eval={tmp}/no_such_folder"],
     ],
-    ids=["lr", "backbone", "data"],
+    ids=["lr", "backbone", "data", "eval_data"],
 )
 def test_overwrite_with_a_bad_config_keeps_every_old_file(finished_run, tmp_path, capsys, monkeypatch, bad):
     run = copy_run(finished_run, tmp_path, monkeypatch)

@@ -156,6 +156,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.overwrite:  # only now, with the config, the backbone and the data checked, is the old run removed
         from visionssl.engine.rundir import clear_run_dir
 
+        if cfg.train.knn_every >= 0:
+            trainer.load_eval_sets()  # read at the first evaluation otherwise: a bad data.eval would fail after
         clear_run_dir(args.out)
     where = f"{trainer.device} x {trainer.world_size} processes" if trainer.world_size > 1 else str(trainer.device)
     print(

@@ -346,7 +346,7 @@ class Trainer(Checkpointing, RunLog, Guards):
     @torch.no_grad()
     def evaluate_knn(self) -> dict[str, float]:
         """kNN accuracy of the current backbone (bank: labelled train split, queries: test split)."""
-        bank, queries = self._eval_sets()
+        bank, queries = self.load_eval_sets()
         if bank is None or bank.targets is None:
             return {}
         cfg = self.config
@@ -366,8 +366,15 @@ class Trainer(Checkpointing, RunLog, Guards):
             result = {f"knn/{key}": float(v) for key, v in result.items() if key in ("top1", "top5")}
         return distributed.broadcast_object(result)
 
-    # --------------------------------------------------------------- helpers
-    def _eval_sets(self) -> tuple[ImageDataset | None, ImageDataset | None]:
+    def load_eval_sets(self) -> tuple[ImageDataset | None, ImageDataset | None]:
+        """The kNN (bank, queries) datasets, loaded at the first call (``(None, None)`` for unlabelled data).
+
+        ``visionssl pretrain --overwrite`` calls it before removing the old run, so that a bad
+        ``data.eval`` is refused while the old run is still there.
+
+        Example:
+            >>> bank, queries = trainer.load_eval_sets()  # doctest: +SKIP
+        """
         if self.eval_sets is None:
             data = self.config.data
             if data.eval:
