@@ -82,21 +82,28 @@ def input_channels(backbone: nn.Module) -> int:
 def resolve_device(device: str | torch.device | None = None, name: str = "device") -> torch.device:
     """``None`` or ``"auto"`` -> CUDA when available, else CPU; anything else as given.
 
-    A malformed device, or CUDA without a GPU, is a ``ValueError`` naming the setting (``name``).
+    A malformed device (or one no run can use, such as ``meta``), or CUDA or MPS without such a GPU, is a
+    ``ConfigError`` naming the setting (``name``).
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
-        >>> resolve_device("gpu", name="train.device")
+        >>> resolve_device("meta", name="train.device")
         Traceback (most recent call last):
-        visionssl.errors.ConfigError: train.device='gpu' is not a device; valid: auto, cpu, cuda, cuda:N
+        visionssl.errors.ConfigError: train.device='meta' is not a device; valid: auto, cpu, cuda, cuda:N, mps
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"{name}={device!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{name}={str(device)!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{name}={str(device)!r} but no CUDA GPU is available; use 'cpu' or 'auto'")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{name}={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{name}={str(device)!r} but no Apple GPU (MPS) is available; use 'cpu' or 'auto'")
     return resolved

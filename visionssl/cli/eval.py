@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from visionssl.backbones.trust import TRUST_CODE_HELP
-from visionssl.cli.options import EPILOG, positive_float, positive_int
+from visionssl.cli.options import EPILOG, image_size, positive_float, positive_int
 from visionssl.data.dataset import stored_size
 from visionssl.errors import DataError
 
@@ -35,7 +35,7 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a run directory, a checkpoint file, or a model-zoo name")
     p.add_argument("--data", default=None, help="labelled dataset spec (default: the run's dataset)")
     p.add_argument(
-        "--image-size", type=positive_int, default=None, help="view size (default: the run's augment.image_size)"
+        "--image-size", type=image_size, default=None, help="view size (default: the run's augment.image_size)"
     )
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -56,6 +56,7 @@ def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[
     checkpoint file, exported .safetensors or zoo name."""
     from visionssl import zoo
     from visionssl.engine.checkpoint import load_checkpoint
+    from visionssl.engine.config_checks import check_run_settings
 
     backbone = zoo.load_backbone(checkpoint, trust_code=trust_code)  # checks the backbone the file names
     path = Path(checkpoint).expanduser()
@@ -63,6 +64,7 @@ def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[
         return backbone, {}, zoo.safetensors_backbone(path, trust_code=trust_code)
     if path.exists():
         config = load_checkpoint(path)["config"]  # load_backbone checked its shape
+        check_run_settings(config, str(path))  # the dataset and sizes eval reads from it
         spec = config["backbone"]
         return (
             backbone,

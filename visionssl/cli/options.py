@@ -1,13 +1,15 @@
 """Argument types and texts shared by the ``visionssl`` commands.
 
 Example:
-    >>> positive_int("3"), positive_float("0.5"), positive_seconds("10")
-    (3, 0.5, 10.0)
+    >>> positive_int("3"), positive_float("0.5"), positive_seconds("10"), image_size("224")
+    (3, 0.5, 10.0, 224)
 """
 
 from __future__ import annotations
 
 import argparse
+
+from visionssl.engine.config_checks import MAX_IMAGE_SIZE
 
 EPILOG = "Docs: README.md. Every config key can be overridden as KEY=VALUE, e.g. optim.lr=0.5 train.knn_every=5."
 
@@ -42,4 +44,12 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
+def image_size(text: str) -> int:
+    """A view side in pixels, 8 to ``MAX_IMAGE_SIZE`` (an argparse ``type``)."""
+    value = positive_int(text)
+    if not 8 <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between 8 and {MAX_IMAGE_SIZE} pixels, got {value}")
     return value

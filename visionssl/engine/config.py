@@ -12,9 +12,7 @@ Example:
 from __future__ import annotations
 
 import difflib
-import fnmatch
-import math
-import os
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,17 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from visionssl.engine.optim import OPTIMIZERS
-from visionssl.errors import ConfigError  # noqa: F401  (re-exported: the config's errors)
+from visionssl.engine.config_checks import (  # noqa: F401  (re-exported: the checks once lived here)
+    CHOICES,
+    HPARAM_RANGES,
+    max_threads,
+    validate,
+)
+from visionssl.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MAX_DEPTH = 32  # lists/maps nested in a config file or an override value (OmegaConf recursed to death at ~100)
+MAX_FILE_BYTES = 1_000_000  # a config file; the recipes are about 2 kB
 
 
 @dataclass
@@ -109,35 +114,6 @@ class Config:
     out: str | None = None  # run directory
 
 
-CHOICES = {
-    "optim.name": OPTIMIZERS,
-    "optim.lr_scaling": ("linear", "sqrt", "none"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "train.on_nonfinite": ("stop", "skip"),
-}
-
-
-# Valid ranges of method hyperparameters, by name (shell patterns; the first match wins). A method may
-# declare its own in a class attribute ``hparam_ranges`` (same form), which comes first. A range is
-# (low, high, low_inclusive); None is unbounded. Every number must also be finite.
-HPARAM_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    "*temperature": (0, None, False),
-    "*momentum": (0, 1, True),
-    "*seed": (0, None, True),
-    "*_weight": (0, None, True),
-    "*_ratio": (0, None, True),
-    "*_dim": (1, None, True),
-    "*_layers": (1, None, True),
-    "*_size": (1, None, True),
-    "num_*": (1, None, True),
-    "*_every": (1, None, True),
-    "*_iters": (1, None, True),
-    "grid": (1, None, True),
-    "gap": (0, None, True),
-    "jitter": (0, None, True),
-}
-
-
 def recipe_path(name: str) -> Path:
     """A recipe by name (``simclr``, ``simclr_imagenet``) or path; raises listing the recipes."""
     path = Path(name)
@@ -164,16 +140,22 @@ def list_recipes() -> list[str]:
 def load_config(
     method: str | None = None, config: str | None = None, overrides: list[str] | dict[str, Any] | None = None
 ) -> DictConfig:
-    """Builds and validates a run config (see the module docstring for the order).
+    """Builds, validates and resolves a run config (see the module docstring for the order).
 
+    A config file may refer to other keys (``${train.epochs}``) but never call a resolver (``${oc.env:HOME}``):
+    a shared file must not read the environment. The returned config holds values, no interpolations.
     Raises ``ConfigError`` with one line naming the key and the valid choices.
+
+    Example:
+        >>> load_config("simclr", overrides=["train.knn_every=${train.epochs}", "train.epochs=4"]).train.knn_every
+        4
     """
     cfg = OmegaConf.structured(Config)
     source = config or method
     try:
         if source is not None:
             try:
-                cfg = OmegaConf.merge(cfg, OmegaConf.load(recipe_path(source)))
+                cfg = OmegaConf.merge(cfg, read_config_file(recipe_path(source)))
             except ConfigError:
                 if config is not None or method is None:
                     raise
@@ -182,147 +164,109 @@ def load_config(
             cfg.method = {"name": method}  # --method X with another method's --config: keep X's defaults
         if overrides:
             items = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) else list(overrides)
-            for item in items:
-                if "=" not in item:
-                    raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
             source = "the key=value overrides"
+            for item in items:
+                _check_override(item)
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
         validate(cfg)  # inside: reading a value resolves interpolations (${...}), which may fail
+        OmegaConf.resolve(cfg)  # the run (config.yaml, checkpoints) keeps values, not references
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc)) from None
     except yaml.YAMLError as exc:  # a hand-edited or damaged YAML file
-        where = " ".join(str(exc).split())
-        raise ConfigError(f"{source}: not valid YAML ({where})") from None
+        raise ConfigError(f"{source}: not valid YAML ({_yaml_where(exc)})") from None
     return cfg
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range and choice checks that types alone cannot express; method hyperparameter names."""
-    from visionssl.methods import METHODS, method_class, method_hparams
+def read_config_file(path: str | Path) -> DictConfig:
+    """A YAML config file as a ``DictConfig``, unresolved; ``ConfigError`` for anything a config file cannot be.
 
-    for key, valid in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in valid:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
-    checks = [
-        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
-        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
-        ("optim.batch_size", cfg.optim.batch_size >= 2, "must be >= 2 (contrastive losses need pairs)"),
-        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
-        ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "must be >= 0"),
-        ("augment.image_size", cfg.augment.image_size >= 8, "must be >= 8 pixels"),
-        ("train.log_every", cfg.train.log_every >= 1, "must be >= 1"),
-        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be >= 1"),
-        ("train.knn_k", cfg.train.knn_k >= 1, "must be >= 1"),
-        ("train.knn_temperature", cfg.train.knn_temperature > 0, "must be > 0"),
-        ("train.max_skipped_steps", cfg.train.max_skipped_steps >= 0, "must be >= 0"),
-        ("train.min_loss_scale", cfg.train.min_loss_scale > 0, "must be > 0"),
-        (
-            "train.num_threads",
-            cfg.train.num_threads is None or cfg.train.num_threads >= 1,
-            "must be >= 1 (or null: torch's default)",
-        ),
-        ("optim.momentum", 0 <= cfg.optim.momentum < 1, "must be in [0, 1)"),
-        ("optim.final_lr_ratio", 0 <= cfg.optim.final_lr_ratio <= 1, "must be in [0, 1]"),
-        (
-            "optim.grad_clip",
-            cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
-            "must be > 0 (or null: no clipping)",
-        ),
-        ("optim.trust_coefficient", cfg.optim.trust_coefficient > 0, "must be > 0"),
-        ("optim.betas", all(0 <= b < 1 for b in cfg.optim.betas), "must be two numbers in [0, 1)"),
-        (
-            "train.num_threads",
-            cfg.train.num_threads is None or cfg.train.num_threads <= max_threads(),
-            f"must be between 1 and {max_threads()} (this machine has {os.cpu_count()} CPUs; or null: torch's default)",
-        ),
-    ]
-    for key, value in _numbers(to_dict(cfg)):  # one check for every number: inf/nan is never a valid setting
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}={value} must be a finite number")
-    for key, ok, rule in checks:
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {rule}")
-    if cfg.data.image_size is not None and cfg.data.image_size < 1:
-        raise ConfigError(f"data.image_size={cfg.data.image_size} must be a positive number of pixels")
-    backbone = cfg.backbone.name
-    if ":" not in backbone:
-        import timm
+    Refused: more than 1 MB, not UTF-8, not a mapping, lists/maps nested more than ``MAX_DEPTH`` deep, and any
+    resolver interpolation (``${oc.env:HOME}``, ``${oc.decode:...}``, a plugin's): files are data.
 
-        from visionssl.backbones import BACKBONES
-
-        if backbone not in BACKBONES and not timm.is_model(backbone):
-            raise ConfigError(f"backbone.name: {BACKBONES.unknown_message(backbone, extra=timm.list_models())}")
-    name = cfg.method.get("name")
-    if name not in METHODS:
-        raise ConfigError(f"method.name: {METHODS.unknown_message(str(name))}")
-    valid = method_hparams(name)
-    for key in cfg.method:
-        if key != "name" and key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"method.{key}: {name} has no such hyperparameter; {hint}valid: {', '.join(valid)}")
-    hparams = {**valid, **{k: v for k, v in to_dict(cfg.method).items() if k != "name"}}
-    ranges = [*method_class(name).hparam_ranges.items(), *HPARAM_RANGES.items()]
-    for key, value in hparams.items():
-        _check_hparam_type(name, key, value, valid[key])
-        _check_hparam_range(name, key, value, ranges)
-    try:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
-        method_class(name).check_config(hparams, cfg)
-    except ValueError as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
-
-
-def _check_hparam_type(method: str, key: str, value: Any, default: Any) -> None:
-    """A hyperparameter given in YAML or on the command line must have its default's type."""
-    if default is None or value is None or isinstance(default, (list, tuple, dict)):
-        return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    else:
-        return
-    if not ok:
+    Example:
+        >>> read_config_file(recipe_path("simclr")).method.name
+        'simclr'
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a config file")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"method.{key}={value!r} must be of type {type(default).__name__} ({method}'s default: {default!r})"
-        )
+            f"{path}: not a YAML config file (not UTF-8 text: {exc.reason} at byte {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if _check_depth(text, str(path)) not in (None, yaml.MappingStartEvent):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys (e.g. 'train: {{epochs: 3}}')")
+    node = OmegaConf.load(io.StringIO(text))  # the text checked above, with OmegaConf's own YAML rules
+    _refuse_resolvers(OmegaConf.to_container(node, resolve=False), str(path))
+    return node
 
 
-def max_threads() -> int:
-    """The most CPU threads a run may ask for: 256, or 4 x this machine's CPUs if more (100,000 crashes torch)."""
-    return max(256, 4 * (os.cpu_count() or 1))
+def _check_depth(text: str, where: str) -> type[yaml.Event] | None:
+    """Refuses YAML nested deeper than ``MAX_DEPTH``, reading the event stream (which does not recurse).
+
+    Returns the event type of the top-level node (None for an empty text).
+    """
+    depth, top = 0, None
+    for event in yaml.parse(text):
+        if isinstance(event, yaml.NodeEvent) and top is None:
+            top = type(event)
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{where}: lists or mappings nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return top
 
 
-def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """(dotted key, value) of every float in a nested config (lists indexed as key.0, key.1, ...)."""
+def _check_override(item: str) -> None:
+    """One ``key=value`` override: its form, its text and its nesting (before OmegaConf parses it)."""
+    key, eq, value = item.partition("=")
+    if not eq:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. a path whose bytes are not UTF-8: YAML and config.yaml cannot hold it
+        raise ConfigError(
+            f"{key}={value!r}: not valid UTF-8 text; a run config holds text only (rename the file or folder, "
+            "or link it under a UTF-8 name)"
+        ) from None
+    try:
+        _check_depth(value, f"{key}={value[:20]!r}{'...' if len(value) > 20 else ''}")
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}={value!r}: not valid YAML ({_yaml_where(exc)})") from None
+
+
+def _refuse_resolvers(node: Any, prefix: str, key: str = "") -> None:
+    """``ConfigError`` naming the key of the first ``${resolver:...}`` interpolation in a file's values."""
+    from omegaconf import grammar_parser
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+
     if isinstance(node, dict):
-        return [kv for k, v in node.items() for kv in _numbers(v, f"{prefix}{k}.")]
-    if isinstance(node, (list, tuple)):
-        return [kv for i, v in enumerate(node) for kv in _numbers(v, f"{prefix}{i}.")]
-    return [(prefix[:-1], node)] if isinstance(node, float) else []
+        for k, v in node.items():
+            _refuse_resolvers(v, prefix, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _refuse_resolvers(v, prefix, f"{key}.{i}")
+    elif isinstance(node, str) and "${" in node:
+        stack = [grammar_parser.parse(node)]  # OmegaConf's own grammar: escapes and nesting as it reads them
+        while stack:
+            tree = stack.pop()
+            if isinstance(tree, OmegaConfGrammarParser.InterpolationResolverContext):
+                raise ConfigError(
+                    f"{prefix}: {key}={node!r} calls the resolver {tree.getText()!r}; a config file may refer to "
+                    "other keys (${train.epochs}) but not call resolvers (give the value itself, or pass it as "
+                    "a key=value override)"
+                )
+            stack.extend(tree.getChildren() if hasattr(tree, "getChildren") else [])
 
 
-def _check_hparam_range(method: str, key: str, value: Any, ranges: list[tuple[str, tuple]]) -> None:
-    """A numeric hyperparameter must lie in the range declared for its name (see ``HPARAM_RANGES``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if not math.isfinite(value):
-        raise ConfigError(f"method.{key}={value} must be a finite number")
-    rule = next((r for pattern, r in ranges if fnmatch.fnmatchcase(key, pattern)), None)
-    if rule is None:
-        return
-    low, high, low_inclusive = rule
-    if (low is not None and (value < low or (value == low and not low_inclusive))) or (
-        high is not None and value > high
-    ):
-        lower = "" if low is None else f"{'>=' if low_inclusive else '>'} {low:g}"
-        upper = "" if high is None else f"<= {high:g}"
-        raise ConfigError(f"method.{key}={value} must be {' and '.join(x for x in (lower, upper) if x)} ({method})")
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    return " ".join(str(exc).split())
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
