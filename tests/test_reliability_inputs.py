@@ -142,3 +142,47 @@ def test_every_image_bad_with_skip_bad_images_is_one_line_saying_all_were_skippe
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "all 3 images" in err[0] and "concatenate" not in err[0]
+
+
+def pretrain_on(root, out, *extra):
+    return main(
+        ["pretrain", "--data", root, "--out", str(out), "--epochs", "1", "--batch-size", "4", "--backbone"]
+        + ["resnet18_cifar", "--image-size", "16", "--no-progress", "train.knn_every=-1", "method.proj_hidden_dim=16"]
+        + ["method.proj_dim=8", *extra]
+    )
+
+
+def test_a_data_root_that_is_not_utf8_is_named_as_the_data_root(tmp_path, capsys):
+    root = make_folder(tmp_path / os.fsdecode(b"caf\xe9"))
+    assert pretrain_on(str(root), tmp_path / "run") == 2  # the mistake: "the key=value overrides: not valid YAML"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("visionssl: error: --data b'") and "caf\\xe9" in err
+    assert "is not valid UTF-8 and the run's config.yaml cannot record it" in err and "ln -s" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_data_root_is_read_as_written_not_as_yaml(tmp_path, capsys):
+    # unquoted, "#" starts a YAML comment ("d" was read) and "a: b" is a mapping
+    for i, name in enumerate(["d #1", "a: b", "it's"]):
+        root = make_folder(tmp_path / name, n=2)
+        assert pretrain_on(str(root), tmp_path / f"run{i}") == 0, capsys.readouterr().err
+        assert f"pretraining simclr on {root} (4 images)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_folder_without_class_folders_or_images_is_one_line_naming_it(tmp_path, capsys, stream):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (20, 20)).save(flat / "0.png")  # images, but not in <class>/ sub-folders
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "a" / "notes.txt").write_text("no images here")
+    cases = [
+        (flat, f"image folder {flat} has no class sub-folders (expected {flat}/<class>/<image>)"),
+        (tmp_path / "empty", f"image folder {tmp_path / 'empty'} holds no images with extensions .jpg, .jpeg"),
+    ]
+    if stream:
+        cases.append((tmp_path / "nope", f"{tmp_path / 'nope'} is not a directory"))
+    for i, (root, message) in enumerate(cases):
+        assert pretrain_on(str(root), tmp_path / f"run{i}", f"data.stream={str(stream).lower()}") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("visionssl: error: ") and err.count("\n") == 1 and message in err, err

@@ -24,6 +24,7 @@ from visionssl.data.stream import (
 )
 from visionssl.engine.optim import create_optimizer
 from visionssl.engine.stream import stream_loader
+from visionssl.errors import DataError
 
 # ------------------------------------------------------------------------------ host synchronisation
 SYNCING_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "_linalg_check_errors", "masked_select"}
@@ -259,7 +260,7 @@ def test_files_list_splits_like_load_dataset_and_refuse_in_memory_use(folder):
     assert len(test) == 4 and sorted(train.targets.tolist()) == [0] * 4 + [1] * 4  # stratified 75/25
     with pytest.raises(AttributeError, match="data.stream=false"):
         _ = train.images
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(DataError, match="not a directory"):
         list_image_files(str(folder / "nope"))
     assert isinstance(train, ImageFiles)
 

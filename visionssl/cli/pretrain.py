@@ -84,7 +84,7 @@ def pretrain_overrides(args: argparse.Namespace) -> list[str]:
             backbone = f"{Path(file).expanduser().resolve()}:{fn}"  # keep runs loadable from any directory
         o.append(f"backbone.name={backbone}")
     pairs = {
-        "data.name": args.data,
+        "data.name": data_value(args.data) if args.data is not None else None,
         "train.epochs": args.epochs,
         "optim.batch_size": args.batch_size,
         "optim.lr": args.lr,
@@ -103,6 +103,29 @@ def pretrain_overrides(args: argparse.Namespace) -> list[str]:
     if args.no_progress:
         o.append("train.progress=false")
     return o + [f"out={args.out}"] + list(args.overrides)
+
+
+def data_value(spec: str) -> str:
+    """``--data SPEC`` as the value of a ``data.name=...`` override, read as exactly SPEC (a folder ``d #1``
+    would otherwise be read as ``d``, ``a: b`` as a mapping). A name that is not UTF-8 cannot be written to
+    the run's config.yaml: ``DataError`` names it.
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> OmegaConf.from_dotlist(["data.name=" + data_value("/data/d #1")]).data.name
+        '/data/d #1'
+    """
+    from visionssl.data.decode import display_path
+    from visionssl.errors import DataError
+
+    try:
+        spec.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(
+            f"--data {display_path(spec)}: the name is not valid UTF-8 and the run's config.yaml cannot record it; "
+            "rename the folder, or pass a link to it whose name is UTF-8 (ln -s)"
+        ) from None
+    return "'" + spec.replace("'", "''").replace("${", "\\${") + "'"  # YAML single quotes; no interpolation
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

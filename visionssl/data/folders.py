@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from visionssl.data.decode import IMAGE_EXTENSIONS
+from visionssl.data.decode import IMAGE_EXTENSIONS, display_path
+from visionssl.errors import DataError
 
 
 class FolderListing(NamedTuple):
@@ -30,7 +31,7 @@ def list_image_folder(root: Path, split: str) -> FolderListing:
     """Lists ``root/<class>/<image>`` (sub-folders and files sorted) without decoding anything.
 
     With ``train/`` and ``test/`` (or ``val/``) sub-folders, ``split`` ("train" or "test") picks one;
-    "all", or a folder without them, lists ``root`` itself. Raises ``ValueError`` for a folder without
+    "all", or a folder without them, lists ``root`` itself. Raises ``DataError`` for a folder without
     class sub-folders or without images.
 
     Example:
@@ -47,7 +48,8 @@ def list_image_folder(root: Path, split: str) -> FolderListing:
     folder = {"train": root / "train", "test": test_dir}.get(split, root) if presplit else root
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ValueError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+        shown = display_path(folder)
+        raise DataError(f"image folder {shown} has no class sub-folders (expected {shown}/<class>/<image>)")
     paths, targets = [], []
     for c, name in enumerate(classes):
         for dirpath, dirnames, files in os.walk(folder / name, followlinks=False):
@@ -57,5 +59,7 @@ def list_image_folder(root: Path, split: str) -> FolderListing:
                     paths.append(Path(dirpath) / f)
                     targets.append(c)
     if not paths:
-        raise ValueError(f"image folder {folder} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
+        raise DataError(
+            f"image folder {display_path(folder)} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}"
+        )
     return FolderListing(folder, presplit, paths, targets, classes)

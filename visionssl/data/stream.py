@@ -46,6 +46,7 @@ from visionssl.data.decode import BadImageError, check_image_size, decode_jpegs,
 from visionssl.data.folders import list_image_folder
 from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.data.sources import stratified_split
+from visionssl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +102,13 @@ def list_image_files(spec: str, split: str = "train") -> ImageFiles:
         (4, {'class': ['a']}, ['0.png', '1.png', '2.png', '3.png'])
     """
     if split not in ("train", "test", "all"):
-        raise ValueError(f"unknown split {split!r}; valid: train, test, all")
+        raise ConfigError(f"unknown split {split!r}; valid: train, test, all")
     name, _, arg = spec.partition(":")
     root = Path(arg if name == "imagefolder" else spec).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"data.stream needs an image folder (a directory or 'imagefolder:PATH'); {root} is not a directory"
+        raise DataError(
+            "data.stream needs an image folder (a directory or 'imagefolder:PATH'); "
+            f"{display_path(root)} is not a directory"
         )
     _, presplit, paths, targets, class_names = list_image_folder(root, split)
     y = torch.tensor(targets, dtype=torch.long)
@@ -303,13 +305,13 @@ class StreamLoader(BatchLoader):
         )
         crops = [CropSpec(*c) for c in crops]  # split_preset hands plain (size, scale, ratio) tuples
         if not crops or len({c.size for c in crops}) != 1:
-            raise ValueError(f"crops must be one CropSpec per view, all of one size; got {list(crops)}")
+            raise ConfigError(f"crops must be one CropSpec per view, all of one size; got {list(crops)}")
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+            raise ConfigError(f"channels must be 1 or 3, got {channels}")
         if gpu_decode and self.device.type not in ("cuda", "cpu"):
-            raise ValueError(f"gpu_decode needs a CUDA device, got {self.device}")
+            raise ConfigError(f"data.gpu_decode needs a CUDA device, got {self.device}")
         if gpu_decode and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("gpu_decode=True but no CUDA GPU is available")
+            raise ConfigError("data.gpu_decode=true but no CUDA GPU is available")
         # gpu_decode on a CPU device decodes with torchvision in this process (the same code path, for tests)
         self.files, self.crops, self.channels = files, list(crops), channels
         self.gpu_decode, self.skip_bad_images = gpu_decode, skip_bad_images
