@@ -2,15 +2,20 @@
 a ``CheckpointError`` naming the file, and ``--resume`` / ``eval --checkpoint`` turn both into one line."""
 
 import builtins
+import json
 import os
 import pickle
 import random
 
 import pytest
+import safetensors.torch
 import torch
+import yaml
 
+from visionssl.backbones import create_backbone
 from visionssl.cli import main
 from visionssl.engine import CheckpointError, Trainer, load_backbone, load_checkpoint, load_config
+from visionssl.zoo import sha256_file as vs_sha256
 
 
 class Payload:
@@ -72,6 +77,10 @@ def cli(capsys, *args):
     code = main(list(args))
     err = capsys.readouterr().err
     return code, err
+
+
+def one_line(err):
+    return err.count("\n") == 1 and err.startswith("visionssl: error: ") and "Traceback" not in err
 
 
 @pytest.mark.parametrize("fn", ["os.system", "builtins.open", "builtins.exec"])
@@ -176,3 +185,189 @@ def test_resume_from_a_bad_checkpoint_gives_one_line_not_a_traceback(tmp_path, r
     assert code == 2, err
     assert expected in err and err.count("\n") == 1 and "Traceback" not in err
     assert not marker.exists()
+
+
+# ------------------------------------------------- a file's backbone arguments never load weights or URLs
+@pytest.fixture
+def watched(tmp_path, monkeypatch):
+    """A bait weights file and a URL; ``touched`` lists every read of the bait and every fetch of a URL."""
+    import urllib.request
+
+    import timm.models._builder
+    import torch.hub
+
+    bait = tmp_path / "bait.pth"
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), bait)
+    touched, real_load = [], torch.load
+
+    def load(f, *args, **kwargs):
+        if str(f) == str(bait):
+            touched.append(f"read {f}")
+        return real_load(f, *args, **kwargs)
+
+    def fetch(*args, **kwargs):
+        touched.append(f"fetched {args}")
+        raise OSError("this test has no network")
+
+    monkeypatch.setattr(torch, "load", load)
+    for module, name in [
+        (urllib.request, "urlopen"),
+        (torch.hub, "load_state_dict_from_url"),
+        (torch.hub, "download_url_to_file"),
+        (timm.models._builder, "load_state_dict_from_url"),
+    ]:
+        monkeypatch.setattr(module, name, fetch)
+    return bait, touched
+
+
+def weight_kwargs(bait):
+    """(the arguments a file gives, what the one-line refusal names) per case."""
+    return {
+        "checkpoint_path": ({"checkpoint_path": str(bait)}, "argument 'checkpoint_path' would load weights"),
+        "pretrained_cfg_overlay": (
+            {"pretrained_cfg_overlay": {"url": "http://127.0.0.1:9/w.pth"}, "pretrained": True},
+            "argument 'pretrained",  # pretrained or pretrained_cfg_overlay, whichever the file lists first
+        ),
+        "a path as a value": ({"drop_rate": 0.0, "act_layer": str(bait)}, "argument 'act_layer' holds the path"),
+    }
+
+
+@pytest.mark.parametrize("case", ["checkpoint_path", "pretrained_cfg_overlay", "a path as a value"])
+def test_weight_arguments_from_safetensors_metadata_are_refused_by_name(tmp_path, capsys, watched, case):
+    bait, touched = watched
+    kwargs, expected = weight_kwargs(bait)[case]
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file(
+        create_backbone("resnet18_cifar").state_dict(),
+        path,
+        metadata={"format": "visionssl", "backbone": "resnet18_cifar", "backbone_kwargs": json.dumps(kwargs)},
+    )
+    for command in (
+        ["eval", "knn", "--checkpoint", str(path), "--data", "synthetic:8", "--image-size", "16", "--k", "3"],
+        [
+            "benchmark",
+            "knn",
+            "--checkpoint",
+            "random",
+            "--checkpoint",
+            str(path),
+            "--data",
+            "synthetic:8",
+            "--out",
+            str(tmp_path / "b"),
+            "--no-plots",
+            "--no-progress",
+        ],
+    ):
+        code, err = cli(capsys, *command)
+        assert code == 2 and one_line(err) and str(path) in err and expected in err, (command, err)
+    assert touched == []
+
+
+@pytest.mark.parametrize("case", ["checkpoint_path", "pretrained_cfg_overlay"])
+def test_weight_arguments_from_a_zoo_entry_are_refused_by_name(tmp_path, capsys, monkeypatch, watched, case):
+    bait, touched = watched
+    kwargs, expected = weight_kwargs(bait)[case]
+    weights = tmp_path / "w.safetensors"
+    safetensors.torch.save_file(create_backbone("resnet18_cifar").state_dict(), weights)
+    entry = {
+        "name": "shared",
+        "method": "simclr",
+        "backbone": "resnet18_cifar",
+        "backbone_kwargs": kwargs,
+        "urls": [str(weights)],
+        "sha256": vs_sha256(weights),
+        "size": weights.stat().st_size,
+        "format": "visionssl",
+        "recipe": {"dataset": None, "epochs": None, "batch_size": None},
+        "metrics": [],
+        "paper": None,
+        "license": None,
+    }
+    zoo_file = tmp_path / "zoo.yaml"
+    zoo_file.write_text(yaml.safe_dump({"models": [entry]}))  # a shared zoo file
+    monkeypatch.setenv("VISIONSSL_ZOO", str(zoo_file))
+    for command in (
+        ["zoo", "convert", "shared", "--backbone", "resnet18", "--out", str(tmp_path / "o.safetensors")],
+        ["zoo", "convert", "shared", "--out", str(tmp_path / "o.safetensors")],
+        ["eval", "knn", "--checkpoint", "shared", "--data", "synthetic:8", "--image-size", "16", "--k", "3"],
+    ):
+        code, err = cli(capsys, *command)
+        assert code == 2 and one_line(err) and "zoo entry 'shared'" in err and expected in err, (command, err)
+    assert touched == [] and not (tmp_path / "o.safetensors").exists()
+
+
+def test_weight_arguments_from_a_resumed_config_are_refused_by_name(tmp_path, capsys, watched):
+    bait, touched = watched
+    out = tmp_path / "run"
+    code, err = cli(
+        capsys,
+        "pretrain",
+        "--backbone",
+        "resnet10t_cifar",
+        "--data",
+        "synthetic:32",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        "method.proj_hidden_dim=16",
+        "method.proj_dim=8",
+        "train.knn_every=-1",
+        "data.image_size=16",
+    )
+    assert code == 0, err
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["backbone"]["kwargs"] = {"checkpoint_path": str(bait)}  # a copied run, edited
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    code, err = cli(capsys, "pretrain", "--out", str(out), "--resume", "train.epochs=2")
+    assert code == 2 and one_line(err) and "'checkpoint_path'" in err and "config.yaml" in err, err
+    assert touched == []
+    code, err = cli(
+        capsys, "pretrain", "--out", str(out), "--resume", "train.epochs=2", "backbone.kwargs.checkpoint_path=null"
+    )  # the user's own word overrides the file's
+    assert code == 0, err
+
+
+# ------------------------------------------------------------ bad architecture arguments end in one line
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ('{"in_chans": -1}', "in_chans=-1 is invalid; valid: an integer in [1, 64]"),
+        ('{"norm_layer": "x"}', "'norm_layer' is not an architecture argument"),
+        ('{"global_pool": "nope"}', "global_pool='nope' is invalid; valid: one of ''"),
+        ('{"global_pool": "token"}', "rejected its arguments ['global_pool']"),
+        ('{"drop_rate": NaN}', "drop_rate=nan is invalid; valid: a finite number in [0, 1)"),
+        ('{"drop_rate": ' + DEEP + "}", "nested too deeply"),
+        ('{"in_chans": [[[[[[[[[[[1]]]]]]]]]]]}', "nested more than 8 levels deep"),
+        ('{"checkpoint_path": "/nonexistent"}', "'checkpoint_path' would load weights from elsewhere"),
+    ],
+    ids=[
+        "in_chans -1",
+        "norm_layer x",
+        "global_pool nope",
+        "global_pool token on a resnet",
+        "drop_rate NaN",
+        "deeply nested JSON",
+        "nested lists",
+        "checkpoint_path /nonexistent",
+    ],
+)
+def test_bad_backbone_arguments_in_safetensors_metadata_end_in_one_line(tmp_path, capsys, kwargs, expected):
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file(
+        create_backbone("resnet18_cifar").state_dict(),
+        path,
+        metadata={"format": "visionssl", "backbone": "resnet18_cifar", "backbone_kwargs": kwargs},
+    )
+    code, err = cli(capsys, "eval", "knn", "--checkpoint", str(path), "--data", "synthetic:8", "--image-size", "16")
+    assert code == 2 and one_line(err) and expected in err and str(path) in err, err
+    assert "internal error" not in err
