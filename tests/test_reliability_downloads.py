@@ -20,7 +20,8 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 
 class Server:
-    """``mode``: "ok" (DATA, with Range), "flood" (64 MiB, no Content-Length), "trickle" (1 byte/s)."""
+    """``mode``: "ok" (DATA, with Range), "flood" (64 MiB, no Content-Length), "trickle" (1 byte/s), "slow" (500 B/s),
+    "headers" (the status line, then a header trickled a byte every 0.5 s for 20 s)."""
 
     def __init__(self):
         self.mode, self.sent, self.ranges = "ok", 0, []
@@ -33,6 +34,18 @@ class Server:
 
             def do_GET(self):
                 server.ranges.append(self.headers.get("Range"))
+                if server.mode == "headers":  # the status line, then a header one byte every 0.5 s (for 20 s)
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    self.wfile.flush()
+                    for _ in range(40):
+                        if server.stop.wait(0.5):
+                            return
+                        try:
+                            self.wfile.write(b"a")
+                            self.wfile.flush()
+                        except (BrokenPipeError, ConnectionResetError):
+                            return
+                    return
                 start = int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range") else 0
                 self.send_response(206 if start else 200)
                 self.send_header("Accept-Ranges", "bytes")
@@ -141,9 +154,32 @@ def test_the_total_timeout_bounds_a_fast_enough_but_long_download(server, home, 
     server.mode = "slow"  # 500 bytes/s: above 1 KiB per 10 s, so only the total limit stops it
     use_zoo(tmp_path, monkeypatch, [server.url()])
     start = time.monotonic()
-    with pytest.raises(ZooError, match="total_timeout"):
+    with pytest.raises(ZooError, match="took longer than the total timeout of 1.5 s"):
         vs.zoo.download("blob", progress=False, timeout=10, total_timeout=1.5)
     assert time.monotonic() - start < 4
+
+
+@pytest.mark.parametrize("part", [False, True], ids=["fresh", "resuming"])
+def test_a_server_trickling_its_headers_is_given_up_at_the_total_timeout(
+    server, home, tmp_path, monkeypatch, capsys, part
+):
+    server.mode = "headers"  # each read gets a byte within the idle limit: only a deadline ends it
+    use_zoo(tmp_path, monkeypatch, [server.url()])
+    stale = None
+    if part:  # a kept .part from an earlier try: the header timeout must not leave it half-written or grown
+        stale = home / "zoo" / "blob" / f"w.pth.{hashlib.sha1(server.url().encode()).hexdigest()[:8]}.part"
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(DATA[:1000])
+    start = time.monotonic()
+    code = main(["zoo", "download", "blob", "--timeout", "1", "--total-timeout", "2.5", "--no-progress"])
+    took = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert code == 2 and took < 4.5, (took, err)  # the mistake: alive as long as the server trickles
+    assert err.count("\n") == 1 and err.startswith("visionssl: error: "), err
+    assert server.url() in err and "total timeout of 2.5 s" in err, err
+    assert files(home) == ([stale.name] if part else [])
+    if part:
+        assert stale.read_bytes() == DATA[:1000]
 
 
 def test_a_killed_download_leaves_only_its_part_which_the_next_try_resumes(server, home, tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ it is used. ``visionssl zoo verify`` always re-hashes in full.
 Limits. A download stops as soon as it exceeds the entry's ``size`` (or when ``Content-Length``
 announces more); ``timeout`` is the idle limit: less than 1 KiB received in ``timeout`` seconds
 (a silent server, or one trickling a byte a second) ends the attempt; ``total_timeout`` bounds the
-whole download.
+whole exchange with one server: connect, status line, headers and body (every socket read waits at
+most the time left, see ``visionssl.zoo.timeouts``).
 
 Partial files. A download streams into ``<file name>.<url id>.part`` beside its final place and
 hashes while it streams; only a complete file whose sha256 matches the zoo (and whose size matches
@@ -40,26 +41,26 @@ Example (a local file, so nothing is downloaded):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import logging
 import os
 import socket
-import time
 import warnings
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
-from urllib.request import Request, url2pathname, urlopen
+from urllib.request import Request, url2pathname
 
 from visionssl.files import visionssl_home
 from visionssl.zoo.catalog import ZooEntry, ZooError
 from visionssl.zoo.integrity import CHUNK, check_cached, check_hash, hashers_for, sha256_file, write_sidecar
+from visionssl.zoo.timeouts import MIN_PROGRESS, Deadline, Stall, TotalTimeoutError, open_url
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0  # seconds with less than MIN_PROGRESS bytes from the server before giving up
-MIN_PROGRESS = 1024  # bytes per `timeout` seconds: slower counts as stalled (a server trickling 1 byte/s)
 
 
 class UnverifiedDownloadWarning(UserWarning):
@@ -102,7 +103,7 @@ def fetch(
         force: download again even if the cache holds the file.
         total_timeout: seconds one URL's whole download may take (None: no limit).
 
-    Raises ``ZooError`` listing what went wrong with every URL and what to do. An entry without
+    Raises ``ZooError`` (one line) saying what went wrong with every URL and what to do. An entry without
     a sha256 is downloaded with an ``UnverifiedDownloadWarning`` (trust on first use).
     """
     offline = is_offline(offline)
@@ -146,17 +147,15 @@ def fetch(
         return dest
     if offline:
         raise ZooError(
-            f"offline mode (VISIONSSL_OFFLINE=1 or offline=True): {entry.name} is not in the cache at {dest}.\n  - "
-            + "\n  - ".join(errors)
-            + f"\nWhat to do: run `visionssl zoo download {entry.name}` where there is internet and copy the file to "
-            f"{dest}, or turn offline mode off."
+            f"offline mode (VISIONSSL_OFFLINE=1 or offline=True): {entry.name} is not in the cache at {dest} "
+            f"({'; '.join(errors)}). What to do: run `visionssl zoo download {entry.name}` where there is internet "
+            f"and copy the file to {dest}, or turn offline mode off."
         )
     raise ZooError(
-        f"could not get {entry.name}:\n  - "
-        + "\n  - ".join(errors)
-        + "\nWhat to do: check the network (and proxy settings such as HTTPS_PROXY) and run the command again; an "
-        "interrupted download resumes where it stopped. Or download the file yourself from one of the URLs above "
-        f"and put it at {dest}: it is checked against the zoo's sha256 when first used."
+        f"could not get {entry.name}: {'; '.join(errors)}. What to do: check the network (and proxy settings such "
+        "as HTTPS_PROXY) and run the command again; an interrupted download resumes where it stopped. Or download "
+        f"the file yourself from one of the URLs above and put it at {dest}: it is checked against the zoo's sha256 "
+        "when first used."
     )
 
 
@@ -171,79 +170,121 @@ def download_url(
 ) -> str:
     """Streams ``url`` to ``dest`` (resuming a kept ``.part``), verifies it, renames it; returns its sha256.
 
-    See the module docstring for the policy on partial files and the limits.
+    See the module docstring for the policy on partial files and the limits: ``total_timeout`` bounds
+    everything from the connection to the last byte, headers included.
     """
-    from tqdm.auto import tqdm
-
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f"{dest.name}.{hashlib.sha1(url.encode()).hexdigest()[:8]}.part")
-    offset = part.stat().st_size if part.is_file() else 0
-    if entry.size is not None and offset > entry.size:  # a stale part that cannot be a prefix of this file
-        part.unlink()
-        offset = 0
-    deadline = None if total_timeout is None else time.monotonic() + total_timeout
-    headers = {"User-Agent": "visionssl-zoo"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        response = urlopen(Request(url, headers=headers), timeout=timeout)
-    except HTTPError as exc:
-        if 400 <= exc.code < 500:  # the URL is wrong or the kept part no longer fits; a 5xx may pass, keep it
-            part.unlink(missing_ok=True)
-        if exc.code == 416 and offset:  # the kept part is not a prefix of this file any more: start again
-            return download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
-        raise ZooError(
-            f"{url}: the server answered HTTP {exc.code} ({exc.reason})"
-            + (": the file is not (or no longer) at this address" if exc.code in (404, 410) else "")
-        ) from None
-    except (URLError, OSError, http.client.HTTPException) as exc:
-        raise ZooError(f"{url}: {_describe(exc, timeout)}") from None
-
-    if (
-        offset
-        and response.status == 206
-        and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-    ):
-        response.close()  # a range we did not ask for: start again from zero
-        part.unlink(missing_ok=True)
-        return download_url(url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout)
+    get = _Download(url, dest, entry, timeout, Deadline(total_timeout), progress)
+    response, offset = get.open(get.kept_offset())
     with response:
-        if offset and response.status != 206:  # the server ignored the Range request
+        total, resumable = get.announced(response, offset)
+        hashers = get.hash_kept(offset)
+        received = get.stream(response, offset, total, resumable, hashers)
+    digest = hashers["sha256"].hexdigest()
+    get.install(digest, hashers, received)
+    return digest
+
+
+@dataclasses.dataclass
+class _Download:
+    """One attempt at one URL, in named steps: kept part, open, announced size, stream, verify and install."""
+
+    url: str
+    dest: Path
+    entry: ZooEntry
+    timeout: float
+    deadline: Deadline
+    progress: bool
+
+    @property
+    def part(self) -> Path:
+        return self.dest.with_name(f"{self.dest.name}.{hashlib.sha1(self.url.encode()).hexdigest()[:8]}.part")
+
+    def kept_offset(self) -> int:
+        """The size of a kept ``.part`` to resume from; one larger than the declared size is deleted."""
+        offset = self.part.stat().st_size if self.part.is_file() else 0
+        if self.entry.size is not None and offset > self.entry.size:  # cannot be a prefix of this file
+            self.part.unlink()
             offset = 0
+        return offset
+
+    def open(self, offset: int) -> tuple[http.client.HTTPResponse, int]:
+        """The server's response and the offset it starts at; starts from zero when a kept part does not fit."""
+        while True:
+            headers = {"User-Agent": "visionssl-zoo"} | ({"Range": f"bytes={offset}-"} if offset else {})
+            try:
+                response = open_url(Request(self.url, headers=headers), self.timeout, self.deadline)
+            except HTTPError as exc:
+                if 400 <= exc.code < 500:  # the URL is wrong or the kept part no longer fits; a 5xx may pass
+                    self.part.unlink(missing_ok=True)
+                if exc.code == 416 and offset:  # the kept part is not a prefix of this file any more
+                    offset = 0
+                    continue
+                raise ZooError(
+                    f"{self.url}: the server answered HTTP {exc.code} ({exc.reason})"
+                    + (": the file is not (or no longer) at this address" if exc.code in (404, 410) else "")
+                ) from None
+            except (URLError, OSError, http.client.HTTPException) as exc:
+                raise ZooError(f"{self.url}: {self.describe(exc)}") from None
+            if offset and response.status == 206:
+                if response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                    return response, offset
+                response.close()  # a range we did not ask for: start again from zero
+                self.part.unlink(missing_ok=True)
+                offset = 0
+                continue
+            return response, 0  # a full answer (also when the server ignored the Range request)
+
+    def announced(self, response: http.client.HTTPResponse, offset: int) -> tuple[int | None, bool]:
+        """The total size the server announces (None if it does not) and whether it can resume; refuses
+        a file larger than the entry declares before reading any of it."""
         resumable = response.status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
-        if entry.size is not None and total is not None and total > entry.size:
-            part.unlink(missing_ok=True)
+        if self.entry.size is not None and total is not None and total > self.entry.size:
+            self.part.unlink(missing_ok=True)
             raise ZooError(
-                f"{url}: the server announces {total} bytes, but the zoo entry {entry.name} declares size "
-                f"{entry.size}; nothing was downloaded (a wrong or tampered file)"
+                f"{self.url}: the server announces {total} bytes, but the zoo entry {self.entry.name} declares size "
+                f"{self.entry.size}; nothing was downloaded (a wrong or tampered file)"
             )
-        hashers = hashers_for(entry)
+        return total, resumable
+
+    def hash_kept(self, offset: int) -> dict:
+        """The hashers the download updates, already fed the first ``offset`` bytes (the kept part)."""
+        hashers = hashers_for(self.entry)
         if offset:
-            with open(part, "rb") as f:
+            with open(self.part, "rb") as f:
                 while chunk := f.read(CHUNK):
                     for h in hashers.values():
                         h.update(chunk)
+        return hashers
+
+    def stream(
+        self, response: http.client.HTTPResponse, offset: int, total: int | None, resumable: bool, hashers: dict
+    ) -> int:
+        """Appends the body to the part, hashing it; returns the bytes the part holds. On failure the part is
+        kept only if the server can resume it."""
+        from tqdm.auto import tqdm
+
         received = offset
-        stall = _Stall(timeout, deadline)
+        stall = Stall(self.timeout, self.deadline)
         try:
             with (
-                open(part, "ab" if offset else "wb") as f,
+                open(self.part, "ab" if offset else "wb") as f,
                 tqdm(
                     total=total,
                     initial=offset,
                     unit="B",
                     unit_scale=True,
                     unit_divisor=1024,
-                    desc=dest.name,
-                    disable=not progress,
+                    desc=self.dest.name,
+                    disable=not self.progress,
                     leave=False,
                 ) as bar,
             ):
                 while chunk := response.read1(CHUNK):  # read1: what has arrived, so the clock is checked often
                     received += len(chunk)
-                    if entry.size is not None and received > entry.size:
+                    if self.entry.size is not None and received > self.entry.size:
                         raise _TooLarge(received)
                     stall.check(len(chunk))
                     f.write(chunk)
@@ -253,44 +294,63 @@ def download_url(
             if total is not None and received != total:
                 raise http.client.IncompleteRead(b"", total - received)
         except _TooLarge:
-            part.unlink(missing_ok=True)
+            self.part.unlink(missing_ok=True)
             raise ZooError(
-                f"{url}: the download passed the size the zoo entry {entry.name} declares ({entry.size} "
-                f"bytes) and was stopped; the partial file was deleted (a wrong or tampered file)"
+                f"{self.url}: the download passed the size the zoo entry {self.entry.name} declares "
+                f"({self.entry.size} bytes) and was stopped; the partial file was deleted (a wrong or tampered file)"
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             if not resumable:
-                part.unlink(missing_ok=True)
+                self.part.unlink(missing_ok=True)
             kept = (
-                f"the partial file {part} is kept: run the same command again to resume"
+                f"the partial file {self.part} is kept: run the same command again to resume"
                 if resumable
                 else "the server does not support resuming, so the partial file was deleted"
             )
             raise ZooError(
-                f"{url}: the download stopped after {received} of {total or '?'} bytes "
-                f"({_describe(exc, timeout)}); {kept}"
+                f"{self.url}: the download stopped after {received} of {total or '?'} bytes "
+                f"({self.describe(exc)}); {kept}"
             ) from None
         except BaseException:  # Ctrl-C: same policy, then let it propagate
             if not resumable:
-                part.unlink(missing_ok=True)
+                self.part.unlink(missing_ok=True)
             raise
+        return received
 
-    digest = hashers["sha256"].hexdigest()
-    try:
-        check_hash(part, digest, entry, source=url, hashers=hashers)
-    except ZooError:
-        part.unlink(missing_ok=True)
-        raise
-    if entry.size is not None and received != entry.size:
-        part.unlink(missing_ok=True)
-        raise ZooError(
-            f"{url}: got {received} bytes, the zoo entry {entry.name} declares {entry.size}; it was not kept"
-        )
-    os.replace(part, dest)
-    write_sidecar(dest, digest)
-    for stale in dest.parent.glob(f"{dest.name}.*.part"):  # parts left by other mirrors
-        stale.unlink(missing_ok=True)
-    return digest
+    def install(self, digest: str, hashers: dict, received: int) -> None:
+        """Checks the whole part against the zoo and renames it into place; a bad part is deleted."""
+        try:
+            check_hash(self.part, digest, self.entry, source=self.url, hashers=hashers)
+        except ZooError:
+            self.part.unlink(missing_ok=True)
+            raise
+        if self.entry.size is not None and received != self.entry.size:
+            self.part.unlink(missing_ok=True)
+            raise ZooError(
+                f"{self.url}: got {received} bytes, the zoo entry {self.entry.name} declares {self.entry.size}; "
+                f"it was not kept"
+            )
+        os.replace(self.part, self.dest)
+        write_sidecar(self.dest, digest)
+        for stale in self.dest.parent.glob(f"{self.dest.name}.*.part"):  # parts left by other mirrors
+            stale.unlink(missing_ok=True)
+
+    def describe(self, exc: BaseException) -> str:
+        """What went wrong, in words: a timeout names the limit it hit."""
+        reason = exc.reason if isinstance(exc, URLError) and not isinstance(exc, HTTPError) else exc
+        if isinstance(reason, TotalTimeoutError) or (isinstance(reason, TimeoutError) and self.deadline.passed()):
+            return self.deadline.error().args[0]
+        if isinstance(reason, TimeoutError):
+            if str(reason) and "timed out" not in str(reason):  # raised by Stall
+                return f"too slow ({reason}; the limit is {MIN_PROGRESS} bytes per {self.timeout:g} s)"
+            return f"no answer from the server within {self.timeout:g} s (timed out)"
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused (nothing is listening at that address)"
+        if isinstance(reason, socket.gaierror):
+            return "cannot resolve the host name (no network, or a wrong URL)"
+        if isinstance(reason, http.client.IncompleteRead):
+            return "the connection closed before the end of the file"
+        return f"{type(reason).__name__}: {reason}"
 
 
 def local_path(url: str) -> Path | None:
@@ -310,36 +370,3 @@ def local_path(url: str) -> Path | None:
 
 class _TooLarge(Exception):
     """More bytes than the entry's declared size."""
-
-
-class _Stall:
-    """Ends a download that is too slow: less than ``MIN_PROGRESS`` bytes in ``timeout`` s, or past ``deadline``."""
-
-    def __init__(self, timeout: float, deadline: float | None):
-        self.timeout, self.deadline = timeout, deadline
-        self.window_start, self.window_bytes = time.monotonic(), 0
-
-    def check(self, n: int) -> None:
-        now = time.monotonic()
-        if self.deadline is not None and now > self.deadline:
-            raise TimeoutError("the whole download took longer than total_timeout")
-        self.window_bytes += n
-        if now - self.window_start >= self.timeout:
-            if self.window_bytes < MIN_PROGRESS:
-                raise TimeoutError(f"{self.window_bytes} bytes in {now - self.window_start:.0f} s")
-            self.window_start, self.window_bytes = now, 0
-
-
-def _describe(exc: BaseException, timeout: float) -> str:
-    reason = exc.reason if isinstance(exc, URLError) and not isinstance(exc, HTTPError) else exc
-    if isinstance(reason, (TimeoutError, socket.timeout)):
-        if str(reason) and "timed out" not in str(reason):  # raised by _Stall
-            return f"too slow ({reason}; the limit is {MIN_PROGRESS} bytes per {timeout:g} s, or total_timeout)"
-        return f"no answer from the server within {timeout:g} s (timed out)"
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused (nothing is listening at that address)"
-    if isinstance(reason, socket.gaierror):
-        return "cannot resolve the host name (no network, or a wrong URL)"
-    if isinstance(reason, http.client.IncompleteRead):
-        return "the connection closed before the end of the file"
-    return f"{type(reason).__name__}: {reason}"
