@@ -134,7 +134,7 @@ def check_image_size(path: str | os.PathLike, width: int, height: int, size: int
     if long > MAX_ASPECT_RATIO * short:
         raise BadImageError(
             path,
-            f"{width}x{height} pixels: an aspect ratio of {long / short:.0f}:1, above the limit of "
+            f"{width}x{height} pixels: an aspect ratio of {long}:{short}, above the limit of "
             f"{MAX_ASPECT_RATIO}:1 (a resize bomb?)",
         )
     if size is not None:
