@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 import visionssl as vs
+from visionssl.cli import main
 from visionssl.zoo import ZooError
 from visionssl.zoo.catalog import PACKAGED_ZOO, parse_entry, parse_zoo, read_zoo_file, save_entry
 
@@ -206,3 +207,50 @@ def test_vit_dino_and_mae_entries_name_their_converters_and_published_metrics():
     # moco-v3 vits.py: ViT-S with 12 heads, where timm's vit_small has 6 (same weight shapes, other features)
     vit_s = vs.create_backbone("vit_small_patch16_224", depth=1, **entries["moco_v3_vit_s_300ep"].backbone_kwargs)
     assert vit_s.blocks[0].attn.num_heads == 12
+
+
+DEEP = "[" * 600 + "]" * 600  # PyYAML's composer recurses once per level: RecursionError near 500
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("models: " + DEEP + "\n", "nested more than 32 levels deep"),
+        ("models:\n- name: x\n  recipe: " + "{a: " * 600 + "1" + "}" * 600 + "\n", "nested more than 32 levels deep"),
+        (b"models: [\xff\xfe]\n", "not UTF-8 text"),
+        (None, "is a folder, not a zoo file"),
+        ("models:\n- {1: x, name: y}\n", "field '1' is not a zoo field"),
+    ],
+    ids=["deep lists", "deep mappings", "not utf-8", "a folder", "a number as field name"],
+)
+def test_a_bad_user_zoo_file_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys, text, message):
+    path = tmp_path / "zoo.yaml"
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.setenv("VISIONSSL_ZOO", str(path))
+    with pytest.raises(ZooError, match=message):  # the mistake: RecursionError, UnicodeDecodeError, TypeError
+        vs.zoo.list()
+    assert main(["zoo", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("visionssl: error: ") and str(path) in err, err
+
+
+@pytest.mark.parametrize(
+    "urls, message",
+    [
+        (["~no_such_user_here/w.pth"], None),  # expanduser of an unknown user: kept as written, never a crash
+        (["w\0.pth"], "has a NUL character"),
+        (["https://x.org/w%00.pth"], "has a NUL character"),
+        (["https://x.org/.."], None),  # no file name: cached as 'checkpoint', never as '..'
+    ],
+    ids=["unknown user", "nul byte", "encoded nul", "dot-dot"],
+)
+def test_urls_that_are_no_file_are_refused_or_named_safely(tmp_path, urls, message):
+    if message is None:
+        entry = parse_entry(dict(GOOD, urls=urls), origin=tmp_path / "zoo.yaml")
+        assert entry.filename not in ("", ".", "..") and "/" not in entry.filename
+    else:
+        with pytest.raises(ZooError, match=f"field 'urls' {message}"):
+            parse_entry(dict(GOOD, urls=urls), origin=tmp_path / "zoo.yaml")

@@ -26,9 +26,10 @@ import difflib
 import fnmatch
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -42,6 +43,7 @@ OPTIONAL = ("note", "backbone_kwargs", "published_hash")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the name is a cache folder: no "/", no ".."
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 PUBLISHED_HASH_PATTERN = re.compile(r"^(md5|sha256):([0-9a-f]{6,64})$")
+MAX_DEPTH = 32  # nesting of lists and mappings in a zoo file (an entry's metrics are four levels deep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +94,45 @@ def read_zoo_file(path: str | os.PathLike) -> dict[str, ZooEntry]:
         'torchvision'
     """
     path = Path(path)
+    return parse_zoo(load_zoo_yaml(path), origin=path)
+
+
+def load_zoo_yaml(path: Path) -> Any:
+    """The parsed YAML of a zoo file; unreadable text, bad YAML or nesting deeper than ``MAX_DEPTH`` is a ``ZooError``.
+
+    Example:
+        >>> load_zoo_yaml(PACKAGED_ZOO)["models"][0]["name"]
+        'moco_v1_rn50_200ep'
+    """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ZooError(f"zoo file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"zoo file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ZooError(f"cannot read zoo file {path}: {exc.strerror or exc}") from None
+    try:
+        _check_depth(text, path)  # before safe_load, whose composer recurses once per level
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ZooError(f"zoo file {path} is not valid YAML: {exc}") from None
-    return parse_zoo(data, origin=path)
+        raise ZooError(f"zoo file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _check_depth(text: str, path: Path) -> None:
+    """Refuses lists or mappings nested deeper than ``MAX_DEPTH``, reading YAML events (which do not recurse)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise ZooError(
+                    f"zoo file {path}: lists or mappings nested more than {MAX_DEPTH} levels deep (line {line}); "
+                    "an entry needs four"
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def parse_zoo(data: Any, origin: str | os.PathLike = "<zoo>") -> dict[str, ZooEntry]:
@@ -121,8 +155,14 @@ def parse_zoo(data: Any, origin: str | os.PathLike = "<zoo>") -> dict[str, ZooEn
 
 
 def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -> ZooEntry:
-    """Validates one entry; errors read ``FILE: entry 'NAME': field 'F' <what is wrong>``."""
+    """Validates one entry; errors read ``FILE: entry 'NAME': field 'F' <what is wrong>``.
 
+    Example:
+        >>> parse_entry({"name": "x"}, origin="zoo.yaml")
+        Traceback (most recent call last):
+        ...
+        visionssl.errors.ZooError: zoo.yaml: entry 'x': field 'method' is missing (write null where a value is unknown)
+    """
     where = str(origin)
     if not isinstance(raw, Mapping):
         raise ZooError(f"{where}: entry #{index + 1} must be a mapping of fields, got {type(raw).__name__}")
@@ -130,10 +170,41 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
         f"{where}: entry {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"{where}: entry #{index + 1}"
     )
 
-    def fail(field: str, problem: str) -> None:
+    def fail(field: str, problem: str) -> NoReturn:
         raise ZooError(f"{label}: field {field!r} {problem}")
 
-    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
+    _check_field_names(raw, fail)
+    _check_identity(raw, fail)
+    urls = _resolve_urls(raw["urls"], origin, fail)
+    _check_hashes(raw, fail)
+    _check_size_and_kwargs(raw, fail)
+    _check_recipe_and_metrics(raw, fail)
+    sha256 = raw["sha256"]
+    return ZooEntry(
+        name=raw["name"],
+        method=raw["method"],
+        backbone=raw["backbone"],
+        urls=urls,
+        sha256=sha256.lower() if sha256 else None,
+        size=raw["size"],
+        format=raw["format"],
+        recipe=dict(raw["recipe"]),
+        metrics=tuple(dict(m) for m in raw["metrics"]),
+        paper=raw["paper"],
+        license=raw["license"],
+        note=raw.get("note"),
+        backbone_kwargs=dict(raw.get("backbone_kwargs") or {}),
+        published_hash=raw.get("published_hash"),
+        origin=where,
+    )
+
+
+_Fail = Callable[[str, str], NoReturn]
+
+
+def _check_field_names(raw: Mapping, fail: _Fail) -> None:
+    """Every field is a zoo field, and every required one is there."""
+    unknown = sorted(str(k) for k in set(raw) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
         close = difflib.get_close_matches(unknown[0], REQUIRED + OPTIONAL, n=1)
         fail(
@@ -145,6 +216,9 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
         if field not in raw:
             fail(field, "is missing (write null where a value is unknown)")
 
+
+def _check_identity(raw: Mapping, fail: _Fail) -> None:
+    """name, method, backbone and format: non-empty strings; the name fits a folder; the format is known."""
     for field in ("name", "method", "backbone", "format"):
         if not isinstance(raw[field], str) or not raw[field].strip():
             fail(field, f"must be a non-empty string, got {raw[field]!r}")
@@ -152,18 +226,30 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
         fail("name", "may only hold letters, digits, '_', '.' and '-' (it names a cache folder)")
     if raw["format"] not in CONVERTERS:
         fail("format", f"is {raw['format']!r}, not a known checkpoint format; valid: {', '.join(CONVERTERS.list())}")
+    for field in ("paper", "license"):
+        if raw[field] is not None and not isinstance(raw[field], str):
+            fail(field, f"must be a string or null, got {raw[field]!r}")
 
-    urls = raw["urls"]
+
+def _resolve_urls(urls: Any, origin: str | os.PathLike, fail: _Fail) -> tuple[str, ...]:
+    """The URLs, with local paths made absolute (relative to the zoo file)."""
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u.strip() for u in urls):
         fail("urls", f"must be a non-empty list of URLs or paths (primary first, then mirrors), got {urls!r}")
-    base = Path(origin).parent if where != "<zoo>" else Path.cwd()
+    base = Path(origin).parent if str(origin) != "<zoo>" else Path.cwd()
     resolved = []
     for url in urls:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("", "http", "https", "file"):
             fail("urls", f"has {url!r}: only http://, https://, file:// URLs and local paths are supported")
-        resolved.append(url if scheme else str((base / Path(url).expanduser()).resolve()))
+        if "\0" in url or "\0" in unquote(url):
+            fail("urls", f"has a NUL character in {url!r}; no file or URL holds one")
+        # os.path.expanduser keeps '~unknown_user' as written, where Path.expanduser raises
+        resolved.append(url if scheme else str((base / os.path.expanduser(url)).resolve()))
+    return tuple(resolved)
 
+
+def _check_hashes(raw: Mapping, fail: _Fail) -> None:
+    """sha256 (64 hex or null, with a note saying why), published_hash ('md5:…' / 'sha256:…')."""
     sha256 = raw["sha256"]
     if sha256 is not None and (not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256.lower())):
         fail("sha256", f"must be 64 hexadecimal characters or null, got {sha256!r}")
@@ -178,6 +264,9 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
             "published_hash", f"must look like 'md5:b251726a' or 'sha256:<hex>' (6 to 64 hex digits), got {published!r}"
         )
 
+
+def _check_size_and_kwargs(raw: Mapping, fail: _Fail) -> None:
+    """size: a positive int or null; backbone_kwargs: a mapping."""
     size = raw["size"]
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
         fail("size", f"must be a positive number of bytes or null, got {size!r}")
@@ -185,13 +274,15 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
     if not isinstance(kwargs, Mapping):
         fail("backbone_kwargs", f"must be a mapping of keyword arguments, got {kwargs!r}")
 
+
+def _check_recipe_and_metrics(raw: Mapping, fail: _Fail) -> None:
+    """recipe: dataset, epochs, batch_size; metrics: a list of {name, value, source} with numeric values."""
     recipe = raw["recipe"]
     if not isinstance(recipe, Mapping) or not {"dataset", "epochs", "batch_size"} <= set(recipe):
         fail("recipe", f"must be a mapping with dataset, epochs and batch_size (null where unknown), got {recipe!r}")
     for key in ("epochs", "batch_size"):
         if recipe[key] is not None and (not isinstance(recipe[key], int) or isinstance(recipe[key], bool)):
             fail("recipe", f"has {key}={recipe[key]!r}; it must be an integer or null")
-
     metrics = raw["metrics"]
     if not isinstance(metrics, list):
         fail("metrics", f"must be a list (possibly empty) of {{name, value, source}}, got {metrics!r}")
@@ -206,27 +297,6 @@ def parse_entry(raw: Any, origin: str | os.PathLike = "<zoo>", index: int = 0) -
                 "metrics",
                 f"has {metric!r}; each metric needs a name, a numeric value and a source (URL or paper table)",
             )
-    for field in ("paper", "license"):
-        if raw[field] is not None and not isinstance(raw[field], str):
-            fail(field, f"must be a string or null, got {raw[field]!r}")
-
-    return ZooEntry(
-        name=raw["name"],
-        method=raw["method"],
-        backbone=raw["backbone"],
-        urls=tuple(resolved),
-        sha256=sha256.lower() if sha256 else None,
-        size=size,
-        format=raw["format"],
-        recipe=dict(recipe),
-        metrics=tuple(dict(m) for m in metrics),
-        paper=raw["paper"],
-        license=raw["license"],
-        note=note,
-        backbone_kwargs=dict(kwargs),
-        published_hash=published,
-        origin=where,
-    )
 
 
 def user_zoo_path() -> Path:
@@ -238,6 +308,8 @@ def env_zoo_paths() -> list[Path]:
     """The zoo files named by ``VISIONSSL_ZOO`` (``os.pathsep``-separated); each must exist."""
     paths = [Path(p).expanduser() for p in os.environ.get("VISIONSSL_ZOO", "").split(os.pathsep) if p.strip()]
     for path in paths:
+        if path.is_dir():
+            raise ZooError(f"VISIONSSL_ZOO names {path}, which is a folder, not a zoo file; name the .yaml file in it")
         if not path.is_file():
             raise ZooError(f"VISIONSSL_ZOO names {path}, which does not exist; fix the variable or create the file")
     return paths
@@ -280,8 +352,10 @@ def save_entry(entry: Mapping[str, Any], path: str | os.PathLike) -> Path:
         raise ZooError(
             f"refusing to rewrite the packaged zoo {path}; write to {user_zoo_path()} or a VISIONSSL_ZOO file"
         )
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    data = load_zoo_yaml(path) if path.is_file() else None
     data = data or {"models": []}
+    if not isinstance(data, Mapping) or not isinstance(data.get("models") or [], list):
+        parse_zoo(data, origin=path)  # raises: say what the file should look like
     models = [m for m in data.get("models") or [] if not (isinstance(m, Mapping) and m.get("name") == entry["name"])]
     data = {"models": models + [dict(entry)]}
     parse_zoo(data, origin=path)
@@ -295,7 +369,5 @@ def filter_names(names: Iterable[str], pattern: str) -> list[str]:
 
 
 def _basename(url: str) -> str:
-    from urllib.parse import unquote, urlparse
-
     name = Path(unquote(urlparse(url).path if "://" in url else url)).name
-    return name or "checkpoint"
+    return name if name not in ("", ".", "..") else "checkpoint"
