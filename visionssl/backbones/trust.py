@@ -19,7 +19,7 @@ Example:
     >>> check_backbone_spec("subprocess:run", {}, source="ck.pt")
     Traceback (most recent call last):
     ...
-    visionssl.backbones.trust.UntrustedCodeError: ck.pt names the backbone 'subprocess:run', ...
+    visionssl.backbones.trust_record.UntrustedCodeError: ck.pt names the backbone 'subprocess:run', ...
 """
 
 from __future__ import annotations
@@ -29,17 +29,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from visionssl.errors import ConfigError, TrustError
+from visionssl.backbones.trust_record import (  # noqa: F401  (record_trust, run_trusts: re-exported for callers)
+    TRUST_RECORD,
+    UntrustedCodeError,
+    record_trust,
+    run_trusts,
+    vouched_import,
+)
+from visionssl.errors import ConfigError
 
-TRUST_RECORD = "trusted_code.json"
 TRUST_CODE_HELP = (
     "allow a backbone named as code (module:function, file.py:function) by a checkpoint, safetensors "
     "metadata or zoo entry; it imports and runs that code, so only for files from a source you trust"
 )
-
-
-class UntrustedCodeError(TrustError):
-    """A file names code (``module:function``, ``file.py:function``) the user did not vouch for."""
 
 
 def is_code_spec(name: str) -> bool:
@@ -157,8 +159,6 @@ def _has_record(run_dir: str | os.PathLike) -> bool:
 
 
 def _vouched(run_dir: Any, name: str, kwargs: dict, source: str) -> Any:
-    from visionssl.backbones.trust_record import vouched_import
-
     return None if run_dir is None else vouched_import(run_dir, name, kwargs, source=source)
 
 
@@ -175,24 +175,3 @@ def _parameters(factory: Any) -> tuple[list[str] | None, bool]:
 def _short(value: Any) -> str:
     text = repr(value).replace("\n", " ")
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def record_trust(run_dir: str | os.PathLike, name: str, kwargs: Any = None) -> Path | None:
-    """Writes ``run_dir/trusted_code.json`` for the code ``name`` resolves to (``trust_record.record_trust``)."""
-    from visionssl.backbones import trust_record
-
-    return trust_record.record_trust(run_dir, name, kwargs)
-
-
-def run_trusts(run_dir: str | os.PathLike, name: str, kwargs: Any = None) -> bool:
-    """Whether ``run_dir``'s record vouches for ``name``, ``kwargs`` and the code that resolves now; imports nothing.
-
-    Example:
-        >>> import tempfile
-        >>> d = tempfile.mkdtemp()
-        >>> _ = record_trust(d, "json:dumps"); run_trusts(d, "json:dumps"), run_trusts(d, "os:system")
-        (True, False)
-    """
-    from visionssl.backbones import trust_record
-
-    return trust_record.run_trusts(run_dir, name, kwargs)

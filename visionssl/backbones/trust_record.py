@@ -25,7 +25,7 @@ Example:
     >>> vouched_import(d, spec, {"width": 4}, source="doc")
     Traceback (most recent call last):
     ...
-    visionssl.backbones.trust.UntrustedCodeError: doc: the code that `...net.py:build` names has changed since ...
+    visionssl.backbones.trust_record.UntrustedCodeError: doc: the code that `...net.py:build` names has changed since ...
 """
 
 from __future__ import annotations
@@ -45,14 +45,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from visionssl.backbones.trust import TRUST_RECORD, UntrustedCodeError
-from visionssl.errors import ConfigError
+from visionssl.errors import ConfigError, TrustError
 from visionssl.files import atomic_write, visionssl_home
 from visionssl.registry import user_module_name
 
 logger = logging.getLogger(__name__)
 
+TRUST_RECORD = "trusted_code.json"
 RECORD_FORMAT = 2
+
+
+class UntrustedCodeError(TrustError):
+    """A file names code (``module:function``, ``file.py:function``) the user did not vouch for."""
 
 
 @dataclass
@@ -91,6 +95,11 @@ def record_trust(run_dir: str | os.PathLike, name: str, kwargs: Any = None) -> P
     key = _key(create=True)
     if key is None:
         return None
+    try:
+        files = [code.entry() for code in _resolve(name)]
+    except (ImportError, OSError, ValueError) as exc:  # e.g. a method built in Python around another backbone
+        logger.warning("cannot vouch for the code %r (%s): loading this run will need --trust-code", name, exc)
+        return None
     path = Path(run_dir) / TRUST_RECORD
     previous = _read(path)
     run = previous.get("run") if previous and _signed(key, previous) else None
@@ -99,7 +108,7 @@ def record_trust(run_dir: str | os.PathLike, name: str, kwargs: Any = None) -> P
         "backbone": name,
         "kwargs": _plain(kwargs or {}),
         "run": run if isinstance(run, str) else secrets.token_hex(16),
-        "files": [code.entry() for code in _resolve(name)],
+        "files": files,
     }
     body["signature"] = _sign(key, body)
     return atomic_write(path, json.dumps(body, indent=1, sort_keys=True) + "\n")
