@@ -251,3 +251,14 @@ def test_a_file_placed_by_hand_is_checked_against_the_published_partial_hash_off
     dest.write_bytes(good)
     assert vs.zoo.download("blob", progress=False) == dest
     assert (dest.parent / f"{dest.name}.sha256").read_text().split()[0] == hashlib.sha256(good).hexdigest()
+
+
+def test_a_cache_folder_that_cannot_be_created_is_a_user_error(server, tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("VISIONSSL_HOME", str(home))
+    use_zoo(tmp_path, monkeypatch, [server.url()])
+    assert main(["zoo", "download", "blob", "--no-progress"]) == 2  # the mistake: NotADirectoryError, exit 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot create the zoo cache folder {home / 'zoo' / 'blob'}" in err, err
+    assert "VISIONSSL_HOME" in err and home.read_text().startswith("a file")

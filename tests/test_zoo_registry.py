@@ -244,8 +244,12 @@ def test_a_bad_user_zoo_file_is_one_line_naming_the_file(tmp_path, monkeypatch, 
         (["w\0.pth"], "has a NUL character"),
         (["https://x.org/w%00.pth"], "has a NUL character"),
         (["https://x.org/.."], None),  # no file name: cached as 'checkpoint', never as '..'
+        (["http://[::1/w.pth"], r"has 'http://\[::1/w.pth', which is not a valid URL \(Invalid IPv6 URL\)"),
+        (["http://127.0.0.1:99999/w.pth"], "has .*, which is not a valid URL .*out of range"),
+        (["http:///w.pth"], "has .*, which names no host"),
+        (["http://exa mple.org/w.pth"], "has .*, with a space or control character"),
     ],
-    ids=["unknown user", "nul byte", "encoded nul", "dot-dot"],
+    ids=["unknown user", "nul byte", "encoded nul", "dot-dot", "bad ipv6", "port", "no host", "space"],
 )
 def test_urls_that_are_no_file_are_refused_or_named_safely(tmp_path, urls, message):
     if message is None:

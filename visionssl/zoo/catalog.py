@@ -243,9 +243,24 @@ def _resolve_urls(urls: Any, origin: str | os.PathLike, fail: _Fail) -> tuple[st
             fail("urls", f"has {url!r}: only http://, https://, file:// URLs and local paths are supported")
         if "\0" in url or "\0" in unquote(url):
             fail("urls", f"has a NUL character in {url!r}; no file or URL holds one")
+        if scheme in ("http", "https"):
+            _check_web_url(url, fail)
         # os.path.expanduser keeps '~unknown_user' as written, where Path.expanduser raises
         resolved.append(url if scheme else str((base / os.path.expanduser(url)).resolve()))
     return tuple(resolved)
+
+
+def _check_web_url(url: str, fail: _Fail) -> None:
+    """An http(s) URL that urllib can open: a host, a port in range, no spaces or control characters."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        fail("urls", f"has {url!r}, with a space or control character; write it percent-encoded (%20)")
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError as exc:
+        fail("urls", f"has {url!r}, which is not a valid URL ({exc})")
+    if not parsed.hostname:
+        fail("urls", f"has {url!r}, which names no host (e.g. https://example.org/w.pth)")
 
 
 def _check_hashes(raw: Mapping, fail: _Fail) -> None:

@@ -53,6 +53,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
 from urllib.request import Request, url2pathname
 
+from visionssl.errors import StorageError
 from visionssl.files import visionssl_home
 from visionssl.zoo.catalog import ZooEntry, ZooError
 from visionssl.zoo.integrity import CHUNK, check_cached, check_hash, hashers_for, sha256_file, write_sidecar
@@ -173,7 +174,13 @@ def download_url(
     See the module docstring for the policy on partial files and the limits: ``total_timeout`` bounds
     everything from the connection to the last byte, headers included.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the zoo cache folder {dest.parent}: {exc.strerror or exc}; set VISIONSSL_HOME to a "
+            "folder you can write"
+        ) from None
     get = _Download(url, dest, entry, timeout, Deadline(total_timeout), progress)
     response, offset = get.open(get.kept_offset())
     with response:

@@ -117,7 +117,7 @@ def _sidecar(path: Path) -> Path:
 def read_sidecar(path: Path) -> str | None:
     """The sha256 recorded beside a downloaded file (its ``.sha256``), or None when there is none."""
     try:
-        text = _sidecar(path).read_text().split()
+        text = _sidecar(path).read_text(errors="replace").split()  # a damaged record is no record, not a crash
     except OSError:
         return None
     return text[0] if text and len(text[0]) == 64 else None
