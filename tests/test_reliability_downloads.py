@@ -262,3 +262,37 @@ def test_a_cache_folder_that_cannot_be_created_is_a_user_error(server, tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot create the zoo cache folder {home / 'zoo' / 'blob'}" in err, err
     assert "VISIONSSL_HOME" in err and home.read_text().startswith("a file")
+
+
+def test_zoo_pin_is_the_teams_step_a_pinned_entry_is_verified_and_size_bounded(server, tmp_path, monkeypatch):
+    # like every packaged entry: sha256 and size null, so a first download is trusted and unbounded
+    zoo_file = use_zoo(tmp_path, monkeypatch, [server.url()], sha256=None, size=None)
+    team = tmp_path / "team_zoo.yaml"
+    monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path / "first"))
+    with pytest.warns(vs.zoo.UnverifiedDownloadWarning):
+        assert main(["zoo", "pin", "blob", "--file", str(team), "--no-progress"]) == 0
+    pinned = yaml.safe_load(team.read_text())["models"][0]
+    assert (pinned["sha256"], pinned["size"]) == (SHA, len(DATA))
+
+    monkeypatch.setenv("VISIONSSL_HOME", str(tmp_path / "teammate"))  # a teammate with an empty cache
+    monkeypatch.setenv("VISIONSSL_ZOO", f"{zoo_file}{os.pathsep}{team}")
+    monkeypatch.setitem(globals(), "DATA", os.urandom(len(DATA)))  # the server now serves other bytes
+    with pytest.raises(ZooError, match="sha256 mismatch"):
+        vs.zoo.download("blob", progress=False)
+    server.mode = "flood"  # and now far more than the pinned size
+    with pytest.raises(ZooError, match=f"passed the size the zoo entry blob declares \\({pinned['size']} bytes"):
+        vs.zoo.download("blob", progress=False)
+    assert files(tmp_path / "teammate") == []
+
+
+def test_a_cached_file_changed_with_its_size_and_mtime_restored_is_caught_by_zoo_verify(
+    server, home, tmp_path, monkeypatch, capsys
+):
+    use_zoo(tmp_path, monkeypatch, [server.url()])
+    path = vs.zoo.download("blob", progress=False)
+    st = path.stat()
+    path.write_bytes(os.urandom(len(DATA)))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert vs.zoo.download("blob", progress=False) == path  # documented: size and mtime match, no re-hash
+    assert main(["zoo", "verify", "blob"]) == 2  # verify always re-hashes
+    assert "sha256 mismatch" in capsys.readouterr().err

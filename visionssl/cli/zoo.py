@@ -55,7 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="record the sha256 of an entry that has none (trust on first use)",
         description="Downloads the file if needed and writes the entry, with its sha256, to your zoo file "
         "(--file, else the user file it came from, else the first VISIONSSL_ZOO file, else "
-        "$VISIONSSL_HOME/zoo.yaml). The packaged model_zoo.yaml is never modified.",
+        "$VISIONSSL_HOME/zoo.yaml), with its size. The packaged model_zoo.yaml is never modified. For a team: "
+        "pin to a project file (--file project/zoo.yaml), commit it, and set VISIONSSL_ZOO=project/zoo.yaml; every "
+        "later download must then match that sha256 and stops past that size.",
     )
     p.add_argument("name")
     p.add_argument("--file", default=None, help="zoo file to write the pinned entry to")
