@@ -1,7 +1,10 @@
 """Bad configurations: one clear line each (``ConfigError``; exit code 2 from the CLI), naming the key and
 what would be valid, raised before any data is loaded or any model is built."""
 
+import json
+
 import pytest
+from omegaconf import OmegaConf
 
 from visionssl.cli import main
 from visionssl.engine import ConfigError, Trainer, load_config
@@ -39,6 +42,17 @@ BAD = [
     ("simclr", "train.max_skipped_steps=-1", "train.max_skipped_steps=-1 must be >= 0"),
     ("simclr", "data.image_size=0", "data.image_size=0 must be a positive number of pixels"),
     ("simclr", "augment.image_size=4", "augment.image_size=4 must be >= 8 pixels"),
+    # bounds: each of these was accepted and ended in a traceback once the run started
+    ("simclr", "augment.image_size=100000", "augment.image_size=100000 must be between 8 and 4096 pixels"),
+    ("simclr", "data.image_size=100000", "data.image_size=100000 must be a positive number of pixels, at most 4608"),
+    ("simclr", "optim.lr=1e300", "optim.lr=1e+300 must be > 0 and <= 100"),  # overflowed the float32 schedule
+    ("simclr", "train.device=meta", "train.device='meta' is not a device; valid: auto, cpu, cuda, cuda:N, mps"),
+    ("simclr", "train.device=cuda:x", "train.device='cuda:x' is not a device"),
+    ("simclr", "optim.betas=[0.9,2]", "optim.betas=(0.9, 2.0) must be two numbers in [0, 1)"),
+    # text a config cannot hold, nesting OmegaConf cannot parse
+    ("simclr", "data.name=\udcff", "data.name='\\udcff': not valid UTF-8 text"),  # a non-UTF-8 folder name
+    ("simclr", "data.name=\x00", "data.name='\\x00': not valid YAML (unacceptable character"),
+    ("simclr", "backbone.kwargs.x=" + "[" * 200 + "]" * 200, "lists or mappings nested more than 32 levels deep"),
     # invalid choices
     ("simclr", "train.on_nonfinite=ignore", "train.on_nonfinite='ignore' is not valid; choose one of stop, skip"),
     ("simclr", "train.precision=fp8", "choose one of auto, fp32, bf16, fp16"),
@@ -89,6 +103,58 @@ def test_a_broken_yaml_file_is_one_line_naming_it(tmp_path):
     path.write_text("train:\n  epoks: 3\n")
     with pytest.raises(ConfigError, match="unknown config key 'train.epoks'; did you mean 'train.epochs'"):
         load_config(config=str(path))
+
+
+def test_an_override_may_use_a_resolver_and_the_config_keeps_values_not_references(monkeypatch):
+    monkeypatch.setenv("VISIONSSL_TEST_DATA", "synthetic:64")
+    cfg = load_config(
+        "simclr", overrides=["data.name=${oc.env:VISIONSSL_TEST_DATA}", "train.knn_every=${train.epochs}"]
+    )
+    assert (cfg.data.name, cfg.train.knn_every) == ("synthetic:64", cfg.train.epochs)
+    assert "${" not in OmegaConf.to_yaml(cfg)  # config.yaml and checkpoints hold what the run used
+
+
+@pytest.mark.parametrize(
+    "value, resolver",
+    [
+        ("${oc.env:VISIONSSL_TEST_SECRET}", "${oc.env:VISIONSSL_TEST_SECRET}"),  # was read: data.name=the secret
+        ("${oc.decode:'[1, 2]'}", "${oc.decode:'[1, 2]'}"),
+        ("pre-${data.${oc.env:X}}", "${oc.env:X}"),  # inside a key reference
+        ("${visionssl_test_resolver:}", "${visionssl_test_resolver:}"),  # anyone's registered resolver
+    ],
+)
+def test_a_config_file_may_refer_to_keys_but_never_call_a_resolver(tmp_path, monkeypatch, value, resolver):
+    monkeypatch.setenv("VISIONSSL_TEST_SECRET", "synthetic:8")
+    called = []
+    if not OmegaConf.has_resolver("visionssl_test_resolver"):
+        OmegaConf.register_resolver("visionssl_test_resolver", lambda: called.append(1) or "synthetic:8")
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(f"method: {{name: simclr}}\ndata:\n  name: {json.dumps(value)}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config=str(shared))
+    message = str(err.value)
+    assert message.startswith(f"{shared}: data.name=") and f"calls the resolver {resolver!r}" in message
+    assert "\n" not in message and not called
+    shared.write_text("method: {name: simclr}\ntrain:\n  epochs: 7\n  knn_every: ${train.epochs}\n")
+    assert load_config(config=str(shared)).train.knn_every == 7  # the project's own interpolation: a key
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("data:\n  name: " + "[" * 200 + "]" * 200 + "\n", "nested more than 32 levels deep"),  # was RecursionError
+        ("backbone:\n  kwargs:\n    x: " + "[" * 90 + "]" * 90 + "\n", "nested more than 32 levels deep"),
+        ("5\n", "a config file must be a mapping of keys"),  # was OSError: Invalid loaded object type: int
+        ("[1, 2]\n", "a config file must be a mapping of keys"),
+        (b"\xff\xfetrain: 1\n", "not a YAML config file (not UTF-8 text"),  # was UnicodeDecodeError
+    ],
+)
+def test_a_config_file_that_cannot_be_a_config_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as err:
+        load_config(config=str(path))
+    assert str(err.value).startswith(str(path)) and message in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.fixture

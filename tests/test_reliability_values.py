@@ -9,10 +9,13 @@ import string
 
 import pytest
 import torch
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from torch import nn
 
+import visionssl as vs
 import visionssl.engine
 from visionssl.cli import main
 from visionssl.engine import trainer as trainer_module
@@ -53,11 +56,72 @@ def run_cli(args, capsys):
             ["--data", "synthetic:-5"],
             "'synthetic:-5': N must be a whole number of images >= 1",
         ),  # was a RuntimeError traceback
+        (["--image-size", "100000"], "augment.image_size=100000 must be between 8 and 4096 pixels (--image-size)"),
+        (["train.device=meta"], "train.device='meta' is not a device; valid: auto, cpu, cuda, cuda:N, mps"),
+        (["--device", "meta"], "train.device='meta' is not a device"),  # was 'unsupported scalarType', exit 1
+        (["optim.lr=1e300"], "optim.lr=1e+300 must be > 0 and <= 100"),  # was an overflow in the schedule, exit 1
+        (["data.name=\udcff"], "data.name='\\udcff': not valid UTF-8 text"),  # was 'the key=value overrides'
+        (["backbone.kwargs.x=" + "[" * 120 + "]" * 120], "nested more than 32 levels deep"),
     ],
 )
 def test_a_bad_value_is_one_line_exit_2_before_the_model_is_built(tmp_path, capsys, no_model, extra, message):
     code, err = run_cli(["pretrain", "--data", "synthetic:8", "--out", str(tmp_path / "run"), *extra], capsys)
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_deeply_nested_config_file_is_one_line_exit_2(tmp_path, capsys, no_model):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("backbone:\n  kwargs:\n    x: " + "[" * 150 + "]" * 150 + "\n")  # was a RecursionError, exit 1
+    code, err = run_cli(
+        ["pretrain", "--config", str(deep), "--data", "synthetic:8", "--out", str(tmp_path / "r")], capsys
+    )
+    assert code == 2 and len(err) == 1 and f"{deep}: lists or mappings nested more than 32 levels deep" in err[0], err
+
+
+@vs.register_backbone("values_tiny", override=True)
+def values_tiny(width: int = 4) -> nn.Module:
+    net = nn.Sequential(nn.Conv2d(3, width, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.num_features = width
+    return net
+
+
+@pytest.mark.parametrize(
+    "key, value, shown",
+    [
+        ("data", 100000, "100000"),  # was a 640 GB allocation, exit 1
+        ("data", float("nan"), "nan"),  # was a multi-line torch signature (linspace), exit 1
+        ("data", True, "True"),
+        ("data", "abc", "'abc'"),
+        ("augment", 100000, "100000"),
+        ("augment", [1, 2], "[1, 2]"),
+    ],
+)
+def test_a_checkpoint_whose_config_has_a_bad_image_size_is_one_line_exit_2(tmp_path, capsys, key, value, shown):
+    ckpt = {
+        "format": "visionssl",
+        "version": 1,
+        "config": {
+            "backbone": {"name": "values_tiny", "kwargs": {}},
+            "data": {"name": "synthetic:16", "image_size": 16},
+            "augment": {"image_size": 16},
+        },
+        "method": {f"backbone.{k}": v for k, v in values_tiny().state_dict().items()},
+        "epoch": 1,
+        "step": 1,
+    }
+    ckpt["config"][key]["image_size"] = value
+    torch.save(ckpt, tmp_path / "last.pt")
+    code, err = run_cli(["eval", "knn", "--checkpoint", str(tmp_path / "last.pt"), "--no-baseline", "--k", "3"], capsys)
+    expected = f"{tmp_path / 'last.pt'}: config {key}.image_size={shown} must be a whole number between"
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_eval_image_size_and_device_are_bounded(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse: usage and one error line
+        main(["eval", "knn", "--checkpoint", str(tmp_path), "--image-size", "100000"])
+    assert exit_.value.code == 2 and "must be between 8 and 4096 pixels, got 100000" in capsys.readouterr().err
+    code, err = run_cli(["eval", "knn", "--checkpoint", str(tmp_path), "--device", "meta"], capsys)
+    assert code == 2 and len(err) == 1 and "--device='meta' is not a device" in err[0], err
 
 
 def test_a_method_declares_its_own_ranges_before_the_general_ones():
@@ -146,7 +210,7 @@ def test_zoo_convert_suggests_a_loader_that_knows_the_backbone(tmp_path, capsys)
 
 
 # ------------------------------------------------------------------------------------ fuzz
-class Resolved(Exception):
+class Resolved(BaseException):  # not an Exception: main() reports those as internal errors
     """The config was resolved and validated: the run would start here."""
 
 
@@ -161,18 +225,27 @@ KEYS = [
     "optim.betas",
     "optim.batch_size",
     "optim.name",
+    "optim.momentum",
+    "optim.grad_clip",
+    "optim.weight_decay",
     "train.epochs",
     "train.num_threads",
     "train.knn_k",
+    "train.knn_temperature",
+    "train.min_loss_scale",
     "train.precision",
     "train.device",
     "augment.image_size",
+    "augment.name",
+    "augment.kwargs",
     "data.image_size",
     "data.name",
+    "data.workers",
     "backbone.name",
     "backbone.kwargs",
     "method.temperature",
     "method.proj_dim",
+    "method.queue_size",
     "method.name",
     "out",
     "optim",
@@ -190,6 +263,9 @@ ODD = [
     "1",
     "0.5",
     "1e309",
+    "1e300",
+    "-1e300",
+    "100000",
     "-0.0",
     "99999999999999999999",
     "[]",
@@ -202,13 +278,22 @@ ODD = [
     "{a: 1}",
     "${optim.lr}",
     "${nosuch}",
+    "${oc.env:HOME}",
+    "${oc.decode:'[1, 2]'}",
+    "${oc.create:{a: 1}}",
     "'",
     '"',
     ":",
     "=",
     "[0.9, 2]",
+    "[0.9]",
     "synthetic:-5",
+    "meta",
+    "cuda:x",
+    "mps",
+    "[" * 120 + "]" * 120,
     "\x00",
+    "\udcff",
     "é",
 ]
 override = st.one_of(
@@ -218,19 +303,53 @@ override = st.one_of(
 )
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(st.lists(override, min_size=1, max_size=3), st.sampled_from(["simclr", "moco", "deepcluster"]))
-def test_fuzzed_overrides_resolve_or_fail_in_one_line_with_exit_2(tmp_path_factory, overrides, method):
-    out = str(tmp_path_factory.mktemp("run"))
+def assert_user_error_or_resolved(args):
+    """``visionssl pretrain ARGS`` either resolves its config or is a user error: one line, exit 2 (an internal
+    error, exit 1, fails)."""
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         mp.setattr(visionssl.engine, "Trainer", stop_at_trainer)
         try:
-            code = main(["pretrain", "--method", method, "--out", out, "--", *overrides])
+            code = main(args)
         except Resolved:
             return
         except SystemExit as exc:  # argparse: its usage line and one error line, exit 2
-            assert exc.code == 2
+            assert exc.code == 2 and "internal error" not in err.getvalue(), (args, err.getvalue())
             return
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("visionssl: error: "), (overrides, lines)
+    assert "internal error" not in err.getvalue(), (args, lines)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("visionssl: error: "), (args, lines)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.lists(override, min_size=1, max_size=3), st.sampled_from(["simclr", "moco", "deepcluster"]))
+def test_fuzzed_overrides_resolve_or_fail_in_one_line_with_exit_2(tmp_path_factory, overrides, method):
+    out = str(tmp_path_factory.mktemp("run"))
+    assert_user_error_or_resolved(["pretrain", "--method", method, "--out", out, "--", *overrides])
+
+
+yaml_value = st.recursive(
+    st.one_of(st.sampled_from(ODD), st.integers(), st.floats(), st.booleans(), st.none()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["a", "x"]), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+config_file = st.one_of(
+    st.dictionaries(  # a config of known and unknown sections and keys, with odd values
+        st.sampled_from(["optim", "train", "data", "augment", "backbone", "method", "nosuch"]),
+        st.dictionaries(st.sampled_from([k.split(".")[-1] for k in KEYS]), yaml_value, max_size=3),
+        max_size=3,
+    ).map(lambda d: yaml.safe_dump(d, allow_unicode=True)),
+    st.sampled_from(ODD).map(lambda v: f"data:\n  name: {v}\n"),  # as written, unquoted
+    st.text(string.printable, max_size=40),  # junk
+    st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(config_file)
+def test_fuzzed_config_files_resolve_or_fail_in_one_line_with_exit_2(tmp_path_factory, content):
+    folder = tmp_path_factory.mktemp("cfg")
+    (folder / "c.yaml").write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert_user_error_or_resolved(["pretrain", "--config", str(folder / "c.yaml"), "--out", str(folder / "run")])

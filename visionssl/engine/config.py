@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from visionssl.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MAX_DEPTH = 32  # lists/maps nested in a config file or an override value (OmegaConf recursed to death at ~100)
+KEY = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")  # an override's key: optim.lr, backbone.kwargs.drop_rate, optim.betas.0
 MAX_FILE_BYTES = 1_000_000  # a config file; the recipes are about 2 kB
 
 
@@ -155,7 +157,7 @@ def load_config(
     try:
         if source is not None:
             try:
-                cfg = OmegaConf.merge(cfg, read_config_file(recipe_path(source)))
+                cfg = _merge(cfg, read_config_file(recipe_path(source)))
             except ConfigError:
                 if config is not None or method is None:
                     raise
@@ -165,9 +167,9 @@ def load_config(
         if overrides:
             items = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) else list(overrides)
             source = "the key=value overrides"
-            for item in items:
+            for item in items:  # one by one: a later override may not turn an earlier one's list into a mapping
                 _check_override(item)
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
+                cfg = _merge(cfg, OmegaConf.from_dotlist([item]))
         validate(cfg)  # inside: reading a value resolves interpolations (${...}), which may fail
         OmegaConf.resolve(cfg)  # the run (config.yaml, checkpoints) keeps values, not references
     except OmegaConfBaseException as exc:
@@ -205,6 +207,27 @@ def read_config_file(path: str | Path) -> DictConfig:
     return node
 
 
+def _merge(cfg: DictConfig, other: DictConfig) -> DictConfig:
+    """``OmegaConf.merge`` after checking that no list replaces a mapping or the other way round (a bare
+    ``TypeError`` inside OmegaConf)."""
+    _check_shapes(OmegaConf.to_container(cfg, resolve=False), OmegaConf.to_container(other, resolve=False))
+    return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
+
+
+def _check_shapes(base: Any, other: Any, key: str = "") -> None:
+    if not isinstance(base, dict) or not isinstance(other, dict):
+        return
+    for k, value in other.items():
+        if k not in base:
+            continue
+        default, where = base[k], f"{key}.{k}" if key else str(k)
+        if isinstance(default, dict) and isinstance(value, list):
+            raise ConfigError(f"{where}={value!r} must be a mapping (key: value), not a list")
+        if isinstance(default, (list, tuple)) and isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r} must be a list, not a mapping")
+        _check_shapes(default, value, where)
+
+
 def _check_depth(text: str, where: str) -> type[yaml.Event] | None:
     """Refuses YAML nested deeper than ``MAX_DEPTH``, reading the event stream (which does not recurse).
 
@@ -228,6 +251,8 @@ def _check_override(item: str) -> None:
     key, eq, value = item.partition("=")
     if not eq:
         raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.5)")
+    if not KEY.fullmatch(key):
+        raise ConfigError(f"override {item!r}: {key!r} is not a config key (dotted names, e.g. optim.lr=0.5)")
     try:
         item.encode("utf-8")
     except UnicodeEncodeError:  # e.g. a path whose bytes are not UTF-8: YAML and config.yaml cannot hold it

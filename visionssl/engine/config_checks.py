@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import math
 import os
 import re
@@ -152,7 +153,7 @@ def _check_method(cfg: DictConfig) -> None:
     from visionssl.methods import METHODS, method_class, method_hparams
 
     name = cfg.method.get("name")
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ConfigError(f"method.name: {METHODS.unknown_message(str(name))}")
     valid = method_hparams(name)
     for key in cfg.method:
@@ -163,8 +164,12 @@ def _check_method(cfg: DictConfig) -> None:
     given = OmegaConf.to_container(cfg.method, resolve=True)
     hparams = {**valid, **{k: v for k, v in given.items() if k != "name"}}
     ranges = [*method_class(name).hparam_ranges.items(), *HPARAM_RANGES.items()]
+    factory = METHODS.get(name)
+    params = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters
     for key, value in hparams.items():
-        _check_hparam_type(name, key, value, valid[key])
+        hint = params[key].annotation if key in params else inspect.Parameter.empty  # text under __future__
+        nullable = hint is inspect.Parameter.empty or "None" in str(hint) or "Optional" in str(hint)
+        _check_hparam_type(name, key, value, valid[key], nullable)
         _check_hparam_range(name, key, value, ranges)
     try:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
         method_class(name).check_config(hparams, cfg)
@@ -220,10 +225,17 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
     return [(prefix[:-1], node)] if isinstance(node, float) else []
 
 
-def _check_hparam_type(method: str, key: str, value: Any, default: Any) -> None:
-    """A hyperparameter given in YAML or on the command line must have its default's type."""
-    if default is None or value is None or isinstance(default, (list, tuple, dict)):
+def _check_hparam_type(method: str, key: str, value: Any, default: Any, nullable: bool = True) -> None:
+    """A hyperparameter given in YAML or on the command line must have its default's type (or be null where
+    ``nullable``)."""
+    if default is None or isinstance(default, (list, tuple, dict)):
         return
+    if value is None and nullable:
+        return
+    if value is None:  # null where the method's signature says it takes none
+        raise ConfigError(
+            f"method.{key}=null is not valid; give a {type(default).__name__} ({method}'s default: {default!r})"
+        )
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
