@@ -166,16 +166,26 @@ def test_swav_method_loss_is_swapped_prediction_of_normalised_scores():
     out = m(v)
     w = m.prototypes.weight
     torch.testing.assert_close(w.norm(dim=1), torch.ones(12))  # normalised before the step
-    z = [
-        torch.nn.functional.normalize(m.projector(h), dim=1)
-        for h in [
-            m.backbone(torch.cat(v[:2]))[:8],
-            m.backbone(torch.cat(v[:2]))[8:],
-            *m.backbone(torch.cat(v[2:])).chunk(2),
-        ]
-    ]
+    feats = torch.cat([m.backbone(torch.cat(v[:2])), m.backbone(torch.cat(v[2:]))])  # one pass per crop size
+    z = torch.nn.functional.normalize(m.projector(feats), dim=1).chunk(4)  # one head call on every crop
     expected = vs.losses.swav([zv @ w.T for zv in z], temperature=0.1)
     torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, head", [("swav", "projector"), ("dino", "head")])
+def test_multicrop_head_runs_once_on_all_crops_with_the_batch_norm_statistics_of_all_of_them(name, head):
+    # the official main_swav.py / DINO's MultiCropWrapper: backbone once per crop size, the head once on the
+    # concatenated features; per-crop calls gave each crop group its own BatchNorm statistics
+    m = small(name)
+    calls = []
+    getattr(m, head).register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    v = views(batch=8, local=4)
+    m(v)
+    assert calls == [6 * 8]
+    if name == "swav":
+        feats = torch.cat([m.backbone(torch.cat(v[:2])), m.backbone(torch.cat(v[2:]))]).detach()
+        hidden = m.projector[0](feats)
+        torch.testing.assert_close(m.projector[1].running_mean, 0.1 * hidden.mean(0), rtol=1e-4, atol=1e-6)
 
 
 def test_swav_prototypes_are_frozen_during_the_first_epoch():
@@ -218,8 +228,7 @@ def test_swav_with_a_full_queue_uses_its_scores_in_sinkhorn():
     torch.manual_seed(5)
     out = m(v)
     w = m.prototypes.weight
-    feats = m.backbone(torch.cat(v)).chunk(2)
-    z = [torch.nn.functional.normalize(m.projector(h), dim=1) for h in feats]
+    z = torch.nn.functional.normalize(m.projector(m.backbone(torch.cat(v))), dim=1).chunk(2)
     expected = vs.losses.swav([zv @ w.T for zv in z], queue_scores=[queue[i] @ w.T for i in range(2)])
     torch.testing.assert_close(out["loss"], expected, rtol=1e-4, atol=1e-5)
 
@@ -233,7 +242,7 @@ def test_dino_loss_student_on_every_crop_teacher_on_the_globals_then_center_move
         m.center.fill_(0.5)
     v = views(local=2)
     out = m(v)
-    student = [m.head(h) for h in [*m.backbone(torch.cat(v[:2])).chunk(2), *m.backbone(torch.cat(v[2:])).chunk(2)]]
+    student = list(m.head(torch.cat([m.backbone(torch.cat(v[:2])), m.backbone(torch.cat(v[2:]))])).chunk(4))
     teacher = list(m.target.head(m.target.backbone(torch.cat(v[:2]))).chunk(2))
     center = torch.full((1, 16), 0.5)
     torch.testing.assert_close(out["loss"], vs.losses.dino(student, teacher, center, 0.1, 0.04), rtol=1e-5, atol=1e-5)
@@ -277,6 +286,26 @@ def test_epoch_progress_survives_a_checkpoint():
     assert resumed.epoch == 0
     resumed.load_state_dict(m.state_dict())
     assert resumed.epoch == 1.5
+
+
+def test_dino_readme_flow_on_a_vit_built_by_name_takes_its_own_multicrop_views():
+    # the README example: no dynamic_img_size given; the 16 px local crops used to end in timm's AssertionError
+    m = vs.create_method("dino", backbone="vit_tiny_patch16_224", backbone_kwargs={"img_size": 32, "patch_size": 8})
+    crops = vs.augment.create(m.augmentation, image_size=32, num_local=2)(torch.randint(0, 256, (2, 3, 40, 40)))
+    assert [c.shape[-1] for c in crops] == [32, 32, 16, 16]
+    m(crops)["loss"].backward()
+    assert m.backbone.dynamic_img_size
+
+
+@pytest.mark.parametrize("name", sorted(MULTI_CROP))
+def test_multicrop_on_a_fixed_size_vit_is_refused_with_one_config_error(name):
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+    with pytest.raises(vs.errors.ConfigError, match="dynamic_img_size=True"):
+        vs.create_method(name, backbone="vit_tiny_patch16_224", backbone_kwargs={**kwargs, "dynamic_img_size": False})
+    fixed = vs.create_backbone("vit_tiny_patch16_224", **kwargs)
+    m = vs.create_method(name, backbone=fixed, **SMALL[name])
+    with pytest.raises(vs.errors.ConfigError, match=r"fixed input size \(16, 16\).*dynamic_img_size=True"):
+        m(views(batch=4, local=2))
 
 
 def test_dino_on_a_small_image_vit_with_local_crops():

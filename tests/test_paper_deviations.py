@@ -16,6 +16,10 @@ import visionssl as vs
         ("simsiam", True),
         ("deepcluster", True),
         ("rotation", True),
+        ("swav", True),  # the official LARC wraps SGD over every parameter
+        ("barlow_twins", False),
+        ("mocov3", False),  # on a ResNet: the official LARS skips 1-d parameters
+        ("dino", False),
     ],
 )
 def test_weight_decay_on_1d_parameters_follows_each_paper(name, decays_1d):
@@ -26,6 +30,41 @@ def test_weight_decay_on_1d_parameters_follows_each_paper(name, decays_1d):
     assert one_d and all((id(p) in decayed) == decays_1d for p in one_d)
     assert all(id(p) in decayed for p in method.parameters() if p.requires_grad and p.ndim > 1)
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in method.parameters() if p.requires_grad)
+
+
+VIT = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+
+
+@pytest.mark.parametrize("name, decays_1d", [("mocov3", True), ("mae", False), ("dino", False)])
+def test_weight_decay_on_1d_parameters_of_a_vit_follows_each_official_optimizer(name, decays_1d):
+    # MoCo v3's ViT recipe: AdamW over model.parameters(); MAE and DINO: biases and norms without decay
+    kwargs = dict(decoder_dim=16, decoder_depth=1, decoder_heads=2) if name == "mae" else {}
+    method = vs.create_method(name, backbone="vit_tiny_patch16_224", backbone_kwargs=VIT, **kwargs)
+    groups = method.param_groups(0.05)
+    decayed = {id(p) for g in groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    trained = [p for p in method.parameters() if p.requires_grad]
+    assert all((id(p) in decayed) == (decays_1d or p.ndim > 1) for p in trained)
+
+
+def test_barlow_twins_biases_and_bn_skip_decay_and_lars_and_take_the_papers_bias_rate():
+    # the official main.py: LARS(weight_decay_filter, lars_adaptation_filter), lr 0.2 weights / 0.0048 biases
+    from visionssl.engine.optim import create_optimizer, set_lr
+
+    method = vs.create_method("barlow_twins", backbone="resnet10t_cifar", proj_dim=32)
+    opt = create_optimizer(method.param_groups(1.5e-6), "lars", lr=0.2, trust_coefficient=0.001)
+    weights, biases = opt.param_groups
+    assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in biases["params"])
+    assert biases["weight_decay"] == 0.0 and weights["weight_decay"] == 1.5e-6
+    set_lr(opt, 0.5)
+    assert biases["lr"] == pytest.approx(0.0048 * 0.5) and weights["lr"] == pytest.approx(0.2 * 0.5)
+    # timm's LARS adapts only groups with weight decay: a bias moves by lr x its gradient
+    bias = biases["params"][0]
+    before = bias.detach().clone()
+    for g in opt.param_groups:
+        for p in g["params"]:
+            p.grad = torch.ones_like(p)
+    opt.step()
+    torch.testing.assert_close(before - bias.detach(), torch.full_like(before, 0.0048 * 0.5))
 
 
 def test_nt_xent_runs_in_float32_under_bf16_autocast():
@@ -171,3 +210,15 @@ def test_jigsaw_jitters_each_tile_and_normalises_with_one_mean_and_std_per_tile(
     fed = _backbone_inputs(m, [torch.randn(2, 3, 32, 32)])
     assert torch.allclose(fed.mean((1, 2, 3)), torch.zeros(18), atol=1e-4)
     assert not torch.allclose(fed.mean((2, 3)), torch.zeros(18, 3), atol=1e-3)  # channel means are kept
+
+
+@pytest.mark.parametrize("vit", [False, True])
+def test_mocov3_heads_end_in_batch_norm_as_the_official_mlps(vit):
+    # MoCo_ResNet: predictor _build_mlp(2, ..., last_bn=False); MoCo_ViT: predictor ends in BN(affine=False)
+    backbone = dict(backbone="vit_tiny_patch16_224", backbone_kwargs=VIT) if vit else dict(backbone="resnet10t_cifar")
+    m = vs.create_method("mocov3", proj_hidden_dim=16, pred_hidden_dim=16, proj_dim=8, **backbone)
+    last = m.predictor[-1]
+    assert isinstance(last, torch.nn.BatchNorm1d) == vit and (not vit or not last.affine)
+    assert isinstance(m.projector[-1], torch.nn.BatchNorm1d) and not m.projector[-1].affine
+    linears = [layer for head in (m.projector, m.predictor) for layer in head if isinstance(layer, torch.nn.Linear)]
+    assert all(layer.bias is None for layer in linears)

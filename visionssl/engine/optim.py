@@ -26,19 +26,21 @@ def create_optimizer(
     LARS scales each layer's step to ``lr * trust_coefficient * ||w||``: the paper's 0.001 suits large
     batches (large linearly-scaled lr); small-batch recipes use 0.02 (as solo-learn's CIFAR recipes).
 
-    Each group keeps its own ``weight_decay``; ``initial_lr`` is recorded for the schedule. The fused
-    (CUDA) or foreach implementation is used where available.
+    Each group keeps its own ``weight_decay``; ``initial_lr`` (``lr`` x the group's ``"lr_scale"``, default 1:
+    Barlow Twins' biases run at 0.024 x the weights' rate) is recorded for the schedule. The fused (CUDA) or
+    foreach implementation is used where available.
 
     Example:
         >>> import torch
-        >>> opt = create_optimizer([{"params": [torch.nn.Parameter(torch.ones(2))]}], "lars", lr=0.5)
-        >>> type(opt).__name__, opt.param_groups[0]["initial_lr"]
-        ('Lars', 0.5)
+        >>> w, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+        >>> opt = create_optimizer([{"params": [w]}, {"params": [b], "lr_scale": 0.5}], "lars", lr=0.5)
+        >>> type(opt).__name__, [g["initial_lr"] for g in opt.param_groups]
+        ('Lars', [0.5, 0.25])
     """
     groups = [dict(g) for g in param_groups if g["params"]]
     for g in groups:
         g.setdefault("weight_decay", weight_decay)
-        g["initial_lr"] = lr
+        g["initial_lr"] = g["lr"] = lr * g.get("lr_scale", 1.0)
     on_cuda = any(p.is_cuda for g in groups for p in g["params"])
     if name == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=on_cuda or None)

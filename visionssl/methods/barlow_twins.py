@@ -19,6 +19,9 @@ class BarlowTwins(SSLMethod):
     """Barlow Twins with the paper's loss weight lambda = 0.0051 and a 3-layer projector
     (Linear-BN-ReLU, Linear-BN-ReLU, Linear without bias), every layer ``proj_dim`` wide.
 
+    Parameter groups as the official code: biases and BN parameters take no weight decay and no LARS
+    adaptation, and 0.024 x the learning rate (the paper's 0.0048 for biases against 0.2 for weights).
+
     Data-parallel training (torchrun): the projections of every rank are gathered with gradients
     before the loss, so the normalisation and the cross-correlation are those of the global batch.
 
@@ -40,6 +43,9 @@ class BarlowTwins(SSLMethod):
 
     augmentation = "byol"  # the paper's views are BYOL's (Zbontar et al., 2021, appendix A)
     num_views = 2
+    # the official main.py: biases and BN parameters without weight decay or LARS adaptation, at 0.0048 / 0.2 of the lr
+    decay_norm_and_bias = False
+    norm_and_bias_lr_scale = 0.024
 
     def __init__(
         self,

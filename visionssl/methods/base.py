@@ -7,7 +7,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from visionssl.backbones import resolve_backbone
+from visionssl.backbones import BACKBONES, resolve_backbone
+from visionssl.errors import ConfigError
+
+VIT_MODULE = "timm.models.vision_transformer"  # the timm module whose models take dynamic_img_size
 
 
 class TrainingContext(Protocol):
@@ -60,8 +63,13 @@ class SSLMethod(nn.Module):
         decay_norm_and_bias: whether weight decay also applies to 1-d parameters (biases, norm scales and
             shifts), read by ``param_groups`` (default True). The paper default per method: True for plain-SGD
             papers whose official code decays every parameter (MoCo, SimSiam, DeepCluster, RotNet, and the
-            Caffe-era jigsaw and context); False for the LARS papers (SimCLR, BYOL, VICReg), which exclude
-            biases and BN parameters.
+            Caffe-era jigsaw and context); False for the LARS papers (SimCLR, BYOL, VICReg, Barlow Twins, SwAV's
+            ResNet head aside, MoCo v3 on a ResNet) and for DINO and MAE, which exclude biases and norms.
+        norm_and_bias_lr_scale: the learning rate of the 1-d parameters' group relative to the others, when they
+            are excluded from decay (default 1.0; Barlow Twins: 0.024, the paper's 0.0048 / 0.2); the group's
+            ``"lr_scale"``, which ``visionssl.engine.optim.create_optimizer`` honours.
+        multi_size_views: whether the views come in several sizes (multi-crop: SwAV, DINO); a timm ViT built by
+            name is then built with ``dynamic_img_size=True`` (default False).
         hparam_ranges: valid ranges of this method's hyperparameters, checked by
             ``visionssl.engine.config.validate`` before the generic ones of ``engine.config.HPARAM_RANGES``:
             ``{pattern: (low, high, low_inclusive)}`` with shell patterns as keys, None for an unbounded end,
@@ -95,13 +103,18 @@ class SSLMethod(nn.Module):
     cpu_bf16: bool = True
     needs_indices: bool = False
     decay_norm_and_bias: bool = True
+    norm_and_bias_lr_scale: float = 1.0
+    multi_size_views: bool = False
     hparam_ranges: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {}
     sample_weights: torch.Tensor | None = None
     sample_labels: torch.Tensor | None = None
 
     def __init__(self, backbone: str | nn.Module = "resnet18", backbone_kwargs: dict[str, Any] | None = None):
         super().__init__()
-        self.backbone = resolve_backbone(backbone, **(backbone_kwargs or {}))
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if self.multi_size_views:
+            backbone_kwargs = dynamic_vit_kwargs(backbone, backbone_kwargs, type(self).__name__)
+        self.backbone = resolve_backbone(backbone, **backbone_kwargs)
 
     @staticmethod
     def check_config(hparams: dict[str, Any], config: Any) -> None:
@@ -124,7 +137,8 @@ class SSLMethod(nn.Module):
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Weight decay on weights, and on biases and normalisation parameters (1-d tensors) only where
-        ``decay_norm_and_bias`` (the method's paper default).
+        ``decay_norm_and_bias`` (the method's paper default); the 1-d group takes ``norm_and_bias_lr_scale`` x the
+        learning rate. timm's LARS adapts only the groups with weight decay, so the 1-d group also skips LARS.
 
         Example:
             >>> import visionssl as vs
@@ -138,7 +152,8 @@ class SSLMethod(nn.Module):
                 (no_decay if p.ndim <= 1 and not self.decay_norm_and_bias else decay).append(p)
         return [
             {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},  # timm LARS does not adapt groups without decay
+            # timm LARS does not adapt groups without decay
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": self.norm_and_bias_lr_scale},
         ]
 
     def on_train_start(self, trainer: TrainingContext) -> None:
@@ -151,8 +166,57 @@ class SSLMethod(nn.Module):
         """After optimizer step ``step`` (from 1) of ``total_steps``; the default does nothing."""
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False) -> nn.Sequential:
-    """Projection/prediction head: (Linear -> BN -> ReLU) x (num_layers - 1) -> Linear [-> BN].
+def dynamic_vit_kwargs(backbone: str | nn.Module, kwargs: dict[str, Any], method: str) -> dict[str, Any]:
+    """``kwargs`` with ``dynamic_img_size=True`` added when ``backbone`` names a timm VisionTransformer, whose
+    fixed input size would refuse multi-crop's smaller local crops; a ConfigError if they set it False.
+
+    Example:
+        >>> dynamic_vit_kwargs("vit_tiny_patch16_224", {"img_size": 32}, "DINO")
+        {'img_size': 32, 'dynamic_img_size': True}
+        >>> dynamic_vit_kwargs("resnet18", {}, "DINO")
+        {}
+    """
+    if not isinstance(backbone, str) or ":" in backbone or backbone in BACKBONES:
+        return kwargs
+    import timm
+
+    if not timm.is_model(backbone) or timm.models.model_entrypoint(backbone).__module__ != VIT_MODULE:
+        return kwargs
+    if kwargs.get("dynamic_img_size", True) is not True:
+        raise ConfigError(
+            f"{method} takes multi-crop views of several sizes: the ViT {backbone!r} needs dynamic_img_size=True, "
+            f"got backbone_kwargs dynamic_img_size={kwargs['dynamic_img_size']!r}"
+        )
+    return {**kwargs, "dynamic_img_size": True}
+
+
+def check_view_size(backbone: nn.Module, view: torch.Tensor, method: str) -> None:
+    """A ConfigError, instead of timm's assertion, when a fixed-size ViT is given a view of another size.
+
+    Example:
+        >>> check_view_size(nn.Identity(), torch.zeros(1, 3, 8, 8), "DINO") is None
+        True
+    """
+    patch_embed = getattr(backbone, "patch_embed", None)
+    size = getattr(patch_embed, "img_size", None)
+    if not getattr(patch_embed, "strict_img_size", False) or size is None or tuple(view.shape[-2:]) == tuple(size):
+        return
+    raise ConfigError(
+        f"{method}: the backbone is a ViT of fixed input size {tuple(size)} but a view is {tuple(view.shape[-2:])}; "
+        f"build it with dynamic_img_size=True (backbone_kwargs) for multi-crop views of several sizes"
+    )
+
+
+def mlp(
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    num_layers: int = 2,
+    last_bn: bool = False,
+    bias: bool | None = None,
+) -> nn.Sequential:
+    """Projection/prediction head: (Linear -> BN -> ReLU) x (num_layers - 1) -> Linear [-> BN]; the last Linear
+    has a bias when ``bias`` (None: unless ``last_bn``).
 
     Example:
         >>> import torch
@@ -164,7 +228,7 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn
     for _ in range(num_layers - 1):
         layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    layers.append(nn.Linear(dim, out_dim, bias=not last_bn if bias is None else bias))
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)

@@ -47,6 +47,8 @@ class DINOHead(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        with torch.no_grad():  # unit rows, as the official weight_norm with its gain filled with 1
+            self.last_layer.weight.copy_(F.normalize(self.last_layer.weight, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)
@@ -61,13 +63,14 @@ class DINO(EpochScheduledMethod):
     center momentum 0.9; teacher momentum 0.996 -> 1 along a cosine; last layer frozen in the first epoch.
 
     Views: 2 global crops first, then local crops (the ``multicrop`` preset). The student sees every
-    crop, the teacher (an EMA copy of backbone and head, no gradient) the global crops only. The center
+    crop (the backbone once per crop size, the head once on all crops concatenated), the teacher (an EMA copy of backbone and head, no gradient) the global crops only. The center
     is a buffer updated after each training forward pass with the mean teacher output of the global
     batch (all-reduced under several processes).
 
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module; ViTs at small images
-            need ``img_size``/``patch_size`` and ``dynamic_img_size=True`` for the local crops.
+            need ``img_size``/``patch_size``; a timm ViT built by name gets ``dynamic_img_size=True`` for the local
+            crops (a built one without it is refused with a ConfigError at the first step).
         out_dim, hidden_dim, bottleneck_dim, head_layers, norm_last_layer: the head (see ``DINOHead``).
         student_temp: the student's temperature.
         teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs: the teacher's temperature schedule.
@@ -90,6 +93,8 @@ class DINO(EpochScheduledMethod):
 
     augmentation = "multicrop"
     num_views = 8
+    multi_size_views = True
+    decay_norm_and_bias = False  # the official get_params_groups: no decay on biases and norms
 
     center: torch.Tensor
 
@@ -132,14 +137,14 @@ class DINO(EpochScheduledMethod):
         if len(views) < 2 or views[0].shape != views[1].shape:
             raise ValueError(f"DINO takes 2 global crops of one size and then local crops, got {len(views)} view(s)")
         self.head.last_layer_grad_scale = 0.0 if self.training and self.epoch < self.freeze_last_layer_epochs else 1.0
-        feats = encode_crops(self.backbone, views)
-        student = [self.head(h) for h in feats]
+        feats = encode_crops(self.backbone, views, "DINO")
+        student = list(self.head(feats).split([len(v) for v in views]))
         with torch.no_grad():
             teacher = list(self.target.head(self.target.backbone(torch.cat(views[:2]))).chunk(2))
         loss = dino(student, teacher, self.center, self.student_temp, self.teacher_temperature())
         if self.training:
             self.center.copy_(dino_center(self.center, teacher, self.center_momentum, gather_distributed=True))
-        return {"loss": loss, "embedding": feats[0].detach()}
+        return {"loss": loss, "embedding": feats[: len(views[0])].detach()}
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         super().on_step_end(step, total_steps)

@@ -61,6 +61,7 @@ class MAE(SSLMethod):
 
     augmentation = "mae"
     num_views = 1
+    decay_norm_and_bias = False  # the official main_pretrain.py: no weight decay on biases and norms
 
     def __init__(
         self,

@@ -17,7 +17,8 @@ from visionssl.methods.momentum import MomentumTarget, legacy_target_keys
 @register_method("mocov3")
 class MoCoV3(SSLMethod):
     """MoCo v3: projector (Linear-BN-ReLU x (L - 1), Linear, BN without affine) and predictor
-    (Linear-BN-ReLU, Linear), 4096 hidden and 256 out, keys from an EMA copy of backbone + projector
+    (Linear-BN-ReLU, Linear, and on a ViT a last BN without affine), 4096 hidden and 256 out, every Linear
+    without bias (the official ``MoCo_ResNet`` / ``MoCo_ViT._build_projector_and_predictor_mlps``), keys from an EMA copy of backbone + projector
     (``self.target``, a ``MomentumTarget``) whose momentum rises from ``momentum`` to ``final_momentum`` along a
     cosine schedule.
 
@@ -30,11 +31,16 @@ class MoCoV3(SSLMethod):
         proj_hidden_dim, proj_dim: projector widths (hidden, output).
         proj_layers: projector depth; the paper uses 2 for ResNets and 3 for ViTs.
         pred_hidden_dim: predictor hidden width (its output is ``proj_dim``).
+        pred_last_bn: end the predictor in a BatchNorm without affine; None: on a ViT (a backbone with
+            ``patch_embed``) only, as the official code.
         temperature: T; 0.2 for ViTs (the paper), 1.0 in the reference ResNet-50 recipe.
         momentum: key-encoder momentum at the first step.
         final_momentum: its momentum at the last step (1.0 in the paper), reached along a cosine.
         freeze_patch_embed: for ViTs, keep the patch projection at its random initialisation
             (the paper's fix for training instability); needs a backbone with ``patch_embed``.
+
+    Parameter groups as the official optimisers: on a ResNet (LARS) biases and BN parameters take no weight
+    decay and no LARS adaptation; on a ViT (AdamW over every parameter) everything is decayed.
 
     Example:
         >>> import torch, visionssl as vs
@@ -56,6 +62,7 @@ class MoCoV3(SSLMethod):
         proj_dim: int = 256,
         proj_layers: int = 2,
         pred_hidden_dim: int = 4096,
+        pred_last_bn: bool | None = None,
         temperature: float = 0.2,
         momentum: float = 0.99,
         final_momentum: float = 1.0,
@@ -71,8 +78,11 @@ class MoCoV3(SSLMethod):
                 )
             patch_embed.requires_grad_(False)
         self.temperature = temperature
+        vit = getattr(self.backbone, "patch_embed", None) is not None
+        self.decay_norm_and_bias = vit
         self.projector = mlp(self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers, last_bn=True)
-        self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
+        last_bn = vit if pred_last_bn is None else pred_last_bn
+        self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim, last_bn=last_bn, bias=False)
         self.target = MomentumTarget(momentum, final_momentum, backbone=self.backbone, projector=self.projector)
         self.register_load_state_dict_pre_hook(legacy_target_keys("momentum_"))
 

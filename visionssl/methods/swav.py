@@ -13,21 +13,30 @@ from torch import nn
 from visionssl import distributed
 from visionssl.losses import swav
 from visionssl.methods import register_method
-from visionssl.methods.base import mlp
+from visionssl.methods.base import check_view_size, mlp
 from visionssl.methods.epoch_schedule import EpochScheduledMethod, scale_grad
 
 
-def encode_crops(backbone: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``backbone`` features of every view, one forward pass per run of consecutive views of one size
-    (the reference code's grouping: BatchNorm statistics per resolution)."""
+def encode_crops(backbone: nn.Module, views: list[torch.Tensor], method: str = "multi-crop") -> torch.Tensor:
+    """``backbone`` features of every view, concatenated in view order (V * B, D): one forward pass per run of
+    consecutive views of one size (the reference code's grouping: crops of different sizes cannot share a CNN
+    batch before pooling), so the head can then run once on all crops, as in the official SwAV and DINO.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> encode_crops(net, [torch.randn(2, 3, 8, 8)] * 2 + [torch.randn(2, 3, 4, 4)]).shape
+        torch.Size([6, 3])
+    """
     feats, start = [], 0
     while start < len(views):
         end = start + 1
         while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
             end += 1
-        feats += list(backbone(torch.cat(views[start:end])).chunk(end - start))
+        check_view_size(backbone, views[start], method)
+        feats.append(backbone(torch.cat(views[start:end])))
         start = end
-    return feats
+    return torch.cat(feats)
 
 
 @register_method("swav")
@@ -35,8 +44,9 @@ class SwAV(EpochScheduledMethod):
     """SwAV with the paper's defaults: projector 2048 hidden / 128 out, 3000 prototypes, T = 0.1,
     Sinkhorn epsilon 0.05 with 3 iterations, prototypes frozen during the first epoch.
 
-    Views: 2 global crops first, then any number of local crops (the ``multicrop`` preset). Every
-    crop is projected and L2-normalised; the prototypes (rows of ``prototypes.weight``) are
+    Views: 2 global crops first, then any number of local crops (the ``multicrop`` preset). The backbone
+    runs once per crop size; the projector runs once on the features of all crops concatenated (its
+    BatchNorm sees every crop, as the official ``main_swav.py``), then L2 normalisation; the prototypes (rows of ``prototypes.weight``) are
     re-normalised before each training forward pass. Codes come from the global crops only.
 
     Queue: with ``queue_size > 0``, from epoch ``queue_start_epoch`` on, each global crop keeps the
@@ -64,6 +74,7 @@ class SwAV(EpochScheduledMethod):
 
     augmentation = "multicrop"
     num_views = 8
+    multi_size_views = True
 
     hparam_ranges: ClassVar[dict] = {"queue_size": (0, None, True)}  # 0: no queue
 
@@ -110,8 +121,8 @@ class SwAV(EpochScheduledMethod):
         if self.training:
             with torch.no_grad():
                 self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        feats = encode_crops(self.backbone, views)
-        z = [F.normalize(self.projector(h), dim=1) for h in feats]
+        feats = encode_crops(self.backbone, views, "SwAV")
+        z = list(F.normalize(self.projector(feats), dim=1).split([len(v) for v in views]))
         frozen = self.training and self.epoch < self.freeze_prototypes_epochs
         prototypes = scale_grad(self.prototypes.weight, 0.0 if frozen else 1.0)
         scores = [zv @ prototypes.T for zv in z]
@@ -124,7 +135,7 @@ class SwAV(EpochScheduledMethod):
         loss = swav(
             scores, 2, self.temperature, self.epsilon, self.sinkhorn_iterations, queue_scores, gather_distributed=True
         )
-        return {"loss": loss, "embedding": feats[0].detach()}
+        return {"loss": loss, "embedding": feats[: len(views[0])].detach()}
 
     def _local_queue(self) -> torch.Tensor:
         return self.queue[:, : self.queue.shape[1] // distributed.world_size()]
