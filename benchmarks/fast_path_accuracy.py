@@ -79,7 +79,7 @@ def main() -> None:
         test = vs.data.load_dataset(cfg.data.name, "test", int(cfg.data.image_size))
         if args.score_only:  # the weights of the finished run; how it ran from the results file
             row = next(r for r in old["results"] if r["path"] == path)
-            backbone, seconds = vs.engine.load_backbone(cfg.out), row["train_seconds"]
+            backbone, seconds = vs.zoo.load_backbone(cfg.out), row["train_seconds"]
             used, views = row["precision"], row["views_dtype"]
         else:
             trainer = Trainer(cfg, train_set=train, eval_sets=(train, test))

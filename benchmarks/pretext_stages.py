@@ -36,7 +36,7 @@ def stage_scores(method: str, run: Path, train, test, folds, image_size: int, k:
     cfg = load_checkpoint(run / "checkpoints" / "last.pt")["config"]
     torch.manual_seed(cfg["train"]["seed"])  # as the trainer seeds before the method builds its backbone
     initial = vs.create_backbone(cfg["backbone"]["name"], **cfg["backbone"].get("kwargs", {}))
-    trained = vs.engine.load_backbone(run)
+    trained = vs.zoo.load_backbone(run)
     stages = {}
     for layer in stage_names(trained):
         test_t, cv_t = knn_scores(trained, train, test, None, folds, image_size, k, layer)

@@ -226,3 +226,32 @@ def test_the_engine_reads_only_what_sslmethod_declares():
         undeclared += [f"{path.name}: method.{a}" for a in sorted(attributes - declared)]
     assert not by_name, "declare these on SSLMethod and read them as attributes:\n" + "\n".join(by_name)
     assert not undeclared, "read on a method but not declared on SSLMethod:\n" + "\n".join(undeclared)
+
+
+def test_the_trainer_is_made_of_parts_not_mixins():
+    """The Trainer inherits nothing: its checkpointer, run log and guards are objects it builds with explicit
+    arguments, so every coupling between them shows in a constructor call or an import."""
+    from visionssl.engine import Trainer
+
+    assert Trainer.__bases__ == (object,)
+
+
+def test_one_checkpoint_resolver_decides_what_a_spec_is():
+    """Only visionssl/zoo/resolve.py reads a run's checkpoint to say which backbone it names, and only
+    zoo/safe_load.py's ``is_safetensors`` looks at the ``.safetensors`` suffix."""
+    import re
+
+    suffix_test = re.compile(r"""suffix\s*(?:[!=]=|(?:not\s+)?in)\s*[^\n]*["']\.safetensors["']""")
+    resolver_parts = re.compile(r"\b(?:checkpoint_backbone|run_dir_of)\(")
+    wrong = []
+    for path in library_files():
+        name = module_name(path)
+        text = path.read_text(encoding="utf-8")
+        if suffix_test.search(text) and name != "visionssl.zoo.safe_load":
+            wrong.append(f"{name} tests for the .safetensors suffix (use zoo.safe_load.is_safetensors)")
+        calls = [
+            m for m in resolver_parts.finditer(text) if "def " not in text[text.rfind("\n", 0, m.start()) : m.start()]
+        ]
+        if calls and name not in ("visionssl.zoo.resolve", "visionssl.engine.checkpoint", "visionssl.backbones.trust"):
+            wrong.append(f"{name} decides what a checkpoint names itself (use zoo.resolve_checkpoint)")
+    assert not wrong, "\n".join(wrong)

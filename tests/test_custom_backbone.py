@@ -54,5 +54,5 @@ def test_custom_backbone_from_the_cli(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "kNN top-1" in done.stdout
-    backbone = vs.engine.load_backbone(out)  # the run remembers the file, so it loads from anywhere
+    backbone = vs.zoo.load_backbone(out)  # the run remembers the file, so it loads from anywhere
     assert backbone.num_features == 16

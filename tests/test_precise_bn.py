@@ -74,7 +74,7 @@ TINY_JIGSAW = [
 def test_with_precise_bn_the_run_ends_with_whole_image_statistics(tmp_path):
     trainer = Trainer(load_config("jigsaw", overrides=TINY_JIGSAW + ["train.precise_bn=true", f"out={tmp_path}"]))
     trainer.fit()
-    saved = vs.engine.load_backbone(tmp_path)  # the checkpoint holds the re-estimated statistics
+    saved = vs.zoo.load_backbone(tmp_path)  # the checkpoint holds the re-estimated statistics
     stats = [m.running_mean.clone() for m in saved.modules() if isinstance(m, nn.BatchNorm2d)]
     recalibrate_batchnorm(saved, trainer.train_set.images, 32)  # again: nothing changes
     again = [m.running_mean for m in saved.modules() if isinstance(m, nn.BatchNorm2d)]

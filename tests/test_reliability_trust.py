@@ -22,7 +22,7 @@ from torch import nn
 import visionssl as vs
 from visionssl.backbones.trust import UntrustedCodeError, check_backbone_spec, record_trust, run_trusts
 from visionssl.cli import main
-from visionssl.engine import CheckpointError, load_backbone
+from visionssl.engine import CheckpointError, load_run_backbone
 
 EVAL = ["--data", "synthetic:16", "--image-size", "16", "--k", "3", "--batch-size", "16"]
 TINY_RUN = [
@@ -130,7 +130,7 @@ def test_a_checkpoint_config_naming_code_is_refused(tmp_path, capsys, payload):
     evil = tmp_path / "evil.pt"
     torch.save(checkpoint(name, kwargs), evil)
     with pytest.raises(CheckpointError, match=r"names the backbone .* is code .* --trust-code") as err:
-        load_backbone(evil)
+        load_run_backbone(evil)
     assert "\n" not in str(err.value) and name in str(err.value)
     for command in (
         ["eval", "knn", "--checkpoint", evil, *EVAL],
@@ -245,16 +245,16 @@ def test_your_own_code_backbone_run_resumes_and_loads_but_a_moved_or_exported_fi
     assert (run / "trusted_code.json").is_file()
     code, _, err = cli(capsys, "pretrain", "--out", run, "--resume", "train.epochs=2")
     assert code == 0, err
-    assert vs.engine.load_backbone(run).num_features == 4
+    assert vs.zoo.load_backbone(run).num_features == 4
     code, out, err = cli(capsys, "eval", "knn", "--checkpoint", run, *EVAL)
     assert code == 0 and f"random weights ({spec})" in out, err
     assert vs.zoo.export_run(run).path.is_file()
 
     moved = tmp_path / "moved.pt"
     shutil.copy(run / "checkpoints" / "last.pt", moved)
-    with pytest.raises(CheckpointError, match="--trust-code"):
-        vs.engine.load_backbone(moved)
-    assert vs.engine.load_backbone(moved, trust_code=True).num_features == 4
+    with pytest.raises(UntrustedCodeError, match="--trust-code"):
+        vs.zoo.load_backbone(moved)
+    assert vs.zoo.load_backbone(moved, trust_code=True).num_features == 4
     exported = run / "export" / "run.safetensors"
     with pytest.raises(UntrustedCodeError):
         vs.zoo.load_backbone(exported)
@@ -263,8 +263,8 @@ def test_your_own_code_backbone_run_resumes_and_loads_but_a_moved_or_exported_fi
     forged = tmp_path / "forged"  # their run directory, record and all, signed with another machine's key
     shutil.copytree(run, forged)
     (forged / "trusted_code.json").write_text(json.dumps({"backbone": spec, "signature": "0" * 64}))
-    with pytest.raises(CheckpointError, match="--trust-code"):
-        vs.engine.load_backbone(forged)
+    with pytest.raises(UntrustedCodeError, match="--trust-code"):
+        vs.zoo.load_backbone(forged)
     code, _, err = cli(capsys, "pretrain", "--out", forged, "--resume", "train.epochs=3")
     assert code == 2 and one_line(err) and "--trust-code" in err
 

@@ -14,7 +14,7 @@ import yaml
 
 from visionssl.backbones import create_backbone
 from visionssl.cli import main
-from visionssl.engine import CheckpointError, Trainer, load_backbone, load_checkpoint, load_config
+from visionssl.engine import CheckpointError, Trainer, load_checkpoint, load_config, load_run_backbone
 from visionssl.zoo import sha256_file as vs_sha256
 
 
@@ -100,7 +100,7 @@ def test_a_pickle_carrying_code_is_refused_and_the_code_never_runs(tmp_path, run
     with pytest.raises(CheckpointError, match=rf"refusing to load {path}: .*could run code .*GLOBAL"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="refusing to load"):
-        load_backbone(path)
+        load_run_backbone(path)
     assert not marker.exists()
     if fn == "builtins.open" and container == "torch.save":  # the payload is live: an unsafe load would run it
         torch.load(path, weights_only=False)

@@ -9,19 +9,17 @@ import torch
 
 import visionssl as vs
 from visionssl.engine import NonFiniteLossError, Trainer, load_checkpoint, load_config
+from visionssl.engine.smoke import smoke_overrides
 
-TINY = [
+TINY = smoke_overrides(
     "data.name=synthetic:96",
-    "data.image_size=16",
-    "augment.image_size=16",
     "backbone.name=resnet10t_cifar",
     "optim.batch_size=32",
-    "optim.warmup_epochs=0",
     "method.proj_hidden_dim=64",
     "method.proj_dim=32",
-    "train.progress=false",
     "train.log_every=1",
-]
+    "train.knn_every=1",
+)
 
 
 def tiny_config(tmp_path, *extra):
@@ -38,7 +36,7 @@ def test_run_directory_holds_config_metrics_events_and_checkpoint(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["format"] == "visionssl" and ckpt["epoch"] == 2 and ckpt["step"] == 6
-    backbone = vs.engine.load_backbone(tmp_path)
+    backbone = vs.zoo.load_backbone(tmp_path)
     assert backbone(torch.randn(2, 3, 16, 16)).shape == (2, 512)
 
 
@@ -151,3 +149,29 @@ def test_patch_methods_keep_fp32_on_cpu_under_auto(monkeypatch, tmp_path):
         + ["method.patch_size=4", "method.gap=1", f"out={tmp_path}", "train.device=cpu"],
     )
     assert Trainer(cfg).precision == "fp32"
+
+
+@pytest.mark.parametrize("k, temperature", [(1, 0.07), (5, 0.07), (20, 0.5), (64, 0.01)])
+def test_online_knn_gives_the_numbers_of_vs_eval_knn_on_the_same_features(k, temperature):
+    from visionssl.engine.online_knn import knn_accuracy
+
+    torch.manual_seed(k)
+    centres = torch.randn(7, 32)
+    bank_y, query_y = torch.randint(0, 7, (64,)), torch.randint(0, 7, (300,))
+    bank_x, query_x = centres[bank_y] + 2 * torch.randn(64, 32), centres[query_y] + 2 * torch.randn(300, 32)
+    expected = vs.eval.knn(bank_x, bank_y, query_x, query_y, k=k, temperature=temperature)
+    got = knn_accuracy(bank_x, bank_y, query_x, query_y, k=k, temperature=temperature)
+    assert got == {"top1": expected["top1"], "top5": expected["top5"]}
+    assert 0 < got["top1"] < 100  # neither trivial nor hopeless: the votes decide
+
+
+def test_online_knn_of_a_backbone_matches_extract_features_and_vs_eval_knn():
+    from visionssl.data import load_dataset
+    from visionssl.engine.online_knn import online_knn
+
+    bank, queries = load_dataset("synthetic:64", "train", 16), load_dataset("synthetic:32", "test", 16)
+    backbone = vs.create_backbone("resnet10t_cifar").train()
+    (bx, by), (qx, qy) = (vs.eval.extract_features(backbone, ds, progress=False) for ds in (bank, queries))
+    expected = vs.eval.knn(bx, by, qx, qy, k=10, temperature=0.1)
+    assert online_knn(backbone, bank, queries, k=10, temperature=0.1) == {k: expected[k] for k in ("top1", "top5")}
+    assert backbone.training  # its mode is put back

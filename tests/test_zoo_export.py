@@ -91,7 +91,7 @@ def test_export_then_load_through_a_zoo_entry_is_bit_identical(tmp_path, monkeyp
 
 def test_export_refuses_what_is_not_a_run(tmp_path):
     atomic_save({"state_dict": {}}, tmp_path / "other" / "last.pt")
-    with pytest.raises(vs.zoo.ZooError, match="is not a visionssl training checkpoint"):
+    with pytest.raises(vs.errors.CheckpointError, match="is not a visionssl checkpoint"):
         vs.zoo.export_run(tmp_path / "other")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from visionssl.backbones.features import resolve_device
 from visionssl.backbones.trust import TRUST_CODE_HELP
-from visionssl.cli.benchmark_setup import environment, load_checkpoint, load_data, run_image_size
+from visionssl.cli.benchmark_setup import environment, load_benchmark_backbone, load_data, run_image_size
 from visionssl.cli.options import positive_int
 from visionssl.errors import ConfigError
 from visionssl.eval.features import extract_features, feature_cache_path
@@ -105,14 +105,14 @@ def run_benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "feature_cache"
     dev = resolve_device(device)
-    image_size = image_size or run_image_size(checkpoints) or 224
+    image_size = image_size or run_image_size(checkpoints, trust_code) or 224
     started = time.time()
 
     data = [load_data(spec, image_size) for spec in datasets]
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[float, float]]] = {}
     for spec in checkpoints:
-        name, backbone = load_checkpoint(spec, checkpoints, seed, trust_code)
+        name, backbone = load_benchmark_backbone(spec, checkpoints, seed, trust_code)
         curve = read_knn_curve(spec) if not str(spec).startswith("random") else []
         if curve:
             curves[name] = curve

@@ -1,13 +1,13 @@
 """What ``visionssl benchmark`` evaluates: its checkpoints (backbones), its datasets, and the machine it ran on.
 
 ``visionssl.cli.benchmark.run_benchmark`` turns each checkpoint spec into a named backbone
-(``load_checkpoint``: a run directory, a checkpoint file, a ``.safetensors`` export, a zoo name, ``random`` or
+(``load_benchmark_backbone``, through ``visionssl.zoo.resolve_checkpoint``: a run directory, a checkpoint file, a ``.safetensors`` export, a zoo name, ``random`` or
 ``random:BACKBONE``), each dataset spec into labelled train/test splits (``load_data``), picks the default input
 size from the first run (``run_image_size``) and records the environment in the results (``environment``).
 
 Example:
-    >>> from visionssl.cli.benchmark_setup import load_checkpoint
-    >>> name, backbone = load_checkpoint("random:resnet18_cifar", ["random:resnet18_cifar"], seed=0)
+    >>> from visionssl.cli.benchmark_setup import load_benchmark_backbone
+    >>> name, backbone = load_benchmark_backbone("random:resnet18_cifar", ["random:resnet18_cifar"], seed=0)
     >>> name
     'random (resnet18_cifar)'
 """
@@ -25,12 +25,15 @@ from torch import nn
 from visionssl.data.dataset import stored_size
 from visionssl.errors import ConfigError, DataError
 
-__all__ = ["environment", "load_checkpoint", "load_data", "run_image_size"]
+__all__ = ["environment", "load_benchmark_backbone", "load_data", "run_image_size"]
 
 
-def load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: bool = False) -> tuple[str, nn.Module]:
+def load_benchmark_backbone(
+    spec: str, all_specs: Sequence[str], seed: int, trust_code: bool = False
+) -> tuple[str, nn.Module]:
     """(display name, backbone) of a checkpoint spec; ``random`` copies the backbone of the first real one in ``all_specs``."""
     from visionssl.backbones.trust import build_backbone
+    from visionssl.zoo import resolve_checkpoint
 
     spec = str(spec)
     if spec == "random" or spec.startswith("random:"):
@@ -41,52 +44,24 @@ def load_checkpoint(spec: str, all_specs: Sequence[str], seed: int, trust_code: 
                 raise ConfigError(
                     "'random' copies the backbone of the first checkpoint; give one, or use random:BACKBONE"
                 )
-            name, kwargs = _backbone_spec(str(source), trust_code)
+            resolved = resolve_checkpoint(str(source), trust_code=trust_code)
+            name, kwargs = resolved.backbone, resolved.backbone_kwargs
         torch.manual_seed(seed)
         return f"random ({name})", build_backbone(name, kwargs, source=spec)
-    return spec, _load_backbone(spec, trust_code)
+    return spec, resolve_checkpoint(spec, trust_code=trust_code).build()
 
 
-def _load_backbone(spec: str, trust_code: bool = False) -> nn.Module:
-    from visionssl import zoo
+def run_image_size(checkpoints: Sequence[str], trust_code: bool = False) -> int | None:
+    """``augment.image_size`` of the first checkpoint that is a run, else None (each spec resolved and checked)."""
+    from visionssl.zoo import resolve_checkpoint
 
-    return zoo.load_backbone(spec, trust_code=trust_code)  # zoo names, .safetensors exports, runs and checkpoint files
-
-
-def _backbone_spec(spec: str, trust_code: bool = False) -> tuple[str, dict[str, Any]]:
-    """(backbone name, kwargs) of a checkpoint, without building it; checked like any name read from a file."""
-    from visionssl.backbones.trust import check_backbone_spec, run_dir_of
-
-    path = Path(spec)
-    if path.exists() and path.suffix == ".safetensors":
-        from visionssl.zoo import safetensors_backbone
-
-        return safetensors_backbone(path, trust_code=trust_code)
-    if path.exists():
-        from visionssl.engine.checkpoint import checkpoint_backbone, load_checkpoint
-
-        name, kwargs, _ = checkpoint_backbone(load_checkpoint(path), path)
-        return check_backbone_spec(
-            name, kwargs, source=f"checkpoint {path}", trust_code=trust_code, run_dir=run_dir_of(path)
-        )
-    from visionssl import zoo
-
-    entry = zoo.info(spec)
-    return check_backbone_spec(
-        entry.backbone, entry.backbone_kwargs, source=f"zoo entry {spec!r}", trust_code=trust_code
-    )
-
-
-def run_image_size(checkpoints: Sequence[str]) -> int | None:
-    """``augment.image_size`` of the first checkpoint that is a run or checkpoint file, else None."""
     for spec in checkpoints:
-        path = Path(str(spec))
-        if path.exists() and path.suffix != ".safetensors":
-            from visionssl.engine.checkpoint import load_checkpoint
-
-            size = (load_checkpoint(path).get("config", {}).get("augment") or {}).get("image_size")
-            if size:
-                return int(size)
+        if str(spec) == "random" or str(spec).startswith("random:"):
+            continue
+        source = resolve_checkpoint(str(spec), trust_code=trust_code)
+        size = (source.config.get("augment") or {}).get("image_size")
+        if source.kind == "run" and size:
+            return int(size)
     return None
 
 

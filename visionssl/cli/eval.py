@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from visionssl.backbones.trust import TRUST_CODE_HELP
@@ -51,28 +50,16 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[str, Any], tuple[str, dict] | None]:
-    """(backbone, run config or {}, (backbone name, kwargs) for the random baseline) from a run directory,
-    checkpoint file, exported .safetensors or zoo name."""
-    from visionssl import zoo
-    from visionssl.engine.checkpoint import load_checkpoint
+def load_for_eval(checkpoint: str, trust_code: bool = False) -> tuple[Any, dict[str, Any], tuple[str, dict]]:
+    """(backbone, run config or {}, (backbone name, kwargs) for the random baseline) of any checkpoint spec."""
     from visionssl.engine.config_checks import check_run_settings
+    from visionssl.zoo import resolve_checkpoint
 
-    backbone = zoo.load_backbone(checkpoint, trust_code=trust_code)  # checks the backbone the file names
-    path = Path(checkpoint).expanduser()
-    if path.exists() and path.suffix == ".safetensors":
-        return backbone, {}, zoo.safetensors_backbone(path, trust_code=trust_code)
-    if path.exists():
-        config = load_checkpoint(path)["config"]  # load_backbone checked its shape
-        check_run_settings(config, str(path))  # the dataset and sizes eval reads from it
-        spec = config["backbone"]
-        return (
-            backbone,
-            {k: v if isinstance(v, dict) else {} for k, v in config.items()},
-            (spec["name"], spec.get("kwargs") or {}),
-        )
-    entry = zoo.info(checkpoint)
-    return backbone, {}, (entry.backbone, dict(entry.backbone_kwargs))
+    source = resolve_checkpoint(checkpoint, trust_code=trust_code)  # checks the backbone the spec names
+    if source.kind == "run":
+        check_run_settings(source.config, str(source.path))  # the dataset and sizes eval reads from it
+    config = {k: v if isinstance(v, dict) else {} for k, v in source.config.items()}
+    return source.build(), config, (source.backbone, source.backbone_kwargs)
 
 
 def run_eval(args: argparse.Namespace) -> int:

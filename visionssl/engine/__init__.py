@@ -12,10 +12,6 @@ from visionssl.engine.guards import NonFiniteLossError
 from visionssl.engine.optim import cosine_with_warmup, create_optimizer
 from visionssl.engine.trainer import Trainer
 
-load_backbone = (
-    load_run_backbone  # the documented name (README): a run's backbone; the zoo's own load_backbone reads any source
-)
-
 __all__ = [
     "CheckpointError",
     "ConfigError",
@@ -25,7 +21,6 @@ __all__ = [
     "cosine_with_warmup",
     "create_optimizer",
     "list_recipes",
-    "load_backbone",
     "load_checkpoint",
     "load_config",
     "load_run_backbone",

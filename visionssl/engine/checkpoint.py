@@ -101,9 +101,17 @@ def load_run_backbone(
     Example (with a run made by ``visionssl pretrain --out runs/demo``):
         >>> backbone = load_run_backbone("runs/demo")  # doctest: +SKIP
     """
+    return build_run_backbone(load_checkpoint(path, map_location), path, trust_code=trust_code).to(map_location)
+
+
+def build_run_backbone(ckpt: Any, path: str | os.PathLike, *, trust_code: bool = False) -> nn.Module:
+    """The backbone of an already loaded visionssl checkpoint (``load_checkpoint``), weights loaded strictly.
+
+    Example:
+        >>> backbone = build_run_backbone(load_checkpoint("runs/demo"), "runs/demo")  # doctest: +SKIP
+    """
     from visionssl.backbones.trust import create_backbone_from_file, run_dir_of
 
-    ckpt = load_checkpoint(path, map_location)
     name, kwargs, state = checkpoint_backbone(ckpt, path)
     try:
         backbone = create_backbone_from_file(
@@ -119,7 +127,7 @@ def load_run_backbone(
             f"the weights in {path} do not fit its backbone {name!r}: "
             f"{detail[:300]}{'...' if len(detail) > 300 else ''}"
         ) from None
-    return backbone.to(map_location)
+    return backbone
 
 
 def checkpoint_backbone(ckpt: Any, path: str | os.PathLike) -> tuple[Any, Any, dict[str, torch.Tensor]]:

@@ -55,9 +55,11 @@ from visionssl.zoo.download import (
 )
 from visionssl.zoo.export import ExportedModel, export_run
 from visionssl.zoo.integrity import check_hash, read_sidecar, sha256_file
+from visionssl.zoo.resolve import CheckpointSource, load, resolve_checkpoint, safetensors_backbone
 
 __all__ = [
     "CONVERTERS",
+    "CheckpointSource",
     "ExportedModel",
     "UnverifiedDownloadWarning",
     "ZooEntry",
@@ -80,6 +82,7 @@ __all__ = [
     "pin",
     "read_checkpoint",
     "register_converter",
+    "resolve_checkpoint",
     "safetensors_backbone",
     "sha256_file",
     "verify",
@@ -131,43 +134,6 @@ def download(
     return fetch(
         get_entry(name), offline=offline, timeout=timeout, progress=progress, force=force, total_timeout=total_timeout
     )
-
-
-def load(
-    name: str,
-    *,
-    offline: bool | None = None,
-    unsafe: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
-    progress: bool = True,
-    total_timeout: float | None = None,
-    trust_code: bool = False,
-) -> nn.Module:
-    """The backbone of zoo entry ``name`` with its pretrained weights loaded strictly.
-
-    The backbone is built with ``vs.create_backbone(entry.backbone, **entry.backbone_kwargs)`` (a
-    timm model without classifier) and returned as built (training mode); call ``.eval()`` to
-    extract features.
-
-    Args:
-        name: a zoo entry name (``vs.zoo.list()``).
-        offline: use only the cache and local files (default: ``VISIONSSL_OFFLINE``).
-        unsafe: allow full unpickling of a checkpoint the safe loader refuses. It runs any code
-            the file holds: only for files from a source you trust.
-        timeout: idle limit: seconds with less than 1 KiB from a server before trying the next mirror.
-        progress: show a progress bar while downloading.
-        total_timeout: seconds one mirror's whole download may take (None: no limit).
-        trust_code: allow an entry whose backbone is code (``module:function`` / ``file.py:function``);
-            by default an entry may name registered or timm backbones only.
-    """
-    from visionssl.backbones.trust import check_backbone_spec
-
-    entry = get_entry(name)
-    check_backbone_spec(
-        entry.backbone, entry.backbone_kwargs, source=f"zoo entry {name!r} ({entry.origin})", trust_code=trust_code
-    )
-    path = fetch(entry, offline=offline, timeout=timeout, progress=progress, total_timeout=total_timeout)
-    return load_file(path, entry.format, entry.backbone, unsafe=unsafe, **entry.backbone_kwargs)
 
 
 def verify(name: str) -> str:
@@ -229,9 +195,9 @@ def load_backbone(
 ) -> nn.Module:
     """A backbone from a zoo name, an exported ``.safetensors`` file, or a visionssl checkpoint / run directory.
 
-    This is what every CLI ``--checkpoint`` option accepts. The backbone a file names must be a
-    registered or timm model unless ``trust_code=True`` (or your own run directory recorded it,
-    see ``visionssl.backbones.trust``).
+    This is what every CLI ``--checkpoint`` option accepts (``resolve_checkpoint`` says which it is). The
+    backbone a file names must be a registered or timm model unless ``trust_code=True`` (or your own run
+    directory vouched for it, see ``visionssl.backbones.trust``).
 
     Example:
         >>> import visionssl as vs
@@ -240,50 +206,7 @@ def load_backbone(
         ...
         visionssl.errors.ZooError: no zoo entry named 'no_such_model_or_file'; known: ...
     """
-    path = Path(spec).expanduser()
-    if path.exists():
-        if path.suffix == ".safetensors":
-            name, kwargs = safetensors_backbone(path, trust_code=trust_code)
-            return load_file(path, "visionssl", name, **kwargs)
-        from visionssl.engine.checkpoint import load_run_backbone
-
-        return load_run_backbone(path, trust_code=trust_code)
-    if "/" in str(spec) or path.suffix in (".pt", ".pth", ".tar", ".safetensors"):
-        raise ZooError(f"checkpoint {spec} does not exist (expected a run directory, a checkpoint file or a zoo name)")
-    return load(str(spec), offline=offline, unsafe=unsafe, trust_code=trust_code)
-
-
-def safetensors_backbone(path: str | os.PathLike, *, trust_code: bool = False) -> tuple[str, dict]:
-    """``(backbone, kwargs)`` named by a ``.safetensors`` file's metadata, checked like any file's (one-line errors).
-
-    Example:
-        >>> import tempfile, torch, safetensors.torch
-        >>> p = tempfile.mkdtemp() + "/w.safetensors"
-        >>> safetensors.torch.save_file({"w": torch.ones(1)}, p, metadata={"backbone": "resnet18_cifar"})
-        >>> safetensors_backbone(p)
-        ('resnet18_cifar', {})
-    """
-    import json
-
-    from safetensors import safe_open
-
-    from visionssl.backbones.trust import check_backbone_spec
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types for damaged headers)
-        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ZooError(f"cannot read {path} (truncated or not a safetensors file): {detail}") from None
-    if "backbone" not in meta:
-        raise ZooError(f"{path} does not name its backbone (metadata 'backbone'); add a zoo entry for it")
-    try:
-        kwargs = json.loads(meta.get("backbone_kwargs") or "{}")
-    except ValueError:
-        raise ZooError(f"{path}: its metadata 'backbone_kwargs' is not JSON") from None
-    except RecursionError:
-        raise ZooError(f"{path}: its metadata 'backbone_kwargs' is nested too deeply") from None
-    return check_backbone_spec(meta["backbone"], kwargs, source=f"{path} (metadata)", trust_code=trust_code)
+    return resolve_checkpoint(spec, trust_code=trust_code).build(offline=offline, unsafe=unsafe)
 
 
 def markdown_table() -> str:

@@ -28,6 +28,7 @@ import yaml
 from visionssl.files import atomic_write
 from visionssl.zoo.catalog import ZooError, parse_zoo
 from visionssl.zoo.integrity import sha256_file
+from visionssl.zoo.safe_load import is_safetensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,38 +60,20 @@ def export_run(
     """
     from safetensors.torch import save
 
-    from visionssl.backbones.trust import create_backbone_from_file, run_dir_of
-    from visionssl.engine.checkpoint import (
-        CHECKPOINT_FORMAT,
-        backbone_state_dict,
-        load_checkpoint,
-    )
-    from visionssl.zoo.convert import load_strict
+    from visionssl.zoo.resolve import resolve_checkpoint
 
     run = Path(run_dir)
-    ckpt = load_checkpoint(run)
-    if (
-        not isinstance(ckpt, dict)
-        or ckpt.get("format") != CHECKPOINT_FORMAT
-        or "config" not in ckpt
-        or "method" not in ckpt
-    ):
-        raise ZooError(f"{run} is not a visionssl training checkpoint (it needs format='visionssl', config and method)")
-    config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-    spec = config.get("backbone") if isinstance(config.get("backbone"), dict) else {}
-    if not spec.get("name"):
-        raise ZooError(f"{run}: the run's config has no backbone name (config['backbone']['name'])")
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone_state_dict(ckpt["method"]).items()}
-    kwargs = dict(spec.get("kwargs") or {})
-    net = create_backbone_from_file(
-        spec["name"], kwargs, source=f"checkpoint {run}", trust_code=trust_code, run_dir=run_dir_of(run)
-    )
-    load_strict(net, state, source=f"the backbone of {run}")
+    source = resolve_checkpoint(run, trust_code=trust_code)
+    if source.kind != "run":
+        raise ZooError(f"{run} is not a visionssl run directory or training checkpoint (export takes a run)")
+    ckpt, config = source.checkpoint, source.config
+    state = {k: v.detach().cpu().contiguous() for k, v in source.build().state_dict().items()}
+    spec, kwargs = {"name": source.backbone}, dict(source.backbone_kwargs)
 
     run_name = run.name if run.is_dir() else run.stem
     name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-.") or "model"
     out = Path(out) if out else (run if run.is_dir() else run.parent) / "export" / f"{name}.safetensors"
-    if out.suffix != ".safetensors":
+    if not is_safetensors(out):
         raise ZooError(f"the exported file must end in .safetensors, got {out}")
     method = (config.get("method") or {}).get("name", "unknown")
     metadata = {

@@ -146,7 +146,7 @@ def read_checkpoint(path: str | os.PathLike, *, unsafe: bool = False) -> Any:
         [1.0]
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
@@ -202,3 +202,13 @@ def _read_unsafe(path: Path) -> Any:
         ) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         raise ZooError(f"cannot read checkpoint {path} (truncated, or not a torch file): {exc}") from None
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a ``.safetensors`` file (an export), by its suffix: the one place that asks.
+
+    Example:
+        >>> is_safetensors("runs/a/export/a.safetensors"), is_safetensors("runs/a/checkpoints/last.pt")
+        (True, False)
+    """
+    return Path(path).suffix == ".safetensors"
