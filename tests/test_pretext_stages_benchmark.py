@@ -33,9 +33,7 @@ def test_each_stage_is_scored_against_the_same_stage_of_the_runs_initialisation(
     initial = vs.create_backbone("resnet10t_cifar")
     expected = bench.knn_scores(initial, train, test, None, folds, 16, 3, "stage2")
     assert (row["stages"]["stage2"]["random_test"], row["stages"]["stage2"]["random_4fold"]) == expected
-    trained = bench.knn_scores(
-        vs.zoo.load_backbone(tmp_path / "rotation"), train, test, None, folds, 16, 3, "stage2"
-    )
+    trained = bench.knn_scores(vs.zoo.load_backbone(tmp_path / "rotation"), train, test, None, folds, 16, 3, "stage2")
     assert (row["stages"]["stage2"]["test"], row["stages"]["stage2"]["4fold"]) == trained
     assert row["best_stage"] == max(row["stages"], key=lambda s: row["stages"][s]["4fold"])
     table = bench.markdown([row], "cpu", 16, 3)
