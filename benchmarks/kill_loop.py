@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from visionssl.engine import CheckpointError, load_checkpoint  # noqa: E402
+from visionssl.engine.smoke import smoke_overrides  # noqa: E402
 
 BACKBONE = """
 from torch import nn
@@ -62,15 +63,7 @@ def pretrain_args(out: Path, backbone: Path, epochs: int) -> list[str]:
         "--no-progress",
         "--backbone",
         f"{backbone}:tiny",
-        "data.name=synthetic:64",
-        "data.image_size=16",
-        "augment.image_size=16",
-        "optim.batch_size=16",
-        "optim.warmup_epochs=0",
-        "method.proj_hidden_dim=16",
-        "method.proj_dim=8",
-        "train.knn_every=-1",
-        "train.log_every=4",
+        *smoke_overrides(),
     ]
 
 

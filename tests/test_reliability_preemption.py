@@ -21,6 +21,7 @@ import torch
 
 from visionssl.cli import main
 from visionssl.engine import Trainer, load_checkpoint, load_config
+from visionssl.engine.smoke import smoke_overrides
 
 BACKBONE = '''
 import os, signal
@@ -82,15 +83,7 @@ def settings(backbone_file, epochs=EPOCHS):
         "--no-progress",
         "--backbone",
         f"{backbone_file}:tiny",
-        "data.name=synthetic:64",
-        "data.image_size=16",
-        "augment.image_size=16",
-        "optim.batch_size=16",
-        "optim.warmup_epochs=0",
-        "method.proj_hidden_dim=16",
-        "method.proj_dim=8",
-        "train.knn_every=-1",
-        "train.log_every=4",
+        *smoke_overrides(),
     ]
 
 
@@ -222,21 +215,9 @@ def test_deterministic_runs_are_bit_identical_across_processes(backbone_file, re
 def tiny_config(backbone_file, out, epochs=3):
     return load_config(
         "simclr",
-        overrides=[
-            f"backbone.name={backbone_file}:tiny",
-            "data.name=synthetic:64",
-            "data.image_size=16",
-            "augment.image_size=16",
-            "optim.batch_size=16",
-            "optim.warmup_epochs=0",
-            "method.proj_hidden_dim=16",
-            "method.proj_dim=8",
-            "train.knn_every=-1",
-            "train.progress=false",
-            "train.deterministic=true",
-            f"train.epochs={epochs}",
-            f"out={out}",
-        ],
+        overrides=smoke_overrides(
+            f"backbone.name={backbone_file}:tiny", "train.deterministic=true", f"train.epochs={epochs}", f"out={out}"
+        ),
     )
 
 

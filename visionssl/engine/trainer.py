@@ -6,42 +6,45 @@ Everything a run produces lives in its run directory::
     metrics.jsonl      one JSON object per logged step and per evaluation
     tensorboard/       TensorBoard events (loss, lr, images/s, kNN accuracy, collapse metrics)
     checkpoints/last.pt  written atomically; ``resume=True`` continues from it exactly
+
+The Trainer is the loop; its parts are built from the config and handed what they need:
+``visionssl.engine.build`` (data, method, views, loader, optimizer), ``trainstate.Checkpointer``,
+``runlog.RunLog``, ``guards.StopSignals`` and ``guards.NonFiniteGuard``, ``online_knn``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
+import shlex
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from visionssl import augment as augment_lib
 from visionssl import distributed
-from visionssl.backbones.features import input_channels, resolve_device
-from visionssl.data import BatchLoader, ImageDataset, load_dataset
-from visionssl.data.decode import display_path
+from visionssl.backbones.features import resolve_device
+from visionssl.data import ImageDataset, load_dataset
 from visionssl.engine.batchnorm import recalibrate_batchnorm
-from visionssl.engine.config import ConfigError, to_dict
-from visionssl.engine.evaluators import EVALUATORS
-from visionssl.engine.guards import Guards, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: re-exported)
-from visionssl.engine.optim import cosine_with_warmup, create_optimizer, set_lr
-from visionssl.engine.runlog import RunLog
+from visionssl.engine.build import build_augment, build_loader, build_method, build_optimizer, build_train_set
+from visionssl.engine.guards import NonFiniteGuard, NonFiniteLossError, StopSignals  # noqa: F401  (re-exported)
+from visionssl.engine.online_knn import online_knn
+from visionssl.engine.optim import cosine_with_warmup, set_lr
+from visionssl.engine.runlog import LogWindow, RunLog, progress_bar, step_scalars
 from visionssl.engine.runtime import (  # noqa: F401  (cpu_computes_bf16: re-exported)
     cpu_computes_bf16,
     resolve_precision,
     seed_everything,
 )
-from visionssl.engine.trainstate import Checkpointing
-from visionssl.methods import SSLMethod, create_method
+from visionssl.engine.trainstate import PROGRESS, Checkpointer
+from visionssl.methods import SSLMethod
 
 logger = logging.getLogger(__name__)
 
 
-class Trainer(Checkpointing, RunLog, Guards):
+class Trainer:
     """Pretrains one method on one dataset as the config says.
 
     Args:
@@ -57,7 +60,7 @@ class Trainer(Checkpointing, RunLog, Guards):
     group, wraps the method in DistributedDataParallel, takes its block of each global batch
     (``optim.batch_size`` is the global batch, the learning rate is scaled on it), and rank 0 alone
     writes the run directory; ``rank`` and ``world_size`` say where it stands (0 and 1 otherwise).
-    Checkpoints (``save_checkpoint``, ``resume``) come from ``visionssl.engine.trainstate``.
+    Checkpoints (``save_checkpoint``, ``resume``) are written and read by ``visionssl.engine.trainstate``.
 
     Example:
         >>> from visionssl.engine.config import load_config
@@ -77,68 +80,16 @@ class Trainer(Checkpointing, RunLog, Guards):
         eval_sets: tuple[ImageDataset, ImageDataset] | None = None,
     ):
         self.config = cfg = config
-        if cfg.train.num_threads:
-            torch.set_num_threads(cfg.train.num_threads)
-        # under torchrun: joins the process group (NCCL on GPUs, gloo on CPUs) and takes cuda:LOCAL_RANK
-        try:
-            device = resolve_device(cfg.train.device, "train.device")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.device = distributed.init(device)
-        self.rank, self.world_size = distributed.rank(), distributed.world_size()
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        if self.device.type == "cuda" and not cfg.train.deterministic:
-            torch.backends.cudnn.benchmark = True  # views have one fixed size: autotuned convolutions pay off
+        self._join_processes()
         self.out = Path(cfg.out) if cfg.out else None
-
-        data = cfg.data
         self.precise_bn = bool(cfg.train.precise_bn)
-        if self.precise_bn and data.stream:
-            raise ConfigError("train.precise_bn=true needs the images in memory; it does not run with data.stream=true")
-        if data.stream:  # files listed here, decoded and cropped batch by batch (visionssl.data.stream)
-            from visionssl.data.stream import list_image_files
-
-            self.train_set = train_set or list_image_files(data.name, "train")
-        else:
-            self.train_set = train_set or load_dataset(data.name, "train", data.image_size, data.skip_bad_images)
-        if self.train_set.skipped:
-            logger.warning(
-                "skipped %d unreadable images: %s",
-                len(self.train_set.skipped),
-                "; ".join(f"{display_path(p)} ({r})" for p, r in self.train_set.skipped[:10]),
-            )
+        self.train_set = build_train_set(cfg, train_set, self.world_size)
         self.eval_sets = eval_sets
-        if cfg.optim.batch_size > len(self.train_set):
-            raise ConfigError(
-                f"optim.batch_size={cfg.optim.batch_size} is larger than the dataset ({len(self.train_set)} images)"
-            )
-        if cfg.optim.batch_size % self.world_size:
-            raise ConfigError(
-                f"optim.batch_size={cfg.optim.batch_size} is the global batch, split over {self.world_size} "
-                f"processes: it must be a multiple of {self.world_size}"
-            )
-
-        self.method = method or create_method(
-            cfg.method["name"],
-            backbone=cfg.backbone.name,
-            backbone_kwargs=dict(cfg.backbone.kwargs),
-            **{k: v for k, v in to_dict(cfg.method).items() if k != "name"},
-        )
-        if cfg.train.sync_bn and distributed.is_distributed():
-            if self.device.type != "cuda":
-                raise ConfigError("train.sync_bn=true needs GPUs: torch's SyncBatchNorm does not run on the CPU")
-            self.method = distributed.convert_sync_batchnorm(self.method)
-        self.method.to(self.device)
-        self.channels_last = cfg.train.channels_last  # faster convolutions on CUDA, and on the CPU with oneDNN
-        if self.channels_last:
-            self.method.to(memory_format=torch.channels_last)
-        channels = input_channels(self.method.backbone)
-        self.augment = augment_lib.create(
-            cfg.augment.name or self.method.augmentation,
-            image_size=cfg.augment.image_size,
-            channels=channels,
-            **to_dict(cfg.augment.kwargs),
-        ).to(self.device)
+        if cfg.data.stream and eval_sets is None and not cfg.data.eval:
+            self.eval_sets = (None, None)  # a kNN bank is held in memory: online kNN needs data.eval
+        self.method = build_method(cfg, self.device, method)
+        self.channels_last = cfg.train.channels_last
+        self.augment = build_augment(cfg, self.method, self.device)
         # DDP averages the gradients over the ranks; hooks are called on self.method, never on the wrapper
         self._forward = distributed.wrap_ddp(self.method, self.device, cfg.train.find_unused_parameters)
         if cfg.train.compile:
@@ -146,63 +97,74 @@ class Trainer(Checkpointing, RunLog, Guards):
         if self.rank:  # every rank draws its own augmentations (the weights are rank 0's: DDP copies them)
             seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
         self._pass_indices = self.method.needs_indices
-
-        # optim.batch_size is the global batch: each rank takes its block of batch_size / world_size images
-        if data.stream:  # the preset's crops move to the loader's workers; self.augment keeps the rest
-            from visionssl.engine.stream import stream_loader
-
-            self.loader, self.augment = stream_loader(
-                self.train_set,
-                self.augment,
-                cfg.optim.batch_size,
-                self.device,
-                seed=cfg.train.seed,
-                num_workers=data.workers,
-                gpu_decode=data.gpu_decode,
-                skip_bad_images=data.skip_bad_images,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-            if self.eval_sets is None and not data.eval:
-                self.eval_sets = (None, None)  # a kNN bank is held in memory: online kNN needs data.eval
-        else:
-            self.loader = BatchLoader(
-                self.train_set,
-                cfg.optim.batch_size,
-                self.device,
-                seed=cfg.train.seed,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
+        self.loader, self.augment = build_loader(
+            cfg, self.train_set, self.augment, self.device, self.rank, self.world_size
+        )
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
-        scale = {"linear": cfg.optim.batch_size / 256, "sqrt": math.sqrt(cfg.optim.batch_size / 256), "none": 1.0}
-        self.lr = cfg.optim.lr * scale[cfg.optim.lr_scaling]
-        self.optimizer = create_optimizer(
-            self.method.param_groups(cfg.optim.weight_decay),
-            cfg.optim.name,
-            lr=self.lr,
-            momentum=cfg.optim.momentum,
-            betas=tuple(cfg.optim.betas),
-            trust_coefficient=cfg.optim.trust_coefficient,
-        )
-        self.precision = precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
+        self.lr, self.optimizer = build_optimizer(cfg, self.method)
+        self.precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
         if self.precision == "bf16" and isinstance(self.augment, augment_lib.MultiView):
             self.augment.dtype = torch.bfloat16  # autocast would round the views to bf16 at the first layer anyway
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self._build_parts()
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.metrics: dict[str, float] = {}
-        self._writer = None
-        self._metrics_file = None
-        self.stop_signal: str | None = None  # "SIGTERM"/"SIGINT" caught during fit(): save and return at the next step
-        self.skipped_steps = 0  # optimizer steps skipped for a NaN/inf loss or gradients (train.on_nonfinite=skip)
-        self._skipped_in_a_row = 0
-        self._buffers_before_step: list[torch.Tensor] | None = None
-        self._low_scale_warned = False
         self.resume_command: str | None = None  # set when a signal stopped the run
 
+    def _join_processes(self) -> None:
+        """Threads, device, rank and seeds; under torchrun it joins the process group (NCCL on GPUs, gloo on CPUs)."""
+        cfg = self.config
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = distributed.init(resolve_device(cfg.train.device, "train.device"))  # takes cuda:LOCAL_RANK
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        if self.device.type == "cuda" and not cfg.train.deterministic:
+            torch.backends.cudnn.benchmark = True  # views have one fixed size: autotuned convolutions pay off
+
+    def _build_parts(self) -> None:
+        cfg = self.config
+        self.checkpointer = Checkpointer(
+            self.out,
+            cfg,
+            self.method,
+            self.optimizer,
+            self.scaler,
+            device=self.device,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        self.run_log = RunLog(cfg, self.out)
+        self.stop = StopSignals(enabled=self.out is not None)
+        self.guard = NonFiniteGuard(
+            self.method,
+            self.optimizer,
+            self.scaler,
+            on_nonfinite=cfg.train.on_nonfinite,
+            grad_clip=cfg.optim.grad_clip,
+            max_skipped_steps=cfg.train.max_skipped_steps,
+            min_loss_scale=cfg.train.min_loss_scale,
+            checkpoint_path=self.checkpointer.path,
+        )
+
     # ----------------------------------------------------------------- public
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``checkpoints/last.pt`` in the run directory (None without one)."""
+        return self.checkpointer.path
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a NaN/inf loss or gradients (``train.on_nonfinite=skip``)."""
+        return self.guard.skipped_steps
+
+    @property
+    def stop_signal(self) -> str | None:
+        """``"SIGTERM"``/``"SIGINT"`` once caught during ``fit``: it saves and returns at the next step."""
+        return self.stop.signal
+
     def fit(self, resume: bool = False) -> dict[str, float]:
         """Trains to ``train.epochs``; with ``resume`` continues from the run directory's last checkpoint.
 
@@ -223,103 +185,63 @@ class Trainer(Checkpointing, RunLog, Guards):
         return run_lock(self.out)
 
     def _fit(self, resume: bool) -> dict[str, float]:
-        cfg = self.config
+        epochs = self.config.train.epochs
         if resume:
             self.resume()
-        self._open_run_dir()
-        restore_signals = self._catch_stop_signals()
+        self.run_log.open(self.step)
+        restore_signals = self.stop.catch()
         try:
             self.method.on_train_start(self)
-            while self.epoch < cfg.train.epochs and not self._stop_requested():
+            while self.epoch < epochs and not self.stop.requested():
                 self.train_epoch()
                 if self.batch_in_epoch:  # stopped mid-epoch by a signal
                     break
-                last = self.epoch == cfg.train.epochs
-                every = cfg.train.knn_every
-                knn_due = every >= 0 and (last or (every > 0 and self.epoch % every == 0))
-                if self.precise_bn and (last or knn_due):
-                    self.recalibrate_batchnorm()
-                if knn_due:
-                    self.log_scalars(self.evaluate_knn())
-                if last or self.epoch % cfg.train.checkpoint_every == 0:
-                    self.save_checkpoint()
-            if self._stop_requested() and self.epoch < cfg.train.epochs:
+                self._end_epoch()
+            if self.stop.requested() and self.epoch < epochs:
                 self._save_on_stop()
         finally:
             restore_signals()
-            self._close_run_dir()
+            self.run_log.close()
         result = {"epoch": self.epoch, "step": self.step, **self.metrics}
-        stopped = self.stop_signal is not None and self.epoch < cfg.train.epochs
+        stopped = self.stop_signal is not None and self.epoch < epochs
         return {**result, "stopped_by": self.stop_signal} if stopped else result
+
+    def _end_epoch(self) -> None:
+        """After a whole epoch: precise BatchNorm, the online kNN and the checkpoint, when they are due."""
+        train = self.config.train
+        last = self.epoch == train.epochs
+        every = train.knn_every
+        knn_due = every >= 0 and (last or (every > 0 and self.epoch % every == 0))
+        if self.precise_bn and (last or knn_due):
+            self.recalibrate_batchnorm()
+        if knn_due:
+            self.log_scalars(self.evaluate_knn())
+        if last or self.epoch % train.checkpoint_every == 0:
+            self.save_checkpoint()
 
     def train_epoch(self) -> None:
         """Runs the rest of the current epoch (all of it unless resumed mid-epoch)."""
-        cfg, method = self.config, self.method
+        method = self.method
         method.train()
         if self.batch_in_epoch == 0:
             method.on_epoch_start(self)
         self.loader.sample_weights = method.sample_weights
         self.loader.sample_labels = method.sample_labels
-        log_every = cfg.train.log_every
-        loss_sum = torch.zeros((), device=self.device)
-        counted = torch.zeros((), device=self.device)  # steps of the window whose loss was finite
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        seen, tic = 0, time.perf_counter()
-        bar = self._progress_bar()
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
-            if self.precision in ("bf16", "fp16")
-            else nullcontext()
-        )
+        window = LogWindow(self.device)
+        bar = progress_bar(self.config, self.epoch, self.steps_per_epoch, self.batch_in_epoch)
         for indices, images in self.loader.epoch(self.epoch, start=self.batch_in_epoch):
-            lr = set_lr(
-                self.optimizer,
-                cosine_with_warmup(self.step, self.total_steps, self.warmup_steps, cfg.optim.final_lr_ratio),
-            )
-            views = self.augment(images)
-            if self.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            self._snapshot_buffers()
-            with autocast:
-                out = (
-                    self._forward(views, indices=indices.to(self.device, non_blocking=True))
-                    if self._pass_indices
-                    else self._forward(views)
-                )
-            loss = out["loss"]
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            bad = self._optimizer_step(loss)
-            self.step += 1
-            self.batch_in_epoch += 1
-            method.on_step_end(self.step, self.total_steps)
-            loss_sum += torch.where(bad, 0.0, loss.detach().float())
-            counted += ~bad
-            nonfinite |= bad
-            seen += len(images) * self.world_size  # images/s of all ranks together
-            if self.step % log_every == 0 or self.batch_in_epoch == self.steps_per_epoch:
-                self._check_finite(nonfinite)  # the one host synchronisation, every log_every steps
-                distributed.all_reduce(loss_sum)  # the global batch's loss: the mean of the ranks' losses
-                distributed.all_reduce(counted)
-                n = counted.item()
-                elapsed = time.perf_counter() - tic
-                scalars = {
-                    "train/loss": loss_sum.item() / n if n else math.nan,
-                    "train/lr": lr,
-                    "train/images_per_s": seen / elapsed,
-                }
-                scalars.update(self._extra_scalars(out))
-                scalars.update(self._numerics_scalars())
-                self.log_scalars(scalars)
+            out, lr, bad = self._train_step(indices, images)
+            window.add(out["loss"], bad, len(images) * self.world_size)  # images/s of all ranks together
+            if self.step % self.config.train.log_every == 0 or self.batch_in_epoch == self.steps_per_epoch:
+                self.guard.check(window.nonfinite, self.step, self.epoch)  # the one host sync every log_every steps
+                self.log_scalars({**window.scalars(lr), **step_scalars(out), **self.guard.scalars(self.step)})
                 if bar is not None:
-                    bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{scalars['train/images_per_s']:.0f}")
-                loss_sum.zero_()
-                counted.zero_()
-                seen, tic = 0, time.perf_counter()
+                    bar.set_postfix(loss=f"{self.metrics['train/loss']:.4f}", img_s=f"{window.images_per_s:.0f}")
+                window.reset()
             if bar is not None:
                 bar.update(1)
-            if self._stop_requested():  # a step boundary: fit() saves a checkpoint and returns
-                self._check_finite(nonfinite)
+            if self.stop.requested():  # a step boundary: fit() saves a checkpoint and returns
+                self.guard.check(window.nonfinite, self.step, self.epoch)
                 break
         if bar is not None:
             bar.close()
@@ -328,6 +250,85 @@ class Trainer(Checkpointing, RunLog, Guards):
             self.batch_in_epoch = 0
             distributed.sync_buffers(self.method)  # rank 0's BatchNorm statistics for evaluation and clustering
 
+    def _train_step(self, indices: torch.Tensor, images: torch.Tensor) -> tuple[dict[str, Any], float, torch.Tensor]:
+        """One optimizer step on one batch: ``(method outputs, lr, was the loss or a gradient NaN/inf)``."""
+        optim = self.config.optim
+        lr = set_lr(
+            self.optimizer, cosine_with_warmup(self.step, self.total_steps, self.warmup_steps, optim.final_lr_ratio)
+        )
+        views = self.augment(images)
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        self.guard.snapshot_buffers()
+        with self._autocast():
+            if self._pass_indices:
+                out = self._forward(views, indices=indices.to(self.device, non_blocking=True))
+            else:
+                out = self._forward(views)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        bad = self.guard.optimizer_step(out["loss"], self.step)
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.method.on_step_end(self.step, self.total_steps)
+        return out, lr, bad
+
+    def _autocast(self):
+        if self.precision not in ("bf16", "fp16"):
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    def log_scalars(self, scalars: dict[str, float], step: int | None = None) -> None:
+        """Records scalars in metrics.jsonl and TensorBoard (and in ``self.metrics``)."""
+        if not scalars:
+            return
+        self.metrics.update(scalars)
+        epoch = self.epoch + self.batch_in_epoch / self.steps_per_epoch  # epochs completed, fractional mid-epoch
+        self.run_log.write(scalars, self.step if step is None else step, epoch)
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's dict (``visionssl.engine.checkpoint`` lists its keys)."""
+        return self.checkpointer.state_dict(self._progress())
+
+    def save_checkpoint(self) -> Path | None:
+        """Writes ``checkpoints/last.pt`` atomically (no-op without a run directory).
+
+        A state holding NaN/inf is never written: the last good checkpoint is kept.
+        """
+        return self.checkpointer.save(self._progress())
+
+    def resume(self) -> None:
+        """Restores model, optimizer, scaler, progress and RNG state from the run directory."""
+        progress = self.checkpointer.resume()
+        self.epoch, self.step, self.batch_in_epoch = progress["epoch"], progress["step"], progress["batch_in_epoch"]
+        self.metrics = progress["metrics"]
+        self.guard.skipped_steps = progress["skipped_steps"]
+
+    def _progress(self) -> dict[str, Any]:
+        return dict(zip(PROGRESS, (self.epoch, self.step, self.batch_in_epoch, self.metrics, self.skipped_steps)))
+
+    def _save_on_stop(self) -> None:
+        path = self.save_checkpoint()
+        where = (
+            f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}/{self.steps_per_epoch}"
+            if self.batch_in_epoch
+            else f"the end of epoch {self.epoch}"
+        )
+        self.resume_command = f"visionssl pretrain --out {shlex.quote(str(self.out))} --resume"
+        if self.world_size > 1:  # the same launcher again (any number of processes: the global batch is kept)
+            self.resume_command = f"torchrun <the same options> -m {self.resume_command}"
+        logger.warning(
+            "stopped by %s at step %d (%s); checkpoint saved to %s. Resume with: %s "
+            "(from Python: Trainer(config).fit(resume=True))",
+            self.stop_signal,
+            self.step,
+            where,
+            path,
+            self.resume_command,
+        )
+
+    # ------------------------------------------------------------- evaluation
     def recalibrate_batchnorm(self) -> int:
         """Re-estimates the backbone's BatchNorm statistics on whole training images (the eval view).
 
@@ -350,8 +351,7 @@ class Trainer(Checkpointing, RunLog, Guards):
         if bank is None or bank.targets is None:
             return {}
         cfg = self.config
-        evaluate = EVALUATORS.get("knn")  # registered by visionssl.eval
-        result = evaluate(
+        result = online_knn(
             self.method.backbone,
             bank,
             queries,
@@ -363,7 +363,7 @@ class Trainer(Checkpointing, RunLog, Guards):
         )
         self.method.train()
         if result is not None:
-            result = {f"knn/{key}": float(v) for key, v in result.items() if key in ("top1", "top5")}
+            result = {f"knn/{key}": float(v) for key, v in result.items()}
         return distributed.broadcast_object(result)
 
     def load_eval_sets(self) -> tuple[ImageDataset | None, ImageDataset | None]:

@@ -13,7 +13,6 @@ Example:
     True
 """
 
-from visionssl.eval import sharded  # noqa: F401  (registers the trainer's online "knn" evaluator)
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
 from visionssl.eval.linear_probe import (

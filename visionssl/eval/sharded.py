@@ -19,11 +19,9 @@ import torch
 from torch import nn
 
 from visionssl import distributed
-from visionssl.engine.evaluators import register_evaluator
 from visionssl.eval.features import extract_features
-from visionssl.eval.knn import knn
 
-__all__ = ["extract_features_distributed", "online_knn"]
+__all__ = ["extract_features_distributed"]
 
 
 def extract_features_distributed(
@@ -81,35 +79,3 @@ class _Rows:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-@register_evaluator("knn")
-def online_knn(
-    backbone: nn.Module,
-    bank,
-    queries,
-    *,
-    batch_size: int = 256,
-    image_size: int | None = None,  # noqa: ANN001
-    device: str | torch.device | None = None,
-    k: int = 20,
-    temperature: float = 0.07,
-) -> dict[str, float] | None:
-    """The trainer's online kNN (``train.knn_every``): features split over the ranks, searched on rank 0.
-
-    Every rank must call it; rank 0 gets ``knn``'s metrics, the others ``None``.
-
-    Example:
-        >>> import torch, visionssl as vs
-        >>> from visionssl.data import load_dataset
-        >>> bank, queries = load_dataset("synthetic:16", "train", 16), load_dataset("synthetic:8", "test", 16)
-        >>> sorted(online_knn(vs.create_backbone("resnet10t_cifar"), bank, queries, k=5))
-        ['top1', 'top1@k5', 'top5', 'top5@k5']
-    """
-    feats = [
-        extract_features_distributed(backbone, ds, batch_size=batch_size, image_size=image_size, device=device, dst=0)
-        for ds in (bank, queries)
-    ]
-    if not distributed.is_main():
-        return None
-    return knn(feats[0][0], feats[0][1], feats[1][0], feats[1][1], k=k, temperature=temperature)
