@@ -1,6 +1,8 @@
 """Bad configurations: one clear line each (``ConfigError``; exit code 2 from the CLI), naming the key and
 what would be valid, raised before any data is loaded or any model is built."""
 
+import importlib
+import importlib.util
 import json
 
 import pytest
@@ -8,7 +10,18 @@ from omegaconf import OmegaConf
 
 from visionssl.cli import main
 from visionssl.engine import ConfigError, Trainer, load_config
-from visionssl.engine import trainer as trainer_module
+
+ENGINE_MODULES = ("visionssl.engine.trainer", "visionssl.engine.build")
+
+
+def refuse_in_engine(monkeypatch, name, refuse):
+    """Replaces ``name`` (create_method, load_dataset) wherever the engine's modules look it up."""
+    modules = [importlib.import_module(m) for m in ENGINE_MODULES if importlib.util.find_spec(m)]
+    hits = [m for m in modules if hasattr(m, name)]
+    assert hits, f"no engine module calls {name}"
+    for module in hits:
+        monkeypatch.setattr(module, name, refuse)
+
 
 BAD = [
     # unknown keys, with the closest valid one
@@ -164,8 +177,8 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the configuration was checked")
 
-    monkeypatch.setattr(trainer_module, "load_dataset", refuse)
-    monkeypatch.setattr(trainer_module, "create_method", refuse)
+    refuse_in_engine(monkeypatch, "load_dataset", refuse)
+    refuse_in_engine(monkeypatch, "create_method", refuse)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +208,7 @@ def test_a_batch_larger_than_the_dataset_stops_before_the_model_is_built(monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(trainer_module, "create_method", refuse)
+    refuse_in_engine(monkeypatch, "create_method", refuse)
     cfg = load_config("simclr", overrides=["data.name=synthetic:20", "data.image_size=8", "optim.batch_size=32"])
     with pytest.raises(ConfigError, match=r"optim.batch_size=32 is larger than the dataset \(20 images\)"):
         Trainer(cfg)

@@ -2,6 +2,8 @@
 written under the umask; VISIONSSL_HOME naming a file costs only the cache; a fuzz test over config overrides."""
 
 import contextlib
+import importlib
+import importlib.util
 import io
 import os
 import stat
@@ -18,8 +20,18 @@ from torch import nn
 import visionssl as vs
 import visionssl.engine
 from visionssl.cli import main
-from visionssl.engine import trainer as trainer_module
 from visionssl.engine.checkpoint import atomic_save, atomic_write_text
+
+ENGINE_MODULES = ("visionssl.engine.trainer", "visionssl.engine.build")
+
+
+def refuse_in_engine(monkeypatch, name, refuse):
+    """Replaces ``name`` (create_method, load_dataset) wherever the engine's modules look it up."""
+    modules = [importlib.import_module(m) for m in ENGINE_MODULES if importlib.util.find_spec(m)]
+    hits = [m for m in modules if hasattr(m, name)]
+    assert hits, f"no engine module calls {name}"
+    for module in hits:
+        monkeypatch.setattr(module, name, refuse)
 
 
 @pytest.fixture
@@ -29,7 +41,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built before the bad value was reported")
 
-    monkeypatch.setattr(trainer_module, "create_method", refuse)
+    refuse_in_engine(monkeypatch, "create_method", refuse)
 
 
 def run_cli(args, capsys):
