@@ -222,3 +222,41 @@ def test_mocov3_heads_end_in_batch_norm_as_the_official_mlps(vit):
     assert isinstance(m.projector[-1], torch.nn.BatchNorm1d) and not m.projector[-1].affine
     linears = [layer for head in (m.projector, m.predictor) for layer in head if isinstance(layer, torch.nn.Linear)]
     assert all(layer.bias is None for layer in linears)
+
+
+def _recipe(name):
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(vs.__file__).parent / "configs" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["dino", "dino_imagenet"])
+def test_dino_recipes_clip_gradients_and_drop_paths_as_the_official_vit_recipe(name):
+    recipe = _recipe(name)
+    assert recipe["optim"]["grad_clip"] == 3.0 and recipe["backbone"]["kwargs"]["drop_path_rate"] == 0.1
+
+
+def test_mocov3_imagenet_crops_start_at_0_2_and_the_vit_note_warms_up_40_epochs():
+    from pathlib import Path
+
+    assert _recipe("mocov3_imagenet")["augment"]["kwargs"]["scale"] == [0.2, 1.0]
+    assert "optim.warmup_epochs=40" in (Path(vs.__file__).parent / "configs" / "mocov3_imagenet.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", ["swav", "swav_imagenet"])
+def test_swav_recipes_use_swavs_colour_jitter(name):
+    kwargs = _recipe(name)["augment"]["kwargs"]
+    assert kwargs["jitter"] == [0.8, 0.8, 0.8, 0.2]
+    views = vs.augment.create("multicrop", image_size=16, **{**kwargs, "local_size": 8})(
+        torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
+    )
+    assert len(views) == 8
+
+
+def test_dino_last_layer_rows_start_at_unit_norm_as_the_official_weight_norm():
+    m = vs.create_method(
+        "dino", backbone="resnet10t_cifar", out_dim=64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False
+    )
+    torch.testing.assert_close(m.head.last_layer.weight.norm(dim=1), torch.ones(64))

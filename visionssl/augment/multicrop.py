@@ -79,12 +79,14 @@ def multicrop(
     global_scale: tuple[float, float] = (0.14, 1.0),
     local_scale: tuple[float, float] = (0.05, 0.14),
     blur_p: float | None = None,
+    jitter: tuple[float, float, float, float] = BYOL_JITTER,
     backend: str = "fused",
     **_: Any,
 ) -> MultiCrop:
     """2 global crops of ``image_size`` (scale 0.14-1) and ``num_local`` local crops of ``local_size``
-    (default ``local_crop_size(image_size)``; scale 0.05-0.14), SwAV's multi-crop. Colour: BYOL's jitter
-    (0.4, 0.4, 0.2, 0.1) p = 0.8, grayscale 0.2; blur p = 0.5 from 64 px (none below unless ``blur_p``).
+    (default ``local_crop_size(image_size)``; scale 0.05-0.14), SwAV's multi-crop. Colour: ``jitter`` (brightness,
+    contrast, saturation, hue; default DINO's and BYOL's 0.4, 0.4, 0.2, 0.1; SwAV's recipes pass its 0.8, 0.8, 0.8,
+    0.2) p = 0.8, grayscale 0.2; blur p = 0.5 from 64 px (none below unless ``blur_p``).
     DINO uses scales (0.4, 1) and (0.05, 0.4) for ViTs: pass ``global_scale``/``local_scale``.
     """
     if blur_p is None:
@@ -93,7 +95,13 @@ def multicrop(
 
     def view(size: int, scale: tuple[float, float]) -> nn.Module:
         return crop_jitter_view(
-            size, scale=tuple(scale), jitter=BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p, backend=backend
+            size,
+            scale=tuple(scale),
+            jitter=tuple(jitter),
+            jitter_p=0.8,
+            grayscale_p=0.2,
+            blur_p=blur_p,
+            backend=backend,
         )
 
     return MultiCrop(
