@@ -204,8 +204,8 @@ def test_nvjpeg_decode_equals_pil_within_two_levels(tmp_path):
 @cuda
 @needs_cuda
 def test_stream_loader_gpu_decode_on_cuda_equals_the_cpu_decoder(tmp_path):
-    from visionssl.data.stream import list_image_files
-    from visionssl.engine.stream import stream_loader
+    from visionssl.data.crop_loader import list_image_files
+    from visionssl.engine.stream_loader import stream_loader
 
     files = list_image_files(str(_jpeg_folder(tmp_path)), split="all")
     aug = vs.augment.create("simclr", image_size=32)

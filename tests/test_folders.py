@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from visionssl.data import load_dataset
+from visionssl.data.crop_loader import list_image_files
 from visionssl.data.decode import decode_images
 from visionssl.data.folders import list_image_folder
-from visionssl.data.stream import list_image_files
 
 
 def make_folder(root, nested_order=("zeta", "alpha", "mid")):

@@ -385,7 +385,7 @@ def test_eps_content_named_png_is_skipped_without_pillow_looking_for_ghostscript
 
     from PIL import EpsImagePlugin
 
-    from visionssl.data.stream import CropSpec, read_crops
+    from visionssl.data.crop_loader import CropSpec, read_crops
 
     calls = []  # recorded, not raised: decoding turns any exception into a BadImageError
 

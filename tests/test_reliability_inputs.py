@@ -9,8 +9,8 @@ from PIL import Image
 
 from visionssl.cli import main
 from visionssl.data import decode_image, load_dataset
+from visionssl.data.crop_loader import CropSpec, list_image_files, read_crops
 from visionssl.data.decode import display_path
-from visionssl.data.stream import CropSpec, list_image_files, read_crops
 
 BAD_NAME = b"caf\xe9-\xff.png"  # Latin-1 bytes: not valid UTF-8
 

@@ -13,8 +13,7 @@ import visionssl as vs
 from visionssl.augment.ops import RandomGaussianBlur
 from visionssl.augment.preset_split import split_preset
 from visionssl.data import BadImageError
-from visionssl.data.loader import BatchLoader, prefetch_to_device
-from visionssl.data.stream import (
+from visionssl.data.crop_loader import (
     CropSpec,
     ImageFiles,
     StreamLoader,
@@ -22,8 +21,9 @@ from visionssl.data.stream import (
     random_crop_box,
     read_crops,
 )
+from visionssl.data.loader import BatchLoader, prefetch_to_device
 from visionssl.engine.optim import create_optimizer
-from visionssl.engine.stream import stream_loader
+from visionssl.engine.stream_loader import stream_loader
 from visionssl.errors import DataError
 
 # ------------------------------------------------------------------------------ host synchronisation

@@ -1,6 +1,6 @@
 """The augmentation half of streaming (``data.stream=true``): a preset split into CPU crops and device views.
 
-The CPU workers of ``visionssl.data.stream.StreamLoader`` cut each view's random resized crop; the
+The CPU workers of ``visionssl.data.crop_loader.StreamLoader`` cut each view's random resized crop; the
 ``StreamViews`` returned here apply the rest of the preset (flip, colour, blur, normalisation) on the device.
 """
 

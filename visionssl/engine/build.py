@@ -45,7 +45,7 @@ def build_train_set(cfg: DictConfig, train_set: Any = None, world_size: int = 1)
     if cfg.train.precise_bn and data.stream:
         raise ConfigError("train.precise_bn=true needs the images in memory; it does not run with data.stream=true")
     if train_set is None and data.stream:
-        from visionssl.data.stream import list_image_files
+        from visionssl.data.crop_loader import list_image_files
 
         train_set = list_image_files(data.name, "train")
     elif train_set is None:
@@ -104,7 +104,7 @@ def build_loader(
     ``augment`` keeps the rest of the preset. In memory, ``augment`` is returned as it was.
     """
     if cfg.data.stream:
-        from visionssl.engine.stream import stream_loader
+        from visionssl.engine.stream_loader import stream_loader
 
         return stream_loader(
             train_set,

@@ -10,7 +10,7 @@ import torch
 
 from visionssl.augment import MultiView
 from visionssl.augment.preset_split import StreamViews, split_preset
-from visionssl.data.stream import ImageFiles, StreamLoader
+from visionssl.data.crop_loader import ImageFiles, StreamLoader
 
 
 def stream_loader(
@@ -24,7 +24,7 @@ def stream_loader(
     Example:
         >>> import tempfile, torch, visionssl as vs
         >>> from pathlib import Path
-        >>> from visionssl.data.stream import list_image_files
+        >>> from visionssl.data.crop_loader import list_image_files
         >>> from PIL import Image
         >>> root = tempfile.mkdtemp()
         >>> for c in ("cat", "dog"):

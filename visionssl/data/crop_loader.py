@@ -5,7 +5,7 @@ straight to the training size: uint8 out, no float work on the CPU. A JPEG is de
 scale (libjpeg's DCT scaling) whenever all of its crops stay at least as large as the output. Flip,
 colour, blur, solarisation and normalisation run batched on the device, from the same presets as the
 in-memory path: ``visionssl.augment.preset_split.split_preset`` moves each view's crop to the workers and keeps
-the rest, and ``visionssl.engine.stream.stream_loader`` pairs the two halves.
+the rest, and ``visionssl.engine.stream_loader.stream_loader`` pairs the two halves.
 
 With ``gpu_decode`` the workers only read the bytes and draw the crop boxes (from the file header);
 nvJPEG decodes the batch on the GPU (``visionssl.data.decode.decode_jpegs``, torchcodec's decoder) and the
