@@ -12,12 +12,12 @@ import logging
 import sys
 import traceback
 
-from visionssl.cli import benchmark, eval, export, listing, pretrain, zoo  # noqa: A004  (the eval command group)
+from visionssl.cli import benchmark, embed, eval, export, listing, pretrain, zoo  # noqa: A004  (the eval command group)
 from visionssl.cli.options import EPILOG, positive_float, positive_int  # noqa: F401  (re-exported)
 from visionssl.errors import UserError
 from visionssl.files import atomic_write, visionssl_home
 
-COMMAND_GROUPS = (pretrain, eval, listing, zoo, export, benchmark)
+COMMAND_GROUPS = (pretrain, eval, listing, zoo, export, benchmark, embed)
 
 
 def build_parser() -> argparse.ArgumentParser:
