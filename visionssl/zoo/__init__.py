@@ -53,7 +53,7 @@ from visionssl.zoo.download import (
     fetch,
     local_path,
 )
-from visionssl.zoo.export import ExportedModel, export_run
+from visionssl.zoo.export import ExportedModel, HubExport, export_hub, export_run
 from visionssl.zoo.integrity import check_hash, read_sidecar, sha256_file
 from visionssl.zoo.resolve import CheckpointSource, load, resolve_checkpoint, safetensors_backbone
 
@@ -61,6 +61,7 @@ __all__ = [
     "CONVERTERS",
     "CheckpointSource",
     "ExportedModel",
+    "HubExport",
     "UnverifiedDownloadWarning",
     "ZooEntry",
     "ZooError",
@@ -69,6 +70,7 @@ __all__ = [
     "cached_path",
     "convert_checkpoint",
     "download",
+    "export_hub",
     "export_run",
     "fetch",
     "info",

@@ -36,6 +36,7 @@ import yaml
 from visionssl.files import atomic_write, visionssl_home
 from visionssl.zoo.convert import CONVERTERS
 from visionssl.zoo.errors import ZooError
+from visionssl.zoo.hub import HUB_SCHEMES, WEIGHTS_NAME, resolve_hub_url
 
 PACKAGED_ZOO = Path(__file__).with_name("model_zoo.yaml")
 REQUIRED = ("name", "method", "backbone", "urls", "sha256", "size", "format", "recipe", "metrics", "paper", "license")
@@ -238,9 +239,14 @@ def _resolve_urls(urls: Any, origin: str | os.PathLike, fail: _Fail) -> tuple[st
     base = Path(origin).parent if str(origin) != "<zoo>" else Path.cwd()
     resolved = []
     for url in urls:
+        if url.startswith(HUB_SCHEMES):  # a timm / Hugging Face folder (visionssl.zoo.hub)
+            resolved.append(resolve_hub_url(url, base, fail))
+            continue
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("", "http", "https", "file"):
-            fail("urls", f"has {url!r}: only http://, https://, file:// URLs and local paths are supported")
+            fail(
+                "urls", f"has {url!r}: only http(s)://, file://, local-dir:, hf-hub: URLs and local paths are supported"
+            )
         if "\0" in url or "\0" in unquote(url):
             fail("urls", f"has a NUL character in {url!r}; no file or URL holds one")
         if scheme in ("http", "https"):
@@ -384,5 +390,7 @@ def filter_names(names: Iterable[str], pattern: str) -> list[str]:
 
 
 def _basename(url: str) -> str:
+    if url.startswith(HUB_SCHEMES):
+        return WEIGHTS_NAME
     name = Path(unquote(urlparse(url).path if "://" in url else url)).name
     return name if name not in ("", ".", "..") else "checkpoint"

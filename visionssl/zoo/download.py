@@ -56,6 +56,7 @@ from urllib.request import Request, url2pathname
 from visionssl.errors import StorageError
 from visionssl.files import visionssl_home
 from visionssl.zoo.catalog import ZooEntry, ZooError
+from visionssl.zoo.hub import WEIGHTS_NAME, hub_download_url, hub_weights
 from visionssl.zoo.integrity import CHUNK, check_cached, check_hash, hashers_for, sha256_file, write_sidecar
 from visionssl.zoo.timeouts import MIN_PROGRESS, Deadline, Stall, TotalTimeoutError, open_url
 
@@ -132,7 +133,12 @@ def fetch(
             continue
         try:
             digest = download_url(
-                url, dest, entry=entry, timeout=timeout, progress=progress, total_timeout=total_timeout
+                hub_download_url(url),
+                dest,
+                entry=entry,
+                timeout=timeout,
+                progress=progress,
+                total_timeout=total_timeout,
             )
         except ZooError as exc:
             errors.append(str(exc))
@@ -361,18 +367,25 @@ class _Download:
 
 
 def local_path(url: str) -> Path | None:
-    """The file a ``file://`` URL or a plain path points to; ``None`` for http(s) URLs.
+    """The file a ``file://`` URL or a plain path points to; ``None`` for http(s) and ``hf-hub:`` URLs.
+
+    A ``local-dir:`` URL, or a path to a folder, means the ``model.safetensors`` in that folder (timm's convention).
 
     Example:
-        >>> local_path("file:///tmp/a%20b.pt"), local_path("https://x.org/a.pt")
-        (PosixPath('/tmp/a b.pt'), None)
+        >>> local_path("file:///tmp/a%20b.pt"), local_path("https://x.org/a.pt"), local_path("local-dir:/m")
+        (PosixPath('/tmp/a b.pt'), None, PosixPath('/m/model.safetensors'))
     """
+    if url.startswith("hf-hub:"):
+        return None
+    if url.startswith("local-dir:"):
+        return hub_weights(url)
     if "://" not in url:
-        return Path(url).expanduser()
-    parsed = urlparse(url)
-    if parsed.scheme.lower() == "file":
-        return Path(url2pathname(unquote(parsed.path)))
-    return None
+        path = Path(url).expanduser()
+    elif urlparse(url).scheme.lower() == "file":
+        path = Path(url2pathname(unquote(urlparse(url).path)))
+    else:
+        return None
+    return path / WEIGHTS_NAME if path.is_dir() else path
 
 
 class _TooLarge(Exception):

@@ -167,6 +167,8 @@ def resolve_hub_url(url: str, base: Path, fail: Callable[[str, str], NoReturn]) 
         >>> resolve_hub_url("hf-hub:acme/rn50-ssl", Path("/zoo"), print)
         'hf-hub:acme/rn50-ssl'
     """
+    if "\0" in url:
+        fail("urls", f"has a NUL character in {url!r}; no folder or name holds one")
     if url.startswith("local-dir:"):
         path = url[len("local-dir:") :]
         if not path.strip():
