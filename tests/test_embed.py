@@ -14,6 +14,7 @@ from PIL import Image
 
 import visionssl as vs
 from visionssl.cli import main
+from visionssl.eval.embed import embed, neighbors
 from visionssl.eval.embed_store import EmbeddingStore
 
 CLASSES, PER_CLASS = ("cat", "dog", "owl"), 3
@@ -77,14 +78,14 @@ def test_every_file_has_exactly_one_vector_and_the_list_matches_the_folder(folde
     assert not store.chunks.exists()  # joined into e.npy and removed
     # each row is that file's vector: embedding the files one by one gives the same rows
     backbone = vs.zoo.resolve_checkpoint(str(ckpt)).build()
-    alone, _ = vs.eval.embed(backbone, [data / f for f in files[:2]], image_size=16, progress=False)
+    alone, _ = embed(backbone, [data / f for f in files[:2]], image_size=16, progress=False)
     np.testing.assert_allclose(alone, features[:2], rtol=1e-5, atol=1e-6)
 
 
 def test_embed_runs_the_same_extraction_as_evaluation():
     ds = vs.data.load_dataset("synthetic:12", image_size=16)
     backbone = vs.create_backbone("resnet10t_cifar")
-    features, files = vs.eval.embed(backbone, ds, chunk_size=5, batch_size=4, progress=False)
+    features, files = embed(backbone, ds, chunk_size=5, batch_size=4, progress=False)
     expected, _ = vs.eval.extract_features(backbone, ds, batch_size=4, progress=False)
     assert files == [str(i) for i in range(12)]
     np.testing.assert_allclose(features, expected.numpy(), rtol=1e-5, atol=1e-6)
@@ -97,7 +98,7 @@ def test_a_copy_of_an_image_is_its_own_nearest_neighbour(folder, tmp_path, capsy
     assert embed_cli(data, ckpt, out) == 0
     files = EmbeddingStore(out).files.read_text().splitlines()
     row = files.index("dog/1.png")
-    hits = vs.eval.neighbors(out, row, k=3)
+    hits = neighbors(out, row, k=3)
     assert [h.rank for h in hits] == [1, 2, 3] and row not in [h.row for h in hits]
     assert hits[0].file == "owl/z_copy.png" and hits[0].similarity > 0.99999 > hits[1].similarity
     capsys.readouterr()

@@ -59,7 +59,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def model_record(source: Any) -> dict[str, Any]:
     """What a sidecar records about a resolved checkpoint: the spec, its kind, its backbone and the sha256 of
-    its file (the export, the run's checkpoint file, the zoo entry's cached file)."""
+    its file (the export, the run's checkpoint file, the zoo entry's cached file).
+
+    Example:
+        >>> import tempfile, torch, safetensors.torch
+        >>> from visionssl.zoo import resolve_checkpoint
+        >>> p = tempfile.mkdtemp() + "/w.safetensors"
+        >>> safetensors.torch.save_file({"w": torch.ones(1)}, p, metadata={"backbone": "resnet18_cifar"})
+        >>> record = model_record(resolve_checkpoint(p))
+        >>> record["kind"], record["backbone"], len(record["sha256"])
+        ('export', 'resnet18_cifar', 64)
+    """
     from visionssl.engine.checkpoint import LAST
     from visionssl.zoo import download, sha256_file
 

@@ -13,7 +13,7 @@ Example:
     >>> root = Path(tempfile.mkdtemp())
     >>> for i in range(4):
     ...     Image.fromarray(np.full((20, 20, 3), 60 * i, np.uint8)).save(root / f"{i}.png")
-    >>> features, files = vs.eval.embed(vs.create_backbone("resnet10t_cifar"), root, image_size=16, progress=False)
+    >>> features, files = embed(vs.create_backbone("resnet10t_cifar"), root, image_size=16, progress=False)
     >>> features.shape, files
     ((4, 512), ['0.png', '1.png', '2.png', '3.png'])
 """
@@ -119,6 +119,13 @@ def embed(
         model: what identifies the weights in the sidecar, at least ``{"sha256": ...}`` (``visionssl embed`` puts
             the checkpoint file's); default: ``{"sha256": weights_hash(backbone), "hash_of": "weights"}``.
         progress: show a progress bar.
+
+    Example:
+        >>> import visionssl as vs
+        >>> ds = vs.data.load_dataset("synthetic:6", image_size=16)
+        >>> features, files = embed(vs.create_backbone("resnet10t_cifar"), ds, chunk_size=4, progress=False)
+        >>> features.shape, files[:3]
+        ((6, 512), ['0', '1', '2'])
     """
     from tqdm.auto import tqdm
 
@@ -224,8 +231,8 @@ def neighbors(
         >>> for i, v in enumerate([0, 250, 5]):
         ...     Image.fromarray(np.full((20, 20, 3), v, np.uint8)).save(root / f"{i}.png")
         >>> net = vs.create_backbone("resnet10t_cifar")
-        >>> _ = vs.eval.embed(net, root, out=root / "emb.npy", image_size=16, progress=False)
-        >>> [n.file for n in vs.eval.neighbors(root / "emb.npy", 0, k=2)]
+        >>> _ = embed(net, root, out=root / "emb.npy", image_size=16, progress=False)
+        >>> [n.file for n in neighbors(root / "emb.npy", 0, k=2)]
         ['2.png', '1.png']
     """
     from visionssl.eval.knn_search import knn_search
