@@ -43,7 +43,7 @@ def folder(tmp_path):
 
 def embed_cli(data, ckpt, out, *extra):
     return main(["embed", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out), "--image-size", "16",
-                 "--chunk-size", "4", "--no-progress", *extra])  # fmt: skip
+                 "--chunk-size", "4", "--device", "cpu", "--no-progress", *extra])  # fmt: skip
 
 
 def one_line_error(capsys, *words):
@@ -78,15 +78,15 @@ def test_every_file_has_exactly_one_vector_and_the_list_matches_the_folder(folde
     assert not store.chunks.exists()  # joined into e.npy and removed
     # each row is that file's vector: embedding the files one by one gives the same rows
     backbone = vs.zoo.resolve_checkpoint(str(ckpt)).build()
-    alone, _ = embed(backbone, [data / f for f in files[:2]], image_size=16, progress=False)
+    alone, _ = embed(backbone, [data / f for f in files[:2]], image_size=16, device="cpu", progress=False)
     np.testing.assert_allclose(alone, features[:2], rtol=1e-5, atol=1e-6)
 
 
 def test_embed_runs_the_same_extraction_as_evaluation():
     ds = vs.data.load_dataset("synthetic:12", image_size=16)
     backbone = vs.create_backbone("resnet10t_cifar")
-    features, files = embed(backbone, ds, chunk_size=5, batch_size=4, progress=False)
-    expected, _ = vs.eval.extract_features(backbone, ds, batch_size=4, progress=False)
+    features, files = embed(backbone, ds, chunk_size=5, batch_size=4, device="cpu", progress=False)
+    expected, _ = vs.eval.extract_features(backbone, ds, batch_size=4, device="cpu", progress=False)
     assert files == [str(i) for i in range(12)]
     np.testing.assert_allclose(features, expected.numpy(), rtol=1e-5, atol=1e-6)
 
@@ -103,7 +103,22 @@ def test_a_copy_of_an_image_is_its_own_nearest_neighbour(folder, tmp_path, capsy
     assert hits[0].file == "owl/z_copy.png" and hits[0].similarity > 0.99999 > hits[1].similarity
     capsys.readouterr()
     # an image query is embedded by the recorded checkpoint with the recorded preprocessing
-    assert main(["neighbors", "--embeddings", str(out), "--query", str(data / "dog" / "1.png"), "-k", "2"]) == 0
+    assert (
+        main(
+            [
+                "neighbors",
+                "--embeddings",
+                str(out),
+                "--query",
+                str(data / "dog" / "1.png"),
+                "-k",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     top = [line.split() for line in lines[2:]]
     assert {t[2] for t in top} == {"dog/1.png", "owl/z_copy.png"} and all(float(t[1]) > 0.9999 for t in top)
@@ -242,3 +257,19 @@ def test_bad_outputs_fail_in_one_line(folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert embed_cli(tmp_path / "empty", ckpt, tmp_path / "e.npy") == 2
     one_line_error(capsys, "holds no images")
+
+
+def test_the_python_example_of_the_docs_runs_as_printed(tmp_path, monkeypatch):
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "embeddings.md"
+    section = doc.read_text(encoding="utf-8").split("## From Python\n", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        exec(compile(code, str(doc), "exec"), {"__name__": "docs_example"})
+    assert stdout.getvalue() == "[(1, 'img2.png'), (2, 'img1.png')]\nimg1.png\n"  # what its comments say
