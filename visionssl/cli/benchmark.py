@@ -28,6 +28,7 @@ from typing import Any
 
 from visionssl.backbones.features import resolve_device
 from visionssl.backbones.trust import TRUST_CODE_HELP
+from visionssl.cli.benchmark_finetune import add_finetune_parser
 from visionssl.cli.benchmark_setup import environment, load_benchmark_backbone, load_data, run_image_size
 from visionssl.cli.options import positive_int
 from visionssl.errors import ConfigError
@@ -196,15 +197,15 @@ def run_benchmark(
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``benchmark knn`` and ``benchmark linear-probe`` to the ``visionssl`` command line (``run=`` handler)."""
+    """Adds ``benchmark knn``, ``benchmark linear-probe`` and ``benchmark finetune`` (``run=`` handler)."""
     bench = subparsers.add_parser(
         "benchmark",
-        help="kNN / linear-probe benchmark of checkpoints x datasets, with tables and plots",
+        help="kNN / linear-probe / fine-tuning benchmark of checkpoints x datasets, with tables and plots",
         description="Evaluate one or more checkpoints on one or more labelled datasets; print a results table and "
         "write results.md/.csv/.json and PNG plots under --out, with a transfer-suite summary "
         "(mean top-1 and mean rank per checkpoint). Features are cached, so reruns skip the backbone.",
     )
-    sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="{knn,linear-probe}")
+    sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="{knn,linear-probe,finetune}")
     for kind, help_text in (
         ("knn", "FAISS kNN on frozen features"),
         ("linear-probe", "linear probe on cached features: L-BFGS over Cs picked by k-fold"),
@@ -291,6 +292,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                 help="SGD: features per probe step (default 1024)",
             )
         p.set_defaults(run=_run_cli, benchmark_kind=kind)
+    add_finetune_parser(sub)  # fine-tuning trains the backbones: its own options and table
 
 
 def _run_cli(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``visionssl eval knn|linear``: one checkpoint on one labelled dataset, next to its random-weights baseline."""
+"""``visionssl eval knn|linear|finetune``: one checkpoint on one labelled dataset, next to its random-weights baseline."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from visionssl.errors import DataError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Adds ``eval knn`` and ``eval linear`` to the ``visionssl`` command line."""
-    p = sub.add_parser("eval", help="evaluate a pretrained backbone (kNN, linear probe)", epilog=EPILOG)
-    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{knn,linear}")
+    """Adds ``eval knn``, ``eval linear`` and ``eval finetune`` to the ``visionssl`` command line."""
+    p = sub.add_parser("eval", help="evaluate a pretrained backbone (kNN, linear probe, fine-tuning)", epilog=EPILOG)
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{knn,linear,finetune}")
     k = esub.add_parser(
         "knn",
         help="FAISS kNN accuracy of frozen features",
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lp = esub.add_parser("linear", help="linear probe on cached features (learning-rate x weight-decay sweep)")
     add_checkpoint_options(lp)
     lp.set_defaults(run=run_eval, evaluator="linear")
+    add_finetune_parser(esub)
 
 
 def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
@@ -121,4 +122,82 @@ def run_eval(args: argparse.Namespace) -> int:
         else:
             result = eval_lib.linear_probe(feats[0][0], feats[0][1], feats[1][0], feats[1][1])
         print(f"  {name:<{width}}  top-1 {result['top1']:6.2f}%  top-5 {result['top5']:6.2f}%", flush=True)
+    return 0
+
+
+def add_finetune_parser(esub: argparse._SubParsersAction) -> None:
+    """Adds ``eval finetune``: the whole backbone and a linear head trained on a fraction of the labels."""
+    ft = esub.add_parser(
+        "finetune",
+        help="fine-tune the whole backbone on a fraction of the labels (1%%, 10%%, 100%%)",
+        description="Fine-tune the backbone with a linear head on a class-balanced, seeded fraction of the train "
+        "split's labels (the same images for every checkpoint), choose the epoch on a held-out part of that "
+        "subset and print the test top-1 of the chosen epoch, next to the same backbone with random weights.",
+    )
+    ft.add_argument("--checkpoint", required=True, help="a run directory, a checkpoint file, or a model-zoo name")
+    ft.add_argument("--data", default=None, help="labelled dataset spec (default: the run's dataset)")
+    ft.add_argument(
+        "--fraction", type=float, default=0.1, help="share of every class's labels, in (0, 1] (default 0.1)"
+    )
+    ft.add_argument("--epochs", type=positive_int, default=30, help="fine-tuning epochs (default 30)")
+    ft.add_argument("--seed", type=int, default=0, help="picks the labelled subset, the batches and the baseline")
+    ft.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
+    ft.add_argument(
+        "--optimizer", choices=("auto", "sgd", "adamw"), default="auto", help="auto: AdamW for ViTs, else SGD"
+    )
+    ft.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: by optimizer and batch)")
+    ft.add_argument("--augment", default="mae", help="augmentation preset of the training views (default mae)")
+    ft.add_argument("--image-size", type=image_size, default=None, help="view size (default: the run's)")
+    ft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ft.add_argument("--no-baseline", action="store_true", help="skip the random-weights baseline")
+    ft.add_argument("--json", default=None, help="also write the results (metrics, subset record) to this file")
+    ft.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
+    ft.set_defaults(run=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from visionssl.backbones import create_backbone
+    from visionssl.data import load_dataset
+    from visionssl.eval.finetune import finetune
+    from visionssl.eval.finetune_subset import check_fraction
+
+    fraction = check_fraction(args.fraction)  # before anything loads
+    backbone, cfg, (name, kwargs) = load_for_eval(args.checkpoint, args.trust_code)
+    data_cfg, aug_cfg = cfg.get("data", {}), cfg.get("augment", {})
+    spec = args.data or data_cfg.get("eval") or data_cfg.get("name") or "elpv"
+    size = args.image_size or aug_cfg.get("image_size") or 224
+    stored = (data_cfg.get("image_size") if spec == data_cfg.get("name") else None) or stored_size(size)
+    train, test = load_dataset(spec, "train", stored), load_dataset(spec, "test", stored)
+    if train.targets is None or test.targets is None:
+        raise DataError(f"dataset {spec!r} has no labels to fine-tune with")
+    models = [(args.checkpoint, backbone)]
+    if not args.no_baseline:
+        torch.manual_seed(args.seed)
+        models.append((f"random weights ({name})", create_backbone(name, **kwargs)))
+    options = {"fraction": fraction, "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size}
+    options.update(optimizer=args.optimizer, lr=args.lr, augment=args.augment, image_size=size, device=args.device)
+    width, results = max(len(n) for n, _ in models), {}
+    for i, (model_name, model) in enumerate(models):
+        result = finetune(model, train, test, **options)
+        if i == 0:
+            sub = result["subset"]
+            print(
+                f"fine-tune on {spec} (label: {train.label}), {sub['images']} of {len(train)} train labels "
+                f"({fraction:g}: {sub['train']} trained, {sub['held_out']} held out to choose the epoch; subset "
+                f"sha256 {sub['indices_sha256'][:12]}), {len(test)} test images at {size} px"
+            )
+        results[model_name] = result
+        print(
+            f"  {model_name:<{width}}  top-1 {result['top1']:6.2f}%  top-5 {result['top5']:6.2f}%  "
+            f"(epoch {result['best_epoch']}/{args.epochs}, held-out top-1 {result['val_top1'] or 0:.2f}%)",
+            flush=True,
+        )
+    if args.json:
+        from visionssl.files import atomic_write
+
+        atomic_write(args.json, json.dumps(results, indent=2) + "\n")
     return 0

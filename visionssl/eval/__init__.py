@@ -1,5 +1,6 @@
-"""Evaluation of frozen features: FAISS kNN, a linear probe with a parallel sweep, cached feature extraction,
-and the report of the checkpoints x datasets benchmark (run by ``visionssl benchmark``, ``visionssl.cli.benchmark``).
+"""Evaluation of frozen features: FAISS kNN, a linear probe with a parallel sweep, cached feature extraction;
+fine-tuning with few labels (``finetune``); and the report of the checkpoints x datasets benchmark (run by
+``visionssl benchmark``, ``visionssl.cli.benchmark``).
 
 Example:
     >>> import torch, visionssl as vs
@@ -13,7 +14,10 @@ Example:
     True
 """
 
+from visionssl.eval.embed import embed, neighbors
 from visionssl.eval.features import extract_features, feature_cache_path, weights_hash
+from visionssl.eval.finetune import finetune
+from visionssl.eval.finetune_subset import label_subset
 from visionssl.eval.knn import knn, knn_predict, knn_scores, knn_search, rank_accuracy
 from visionssl.eval.linear_probe import (
     holdout_split,
@@ -23,14 +27,18 @@ from visionssl.eval.linear_probe import (
 )
 
 __all__ = [
+    "embed",
     "extract_features",
     "feature_cache_path",
+    "finetune",
     "knn",
     "knn_predict",
     "knn_scores",
     "knn_search",
+    "label_subset",
     "linear_probe",
     "linear_probe_classic",
+    "neighbors",
     "rank_accuracy",
     "stratified_kfold",
     "holdout_split",
