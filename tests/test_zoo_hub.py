@@ -107,6 +107,12 @@ def test_timm_kwargs_go_to_model_args_and_one_channel_statistics(tmp_path):
     record = vs.zoo.export_hub(tmp_path / "vit", tmp_path / "vit-hub")
 
     assert record.sha256 == hashlib.sha256(record.weights_path.read_bytes()).hexdigest()
+    again = vs.zoo.export_hub(tmp_path / "vit", tmp_path / "again")  # the same run exports to the same bytes
+    assert again.sha256 == record.sha256 and again.readme_path.read_bytes() != b""
+    assert (
+        vs.zoo.export_run(tmp_path / "vit").sha256
+        == vs.zoo.export_run(tmp_path / "vit", tmp_path / "b.safetensors").sha256
+    )
     config = json.loads(record.config_path.read_text())
     assert config["model_args"] == kwargs and config["pretrained_cfg"]["input_size"] == [1, 16, 16]
     assert config["pretrained_cfg"]["mean"] == [pytest.approx((0.485 + 0.456 + 0.406) / 3, abs=1e-6)]

@@ -68,8 +68,6 @@ def export_run(
         trust_code: allow a code backbone (``module:function``) that the run directory did not record
             as its own (see ``visionssl.backbones.trust``). The exported file's loaders need it again.
     """
-    from safetensors.torch import save
-
     run = Path(run_dir)
     source = _run_source(run, trust_code)
     ckpt, config = source.checkpoint, source.config
@@ -88,7 +86,7 @@ def export_run(
         "method": str(method),
         "epoch": str(ckpt.get("epoch", "")),
     }
-    atomic_write(out, save(state, metadata=metadata))
+    atomic_write(out, save_safetensors(state, metadata))
     digest = sha256_file(out)
     sha_path = out.with_name(out.name + ".sha256")
     sha_path.write_text(f"{digest}  {out.name}\n")
@@ -183,7 +181,6 @@ def export_hub(
         visionssl.errors.CheckpointError: checkpoint runs/missing does not exist (expected a run directory, ...)
     """
     import timm
-    from safetensors.torch import save
 
     from visionssl.backbones import BACKBONES
 
@@ -212,7 +209,7 @@ def export_hub(
         "method": str((config.get("method") or {}).get("name", "unknown")),
         "epoch": str(ckpt.get("epoch", "")),
     }
-    weights = save(state, metadata=metadata)
+    weights = save_safetensors(state, metadata)
     digest = hashlib.sha256(weights).hexdigest()
     out = (
         Path(out_dir) if out_dir is not None else (run if run.is_dir() else run.parent) / "export" / _default_name(run)
@@ -231,11 +228,39 @@ def export_hub(
     return HubExport(folder, folder / "config.json", folder / WEIGHTS_NAME, folder / "README.md", digest)
 
 
+def save_safetensors(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """``safetensors.torch.save`` with its header's keys sorted, so one run exports to the same bytes (and sha256)
+    every time (safetensors writes its metadata in a random order).
+
+    Example:
+        >>> a = save_safetensors({"w": torch.ones(2)}, {"backbone": "resnet18", "method": "simclr", "epoch": "1"})
+        >>> a == save_safetensors({"w": torch.ones(2)}, {"epoch": "1", "method": "simclr", "backbone": "resnet18"})
+        True
+    """
+    from safetensors.torch import save
+
+    data = save(state, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    header = header.encode()
+    if len(header) > size:  # the same keys and values never take more bytes: this would be a bug
+        raise RuntimeError(f"safetensors header grew from {size} to {len(header)} bytes when sorted")
+    return data[:8] + header.ljust(size) + data[8 + size :]
+
+
 def _check_timm_loads(folder: Path, net: torch.nn.Module) -> None:
     """timm builds the staged folder with the backbone's own weights (else a bug in the export: internal error)."""
+    import logging
+
     import timm
 
-    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0)
+    timm_logger = logging.getLogger("timm")
+    level = timm_logger.level
+    timm_logger.setLevel(logging.WARNING)  # its "loading from <hidden staging folder>" lines would only confuse
+    try:
+        loaded = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0)
+    finally:
+        timm_logger.setLevel(level)
     expected = net.state_dict()
     for key, value in loaded.state_dict().items():
         if not torch.equal(value, expected[key]):
