@@ -174,3 +174,15 @@ def test_benchmark_finetune_compares_checkpoints_on_the_same_subsets(tmp_path, c
     assert all(r["top1_std"] >= 0 for r in rows) and payload["environment"]["threads"] >= 1
     table = (tmp_path / "bench" / "results.md").read_text()
     assert "| random (finetune_tiny) | synthetic:32 | 0.5 | 16 |" in table and " +- " in table
+
+
+def test_the_docs_example_runs():
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
+    section = doc.read_text(encoding="utf-8").split("## Fine-tuning with few labels\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    scope: dict = {}
+    exec(compile(code, str(doc), "exec"), scope)
+    assert scope["out"]["subset"]["per_class"] == {"freq0": 8, "freq1": 8, "freq2": 8, "freq3": 8}
