@@ -145,6 +145,8 @@ def test_bad_inputs_are_one_line_and_write_nothing(trained_run, tmp_path, capsys
     a_file.write_text("mine")
     assert main(["export", str(trained_run), "--format", "hub", "--out", str(a_file)]) == 2
     assert "is a file" in error_line(capsys) and a_file.read_text() == "mine"
+    assert main(["export", str(trained_run), "--format", "hub", "--out", str(a_file / "sub")]) == 2
+    assert "cannot create the folder" in error_line(capsys) and a_file.read_text() == "mine"
 
     full = tmp_path / "full"
     full.mkdir()

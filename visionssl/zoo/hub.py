@@ -131,8 +131,13 @@ def write_folder(
     """
     out = Path(out)
     check_out_dir(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:  # a file where a parent folder should be, no permission, a read-only disk
+        raise StorageError(
+            exc.errno, f"cannot create the folder {out}: {exc.strerror or exc} ({exc.filename})"
+        ) from None
     old = None
     try:
         mode = file_mode()
