@@ -186,3 +186,22 @@ def test_the_docs_example_runs():
     scope: dict = {}
     exec(compile(code, str(doc), "exec"), scope)
     assert scope["out"]["subset"]["per_class"] == {"freq0": 8, "freq1": 8, "freq2": 8, "freq3": 8}
+
+
+def test_eval_finetune_cli_on_a_folder_without_labels_is_one_line_exit_2(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (20, 20), (i * 60, 0, 0)).save(folder / f"{i}.png")
+    argv = ["eval", "finetune", "--checkpoint", _checkpoint(tmp_path), "--data", str(folder), "--device", "cpu"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and len(err) == 1 and "has no class sub-folders" in err[0], err
+
+
+def test_a_diverging_fine_tune_is_a_non_finite_loss_error(splits):
+    from visionssl.errors import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"fine-tuning loss became (nan|inf) in epoch 1 at lr 1e\+30"):
+        vs.eval.finetune(TinyNet(), *splits, fraction=1.0, lr=1e30, **FAST)

@@ -161,11 +161,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     import torch
 
     from visionssl.backbones import create_backbone
+    from visionssl.backbones.features import resolve_device
     from visionssl.data import load_dataset
     from visionssl.eval.finetune import finetune
     from visionssl.eval.finetune_subset import check_fraction
 
     fraction = check_fraction(args.fraction)  # before anything loads
+    device = resolve_device(args.device, "--device")
     backbone, cfg, (name, kwargs) = load_for_eval(args.checkpoint, args.trust_code)
     data_cfg, aug_cfg = cfg.get("data", {}), cfg.get("augment", {})
     spec = args.data or data_cfg.get("eval") or data_cfg.get("name") or "elpv"
@@ -179,7 +181,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         models.append((f"random weights ({name})", create_backbone(name, **kwargs)))
     options = {"fraction": fraction, "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size}
-    options.update(optimizer=args.optimizer, lr=args.lr, augment=args.augment, image_size=size, device=args.device)
+    options.update(optimizer=args.optimizer, lr=args.lr, augment=args.augment, image_size=size, device=device)
     width, results = max(len(n) for n, _ in models), {}
     for i, (model_name, model) in enumerate(models):
         result = finetune(model, train, test, **options)

@@ -163,7 +163,7 @@ def finetune(
         train_loss = float(loss_sum) / len(order)
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(
-                f"fine-tuning loss became {train_loss} in epoch {epoch} at lr {lr:g}; try a smaller --lr"
+                f"fine-tuning loss became {train_loss} in epoch {epoch} at lr {lr:g}; try a smaller lr (--lr)"
             )
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": round(train_loss, 6)}
         if len(val_idx):
