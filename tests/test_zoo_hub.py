@@ -78,6 +78,7 @@ def test_hub_folder_loads_in_timm_with_the_runs_features(trained_run, tmp_path, 
         expected = backbone(x)
         assert torch.equal(model(x), expected)
         assert torch.equal(vs.zoo.load_backbone(out / "model.safetensors").eval()(x), expected)  # visionssl too
+        assert torch.equal(vs.zoo.load_backbone(out).eval()(x), expected)  # the folder itself is a checkpoint spec
 
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "resnet10t" and config["num_classes"] == 0 and config["num_features"] == 512

@@ -1,7 +1,8 @@
 """One answer to "which checkpoint is this?": every ``--checkpoint`` goes through ``resolve_checkpoint``.
 
-A spec is, in this order: an existing ``.safetensors`` file (``visionssl export``), an existing run
-directory or torch checkpoint file (a visionssl run), or else a zoo entry name. The backbone it names
+A spec is, in this order: an existing ``.safetensors`` file (``visionssl export``) or a folder holding
+``model.safetensors`` (``visionssl export --format hub``), an existing run directory or torch checkpoint
+file (a visionssl run), or else a zoo entry name. The backbone it names
 is checked by the trust rules (``visionssl.backbones.trust``) when it is resolved, before anything is
 built, so every command that reads a checkpoint applies the same checks on the same path.
 
@@ -27,6 +28,7 @@ from visionssl.errors import CheckpointError
 from visionssl.zoo.catalog import ZooError, get_entry
 from visionssl.zoo.convert import load_file
 from visionssl.zoo.download import DEFAULT_TIMEOUT, fetch
+from visionssl.zoo.hub import WEIGHTS_NAME
 from visionssl.zoo.safe_load import is_safetensors
 
 KINDS = ("export", "run", "zoo")
@@ -97,6 +99,8 @@ def resolve_checkpoint(spec: str | os.PathLike, *, trust_code: bool = False) -> 
 
     text = str(spec)
     path = Path(text).expanduser()
+    if path.is_dir() and (path / WEIGHTS_NAME).is_file() and not (path / "checkpoints").exists():
+        path = path / WEIGHTS_NAME  # a folder in timm's convention (``visionssl export --format hub``)
     if path.exists() and is_safetensors(path):
         name, kwargs = safetensors_backbone(path, trust_code=trust_code)
         return CheckpointSource(text, "export", path, name, kwargs, trust_code=trust_code)
