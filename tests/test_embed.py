@@ -273,3 +273,60 @@ def test_the_python_example_of_the_docs_runs_as_printed(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(stdout):
         exec(compile(code, str(doc), "exec"), {"__name__": "docs_example"})
     assert stdout.getvalue() == "[(1, 'img2.png'), (2, 'img1.png')]\nimg1.png\n"  # what its comments say
+
+
+def test_a_run_directory_records_its_checkpoint_file_and_a_changed_checkpoint_is_refused(folder, tmp_path, capsys):
+    from visionssl.engine.checkpoint import atomic_save
+
+    data, _ = folder
+    run = tmp_path / "run"
+
+    def save_run(seed):
+        torch.manual_seed(seed)
+        state = {f"backbone.{k}": v for k, v in vs.create_backbone("resnet10t_cifar").state_dict().items()}
+        config = {"method": {"name": "simclr"}, "backbone": {"name": "resnet10t_cifar", "kwargs": {}},
+                  "data": {"name": "synthetic", "image_size": 18}, "augment": {"image_size": 16}}  # fmt: skip
+        atomic_save(
+            {"format": "visionssl", "version": 1, "config": config, "method": state}, run / "checkpoints" / "last.pt"
+        )
+
+    save_run(0)
+    out = tmp_path / "e.npy"
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(run),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    model = json.loads(EmbeddingStore(out).sidecar.read_text())["model"]
+    last = run / "checkpoints" / "last.pt"
+    assert (model["kind"], model["checkpoint"], model["file"]) == ("run", str(run.resolve()), str(last.resolve()))
+    assert model["sha256"] == hashlib.sha256(last.read_bytes()).hexdigest()
+    assert json.loads(EmbeddingStore(out).sidecar.read_text())["preprocessing"]["image_size"] == 16  # the run's
+    query = [
+        "neighbors",
+        "--embeddings",
+        str(out),
+        "--query",
+        str(data / "cat" / "0.png"),
+        "-k",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    capsys.readouterr()
+    assert main(query) == 0 and capsys.readouterr().out.splitlines()[-1].split()[2] == "cat/0.png"
+    save_run(1)  # the run went on: its checkpoint is another model now
+    assert main(query) == 2
+    one_line_error(capsys, "is not the model that made", str(run))
