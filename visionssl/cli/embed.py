@@ -78,7 +78,7 @@ def model_record(source: Any) -> dict[str, Any]:
     else:
         path = source.path.resolve()
         spec = str(path)
-        if path.is_dir():  # a run directory: its last checkpoint, the file the resolver read
+        if source.kind == "run" and path.is_dir():  # a run directory: its last checkpoint, the file the resolver read
             path = path / "checkpoints" / LAST if (path / "checkpoints").is_dir() else path / LAST
     return {
         "checkpoint": spec,
