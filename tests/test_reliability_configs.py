@@ -46,7 +46,11 @@ BAD = [
     ("simclr", "optim.lr=-0.1", "optim.lr=-0.1 must be > 0"),
     ("simclr", "optim.lr=0", "optim.lr=0.0 must be > 0"),
     ("simclr", "optim.batch_size=1", "optim.batch_size=1 must be >= 2"),
-    ("simclr", "optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001 must be >= 0"),
+    ("simclr", "optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001 must be in [0, 1]"),
+    ("simclr", "optim.weight_decay=1e300", "optim.weight_decay=1e+300 must be in [0, 1]"),  # was an overflow, exit 1
+    ("simclr", "train.seed=-1", "train.seed=-1 must be between 0 and 2**32 - 1"),  # was numpy's ValueError, exit 1
+    ("simclr", "train.knn_every=-5", "train.knn_every=-5 must be >= 1, or 0 (only at the end) or -1 (never)"),
+    ("simclr", "data.workers=-1", "data.workers=-1 must be >= 0"),
     ("simclr", "optim.momentum=1.5", "optim.momentum=1.5 must be in [0, 1)"),
     ("simclr", "optim.grad_clip=0", "optim.grad_clip=0.0 must be > 0 (or null: no clipping)"),
     ("simclr", "train.epochs=0", "train.epochs=0 must be >= 1"),

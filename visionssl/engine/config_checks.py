@@ -93,7 +93,10 @@ def _range_checks(cfg: DictConfig) -> list[tuple[str, bool, str]]:
         ("train.epochs", train.epochs >= 1, "must be >= 1"),
         ("optim.lr", 0 < optim.lr <= MAX_LR, f"must be > 0 and <= {MAX_LR:g} (the base learning rate for batch 256)"),
         ("optim.batch_size", optim.batch_size >= 2, "must be >= 2 (contrastive losses need pairs)"),
-        ("optim.weight_decay", optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.weight_decay", 0 <= optim.weight_decay <= 1, "must be in [0, 1]"),  # 1e300 overflowed in float32
+        ("train.seed", 0 <= train.seed < 2**32, "must be between 0 and 2**32 - 1"),  # numpy's seeds
+        ("train.knn_every", train.knn_every >= -1, "must be >= 1, or 0 (only at the end) or -1 (never)"),
+        ("data.workers", cfg.data.workers is None or cfg.data.workers >= 0, "must be >= 0 (or null: every core)"),
         ("optim.warmup_epochs", optim.warmup_epochs >= 0, "must be >= 0"),
         ("augment.image_size", cfg.augment.image_size >= 8, "must be >= 8 pixels"),
         (
