@@ -95,12 +95,13 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, out):
 
 @pytest.mark.parametrize("state", ["missing", "empty"])
 def test_resume_with_nothing_to_resume_says_so_before_loading_data(tmp_path, capsys, monkeypatch, state):
-    import visionssl.engine.trainer as trainer_module
+    from visionssl.engine import build, online_knn
 
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was loaded")
 
-    monkeypatch.setattr(trainer_module, "load_dataset", no_data)
+    for module in (build, online_knn):  # the training data, and the kNN data
+        monkeypatch.setattr(module, "load_dataset", no_data)
     run = tmp_path / "run"
     if state == "empty":
         run.mkdir()

@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
 from visionssl import distributed
 from visionssl.backbones.features import batched_features, input_channels, resolve_device
+from visionssl.data import load_dataset
 
 
 def online_knn(
@@ -82,6 +84,25 @@ def knn_accuracy(
         top1 += int(hit[:, 0].sum())
         top5 += int(hit.any(dim=1).sum())
     return {"top1": 100.0 * (top1 / len(query_x)), "top5": 100.0 * (top5 / len(query_x))}  # rounded as eval.knn
+
+
+def knn_datasets(data: DictConfig, train_set: Any) -> tuple[Any, Any]:
+    """The (bank, queries) of ``data`` (a run config's ``data``): ``data.eval``'s train and test splits, else
+    the labelled training set and its test split, else ``(None, None)`` (unlabelled data: no kNN).
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> data = OmegaConf.create({"name": "synthetic:16", "eval": None, "image_size": 8, "skip_bad_images": False})
+        >>> train = load_dataset("synthetic:16", "train", 8)
+        >>> bank, queries = knn_datasets(data, train)
+        >>> bank is train, len(queries) > 0
+        (True, True)
+    """
+    if data.eval:
+        return load_dataset(data.eval, "train", data.image_size), load_dataset(data.eval, "test", data.image_size)
+    if train_set.targets is not None:
+        return train_set, load_dataset(data.name, "test", data.image_size, data.skip_bad_images)
+    return None, None
 
 
 def _features(backbone: nn.Module, dataset: Any, batch_size: int, image_size: int | None, device: torch.device):

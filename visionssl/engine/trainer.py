@@ -26,11 +26,11 @@ from omegaconf import DictConfig
 from visionssl import augment as augment_lib
 from visionssl import distributed
 from visionssl.backbones.features import resolve_device
-from visionssl.data import ImageDataset, load_dataset
+from visionssl.data import ImageDataset
 from visionssl.engine.batchnorm import recalibrate_batchnorm
 from visionssl.engine.build import build_augment, build_loader, build_method, build_optimizer, build_train_set
 from visionssl.engine.guards import NonFiniteGuard, NonFiniteLossError, StopSignals  # noqa: F401  (re-exported)
-from visionssl.engine.online_knn import online_knn
+from visionssl.engine.online_knn import knn_datasets, online_knn
 from visionssl.engine.optim import cosine_with_warmup, set_lr
 from visionssl.engine.runlog import LogWindow, RunLog, progress_bar, step_scalars
 from visionssl.engine.runtime import (  # noqa: F401  (cpu_computes_bf16: re-exported)
@@ -79,35 +79,14 @@ class Trainer:
         train_set: ImageDataset | None = None,
         eval_sets: tuple[ImageDataset, ImageDataset] | None = None,
     ):
-        self.config = cfg = config
+        self.config = config
         self._join_processes()
-        self.out = Path(cfg.out) if cfg.out else None
-        self.precise_bn = bool(cfg.train.precise_bn)
-        self.train_set = build_train_set(cfg, train_set, self.world_size)
-        self.eval_sets = eval_sets
-        if cfg.data.stream and eval_sets is None and not cfg.data.eval:
-            self.eval_sets = (None, None)  # a kNN bank is held in memory: online kNN needs data.eval
-        self.method = build_method(cfg, self.device, method)
-        self.channels_last = cfg.train.channels_last
-        self.augment = build_augment(cfg, self.method, self.device)
-        # DDP averages the gradients over the ranks; hooks are called on self.method, never on the wrapper
-        self._forward = distributed.wrap_ddp(self.method, self.device, cfg.train.find_unused_parameters)
-        if cfg.train.compile:
-            self._forward = torch.compile(self._forward)
-        if self.rank:  # every rank draws its own augmentations (the weights are rank 0's: DDP copies them)
-            seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
-        self._pass_indices = self.method.needs_indices
-        self.loader, self.augment = build_loader(
-            cfg, self.train_set, self.augment, self.device, self.rank, self.world_size
-        )
-        self.steps_per_epoch = len(self.loader)
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
-        self.lr, self.optimizer = build_optimizer(cfg, self.method)
-        self.precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
-        if self.precision == "bf16" and isinstance(self.augment, augment_lib.MultiView):
-            self.augment.dtype = torch.bfloat16  # autocast would round the views to bf16 at the first layer anyway
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.out = Path(config.out) if config.out else None
+        self.precise_bn = bool(config.train.precise_bn)
+        self._build_data(train_set, eval_sets)
+        self._build_method(method)
+        self._build_loader()
+        self._build_optimizer()
         self._build_parts()
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.metrics: dict[str, float] = {}
@@ -124,7 +103,47 @@ class Trainer:
         if self.device.type == "cuda" and not cfg.train.deterministic:
             torch.backends.cudnn.benchmark = True  # views have one fixed size: autotuned convolutions pay off
 
+    def _build_data(self, train_set: ImageDataset | None, eval_sets: tuple | None) -> None:
+        cfg = self.config
+        self.train_set = build_train_set(cfg, train_set, self.world_size)
+        self.eval_sets = eval_sets
+        if cfg.data.stream and eval_sets is None and not cfg.data.eval:
+            self.eval_sets = (None, None)  # a kNN bank is held in memory: online kNN needs data.eval
+
+    def _build_method(self, method: SSLMethod | None) -> None:
+        """The method on the device, its views, and the forward pass the loop calls (DDP, torch.compile)."""
+        cfg = self.config
+        self.method = build_method(cfg, self.device, method)
+        self.channels_last = cfg.train.channels_last
+        self.augment = build_augment(cfg, self.method, self.device)
+        # DDP averages the gradients over the ranks; hooks are called on self.method, never on the wrapper
+        self._forward = distributed.wrap_ddp(self.method, self.device, cfg.train.find_unused_parameters)
+        if cfg.train.compile:
+            self._forward = torch.compile(self._forward)
+        if self.rank:  # every rank draws its own augmentations (the weights are rank 0's: DDP copies them)
+            seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
+        self._pass_indices = self.method.needs_indices
+
+    def _build_loader(self) -> None:
+        cfg = self.config
+        self.loader, self.augment = build_loader(
+            cfg, self.train_set, self.augment, self.device, self.rank, self.world_size
+        )
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+
+    def _build_optimizer(self) -> None:
+        """The optimizer, the precision and the GradScaler."""
+        cfg = self.config
+        self.lr, self.optimizer = build_optimizer(cfg, self.method)
+        self.precision = resolve_precision(cfg.train.precision, self.device, self.method.cpu_bf16)
+        if self.precision == "bf16" and isinstance(self.augment, augment_lib.MultiView):
+            self.augment.dtype = torch.bfloat16  # autocast would round the views to bf16 at the first layer anyway
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
     def _build_parts(self) -> None:
+        """The checkpointer, the run log and the guards, each given what it uses."""
         cfg = self.config
         self.checkpointer = Checkpointer(
             self.out,
@@ -376,17 +395,5 @@ class Trainer:
             >>> bank, queries = trainer.load_eval_sets()  # doctest: +SKIP
         """
         if self.eval_sets is None:
-            data = self.config.data
-            if data.eval:
-                self.eval_sets = (
-                    load_dataset(data.eval, "train", data.image_size),
-                    load_dataset(data.eval, "test", data.image_size),
-                )
-            elif self.train_set.targets is not None:
-                self.eval_sets = (
-                    self.train_set,
-                    load_dataset(data.name, "test", data.image_size, data.skip_bad_images),
-                )
-            else:
-                self.eval_sets = (None, None)
+            self.eval_sets = knn_datasets(self.config.data, self.train_set)
         return self.eval_sets
