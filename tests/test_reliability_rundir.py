@@ -12,24 +12,10 @@ import pytest
 from visionssl.cli import main
 from visionssl.engine import Trainer, load_config
 from visionssl.engine.rundir import RunDirError, run_lock
+from visionssl.engine.smoke import smoke_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--data",
-    "synthetic:32",
-    "--image-size",
-    "16",
-    "--batch-size",
-    "16",
-    "--epochs",
-    "1",
-    "--no-progress",
-    "data.image_size=16",
-    "method.proj_hidden_dim=16",
-    "method.proj_dim=8",
-    "train.knn_every=-1",
-    "backbone.name=resnet10t_cifar",
-]
+TINY = ["--epochs", "1", "--no-progress", *smoke_overrides("data.name=synthetic:32", "backbone.name=resnet10t_cifar")]
 
 
 @pytest.fixture(autouse=True)
@@ -144,15 +130,7 @@ def test_a_second_live_process_fails_at_once_naming_the_holder(tmp_path, monkeyp
         # the lock binds API users of the Trainer too, in this very process
         cfg = load_config(
             "simclr",
-            overrides=[a for a in TINY if "=" in a]
-            + [
-                "data.name=synthetic:32",
-                "augment.image_size=16",
-                "optim.batch_size=16",
-                "train.epochs=1",
-                "train.progress=false",
-                f"out={run}",
-            ],
+            overrides=[a for a in TINY if "=" in a] + ["train.epochs=1", f"out={run}"],
         )
         with pytest.raises(RunDirError, match=rf"in use by another run \(process {holder.pid}\)"):
             Trainer(cfg).fit()
@@ -267,9 +245,7 @@ def test_the_trainer_api_refuses_a_linked_run_file_too(tmp_path):
     (run / "metrics.jsonl").symlink_to(victim)
     cfg = load_config(
         "simclr",
-        overrides=[a for a in TINY if "=" in a]
-        + ["data.name=synthetic:32", "augment.image_size=16", "optim.batch_size=16", "train.epochs=1"]
-        + ["train.progress=false", f"out={run}"],
+        overrides=[a for a in TINY if "=" in a] + ["train.epochs=1", f"out={run}"],
     )
     with pytest.raises(RunDirError, match="metrics.jsonl is a symbolic link"):
         Trainer(cfg).fit()
