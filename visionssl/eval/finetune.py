@@ -68,7 +68,8 @@ def finetune(
         backbone: a feature extractor returning (B, D).
         train_set, test_set: labelled ``ImageDataset`` splits (uint8 images).
         fraction: share of every class's training labels used, in (0, 1].
-        seed: picks the subset, the held-out part, the head's initialisation and the batch order.
+        seed: picks the subset, the held-out part, the head's initialisation and the batch order; it also
+            seeds torch's global generator, which the augmentations draw from.
         epochs, batch_size: training length and images per step.
         optimizer: ``auto``, ``sgd`` or ``adamw``.
         lr, weight_decay, momentum: optimizer settings (defaults above).
