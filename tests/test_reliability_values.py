@@ -81,6 +81,22 @@ def test_a_bad_value_is_one_line_exit_2_before_the_model_is_built(tmp_path, caps
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.parametrize(
+    "kwarg, message",
+    [
+        ("backbone.kwargs.no_such_argument=1", "rejected its arguments ['no_such_argument']"),  # by the model
+        ("backbone.kwargs.drop_rate=abc", "drop_rate='abc' is invalid; valid: a finite number"),  # before it
+    ],
+)
+def test_backbone_arguments_the_model_refuses_are_one_line_exit_2(tmp_path, capsys, kwarg, message):
+    """Your own backbone.kwargs reach the model's constructor; a refusal there names them (was an internal error)."""
+    args = ["pretrain", "--data", "synthetic:8", "--out", str(tmp_path / "run"), "optim.batch_size=4"]
+    args += ["data.image_size=16", "augment.image_size=16", "backbone.name=resnet10t", kwarg]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_deeply_nested_config_file_is_one_line_exit_2(tmp_path, capsys, no_model):
     deep = tmp_path / "deep.yaml"
     deep.write_text("backbone:\n  kwargs:\n    x: " + "[" * 150 + "]" * 150 + "\n")  # was a RecursionError, exit 1

@@ -45,24 +45,36 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     """Builds a backbone by name: a registered factory, ``package.module:function``, or any timm model.
 
     timm models are built without classifier (``num_classes=0``) and without pretrained
-    weights (nothing is downloaded); ``kwargs`` go to ``timm.create_model``.
+    weights (nothing is downloaded); ``kwargs`` go to ``timm.create_model``. Arguments the model refuses
+    raise ``ConfigError`` naming them.
 
     Example:
         >>> import visionssl as vs
         >>> vs.create_backbone("resnet18", in_chans=1).num_features
         512
+        >>> vs.create_backbone("resnet18", no_such_argument=1)
+        Traceback (most recent call last):
+        ...
+        visionssl.errors.ConfigError: backbone 'resnet18' rejected its arguments ['no_such_argument']: ...
     """
-    if name in BACKBONES:
-        net = BACKBONES.create(name, **kwargs)
-    elif ":" in name:
-        net = import_object(name)(**kwargs)
-    else:
-        import timm
+    try:
+        if name in BACKBONES:
+            net = BACKBONES.create(name, **kwargs)
+        elif ":" in name:
+            net = import_object(name)(**kwargs)
+        else:
+            import timm
 
-        if not timm.is_model(name):
-            raise RegistryError(BACKBONES.unknown_message(name, extra=timm.list_models()))
-        kwargs.setdefault("pretrained", False)
-        net = timm.create_model(name, num_classes=0, **kwargs)
+            if not timm.is_model(name):
+                raise RegistryError(BACKBONES.unknown_message(name, extra=timm.list_models()))
+            net = timm.create_model(name, num_classes=0, **{"pretrained": False, **kwargs})
+    except (TypeError, AssertionError) as exc:
+        # timm's model classes check their arguments with TypeError (an unknown name) and assert (a combination,
+        # e.g. global_pool='token' on a ResNet); without arguments the same error is a bug, not the input
+        if not kwargs:
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"backbone {name!r} rejected its arguments {sorted(kwargs)}: {detail}") from None
     check_backbone(net, name)
     return net
 

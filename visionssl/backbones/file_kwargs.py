@@ -125,7 +125,7 @@ def check_file_kwargs(
         problem = _not_data(value, 0)
         if problem:
             raise ConfigError(f"{source}: backbone argument {key!r} {problem}")
-    for key, value in kwargs.items():
+    for key in kwargs:
         if declared is not None and key not in declared and not (open_ended and key in ARCHITECTURE_KWARGS):
             if open_ended:
                 raise ConfigError(
@@ -135,6 +135,21 @@ def check_file_kwargs(
             raise ConfigError(
                 f"{source}: backbone {name!r} has no argument(s) {key}; valid: {', '.join(declared) or '(none)'}"
             )
+    return check_architecture_values(name, kwargs, source=source)
+
+
+def check_architecture_values(name: str, kwargs: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Checks the values of the architecture arguments in ``kwargs`` (others pass as they are): one ``ConfigError``.
+
+    Used for a file's arguments and for the user's own ``backbone.kwargs``, whose other names go to the model.
+
+    Example:
+        >>> check_architecture_values("resnet18", {"drop_rate": "abc", "my_own": 1}, source="backbone.kwargs")
+        Traceback (most recent call last):
+        ...
+        visionssl.errors.ConfigError: backbone.kwargs: backbone 'resnet18' argument drop_rate='abc' is invalid; valid: a finite number in [0, 1)
+    """
+    for key, value in kwargs.items():
         if key in ARCHITECTURE_KWARGS:
             check, valid = ARCHITECTURE_KWARGS[key]
             if not check(value):

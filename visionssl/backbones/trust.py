@@ -131,13 +131,8 @@ def build_backbone(name: str, kwargs: dict, *, source: str) -> Any:
 
     try:
         return create_backbone(name, **kwargs)
-    except (TypeError, AssertionError) as exc:
-        # timm's model classes check their arguments with TypeError (an unknown name) and assert (a combination,
-        # e.g. global_pool='token' on a ResNet); without arguments the same error is a bug, not the input
-        if not kwargs:
-            raise
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{source}: backbone {name!r} rejected its arguments {sorted(kwargs)}: {detail}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def run_dir_of(path: str | os.PathLike) -> Path:

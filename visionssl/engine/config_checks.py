@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from visionssl.backbones.file_kwargs import check_architecture_values
 from visionssl.data.dataset import stored_size
 from visionssl.engine.optim import OPTIMIZERS
 from visionssl.errors import ConfigError
@@ -81,6 +82,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {rule}")
     check_device(cfg.train.device)
     _check_backbone(cfg.backbone.name)
+    check_architecture_values(cfg.backbone.name, dict(cfg.backbone.kwargs or {}), source="backbone.kwargs")
     _check_method(cfg)
 
 
