@@ -30,6 +30,20 @@ BAD = [
     ("simclr", "data.nmae=elpv", "did you mean 'data.name'?"),
     ("simclr", "method.temprature=0.1", "did you mean 'temperature'?"),
     ("moco", "method.queue_sise=4096", "did you mean 'queue_size'?"),
+    # augmentation arguments: the preset's own, of its defaults' types (a preset ignores what it does not declare)
+    (
+        "simclr",
+        "augment.kwargs.sacle=[0.2,1.0]",
+        "augment.kwargs.sacle: the 'simclr' preset has no such argument; did you mean 'scale'?",
+    ),
+    (
+        "simclr",
+        "augment.kwargs.scale=abc",
+        "augment.kwargs.scale='abc' must be 2 numbers (the 'simclr' preset's default: [0.08, 1.0])",
+    ),
+    ("byol", "augment.kwargs.vflip_p=0.5", "the 'byol' preset has no such argument"),  # was silently ignored
+    ("byol", "augment.kwargs.solarize_p=often", "augment.kwargs.solarize_p='often' must be 2 numbers"),
+    ("simclr", "augment.name=simclrr", "augment.name: unknown augmentation 'simclrr'"),
     # wrong types
     ("simclr", "optim.lr=fast", "config key 'optim.lr': Value 'fast'"),
     (

@@ -82,8 +82,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {rule}")
     check_device(cfg.train.device)
     _check_backbone(cfg.backbone.name)
+    _check_init(cfg.backbone)
     check_architecture_values(cfg.backbone.name, dict(cfg.backbone.kwargs or {}), source="backbone.kwargs")
     _check_method(cfg)
+    _check_augment(cfg)
 
 
 def _range_checks(cfg: DictConfig) -> list[tuple[str, bool, str]]:
@@ -153,6 +155,34 @@ def _check_backbone(backbone: str) -> None:
         raise ConfigError(f"backbone.name: {BACKBONES.unknown_message(backbone, extra=timm.list_models())}")
 
 
+def _check_init(backbone: DictConfig) -> None:
+    """``backbone.init``'s form (what it names is read where the run is built) and ``backbone.init_sha256``."""
+    init, pin = backbone.init, backbone.init_sha256
+    if not str(init).strip():
+        raise ConfigError(
+            "backbone.init='' is empty; valid: random, timm, a zoo name, or a .safetensors file, hub folder, "
+            "run directory or .pt checkpoint"
+        )
+    if pin is not None and not re.fullmatch(r"[0-9a-f]{64}", str(pin)):
+        raise ConfigError(f"backbone.init_sha256={pin!r} is not a sha256 (64 lowercase hex digits)")
+    if init != "random" and (backbone.kwargs or {}).get("pretrained"):
+        raise ConfigError(
+            f"backbone.init={init} and backbone.kwargs.pretrained=true both give starting weights; "
+            "for timm's own weights use backbone.init=timm (cache only, never a download) and drop pretrained"
+        )
+    name = str(backbone.name)
+    if init == "timm":
+        import timm
+
+        from visionssl.backbones import BACKBONES
+
+        if ":" in name or name in BACKBONES or not timm.is_model(name):
+            raise ConfigError(
+                f"backbone.init=timm loads a timm model's own pretrained weights, and {name!r} is not a timm model; "
+                "use a timm backbone.name (e.g. resnet18) or another init (a zoo name, a .safetensors file, a run)"
+            )
+
+
 def _check_method(cfg: DictConfig) -> None:
     """The method exists, knows every hyperparameter given, each of its type and range; its own cross-checks."""
     from visionssl.methods import METHODS, method_class, method_hparams
@@ -174,7 +204,7 @@ def _check_method(cfg: DictConfig) -> None:
     for key, value in hparams.items():
         hint = params[key].annotation if key in params else inspect.Parameter.empty  # text under __future__
         nullable = hint is inspect.Parameter.empty or "None" in str(hint) or "Optional" in str(hint)
-        _check_hparam_type(name, key, value, valid[key], nullable)
+        _check_hparam_type(name, f"method.{key}", value, valid[key], nullable)
         _check_hparam_range(name, key, value, ranges)
     try:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
         method_class(name).check_config(hparams, cfg)
@@ -230,17 +260,29 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
     return [(prefix[:-1], node)] if isinstance(node, float) else []
 
 
-def _check_hparam_type(method: str, key: str, value: Any, default: Any, nullable: bool = True) -> None:
-    """A hyperparameter given in YAML or on the command line must have its default's type (or be null where
-    ``nullable``)."""
+def _check_hparam_type(
+    owner: str, key: str, value: Any, default: Any, nullable: bool = True, scalar_ok: bool = False
+) -> None:
+    """A setting given in YAML or on the command line must have its default's type (or be null where ``nullable``);
+    ``key`` is its full name (``method.temperature``), ``owner`` whose default it is (``simclr``); ``scalar_ok``:
+    a tuple default also takes one number (one value for every view)."""
+    if isinstance(default, tuple) and value is not None:  # a pair such as a crop scale: same length, numbers
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not (
+            (scalar_ok and number(value))
+            or (isinstance(value, (list, tuple)) and len(value) == len(default) and all(number(v) for v in value))
+        ):
+            raise ConfigError(f"{key}={value!r} must be {len(default)} numbers ({owner}'s default: {list(default)})")
+        return
     if default is None or isinstance(default, (list, tuple, dict)):
         return
     if value is None and nullable:
         return
-    if value is None:  # null where the method's signature says it takes none
-        raise ConfigError(
-            f"method.{key}=null is not valid; give a {type(default).__name__} ({method}'s default: {default!r})"
-        )
+    if value is None:  # null where the signature says it takes none
+        raise ConfigError(f"{key}=null is not valid; give a {type(default).__name__} ({owner}'s default: {default!r})")
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -252,9 +294,37 @@ def _check_hparam_type(method: str, key: str, value: Any, default: Any, nullable
     else:
         return
     if not ok:
-        raise ConfigError(
-            f"method.{key}={value!r} must be of type {type(default).__name__} ({method}'s default: {default!r})"
-        )
+        raise ConfigError(f"{key}={value!r} must be of type {type(default).__name__} ({owner}'s default: {default!r})")
+
+
+def _check_augment(cfg: DictConfig) -> None:
+    """``augment.name`` (or the method's preset) exists and ``augment.kwargs`` are its arguments, each of its
+    default's type: a preset ignores what it does not declare, so a misspelt key would change nothing silently."""
+    from visionssl.augment import AUGMENTATIONS
+    from visionssl.methods import method_class
+
+    name = cfg.augment.name or method_class(cfg.method.name).augmentation
+    if name not in AUGMENTATIONS:
+        raise ConfigError(f"augment.name: {AUGMENTATIONS.unknown_message(str(name))}")
+    params = inspect.signature(AUGMENTATIONS.get(name)).parameters
+    passes_on = any(p.kind is p.VAR_KEYWORD and not p.name.startswith("_") for p in params.values())
+    valid = {
+        k: p.default
+        for k, p in params.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k not in ("image_size", "channels")
+    }
+    for key, value in (OmegaConf.to_container(cfg.augment.kwargs, resolve=True) or {}).items():
+        if key not in valid:
+            if passes_on:
+                continue
+            close = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"augment.kwargs.{key}: the {name!r} preset has no such argument; {hint}valid: {', '.join(valid)}"
+            )
+        default, hint = valid[key], str(params[key].annotation)
+        scalar_ok = re.search(r"\b(float|int)\b", re.sub(r"tuple\[[^\]]*\]", "", hint)) is not None
+        _check_hparam_type(f"the {name!r} preset", f"augment.kwargs.{key}", value, default, "None" in hint, scalar_ok)
 
 
 def _check_hparam_range(method: str, key: str, value: Any, ranges: list[tuple[str, tuple]]) -> None:
