@@ -12,6 +12,8 @@ from visionssl.errors import UserError
 from visionssl.methods import SSLMethod, create_method, list_methods, register_method
 from visionssl.registry import Registry, RegistryError
 
+engine.build.set_init_loader(zoo.init_weights)  # backbone.init: the engine sits below the zoo that reads it
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -40,6 +40,10 @@ MAX_FILE_BYTES = 1_000_000  # a config file; the recipes are about 2 kB
 class BackboneConfig:
     name: str = "resnet18_cifar"  # a registered backbone, a timm model, or package.module:function
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the factory / timm.create_model
+    # starting weights: random | timm (the timm model's own, from the local cache) | a zoo name | a .safetensors
+    # file, hub folder, run directory or .pt checkpoint (docs/init.md); a resumed run keeps its checkpoint's
+    init: str = "random"
+    init_sha256: str | None = None  # the sha256 of the init file, recorded by the run; set by hand it pins the file
 
 
 @dataclass

@@ -47,8 +47,12 @@ class RunLog:
         self._writer = None
         self._metrics_file = None
 
-    def open(self, step: int) -> None:
-        """Writes config.yaml (and the trust record of a code backbone) and opens the logs (rank 0 only)."""
+    def open(self, step: int, init: dict[str, Any] | None = None) -> None:
+        """Writes config.yaml (and the trust record of a code backbone) and opens the logs (rank 0 only).
+
+        ``init``: where the backbone's starting weights came from (``backbone.init``), TensorBoard text
+        ``backbone/init`` (config.yaml holds the spec and its sha256).
+        """
         if self.run_dir is None or not distributed.is_main():  # rank 0 alone writes the run directory
             return
         out = self.run_dir
@@ -65,6 +69,8 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(str(out / "tensorboard"), purge_step=step or None)
+        if init is not None:  # JSON as a Markdown code block
+            self._writer.add_text("backbone/init", "    " + json.dumps(init, indent=2).replace("\n", "\n    "), step)
 
     def write(self, scalars: dict[str, float], step: int, epoch: float) -> None:
         """One line of metrics.jsonl (``epoch``: completed epochs, fractional mid-epoch) and the TensorBoard points."""

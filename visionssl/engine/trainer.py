@@ -28,7 +28,15 @@ from visionssl import distributed
 from visionssl.backbones.features import resolve_device
 from visionssl.data import ImageDataset
 from visionssl.engine.batchnorm import recalibrate_batchnorm
-from visionssl.engine.build import build_augment, build_loader, build_method, build_optimizer, build_train_set
+from visionssl.engine.build import (
+    InitLoader,
+    build_augment,
+    build_init,
+    build_loader,
+    build_method,
+    build_optimizer,
+    build_train_set,
+)
 from visionssl.engine.guards import NonFiniteGuard, NonFiniteLossError, StopSignals  # noqa: F401  (re-exported)
 from visionssl.engine.online_knn import knn_datasets, online_knn
 from visionssl.engine.optim import cosine_with_warmup, set_lr
@@ -39,6 +47,7 @@ from visionssl.engine.runtime import (  # noqa: F401  (cpu_computes_bf16: re-exp
     seed_everything,
 )
 from visionssl.engine.trainstate import PROGRESS, Checkpointer
+from visionssl.errors import ConfigError
 from visionssl.methods import SSLMethod
 
 logger = logging.getLogger(__name__)
@@ -52,6 +61,8 @@ class Trainer:
         method: an already built method (default: built from ``config.method`` and ``config.backbone``).
         train_set: the unlabelled training images (default: ``config.data`` train split).
         eval_sets: (bank, queries) labelled datasets for online kNN (default: the train and test splits).
+        resume: continue the run in ``config.out`` (``fit``'s default): ``backbone.init`` is not loaded again.
+        init_loader: reads ``backbone.init`` (default: ``visionssl.zoo.init_weights``; see ``engine.build``).
 
     The method hooks see it as a ``visionssl.methods.base.TrainingContext``: ``train_set``, ``device``,
     ``epoch``, ``augment``, ``config``, ``optimizer``, ``log_scalars``.
@@ -78,8 +89,12 @@ class Trainer:
         method: SSLMethod | None = None,
         train_set: ImageDataset | None = None,
         eval_sets: tuple[ImageDataset, ImageDataset] | None = None,
+        *,
+        resume: bool = False,
+        init_loader: InitLoader | None = None,
     ):
         self.config = config
+        self.resuming, self.init_loader = resume, init_loader
         self._join_processes()
         self.out = Path(config.out) if config.out else None
         self.precise_bn = bool(config.train.precise_bn)
@@ -113,7 +128,9 @@ class Trainer:
     def _build_method(self, method: SSLMethod | None) -> None:
         """The method on the device, its views, and the forward pass the loop calls (DDP, torch.compile)."""
         cfg = self.config
-        self.method = build_method(cfg, self.device, method)
+        init = None if self.resuming else build_init(cfg, self.init_loader, method)  # resumed: the checkpoint's
+        self.init_record = init.record if init else None  # where the weights came from, logged by fit
+        self.method = build_method(cfg, self.device, method, init)
         self.channels_last = cfg.train.channels_last
         self.augment = build_augment(cfg, self.method, self.device)
         # DDP averages the gradients over the ranks; hooks are called on self.method, never on the wrapper
@@ -184,8 +201,8 @@ class Trainer:
         """``"SIGTERM"``/``"SIGINT"`` once caught during ``fit``: it saves and returns at the next step."""
         return self.stop.signal
 
-    def fit(self, resume: bool = False) -> dict[str, float]:
-        """Trains to ``train.epochs``; with ``resume`` continues from the run directory's last checkpoint.
+    def fit(self, resume: bool | None = None) -> dict[str, float]:
+        """Trains to ``train.epochs``; with ``resume`` (default: the Trainer's) continues from the last checkpoint.
 
         Returns the last metrics (including ``knn/top1`` when the data is labelled).
 
@@ -193,6 +210,9 @@ class Trainer:
         the current step finishes, a checkpoint is written, a line says how to resume, and the result
         holds ``"stopped_by": "SIGTERM"`` (a second SIGINT interrupts at once).
         """
+        resume = self.resuming if resume is None else resume
+        if self.resuming and not resume and self.config.backbone.init != "random":
+            raise ConfigError("a Trainer built with resume=True did not load backbone.init: build one for a new run")
         with self._run_lock():  # one live run per directory (rank 0 holds it; the other ranks write nothing)
             return self._fit(resume)
 
@@ -207,7 +227,7 @@ class Trainer:
         epochs = self.config.train.epochs
         if resume:
             self.resume()
-        self.run_log.open(self.step)
+        self.run_log.open(self.step, init=None if resume else self.init_record)
         restore_signals = self.stop.catch()
         try:
             self.method.on_train_start(self)

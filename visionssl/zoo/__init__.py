@@ -55,7 +55,14 @@ from visionssl.zoo.download import (
 )
 from visionssl.zoo.export import ExportedModel, HubExport, export_hub, export_run
 from visionssl.zoo.integrity import check_hash, read_sidecar, sha256_file
-from visionssl.zoo.resolve import CheckpointSource, load, resolve_checkpoint, safetensors_backbone
+from visionssl.zoo.resolve import (
+    CheckpointSource,
+    checkpoint_file,
+    init_weights,
+    load,
+    resolve_checkpoint,
+    safetensors_backbone,
+)
 
 __all__ = [
     "CONVERTERS",
@@ -68,12 +75,14 @@ __all__ = [
     "all_entries",
     "cache_dir",
     "cached_path",
+    "checkpoint_file",
     "convert_checkpoint",
     "download",
     "export_hub",
     "export_run",
     "fetch",
     "info",
+    "init_weights",
     "list",
     "list_formats",
     "load",

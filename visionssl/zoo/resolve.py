@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from visionssl.engine.build import BackboneInit
 from visionssl.errors import CheckpointError
 from visionssl.zoo.catalog import ZooError, get_entry
-from visionssl.zoo.convert import load_file
+from visionssl.zoo.convert import load_file, read_checkpoint
 from visionssl.zoo.download import DEFAULT_TIMEOUT, fetch
 from visionssl.zoo.hub import WEIGHTS_NAME
 from visionssl.zoo.safe_load import is_safetensors
@@ -162,6 +164,143 @@ def load(
     return load_file(path, entry.format, entry.backbone, unsafe=unsafe, **entry.backbone_kwargs)
 
 
+def checkpoint_file(source: CheckpointSource, *, offline: bool | None = None) -> Path:
+    """The one file a resolved checkpoint's weights are read from: the export, the run's checkpoint file, or
+    the zoo entry's cached download (fetched and verified first when not cached).
+
+    Example:
+        >>> import tempfile, torch, safetensors.torch
+        >>> p = tempfile.mkdtemp() + "/w.safetensors"
+        >>> safetensors.torch.save_file({"w": torch.ones(1)}, p, metadata={"backbone": "resnet18_cifar"})
+        >>> checkpoint_file(resolve_checkpoint(p)).name
+        'w.safetensors'
+    """
+    from visionssl.engine.checkpoint import LAST
+
+    if source.kind == "zoo":
+        return Path(fetch(get_entry(source.spec), offline=offline))
+    path = source.path.resolve()
+    if source.kind == "run" and path.is_dir():  # the file load_checkpoint read
+        path = path / "checkpoints" / LAST if (path / "checkpoints").is_dir() else path / LAST
+    return path
+
+
+def init_weights(
+    spec: str, backbone: str, backbone_kwargs: dict[str, Any] | None = None, *, trust_code: bool = False
+) -> BackboneInit:
+    """The starting weights of a run's backbone (``backbone.init``) and the record of where they came from.
+
+    ``spec`` is ``timm`` (``backbone``'s own timm weights, from the local cache only: ``timm_cached_weights``)
+    or anything ``resolve_checkpoint`` takes (a zoo name, an export, a hub folder, a run), with its trust rules.
+    ``backbone`` and ``backbone_kwargs`` are the run's; the weights are checked against them when loaded
+    (``visionssl.engine.build.init_backbone``). The package root registers this function as the engine's
+    default loader (``visionssl.engine.build.set_init_loader``): the engine sits below the zoo.
+
+    Example:
+        >>> import tempfile, torch, safetensors.torch, visionssl as vs
+        >>> p = tempfile.mkdtemp() + "/w.safetensors"
+        >>> net = vs.create_backbone("resnet10t_cifar")
+        >>> safetensors.torch.save_file(net.state_dict(), p, metadata={"backbone": "resnet10t_cifar"})
+        >>> init = init_weights(p, "resnet10t_cifar")
+        >>> init.record["kind"], init.record["backbone"], len(init.record["sha256"])
+        ('export', 'resnet10t_cifar', 64)
+    """
+    from visionssl.zoo.integrity import sha256_file
+
+    if spec == "timm":
+        return timm_init(backbone, backbone_kwargs or {})
+    source = resolve_checkpoint(spec, trust_code=trust_code)
+    path = checkpoint_file(source)
+    digest = sha256_file(path)
+    if source.kind == "export":  # from the file just hashed
+        net = load_file(path, "visionssl", source.backbone, **source.backbone_kwargs)
+    else:
+        net = source.build()  # a run's checkpoint was read once by the resolver; a zoo entry from the cached file
+    record = {
+        "init": spec,
+        "kind": source.kind,
+        "file": str(path),
+        "sha256": digest,
+        "backbone": source.backbone,
+        "backbone_kwargs": source.backbone_kwargs,
+    }
+    return BackboneInit(net.state_dict(), record)
+
+
+def timm_cached_weights(name: str) -> tuple[Path, str]:
+    """``(file, where)``: timm's pretrained weights for model ``name`` in the local Hugging Face or torch hub
+    cache, and the hf-hub id or URL timm would fetch them from. Never downloads: not cached is a
+    ``CheckpointError`` naming the weights and how to fetch them.
+
+    Example:
+        >>> timm_cached_weights("resnet18")  # doctest: +SKIP
+        (PosixPath('.../models--timm--resnet18.a1_in1k/snapshots/.../model.safetensors'), 'hf-hub:timm/resnet18.a1_in1k')
+    """
+    import timm
+    import torch.hub
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise CheckpointError(f"backbone.init=timm: timm has no pretrained weights for {name!r}")
+    if cfg.file:
+        return Path(cfg.file), str(cfg.file)
+    looked, fetch_cmd = [], f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for filename in names:
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)  # reads the cache only
+            if isinstance(found, str):
+                return Path(found), f"hf-hub:{cfg.hf_hub_id}"
+        looked.append(f"hf-hub:{cfg.hf_hub_id} in {constants.HF_HUB_CACHE}")
+        fetch_cmd = f"huggingface-cli download {repo} {names[0]}" + (f" --revision {revision}" if revision else "")
+    if cfg.url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url.split("?")[0])
+        if cached.is_file():
+            return cached, cfg.url
+        looked.append(f"{cfg.url} in {cached.parent}")
+    raise CheckpointError(
+        f"backbone.init=timm: the pretrained weights of {name!r} are not in the local cache (looked for "
+        f"{' and '.join(looked)}) and are never downloaded during a run; fetch them once on a machine with "
+        f"internet access ({fetch_cmd}) and copy the cache here"
+    )
+
+
+def timm_init(name: str, backbone_kwargs: dict[str, Any]) -> BackboneInit:
+    """``name``'s own timm weights from the local cache (``timm_cached_weights``), read safely and adapted by
+    timm (its classifier dropped, ``in_chans`` folded) for the model built with ``backbone_kwargs``.
+
+    Example:
+        >>> timm_init("resnet18", {}).record["kind"]  # doctest: +SKIP
+        'timm'
+    """
+    import timm
+
+    from visionssl.zoo.integrity import sha256_file
+
+    path, where = timm_cached_weights(name)
+    digest = sha256_file(path)
+    state = read_checkpoint(path)  # safetensors or torch.load(weights_only=True): data, never code
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"backbone.init=timm: {path} is not a state dict of tensors")
+    kwargs = {k: v for k, v in backbone_kwargs.items() if k != "pretrained"}
+    net = timm.create_model(
+        name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"state_dict": state}, **kwargs
+    )
+    record = {
+        "init": "timm",
+        "kind": "timm",
+        "file": str(path),
+        "source": where,
+        "sha256": digest,
+        "backbone": name,
+        "backbone_kwargs": kwargs,
+    }
+    return BackboneInit(net.state_dict(), record)
+
+
 def safetensors_backbone(path: str | os.PathLike, *, trust_code: bool = False) -> tuple[str, dict]:
     """``(backbone, kwargs)`` named by a ``.safetensors`` file's metadata, checked like any file's (one-line errors).
 
@@ -195,4 +334,14 @@ def safetensors_backbone(path: str | os.PathLike, *, trust_code: bool = False) -
     return check_backbone_spec(meta["backbone"], kwargs, source=f"{path} (metadata)", trust_code=trust_code)
 
 
-__all__ = ["KINDS", "CheckpointSource", "load", "resolve_checkpoint", "safetensors_backbone"]
+__all__ = [
+    "KINDS",
+    "CheckpointSource",
+    "checkpoint_file",
+    "init_weights",
+    "load",
+    "resolve_checkpoint",
+    "safetensors_backbone",
+    "timm_cached_weights",
+    "timm_init",
+]
