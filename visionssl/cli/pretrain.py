@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from visionssl.cli.options import EPILOG, positive_float, positive_int
 from visionssl.data.dataset import STORED_RATIO, stored_size
@@ -30,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--data",
         default=None,
         help="dataset: elpv, elpv:type, PATH (ImageFolder), cifar10:PATH, stl10:PATH, synthetic[:N]",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="the backbone's starting weights (backbone.init): random (default), timm (the timm model's own "
+        "pretrained weights, from the local cache only), a zoo name, or a .safetensors file, hub folder, run "
+        "directory or .pt checkpoint; loaded strictly, the heads start fresh, the sha256 is recorded",
     )
     p.add_argument("--epochs", type=positive_int, default=None, help="number of training epochs")
     p.add_argument(
@@ -60,8 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trust-code",
         action="store_true",
-        help="allow a backbone named as code (module:function, file.py:function) by the --config file or the "
-        "resumed run's config; not needed for --backbone, nor to resume your own run",
+        help="allow a backbone named as code (module:function, file.py:function) by the --config file, the "
+        "resumed run's config or the --init file; not needed for --backbone, nor to resume your own run",
     )
     p.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images (reported) instead of stopping"
@@ -83,6 +91,10 @@ def pretrain_overrides(args: argparse.Namespace) -> list[str]:
         if sep and file.endswith(".py"):
             backbone = f"{Path(file).expanduser().resolve()}:{fn}"  # keep runs loadable from any directory
         o.append(f"backbone.name={backbone}")
+    if args.init:
+        init = Path(args.init).expanduser()
+        init = str(init.resolve()) if init.exists() else args.init  # a path: the run records where, from anywhere
+        o.append("backbone.init='" + init.replace("'", "''").replace("${", "\\${") + "'")  # read as exactly that
     pairs = {
         "data.name": data_value(args.data) if args.data is not None else None,
         "train.epochs": args.epochs,
@@ -145,11 +157,20 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    import functools
+
     from omegaconf import OmegaConf
 
     from visionssl.backbones.trust import check_backbone_spec
     from visionssl.engine import Trainer, load_config
+    from visionssl.errors import ConfigError
+    from visionssl.zoo import init_weights
 
+    if args.resume and args.init:
+        raise ConfigError(
+            "--init starts a new run from those weights; --resume continues the run's own checkpoint (its "
+            "backbone.init is not loaded again): drop one of them"
+        )
     config = args.config
     if args.resume and config is None and (Path(args.out) / "config.yaml").is_file():
         config = str(Path(args.out) / "config.yaml")  # a resumed run keeps its own config
@@ -172,7 +193,7 @@ def _pretrain(args: argparse.Namespace) -> int:
             trust_code=given or args.trust_code,
             run_dir=args.out if args.resume else None,
         )
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, resume=args.resume, init_loader=functools.partial(init_weights, trust_code=args.trust_code))
     if trainer.rank:  # under torchrun, rank 0 alone reports (and writes the run directory)
         trainer.fit(resume=args.resume)
         return 0
@@ -185,7 +206,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     where = f"{trainer.device} x {trainer.world_size} processes" if trainer.world_size > 1 else str(trainer.device)
     print(
         f"pretraining {cfg.method['name']} on {cfg.data.name} ({len(trainer.train_set)} images) with {cfg.backbone.name} "
-        f"for {cfg.train.epochs} epochs on {where}; run directory: {cfg.out}",
+        f"for {cfg.train.epochs} epochs on {where}{_init_text(trainer)}; run directory: {cfg.out}",
         flush=True,
     )
     if trainer.train_set.skipped:
@@ -208,3 +229,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         )
     print(f"checkpoint: {trainer.checkpoint_path}")
     return 0
+
+
+def _init_text(trainer: Any) -> str:
+    record = trainer.init_record
+    return f" from {record['init']} (sha256 {record['sha256'][:12]})" if record else ""
