@@ -68,6 +68,8 @@ def test_the_first_step_starts_from_the_exported_weights_and_the_heads_start_fre
     else:  # the projector is the method's own fresh one, not the source run's
         source_head = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["method"]["projector.0.weight"]
         assert not torch.equal(trainer.method.projector[0].weight.detach(), source_head)
+        fresh = Trainer(config(method=method)).method.projector[0].weight  # reading the file drew no random numbers
+        assert torch.equal(trainer.method.projector[0].weight.detach(), fresh.detach())
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     assert cfg.backbone.init_sha256 == digest and trainer.init_record["kind"] == "export"
     trainer.fit()

@@ -134,7 +134,8 @@ def build_init(
         if not _init_loaders:  # the package root registers the zoo's loader; only a broken import skips it
             raise RuntimeError("no loader for backbone.init is registered (import visionssl)")
         loader = _init_loaders[0]
-    init = loader(spec, str(cfg.backbone.name), to_dict(cfg.backbone.kwargs))
+    with torch.random.fork_rng(devices=[]):  # building the file's backbone draws numbers: the run's draws stay its own
+        init = loader(spec, str(cfg.backbone.name), to_dict(cfg.backbone.kwargs))
     pinned, found = cfg.backbone.init_sha256, init.record["sha256"]
     if pinned and pinned != found:
         raise CheckpointError(
