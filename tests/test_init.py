@@ -225,3 +225,13 @@ def test_an_init_with_a_method_given_is_refused(exported):
     _, file = exported
     with pytest.raises(ConfigError, match="load them into method.backbone yourself"):
         Trainer(config(f"backbone.init={file}"), method=vs.create_method("simclr", backbone="resnet10t_cifar"))
+
+
+def test_the_python_example_of_docs_init_runs(capsys):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "init.md").read_text(encoding="utf-8")
+    (code,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    exec(compile(code, "docs/init.md", "exec"), {"__name__": "docs_example"})
+    assert capsys.readouterr().out.splitlines()[-1] == "True run"  # what the comment in the example says
