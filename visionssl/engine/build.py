@@ -175,7 +175,7 @@ def init_backbone(cfg: DictConfig, init: BackboneInit) -> nn.Module:
         _keys(
             "other shapes",
             [
-                f"{k} {tuple(state[k].shape)}->{tuple(own[k].shape)}"
+                f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
                 for k in own.keys() & state.keys()
                 if tuple(state[k].shape) != tuple(own[k].shape)
             ],
