@@ -71,6 +71,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"`{b['augment']}` views at {b['image_size']} px, the epoch chosen on a held-out fifth of the labelled subset; "
         f"seeds {', '.join(map(str, b['seeds']))}; {payload['seconds']} s in all.",
         "",
+        *([payload["note"], ""] if payload.get("note") else []),
         "| backbone | labels | test top-1 (mean +- std) | per seed | chosen epochs |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": list(args.seeds),
             **{k: first[k] for k in ("epochs", "batch_size", "optimizer", "lr", "augment")},
         },
+        "note": args.note,
         "environment": result["environment"],
         "rows": [
             {
@@ -156,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--results", default="finetune_elpv", help="results name under benchmarks/results/")
     p.add_argument("--quick", action="store_true", help="a seconds-long dry run on synthetic data; writes nothing")
+    p.add_argument("--note", default=None, help="a sentence for the table, e.g. where --checkpoint came from")
     args = p.parse_args(argv)
     if args.quick:
         args.pretrain_epochs, args.image_size, args.epochs, args.seeds = 1, 16, 1, args.seeds[:2]
