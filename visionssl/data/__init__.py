@@ -15,22 +15,25 @@ from typing import Any
 from visionssl.data.dataset import ImageDataset, stored_size
 from visionssl.data.decode import BadImageError, decode_image, decode_images
 from visionssl.data.loader import BatchLoader
+from visionssl.data.shapes import generate_shapes
 from visionssl.data.sources import DATASETS, register_dataset, stratified_split
 from visionssl.errors import ConfigError
 
-SPLITS = ("train", "test", "all", "unlabeled")
+SPLITS = ("train", "test", "all", "unlabeled", "holdout")
 
 
 def load_dataset(
     spec: str, split: str = "train", image_size: int | None = None, skip_bad_images: bool = False, **kwargs: Any
 ) -> ImageDataset:
     """Loads a dataset by spec: ``elpv``, ``elpv:type``, ``cifar10:PATH``, ``cifar100:PATH``, ``stl10:PATH``,
-    ``imagefolder:PATH`` or just a directory ``PATH``, ``synthetic[:N]``, or ``name[:arg]`` of a registered loader.
+    ``imagefolder:PATH`` or just a directory ``PATH``, ``synthetic[:N]``, ``shapes[:N]``, or ``name[:arg]`` of a
+    registered loader.
 
     Args:
         spec: which dataset (see above).
         split: "train", "test" or "all" (elpv and folders without train/test sub-folders use a fixed,
-            seeded, stratified 75/25 split).
+            seeded, stratified 75/25 split); "holdout" where the loader declares it (``shapes``), a split
+            never to tune on.
         image_size: side of the square uint8 images kept in memory (default: the dataset's native size).
         skip_bad_images: skip unreadable files (reported in ``dataset.skipped``) instead of failing.
 
@@ -46,9 +49,13 @@ def load_dataset(
     name, _, arg = spec.partition(":")
     if name not in DATASETS and (Path(spec).expanduser().is_dir() or "/" in spec or spec.startswith(".")):
         name, arg = "imagefolder", spec
-    return DATASETS.get(name)(
-        arg or None, split=split, image_size=image_size, skip_bad_images=skip_bad_images, **kwargs
-    )
+    loader = DATASETS.get(name)
+    declared = getattr(loader, "splits", None)  # a loader that lists its splits gets no other
+    if split == "holdout" and declared is None or declared is not None and split not in declared:
+        raise ConfigError(
+            f"dataset {spec!r} has no {split!r} split; valid: {', '.join(declared or ('train', 'test', 'all'))}"
+        )
+    return loader(arg or None, split=split, image_size=image_size, skip_bad_images=skip_bad_images, **kwargs)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -63,6 +70,7 @@ __all__ = [
     "ImageDataset",
     "decode_image",
     "decode_images",
+    "generate_shapes",
     "list_datasets",
     "load_dataset",
     "register_dataset",
