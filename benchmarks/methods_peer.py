@@ -14,14 +14,22 @@ weights is pretrained on the elpv train split (labels unused) for the same epoch
   momentum 0.9, weight decay 5e-4, cosine decay per step).
 
 Both backbones are then scored the same way (``methods_elpv.knn_scores``: FAISS kNN top-1 on the test
-split, bank the train split, and 4-fold kNN over the train split) on both elpv labels, ``defect`` and
-``type``: pretraining is label-free, so one pretrained backbone is scored on both. Mean and spread
-(population std) over the seeds per method, side and label go to benchmarks/results/methods_peer.{json,md},
+split, bank the train split, and 4-fold kNN over the train split) on both labels of the dataset: elpv's
+``defect`` and ``type``, or the generated ``shapes`` set's ``shape`` and ``texture`` (``--dataset shapes:N``;
+``--eval-split holdout`` scores its holdout split instead of the test split: report on it last, never tune
+on it). Pretraining is label-free, so one pretrained backbone is scored on both. Each row also keeps its loss
+per epoch (``loss_curve``; ``loss_chance``: ln of the number of candidates of the contrastive loss, where a
+loss that learns nothing sits) and the effective rank of the backbone's test features (``feature_rank``;
+visionssl's runs also log the embedding's effective rank per epoch, ``rank_curve``).
+Mean and spread (population std) over the seeds per method, side and label go to
+benchmarks/results/methods_peer.{json,md} (elpv at batch 32) or methods_peer_<dataset>_b<batch>{,_holdout},
 with the machine named.
 
     python benchmarks/methods_peer.py                           # 5 methods x 3 seeds, the quick-start budget
     python benchmarks/methods_peer.py --methods byol moco --seeds 0 1 2 3 4 --epochs 15
     python benchmarks/methods_peer.py --plain-recipe --peer-min-scale 0.6   # controls: either side's views
+    python benchmarks/methods_peer.py --dataset shapes:4000 --image-size 32 --batch-size 128 --backbone peer_cnn \
+        --methods byol moco simclr --plain-recipe   # -> results/methods_peer_shapes4000_b128
     python benchmarks/methods_peer.py --epochs 1 --image-size 32 --batch-size 16 --max-images 64 --seeds 0 --results dry
 """
 
@@ -52,6 +60,8 @@ from visionssl.engine import Trainer, load_config  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg")
 LABELS = ("defect", "type")
+DATASET_LABELS = {"elpv": LABELS, "shapes": ("shape", "texture")}  # the first label is the one the table leads with
+BACKBONES = ("peer_cnn", "peer_resnet")  # the small custom backbones; any registered or timm name works too
 
 
 @vs.register_backbone("peer_cnn", override=True)  # override: tests load this script more than once
@@ -74,6 +84,45 @@ def peer_cnn(**_) -> nn.Module:
         nn.Flatten(),
     )
     net.num_features = 256
+    return net
+
+
+@vs.register_backbone("peer_resnet", override=True)
+def peer_resnet(**_) -> nn.Module:
+    """A second small custom backbone of another kind than ``peer_cnn``: a 3x3 stem of 32 channels and three
+    stages of one residual block each (32, 64, 128 channels, the last two at stride 2; 0.31M parameters;
+    128-d features): ``--backbone peer_resnet``."""
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+            self.skip = (
+                nn.Identity()
+                if stride == 1 and cin == cout
+                else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.body(x) + self.skip(x))
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        Block(32, 32, 1),
+        Block(32, 64, 2),
+        Block(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    net.num_features = 128
     return net
 
 
@@ -171,9 +220,9 @@ class LightlyMethod(nn.Module):
 
 def train_lightly(
     method: str, initial: nn.Module, ours: vs.methods.SSLMethod, train, args, device: torch.device, lr: float
-) -> tuple[nn.Module, bool]:
+) -> tuple[nn.Module, bool, list[float]]:
     """Pretrains a copy of ``initial`` the LightlySSL way for ``args.epochs`` at SGD ``lr``; returns its
-    backbone and whether the loss stayed finite."""
+    backbone, whether the loss stayed finite and the mean loss of each epoch."""
     model = LightlyMethod(method, copy.deepcopy(initial), ours).to(device)
     stored = train.images  # uint8 (N, C, H, W); PeerImages serves PIL RGB images
     loader = DataLoader(
@@ -189,8 +238,9 @@ def train_lightly(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total, 1))
     model.train()
-    step = 0
+    step, curve = 0, []
     for _ in range(args.epochs):
+        losses = []
         for views in loader:
             x0, x1 = (v.to(device, non_blocking=True) for v in views[:2])
             loss = model.training_step(x0, x1, step, total)
@@ -199,9 +249,45 @@ def train_lightly(
             optimizer.step()
             schedule.step()
             step += 1
-            if not math.isfinite(float(loss.detach())):
-                return model.backbone, False
-    return model.backbone, True
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                return model.backbone, False, [*curve, losses[-1]]
+        curve.append(statistics.mean(losses))
+    return model.backbone, True, curve
+
+
+def run_curves(out: Path) -> dict[str, list[float]]:
+    """A visionssl run's mean ``train/loss`` and ``collapse/effective_rank`` per epoch, from its metrics.jsonl."""
+    epochs: dict[int, dict[str, list[float]]] = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "train/loss" in row:
+            per = epochs.setdefault(max(math.ceil(row["epoch"]), 1), {})
+            for key in ("train/loss", "collapse/effective_rank"):
+                if key in row:
+                    per.setdefault(key, []).append(row[key])
+    ordered = [epochs[e] for e in sorted(epochs)]
+    return {
+        name: [statistics.mean(e[key]) for e in ordered if key in e]
+        for name, key in (("loss_curve", "train/loss"), ("rank_curve", "collapse/effective_rank"))
+    }
+
+
+def loss_chance(method: str, ours: vs.methods.SSLMethod, batch_size: int) -> float | None:
+    """ln of the candidates one query is scored against (what a contrastive loss reads when nothing is learnt)."""
+    if method == "simclr":
+        return math.log(2 * batch_size - 1)
+    if method == "moco":
+        return math.log(ours.queue.shape[0] + 1)
+    return None
+
+
+def feature_rank(backbone: nn.Module, data, image_size: int) -> float:
+    """Effective rank of the backbone's features of ``data`` (centred): low when the representation collapsed."""
+    from visionssl.engine.monitor import effective_rank
+
+    x, _ = vs.eval.extract_features(backbone, data, image_size=image_size, progress=False)
+    return float(effective_rank(x - x.mean(0)))
 
 
 def train_visionssl(method: str, train, test, args, seed: int, device: torch.device, stored: int) -> Trainer:
@@ -224,7 +310,8 @@ def train_visionssl(method: str, train, test, args, seed: int, device: torch.dev
     ]
     if method == "moco":  # the queue must stay below the training set (a dry run's subset included)
         overrides.append(f"method.queue_size={min(1024, max(args.batch_size, len(train) // 2))}")
-    cfg = load_config(config=RECIPE.get(method, method), overrides=overrides)
+    elpv = args.dataset == "elpv"  # elsewhere every method runs its own small recipe (simclr: not the quick start's)
+    cfg = load_config(config=RECIPE.get(method, method) if elpv else method, overrides=overrides)
     return Trainer(cfg, train_set=train, eval_sets=(train, test))
 
 
@@ -244,16 +331,18 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def markdown(summary: dict, budget: dict, device: str, rows: list[dict] = ()) -> str:
+    dataset = budget.get("dataset", "elpv")
+    split = budget.get("eval_split", "test")
     lines = [
-        f"# visionssl vs LightlySSL at equal budget on elpv ({device})",
+        f"# visionssl vs LightlySSL at equal budget on {dataset} ({device})",
         "",
-        f"Budget: {budget}. kNN top-1 (%) on the test split, mean +- std over seeds; gap = visionssl - LightlySSL.",
+        f"Budget: {budget}. kNN top-1 (%) on the {split} split, mean +- std over seeds; gap = visionssl - LightlySSL.",
         "",
         "| method | label | visionssl | LightlySSL | gap | untrained (same weights) | seeds |",
         "|---|---|---|---|---|---|---|",
     ]
     for method, sides in summary.items():
-        for label in LABELS:
+        for label in DATASET_LABELS[dataset.partition(":")[0]]:
             ours, peer = sides.get("visionssl", {}).get(label), sides.get("lightly", {}).get(label)
             if ours is None or peer is None:
                 continue
@@ -273,13 +362,80 @@ def markdown(summary: dict, budget: dict, device: str, rows: list[dict] = ()) ->
                 f"\nLightlySSL {method}: SGD lr {lr:g} at seeds {', '.join(map(str, sorted(seeds)))} "
                 f"(its loss went non-finite at {budget['peer_lr']:g})."
             )
+    curves = [r for r in rows if r.get("loss_curve")]
+    if curves:
+        lines += [
+            "",
+            "Loss per epoch (ln K: what a contrastive loss reads when nothing is learnt) and the effective rank of the "
+            "test features (centred; untrained in brackets):",
+            "",
+            "| method | seed | side | loss per epoch | ln K | feature rank |",
+            "|---|---|---|---|---|---|",
+        ]
+        start = {(r["method"], r["seed"]): r.get("feature_rank") for r in rows if r["side"] == "untrained"}
+        for r in curves:
+            chance = f"{r['loss_chance']:.2f}" if r.get("loss_chance") else "-"
+            rank, init = r.get("feature_rank"), start.get((r["method"], r["seed"]))
+            rank = (f"{rank:.1f}" if rank is not None else "-") + (f" ({init:.1f})" if init is not None else "")
+            curve = " ".join(f"{v:.3f}" for v in r["loss_curve"])
+            lines.append(f"| {r['method']} | {r['seed']} | {r['side']} | {curve} | {chance} | {rank} |")
     return "\n".join(lines) + "\n"
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Validates ``--dataset``/``--eval-split``, fills in the results name; returns the dataset's name."""
+    dataset = args.dataset.partition(":")[0]
+    if dataset not in DATASET_LABELS:
+        parser.error(f"--dataset {args.dataset!r}: valid: elpv, shapes[:N]")
+    if args.eval_split == "holdout" and dataset == "elpv":
+        parser.error("--eval-split holdout: elpv has no holdout split (shapes[:N] has)")
+    if dataset != "elpv":
+        args.plain_recipe = True  # the elpv adaptation is for elpv
+    if args.results is None:
+        name = (
+            ""
+            if dataset == "elpv" and args.batch_size == 32
+            else f"_{args.dataset.replace(':', '')}_b{args.batch_size}"
+        )
+        args.results = f"methods_peer{name}" + ("_holdout" if args.eval_split == "holdout" else "")
+    return dataset
+
+
+def load_data(args: argparse.Namespace, dataset: str, stored: int) -> tuple[tuple[str, ...], dict]:
+    """The labels scored and, per label, the (train, queries) pair of datasets at ``stored`` px."""
+    labels = DATASET_LABELS[dataset]
+    if dataset == "elpv":
+        data = {
+            label: [
+                vs.data.load_dataset(f"elpv:{label}" if label != "defect" else "elpv", split, stored)
+                for split in ("train", "test")
+            ]
+            for label in labels
+        }
+    else:
+        pair = [vs.data.load_dataset(args.dataset, split, stored) for split in ("train", args.eval_split)]
+        data = {label: [ds.with_label(label) for ds in pair] for label in labels}
+    if args.max_images:
+        data = {
+            label: [ds.subset(torch.arange(min(args.max_images, len(ds)))) for ds in pair]
+            for label, pair in data.items()
+        }
+    return labels, data
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument(
+        "--dataset", default="elpv", help="elpv or shapes[:N] (the generated set, visionssl.data.shapes)"
+    )
+    parser.add_argument(
+        "--eval-split",
+        default="test",
+        choices=("test", "holdout"),
+        help="queries of the kNN; holdout: the shapes set's split never tuned on (report on it last)",
+    )
+    parser.add_argument("--backbone", default="resnet18", help=f"any backbone; the small custom ones: {BACKBONES}")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=12)
@@ -301,11 +457,17 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/methods_peer")
-    parser.add_argument("--results", default="methods_peer", help="results file name under benchmarks/results")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="results file name under benchmarks/results (default: methods_peer for elpv at batch 32, "
+        "else methods_peer_<dataset>_b<batch>, with _holdout for --eval-split holdout)",
+    )
     parser.add_argument(
         "--merge", nargs="+", metavar="NAME", help="no training: gather the rows of results/NAME.json into --results"
     )
     args = parser.parse_args(argv)
+    dataset = check_args(parser, args)
     if args.merge:  # e.g. seeds run side by side, each into its own file
         parts = [json.loads((_common.RESULTS / f"{name}.json").read_text()) for name in args.merge]
         budgets = [{k: v for k, v in p["budget"].items() if k != "seeds"} for p in parts]
@@ -317,20 +479,9 @@ def main(argv: list[str] | None = None) -> Path:
         return path
     device = resolve_device(args.device)
     stored = math.ceil(args.image_size * 1.125)
-    data = {
-        label: [
-            vs.data.load_dataset(f"elpv:{label}" if label != "defect" else "elpv", split, stored)
-            for split in ("train", "test")
-        ]
-        for label in LABELS
-    }
-    if args.max_images:
-        data = {
-            label: [ds.subset(torch.arange(min(args.max_images, len(ds)))) for ds in pair]
-            for label, pair in data.items()
-        }
-    train, test = data["defect"]
-    strata = (train.targets * 2 + train.labels["type"]).numpy()
+    labels, data = load_data(args, dataset, stored)
+    train, test = data[labels[0]]
+    strata = (train.targets * len(train.classes[labels[1]]) + train.labels[labels[1]]).numpy()
     folds = stratified_folds(strata, 4, seed=0)
     budget = {
         "backbone": args.backbone,
@@ -345,6 +496,8 @@ def main(argv: list[str] | None = None) -> Path:
         **({"peer_min_scale": args.peer_min_scale} if args.peer_min_scale is not None else {}),
         **({"visionssl_recipe": "plain"} if args.plain_recipe else {}),
         **({"visionssl_set": args.set} if args.set else {}),
+        **({"dataset": args.dataset} if dataset != "elpv" else {}),
+        **({"eval_split": args.eval_split} if args.eval_split != "test" else {}),
     }
     import lightly
 
@@ -366,18 +519,24 @@ def main(argv: list[str] | None = None) -> Path:
             for peer_lr in (args.peer_lr, args.peer_lr / 10):  # a diverged peer gets one more try at a tenth
                 torch.manual_seed(seed)
                 start = time.perf_counter()
-                peer, finite = train_lightly(method, initial, trainer.method, train, args, device, peer_lr)
+                peer, finite, peer_curve = train_lightly(method, initial, trainer.method, train, args, device, peer_lr)
                 peer_seconds = time.perf_counter() - start
                 if finite:
                     break
                 print(f"  LightlySSL {method}: the loss went non-finite at SGD lr {peer_lr:g}", flush=True)
+            chance = loss_chance(method, trainer.method, args.batch_size)
+            curves = {
+                "visionssl": {**run_curves(trainer.out), "loss_chance": chance},
+                "lightly": {"loss_curve": peer_curve, "loss_chance": chance},
+                "untrained": {},
+            }
             for side, backbone, seconds in (
                 ("visionssl", trainer.method.backbone, ours_seconds),
                 ("lightly", peer, peer_seconds),
                 ("untrained", initial, 0.0),  # where both started: a method must end above it
             ):
                 scores = {}
-                for label in LABELS:
+                for label in labels:
                     if side == "lightly" and not finite:  # diverged twice: no features to score
                         scores[label] = scores[f"{label}_4fold"] = float("nan")
                         continue
@@ -386,9 +545,13 @@ def main(argv: list[str] | None = None) -> Path:
                 rows.append({"method": method, "seed": seed, "side": side, "scores": scores, "train_seconds": seconds})
                 if side == "lightly":
                     rows[-1]["peer_lr"] = peer_lr
+                if side != "lightly" or finite:
+                    rows[-1]["feature_rank"] = feature_rank(backbone, test, args.image_size)
+                rows[-1].update(curves[side])
                 print(
-                    f"{method:8s} seed {seed} {side:9s} defect {scores['defect']:6.2f}%  type {scores['type']:6.2f}%  "
-                    f"({seconds:.0f} s)",
+                    f"{method:8s} seed {seed} {side:9s} "
+                    + "  ".join(f"{label} {scores[label]:6.2f}%" for label in labels)
+                    + f"  rank {rows[-1].get('feature_rank', float('nan')):5.1f} ({seconds:.0f} s)",
                     flush=True,
                 )
             path = save(args.results, rows, budget, device_name(device), lightly.__version__)  # after every seed

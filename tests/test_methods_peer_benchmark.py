@@ -1,6 +1,7 @@
 """benchmarks/methods_peer.py at a tiny dry budget: both sides train, both labels are scored, files are written."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -99,8 +100,8 @@ def test_a_diverged_peer_is_retried_once_at_a_tenth_of_the_rate(bench, tmp_path,
 
     def diverges_at_full_rate(method, initial, ours, train, args, device, lr):
         lrs.append(lr)
-        backbone, _ = real(method, initial, ours, train, args, device, lr)
-        return backbone, lr < args.peer_lr
+        backbone, _, curve = real(method, initial, ours, train, args, device, lr)
+        return backbone, lr < args.peer_lr, curve
 
     monkeypatch.setattr(bench, "train_lightly", diverges_at_full_rate)
     args = ["--methods", "vicreg", "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--max-images", "24"]
@@ -127,3 +128,36 @@ def test_peer_min_scale_reaches_every_crop_of_the_lightly_transform(bench, metho
     default, control = bench.lightly_transform(method, 32), bench.lightly_transform(method, 32, min_scale=0.6)
     assert crop_scales(control) and {s[0] for s in crop_scales(control)} == {0.6}
     assert {s[0] for s in crop_scales(default)} <= {0.08, 0.2}  # LightlySSL's own defaults
+
+
+@pytest.mark.parametrize("backbone", ["peer_cnn", "peer_resnet"])
+def test_the_shapes_set_at_another_batch_size_is_scored_on_its_labels_into_its_own_file(bench, tmp_path, backbone):
+    args = ["--dataset", "shapes:40", "--methods", "moco", "--seeds", "0", "--epochs", "1", "--image-size", "16"]
+    args += ["--batch-size", "8", "--backbone", backbone, "--workers", "0", "--k", "3", "--device", "cpu"]
+    path = bench.main([*args, "--out", str(tmp_path / "runs")])
+    assert path.name == "methods_peer_shapes40_b8.json"  # named by dataset and batch size
+    result = json.loads(path.read_text())
+    assert result["device"] and result["budget"]["dataset"] == "shapes:40" and result["budget"]["batch_size"] == 8
+    assert result["budget"]["visionssl_recipe"] == "plain"  # the elpv adaptation is for elpv only
+    assert {r["side"] for r in result["rows"]} == {"visionssl", "lightly", "untrained"}
+    for row in result["rows"]:
+        assert set(row["scores"]) == {"shape", "shape_4fold", "texture", "texture_4fold"}
+        assert 0 <= row["scores"]["shape"] <= 100 and row["feature_rank"] >= 1
+    ours, peer = (next(r for r in result["rows"] if r["side"] == side) for side in ("visionssl", "lightly"))
+    assert len(ours["loss_curve"]) == len(peer["loss_curve"]) == 1 and len(ours["rank_curve"]) == 1
+    assert ours["loss_chance"] == pytest.approx(math.log(15 + 1))  # moco: ln(queue + 1), the queue half the 30 images
+    table = path.with_suffix(".md").read_text()
+    assert "on shapes:40" in table and "| moco | shape |" in table and "| moco | texture |" in table
+    assert "| moco | 0 | lightly |" in table  # the loss curves' table
+
+
+def test_the_holdout_split_is_scored_only_when_asked_and_only_on_shapes(bench, tmp_path, capsys):
+    args = ["--dataset", "shapes:40", "--methods", "simclr", "--seeds", "0", "--epochs", "1", "--image-size", "16"]
+    args += ["--batch-size", "8", "--backbone", "peer_cnn", "--workers", "0", "--k", "3", "--device", "cpu"]
+    path = bench.main([*args, "--eval-split", "holdout", "--out", str(tmp_path / "runs")])
+    result = json.loads(path.read_text())
+    assert path.name == "methods_peer_shapes40_b8_holdout.json" and result["budget"]["eval_split"] == "holdout"
+    assert "on the holdout split" in path.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--eval-split", "holdout"])  # elpv has no holdout split
+    assert "elpv has no holdout split" in capsys.readouterr().err
