@@ -242,7 +242,7 @@ def timm_cached_weights(name: str) -> tuple[Path, str]:
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise CheckpointError(f"backbone.init=timm: timm has no pretrained weights for {name!r}")
-    if cfg.file:
+    if cfg.file and Path(cfg.file).is_file():  # a file set by a pretrained_cfg overlay
         return Path(cfg.file), str(cfg.file)
     looked, fetch_cmd = [], f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
     if cfg.hf_hub_id:
@@ -261,6 +261,7 @@ def timm_cached_weights(name: str) -> tuple[Path, str]:
         if cached.is_file():
             return cached, cfg.url
         looked.append(f"{cfg.url} in {cached.parent}")
+    looked = looked or [str(cfg.file)]
     raise CheckpointError(
         f"backbone.init=timm: the pretrained weights of {name!r} are not in the local cache (looked for "
         f"{' and '.join(looked)}) and are never downloaded during a run; fetch them once on a machine with "
