@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -99,6 +100,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.equal_compute:
         seconds["random_total"] = pretrain(work / "random_total", next_data, total, args, "--init", "random")
         rows.append((f"from random, {total} epochs (equal total compute)", work / "random_total", total))
+    scored = [
+        {"start": name, "epochs_in_all": epochs, "knn_top1": knn_scores(path, args)} for name, path, epochs in rows
+    ]
+    digest = sha256_file(export)
+    shutil.rmtree(work)  # the runs and the export: only the numbers are kept
     return {
         "command": "python benchmarks/init_elpv.py " + " ".join(sys.argv[1:]),
         "machine": device_name("cpu"),
@@ -112,10 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "run_seconds": seconds,
         },
-        "export_sha256": sha256_file(export),
-        "rows": [
-            {"start": name, "epochs_in_all": epochs, "knn_top1": knn_scores(path, args)} for name, path, epochs in rows
-        ],
+        "export_sha256": digest,
+        "rows": scored,
     }
 
 
