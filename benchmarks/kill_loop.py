@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from visionssl.engine import CheckpointError, load_checkpoint  # noqa: E402
-from visionssl.engine.smoke import smoke_overrides  # noqa: E402
+from visionssl.engine.smoke import smoke_command  # noqa: E402
 
 BACKBONE = """
 from torch import nn
@@ -48,23 +48,7 @@ def tiny(**kw):
 
 
 def pretrain_args(out: Path, backbone: Path, epochs: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "visionssl",
-        "pretrain",
-        "--out",
-        str(out),
-        "--epochs",
-        str(epochs),
-        "--threads",
-        "1",
-        "--deterministic",
-        "--no-progress",
-        "--backbone",
-        f"{backbone}:tiny",
-        *smoke_overrides(),
-    ]
+    return smoke_command(out, epochs, ["--backbone", f"{backbone}:tiny"])
 
 
 def same_tensors(a, b) -> bool:

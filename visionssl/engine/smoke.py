@@ -14,6 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
+
 SMOKE_RUN = (
     "data.name=synthetic:64",
     "data.image_size=16",
@@ -38,3 +42,19 @@ def smoke_overrides(*changes: str) -> list[str]:
     given = {change.split("=", 1)[0]: change for change in changes}
     kept = [given.pop(setting.split("=", 1)[0], setting) for setting in SMOKE_RUN]
     return kept + list(given.values())
+
+
+def smoke_command(
+    out: str | os.PathLike, epochs: int, options: Sequence[str] = (), changes: Sequence[str] = ()
+) -> list[str]:
+    """``python -m visionssl pretrain`` of a smoke run into ``out``: one thread, deterministic, no progress bar,
+    with the command-line ``options`` (``--backbone FILE:FN``) and ``smoke_overrides(*changes)``.
+
+    Example:
+        >>> smoke_command("runs/smoke", 2, ["--backbone", "resnet10t_cifar"])[3:8]
+        ['pretrain', '--out', 'runs/smoke', '--epochs', '2']
+    """
+    return [
+        sys.executable, "-m", "visionssl", "pretrain", "--out", str(out), "--epochs", str(epochs),
+        "--threads", "1", "--deterministic", "--no-progress", *options, *smoke_overrides(*changes),
+    ]  # fmt: skip

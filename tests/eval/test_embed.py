@@ -265,7 +265,7 @@ def test_the_python_example_of_the_docs_runs_as_printed(tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
-    doc = Path(__file__).resolve().parent.parent / "docs" / "embeddings.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "embeddings.md"
     section = doc.read_text(encoding="utf-8").split("## From Python\n", 1)[1]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     monkeypatch.chdir(tmp_path)

@@ -9,7 +9,7 @@ import torch
 import visionssl as vs
 from visionssl.registry import import_object
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_backbone.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my_backbone.py"
 TINY = [
     "data.name=synthetic:64",
     "data.image_size=16",

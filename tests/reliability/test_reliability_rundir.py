@@ -14,7 +14,7 @@ from visionssl.engine import Trainer, load_config
 from visionssl.engine.rundir import RunDirError, run_lock
 from visionssl.engine.smoke import smoke_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--epochs", "1", "--no-progress", *smoke_overrides("data.name=synthetic:32", "backbone.name=resnet10t_cifar")]
 
 

@@ -180,7 +180,7 @@ def test_the_docs_example_runs():
     import re
     from pathlib import Path
 
-    doc = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
     section = doc.read_text(encoding="utf-8").split("## Fine-tuning with few labels\n", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     scope: dict = {}

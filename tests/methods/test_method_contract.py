@@ -67,7 +67,7 @@ def small(name):
     entry = SMALL.get(name)
     if entry is None:
         pytest.fail(
-            f"method {name!r} has no entry in SMALL in tests/test_method_contract.py: add its small "
+            f"method {name!r} has no entry in SMALL in tests/methods/test_method_contract.py: add its small "
             "hyperparameters there (every registered method must pass the contract test)"
         )
     return entry

@@ -92,7 +92,7 @@ def test_quick_start_never_picks_a_pretext_method():
 
     from visionssl.engine.config import load_config
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     recipe = re.search(r"visionssl pretrain --config (\S+) --out runs/quickstart", readme).group(1)
     pretext = {"rotation", "jigsaw", "context", "deepcluster"}
     assert load_config(config=recipe).method.name not in pretext

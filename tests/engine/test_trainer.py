@@ -1,7 +1,6 @@
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 import visionssl as vs
 from visionssl.engine import NonFiniteLossError, Trainer, load_checkpoint, load_config
-from visionssl.engine.smoke import smoke_overrides
+from visionssl.engine.smoke import smoke_command, smoke_overrides
 
 TINY = smoke_overrides(
     "data.name=synthetic:96",
@@ -74,22 +73,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_p
 
 
 def pretrain_cmd(out, epochs):
-    return [
-        sys.executable,
-        "-m",
-        "visionssl",
-        "pretrain",
-        "--out",
-        str(out),
-        "--epochs",
-        str(epochs),
-        "--threads",
-        "1",
-        "--deterministic",
-        "--no-progress",
-        *TINY,
-        "train.knn_every=-1",
-    ]
+    return smoke_command(out, epochs, changes=[*TINY, "train.knn_every=-1"])
 
 
 def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):

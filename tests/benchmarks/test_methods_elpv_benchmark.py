@@ -12,7 +12,7 @@ import torch
 import visionssl as vs
 from visionssl.data.dataset import ImageDataset
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "methods_elpv.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "methods_elpv.py"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 
 from visionssl.cli import main
 from visionssl.engine import Trainer, load_checkpoint, load_config
-from visionssl.engine.smoke import smoke_overrides
+from visionssl.engine.smoke import smoke_command, smoke_overrides
 
 BACKBONE = '''
 import os, signal
@@ -74,17 +74,8 @@ def backbone_file(tmp_path_factory):
 
 
 def settings(backbone_file, epochs=EPOCHS):
-    return [
-        "--epochs",
-        str(epochs),
-        "--threads",
-        "1",
-        "--deterministic",
-        "--no-progress",
-        "--backbone",
-        f"{backbone_file}:tiny",
-        *smoke_overrides(),
-    ]
+    """The options of a smoke run after ``pretrain --out OUT`` (``smoke_command`` without its first six words)."""
+    return smoke_command("OUT", epochs, ["--backbone", f"{backbone_file}:tiny"])[6:]
 
 
 def visionssl(*args, env=None, **kw):

@@ -11,7 +11,7 @@ from visionssl.cli import main
 from visionssl.zoo import ZooError
 from visionssl.zoo.catalog import PACKAGED_ZOO, parse_entry, parse_zoo, read_zoo_file, save_entry
 
-ROOT_ZOO = Path(__file__).resolve().parents[1] / "model_zoo.yaml"
+ROOT_ZOO = Path(__file__).resolve().parents[2] / "model_zoo.yaml"
 
 GOOD = {
     "name": "my_model",
@@ -173,7 +173,7 @@ def test_save_entry_adds_replaces_and_never_touches_the_packaged_zoo(tmp_path):
     assert PACKAGED_ZOO.read_bytes() == before and read_zoo_file(path)["my_model"].size == 999
 
 
-ZOO_PAGE = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
+ZOO_PAGE = Path(__file__).resolve().parents[2] / "docs" / "zoo.md"
 
 
 @pytest.mark.skipif(not ZOO_PAGE.is_file(), reason="runs from a source checkout only")
