@@ -79,7 +79,7 @@ BAD = [
     ("simclr", "optim.lr=1e300", "optim.lr=1e+300 must be > 0 and <= 100"),  # overflowed the float32 schedule
     ("simclr", "train.device=meta", "train.device='meta' is not a device; valid: auto, cpu, cuda, cuda:N, mps"),
     ("simclr", "train.device=cuda:x", "train.device='cuda:x' is not a device"),
-    ("simclr", "optim.betas=[0.9,2]", "optim.betas=(0.9, 2.0) must be two numbers in [0, 1)"),
+    ("simclr", "optim.betas=[0.9,2]", "optim.betas=[0.9, 2.0] must be two numbers in [0, 1)"),
     # text a config cannot hold, nesting OmegaConf cannot parse
     ("simclr", "data.name=\udcff", "data.name='\\udcff': not valid UTF-8 text"),  # a non-UTF-8 folder name
     ("simclr", "data.name=\x00", "data.name='\\x00': not valid YAML (unacceptable character"),
