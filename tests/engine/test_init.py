@@ -231,7 +231,7 @@ def test_the_python_example_of_docs_init_runs(capsys):
     import re
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "init.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "init.md").read_text(encoding="utf-8")
     (code,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
     exec(compile(code, "docs/init.md", "exec"), {"__name__": "docs_example"})
     assert capsys.readouterr().out.splitlines()[-1] == "True run"  # what the comment in the example says
