@@ -79,7 +79,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} must be a finite number")
     for key, ok, rule in _range_checks(cfg):
         if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {rule}")
+            value = OmegaConf.select(cfg, key)  # a sequence shown as the list the user wrote, whatever OmegaConf keeps
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value  # 2.4: a TupleConfig
+            shown = list(value) if isinstance(value, (tuple, list)) else value
+            raise ConfigError(f"{key}={shown} {rule}")
     check_device(cfg.train.device)
     _check_backbone(cfg.backbone.name)
     _check_init(cfg.backbone)
