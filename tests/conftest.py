@@ -34,6 +34,27 @@ class TinyNet(nn.Sequential):
         self.num_features = 2 * width
 
 
+def local_zoo_entry(name: str, backbone: str, weights, **fields) -> dict:
+    """A zoo entry (as a zoo YAML file holds it) for a local ``visionssl``-format weights file, its sha256 and size
+    filled in; ``fields`` add or replace keys (``backbone_kwargs``, ...)."""
+    from visionssl.zoo import sha256_file
+
+    return {
+        "name": name,
+        "method": "simclr",
+        "backbone": backbone,
+        "urls": [str(weights)],
+        "sha256": sha256_file(weights),
+        "size": weights.stat().st_size,
+        "format": "visionssl",
+        "recipe": {"dataset": None, "epochs": None, "batch_size": None},
+        "metrics": [],
+        "paper": None,
+        "license": None,
+        **fields,
+    }
+
+
 @pytest.fixture
 def tiny_net():
     """The ``TinyNet`` class, for tests that build one or more tiny backbones."""

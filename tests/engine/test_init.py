@@ -17,6 +17,8 @@ from visionssl.engine import Trainer, load_config
 from visionssl.engine.smoke import smoke_overrides
 from visionssl.errors import CheckpointError, ConfigError
 
+from conftest import local_zoo_entry
+
 TINY = smoke_overrides("data.name=synthetic:32", "backbone.name=resnet10t_cifar", "train.epochs=1")
 
 
@@ -151,19 +153,7 @@ def test_a_pinned_sha256_refuses_a_changed_file(exported, tmp_path):
 
 def test_a_zoo_name_goes_through_the_resolver(exported, tmp_path, monkeypatch):
     _, file = exported
-    entry = {
-        "name": "team_rn10t",
-        "method": "simclr",
-        "backbone": "resnet10t_cifar",
-        "urls": [str(file)],
-        "sha256": vs.zoo.sha256_file(file),
-        "size": file.stat().st_size,
-        "format": "visionssl",
-        "recipe": {"dataset": None, "epochs": None, "batch_size": None},
-        "metrics": [],
-        "paper": None,
-        "license": None,
-    }
+    entry = local_zoo_entry("team_rn10t", "resnet10t_cifar", file)
     zoo_file = tmp_path / "zoo.yaml"
     zoo_file.write_text(yaml.safe_dump({"models": [entry, {**entry, "name": "evil", "backbone": "x.py:fn"}]}))
     monkeypatch.setenv("VISIONSSL_ZOO", str(zoo_file))

@@ -24,6 +24,8 @@ from visionssl.backbones.trust import UntrustedCodeError, check_backbone_spec, r
 from visionssl.cli import main
 from visionssl.engine import CheckpointError, load_run_backbone
 
+from conftest import local_zoo_entry
+
 EVAL = ["--data", "synthetic:16", "--image-size", "16", "--k", "3", "--batch-size", "16"]
 TINY_RUN = [
     "--data",
@@ -179,20 +181,7 @@ def test_a_zoo_entry_naming_code_is_refused(tmp_path, capsys, monkeypatch, paylo
     name, kwargs = payloads(tmp_path, marker)[payload]
     weights = tmp_path / "w.safetensors"
     safetensors.torch.save_file(trust_tiny().state_dict(), weights, metadata={"backbone": "trust_tiny"})
-    entry = {
-        "name": "evil",
-        "method": "simclr",
-        "backbone": name,
-        "backbone_kwargs": kwargs,
-        "urls": [str(weights)],
-        "sha256": vs.zoo.sha256_file(weights),
-        "size": weights.stat().st_size,
-        "format": "visionssl",
-        "recipe": {"dataset": None, "epochs": None, "batch_size": None},
-        "metrics": [],
-        "paper": None,
-        "license": None,
-    }
+    entry = local_zoo_entry("evil", name, weights, backbone_kwargs=kwargs)
     zoo_file = tmp_path / "shared_zoo.yaml"
     zoo_file.write_text(yaml.safe_dump({"models": [entry]}))
     monkeypatch.setenv("VISIONSSL_ZOO", str(zoo_file))

@@ -15,7 +15,8 @@ import yaml
 from visionssl.backbones import create_backbone
 from visionssl.cli import main
 from visionssl.engine import CheckpointError, Trainer, load_checkpoint, load_config, load_run_backbone
-from visionssl.zoo import sha256_file as vs_sha256
+
+from conftest import local_zoo_entry
 
 
 class Payload:
@@ -270,20 +271,7 @@ def test_weight_arguments_from_a_zoo_entry_are_refused_by_name(tmp_path, capsys,
     kwargs, expected = weight_kwargs(bait)[case]
     weights = tmp_path / "w.safetensors"
     safetensors.torch.save_file(create_backbone("resnet18_cifar").state_dict(), weights)
-    entry = {
-        "name": "shared",
-        "method": "simclr",
-        "backbone": "resnet18_cifar",
-        "backbone_kwargs": kwargs,
-        "urls": [str(weights)],
-        "sha256": vs_sha256(weights),
-        "size": weights.stat().st_size,
-        "format": "visionssl",
-        "recipe": {"dataset": None, "epochs": None, "batch_size": None},
-        "metrics": [],
-        "paper": None,
-        "license": None,
-    }
+    entry = local_zoo_entry("shared", "resnet18_cifar", weights, backbone_kwargs=kwargs)
     zoo_file = tmp_path / "zoo.yaml"
     zoo_file.write_text(yaml.safe_dump({"models": [entry]}))  # a shared zoo file
     monkeypatch.setenv("VISIONSSL_ZOO", str(zoo_file))
