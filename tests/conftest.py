@@ -34,6 +34,18 @@ class TinyNet(nn.Sequential):
         self.num_features = 2 * width
 
 
+TINY_BACKBONE_SOURCE = """  # a user's own backbone file (``FILE.py:tiny``): code a run names
+from torch import nn
+
+
+def tiny(**kw):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten())
+    net.num_features = 8
+    return net
+"""
+
+
 def local_zoo_entry(name: str, backbone: str, weights, **fields) -> dict:
     """A zoo entry (as a zoo YAML file holds it) for a local ``visionssl``-format weights file, its sha256 and size
     filled in; ``fields`` add or replace keys (``backbone_kwargs``, ...)."""

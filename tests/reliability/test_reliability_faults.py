@@ -20,6 +20,8 @@ from visionssl.engine import Trainer, atomic_save, load_checkpoint, load_config
 from visionssl.engine.checkpoint import atomic_write_text
 from visionssl.eval.features import _write_cache, extract_features, feature_cache_path
 
+from conftest import TINY_BACKBONE_SOURCE
+
 REAL_FDOPEN = os.fdopen
 
 
@@ -75,22 +77,10 @@ def only(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-BACKBONE = """
-from torch import nn
-
-
-def tiny(**kw):
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten())
-    net.num_features = 8
-    return net
-"""
-
-
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory):
     path = tmp_path_factory.mktemp("code") / "tiny_backbone.py"
-    path.write_text(BACKBONE)
+    path.write_text(TINY_BACKBONE_SOURCE)
     return f"{path}:tiny"
 
 

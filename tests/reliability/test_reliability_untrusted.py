@@ -16,7 +16,7 @@ from visionssl.backbones import create_backbone
 from visionssl.cli import main
 from visionssl.engine import CheckpointError, Trainer, load_checkpoint, load_config, load_run_backbone
 
-from conftest import local_zoo_entry
+from conftest import TINY_BACKBONE_SOURCE, local_zoo_entry
 
 
 class Payload:
@@ -37,23 +37,11 @@ def payloads(marker):
     }
 
 
-BACKBONE = """
-from torch import nn
-
-
-def tiny(**kw):
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten())
-    net.num_features = 8
-    return net
-"""
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A real (tiny) run directory with config.yaml and checkpoints/last.pt."""
     out, code = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("code") / "tiny_backbone.py"
-    code.write_text(BACKBONE)
+    code.write_text(TINY_BACKBONE_SOURCE)
     cfg = load_config(
         "simclr",
         overrides=[
