@@ -61,3 +61,35 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def load_digits(split: str, image_size: int, seed: int = 0):
+    """scikit-learn's handwritten digits (1,797 8x8 grayscale images, 10 classes) at ``image_size`` px, as a
+    ``visionssl.data.ImageDataset`` with the label ``digit``: a second small labelled set of real images that
+    no recipe was tuned on. Splits: ``train`` / ``test`` (75/25, stratified, seeded) and ``all``.
+
+    Example:
+        >>> ds = load_digits("test", 32)
+        >>> len(ds), ds.num_classes, tuple(ds.images.shape[1:])
+        (449, 10, (1, 32, 32))
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from visionssl.data import ImageDataset
+    from visionssl.data.sources import stratified_split
+
+    raw = sklearn_digits()
+    pixels = torch.from_numpy(raw.images).float().div(16).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
+    pixels = torch.nn.functional.interpolate(pixels, size=image_size, mode="bilinear", align_corners=False)
+    images = pixels.clamp(0, 1).mul(255).round().to(torch.uint8)
+    labels = {"digit": torch.from_numpy(raw.target).long()}
+    ds = ImageDataset(images, labels, "digit", {"digit": [str(d) for d in range(10)]}, "digits", "all")
+    if split == "all":
+        return ds
+    if split not in ("train", "test"):
+        raise ValueError(f"digits has no split {split!r}; valid: train, test, all")
+    train, test = stratified_split(np.asarray(raw.target), seed=seed)
+    out = ds.subset(torch.from_numpy(train if split == "train" else test))
+    out.split = split
+    return out

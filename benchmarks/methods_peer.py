@@ -8,16 +8,18 @@ weights is pretrained on the elpv train split (labels unused) for the same epoch
   ``Trainer`` (batched views on the device);
 - **LightlySSL**: its components, as its examples write them: its projection/prediction heads (at the
   widths of the visionssl method, so the two differ in recipe and code, not in size), its loss, its
-  momentum update (``update_momentum`` with ``cosine_schedule(step, total, 0.996, 1)``), its per-image
-  transforms (``SimCLRTransform``, ``MoCoV2Transform``, ``BYOLTransform``, ``SimSiamTransform``,
-  ``VICRegTransform``; no blur below 64 px) through a torch DataLoader, and plain SGD (``--peer-lr``,
-  momentum 0.9, weight decay 5e-4, cosine decay per step).
+  momentum update (``update_momentum`` with ``cosine_schedule(step, total, 0.996, 1)``; ``--peer-momentum``),
+  its per-image transforms (``SimCLRTransform``, ``MoCoV2Transform``, ``BYOLTransform``, ``SimSiamTransform``,
+  ``VICRegTransform``; no blur below 64 px; ``--peer-views simclr``: the plain small-image loop's
+  ``SimCLRTransform`` for every method) through a torch DataLoader, and plain SGD (``--peer-lr``, momentum 0.9,
+  weight decay 5e-4, cosine decay per step).
 
 Both backbones are then scored the same way (``methods_elpv.knn_scores``: FAISS kNN top-1 on the test
 split, bank the train split, and 4-fold kNN over the train split) on both labels of the dataset: elpv's
-``defect`` and ``type``, or the generated ``shapes`` set's ``shape`` and ``texture`` (``--dataset shapes:N``;
+``defect`` and ``type``, the generated ``shapes`` set's ``shape`` and ``texture`` (``--dataset shapes:N``;
 ``--eval-split holdout`` scores its holdout split instead of the test split: report on it last, never tune
-on it). Pretraining is label-free, so one pretrained backbone is scored on both. Each row also keeps its loss
+on it), or scikit-learn's handwritten ``digits`` (``--dataset digits``: 1,797 real 8 x 8 images upsampled, 10
+classes; ``_common.load_digits``). Pretraining is label-free, so one pretrained backbone is scored on both. Each row also keeps its loss
 per epoch (``loss_curve``; ``loss_chance``: ln of the number of candidates of the contrastive loss, where a
 loss that learns nothing sits) and the effective rank of the backbone's test features (``feature_rank``;
 visionssl's runs also log the embedding's effective rank per epoch, ``rank_curve``).
@@ -60,7 +62,11 @@ from visionssl.engine import Trainer, load_config  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg")
 LABELS = ("defect", "type")
-DATASET_LABELS = {"elpv": LABELS, "shapes": ("shape", "texture")}  # the first label is the one the table leads with
+DATASET_LABELS = {
+    "elpv": LABELS,
+    "shapes": ("shape", "texture"),
+    "digits": ("digit",),
+}  # the first label is the one the table leads with
 BACKBONES = ("peer_cnn", "peer_resnet")  # the small custom backbones; any registered or timm name works too
 
 
@@ -132,16 +138,20 @@ def widths(head: nn.Module) -> tuple[int, int]:
     return linears[0].out_features, linears[-1].out_features
 
 
-def lightly_transform(method: str, size: int, min_scale: float | None = None):
+def lightly_transform(method: str, size: int, min_scale: float | None = None, views: str = "own"):
     """LightlySSL's transform of ``method`` at its defaults; no blur below 64 px (its CIFAR-10 benchmark's choice).
 
     ``min_scale`` replaces its crops' smallest area fraction (a control: visionssl's elpv views crop 0.6-1.0).
+    ``views="simclr"`` gives every method the plain small-image loop's views: ``SimCLRTransform`` with colour
+    jitter strength 0.5 and no blur.
     """
     from lightly import transforms as T
 
     small = {"gaussian_blur": 0.0} if size < 64 else {}
     if min_scale is not None:
         small["min_scale"] = min_scale
+    if views == "simclr":
+        return T.SimCLRTransform(input_size=size, cj_strength=0.5, **small)
     if method == "simclr":
         return T.SimCLRTransform(input_size=size, cj_strength=0.5 if size < 64 else 1.0, **small)
     if method == "moco":
@@ -158,12 +168,12 @@ def lightly_transform(method: str, size: int, min_scale: float | None = None):
 class LightlyMethod(nn.Module):
     """LightlySSL's heads, loss and momentum update around a copy of visionssl's initial backbone."""
 
-    def __init__(self, method: str, backbone: nn.Module, ours: vs.methods.SSLMethod):
+    def __init__(self, method: str, backbone: nn.Module, ours: vs.methods.SSLMethod, momentum: float = 0.996):
         from lightly import loss
         from lightly.models import modules, utils
 
         super().__init__()
-        self.method, self.backbone, feat = method, backbone, ours.num_features
+        self.method, self.backbone, feat, self.momentum = method, backbone, ours.num_features, momentum
         if method == "simclr":
             self.head = modules.SimCLRProjectionHead(feat, *widths(ours.projector))
             self.criterion = loss.NTXentLoss(temperature=ours.temperature)
@@ -196,7 +206,7 @@ class LightlyMethod(nn.Module):
         from lightly.utils.scheduler import cosine_schedule
 
         if self.method in ("moco", "byol"):
-            m = cosine_schedule(step, total, 0.996, 1)
+            m = cosine_schedule(step, total, self.momentum, 1)
             update_momentum(self.backbone, self.backbone_momentum, m=m)
             update_momentum(self.head, self.head_momentum, m=m)
         if self.method == "simclr":
@@ -223,10 +233,10 @@ def train_lightly(
 ) -> tuple[nn.Module, bool, list[float]]:
     """Pretrains a copy of ``initial`` the LightlySSL way for ``args.epochs`` at SGD ``lr``; returns its
     backbone, whether the loss stayed finite and the mean loss of each epoch."""
-    model = LightlyMethod(method, copy.deepcopy(initial), ours).to(device)
+    model = LightlyMethod(method, copy.deepcopy(initial), ours, args.peer_momentum).to(device)
     stored = train.images  # uint8 (N, C, H, W); PeerImages serves PIL RGB images
     loader = DataLoader(
-        PeerImages(stored, lightly_transform(method, args.image_size, args.peer_min_scale)),
+        PeerImages(stored, lightly_transform(method, args.image_size, args.peer_min_scale, args.peer_views)),
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=True,
@@ -308,7 +318,8 @@ def train_visionssl(method: str, train, test, args, seed: int, device: torch.dev
         *(() if args.plain_recipe else ELPV_OVERRIDES.get(method, [])),
         *args.set,
     ]
-    if method == "moco":  # the queue must stay below the training set (a dry run's subset included)
+    if method == "moco" and not any(s.startswith("method.queue_size=") for s in args.set):
+        # the queue must stay below the training set (a dry run's subset included)
         overrides.append(f"method.queue_size={min(1024, max(args.batch_size, len(train) // 2))}")
     elpv = args.dataset == "elpv"  # elsewhere every method runs its own small recipe (simclr: not the quick start's)
     cfg = load_config(config=RECIPE.get(method, method) if elpv else method, overrides=overrides)
@@ -386,9 +397,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
     """Validates ``--dataset``/``--eval-split``, fills in the results name; returns the dataset's name."""
     dataset = args.dataset.partition(":")[0]
     if dataset not in DATASET_LABELS:
-        parser.error(f"--dataset {args.dataset!r}: valid: elpv, shapes[:N]")
-    if args.eval_split == "holdout" and dataset == "elpv":
-        parser.error("--eval-split holdout: elpv has no holdout split (shapes[:N] has)")
+        parser.error(f"--dataset {args.dataset!r}: valid: elpv, shapes[:N], digits")
+    if args.eval_split == "holdout" and dataset != "shapes":
+        parser.error(f"--eval-split holdout: {dataset} has no holdout split (shapes[:N] has)")
     if dataset != "elpv":
         args.plain_recipe = True  # the elpv adaptation is for elpv
     if args.results is None:
@@ -412,6 +423,8 @@ def load_data(args: argparse.Namespace, dataset: str, stored: int) -> tuple[tupl
             ]
             for label in labels
         }
+    elif dataset == "digits":
+        data = {"digit": [_common.load_digits(split, stored) for split in ("train", "test")]}
     else:
         pair = [vs.data.load_dataset(args.dataset, split, stored) for split in ("train", args.eval_split)]
         data = {label: [ds.with_label(label) for ds in pair] for label in labels}
@@ -427,7 +440,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument(
-        "--dataset", default="elpv", help="elpv or shapes[:N] (the generated set, visionssl.data.shapes)"
+        "--dataset",
+        default="elpv",
+        help="elpv, shapes[:N] (the generated set, visionssl.data.shapes) or digits (scikit-learn's, upsampled)",
     )
     parser.add_argument(
         "--eval-split",
@@ -444,6 +459,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--peer-lr", type=float, default=0.1, help="LightlySSL side: SGD learning rate")
     parser.add_argument(
         "--peer-min-scale", type=float, default=None, help="LightlySSL side: its crops' min_scale (default: its own)"
+    )
+    parser.add_argument(
+        "--peer-views",
+        default="own",
+        choices=("own", "simclr"),
+        help="LightlySSL side: each method's own transform, or SimCLRTransform (jitter 0.5, no blur) for all",
+    )
+    parser.add_argument(
+        "--peer-momentum", type=float, default=0.996, help="LightlySSL side: the momentum schedule's start"
     )
     parser.add_argument(
         "--plain-recipe",
@@ -481,7 +505,10 @@ def main(argv: list[str] | None = None) -> Path:
     stored = math.ceil(args.image_size * 1.125)
     labels, data = load_data(args, dataset, stored)
     train, test = data[labels[0]]
-    strata = (train.targets * len(train.classes[labels[1]]) + train.labels[labels[1]]).numpy()
+    strata = train.targets
+    if len(labels) > 1:  # folds keep the share of every pair of labels
+        strata = strata * len(train.classes[labels[1]]) + train.labels[labels[1]]
+    strata = strata.numpy()
     folds = stratified_folds(strata, 4, seed=0)
     budget = {
         "backbone": args.backbone,
@@ -494,6 +521,8 @@ def main(argv: list[str] | None = None) -> Path:
         "max_images": args.max_images,
         # keys only when set, so files written before the options existed keep their budget
         **({"peer_min_scale": args.peer_min_scale} if args.peer_min_scale is not None else {}),
+        **({"peer_views": args.peer_views} if args.peer_views != "own" else {}),
+        **({"peer_momentum": args.peer_momentum} if args.peer_momentum != 0.996 else {}),
         **({"visionssl_recipe": "plain"} if args.plain_recipe else {}),
         **({"visionssl_set": args.set} if args.set else {}),
         **({"dataset": args.dataset} if dataset != "elpv" else {}),

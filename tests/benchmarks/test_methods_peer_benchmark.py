@@ -161,3 +161,39 @@ def test_the_holdout_split_is_scored_only_when_asked_and_only_on_shapes(bench, t
     with pytest.raises(SystemExit):
         bench.main(["--eval-split", "holdout"])  # elpv has no holdout split
     assert "elpv has no holdout split" in capsys.readouterr().err
+
+
+def test_the_digits_set_is_scored_on_its_one_label_with_the_plain_loops_views(bench, tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    args = ["--dataset", "digits", "--methods", "byol", "--seeds", "0", "--epochs", "1", "--image-size", "16"]
+    args += ["--batch-size", "8", "--max-images", "40", "--backbone", "peer_cnn", "--workers", "0", "--k", "3"]
+    args += ["--device", "cpu", "--peer-views", "simclr", "--peer-momentum", "0.99", "--peer-min-scale", "0.3"]
+    path = bench.main([*args, "--out", str(tmp_path / "runs")])
+    assert path.name == "methods_peer_digits_b8.json"
+    result = json.loads(path.read_text())
+    assert result["budget"]["peer_views"] == "simclr" and result["budget"]["peer_momentum"] == 0.99
+    for row in result["rows"]:
+        assert set(row["scores"]) == {"digit", "digit_4fold"} and 0 <= row["scores"]["digit"] <= 100
+    assert "| byol | digit |" in path.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--dataset", "digits", "--eval-split", "holdout"])
+    assert "digits has no holdout split" in capsys.readouterr().err
+
+
+def test_load_digits_splits_real_images_stratified_at_the_asked_size(bench):
+    pytest.importorskip("sklearn")
+    import torch
+
+    _common = sys.modules["_common"]  # loaded with the benchmark
+    train, test = _common.load_digits("train", 24), _common.load_digits("test", 24)
+    assert len(train) + len(test) == 1797 and tuple(test.images.shape[1:]) == (1, 24, 24)
+    assert torch.bincount(test.targets, minlength=10).min() >= 40  # every class in the test split
+    assert train.images.dtype == torch.uint8 and int(train.images.max()) == 255  # full range, not 0-16
+    with pytest.raises(ValueError, match="valid: train, test, all"):
+        _common.load_digits("holdout", 24)
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_peer_views_simclr_gives_every_method_the_plain_loops_transform(bench, method):
+    transform = bench.lightly_transform(method, 32, min_scale=0.3, views="simclr")
+    assert type(transform).__name__ == "SimCLRTransform"
