@@ -260,3 +260,47 @@ def test_dino_last_layer_rows_start_at_unit_norm_as_the_official_weight_norm():
         "dino", backbone="resnet10t_cifar", out_dim=64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False
     )
     torch.testing.assert_close(m.head.last_layer.weight.norm(dim=1), torch.ones(64))
+
+
+def test_mae_encoder_starts_from_the_official_initialisation():
+    import math
+
+    m = vs.create_method(
+        "mae", backbone="vit_tiny_patch16_224", backbone_kwargs=VIT, decoder_dim=16, decoder_depth=1, decoder_heads=2
+    )
+    vit = m.backbone
+    pos = vit.pos_embed[0]
+    assert not vit.pos_embed.requires_grad and torch.equal(pos[0], torch.zeros(32))  # the class token's: zero
+    # 2-D sin-cos: every patch position differs, each value a sine or cosine, the first patch's sines all 0
+    assert pos[1:].abs().max() <= 1 and len({tuple(r.tolist()) for r in pos[1:]}) == 16
+    assert (pos[1] == 0).sum() >= 8 and (pos[1] == 1).sum() >= 8
+    qkv = vit.blocks[0].attn.qkv
+    bound = math.sqrt(6 / (qkv.in_features + qkv.out_features))  # xavier-uniform, zero bias
+    assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.9 * bound
+    assert torch.equal(qkv.bias, torch.zeros_like(qkv.bias))
+    # the position embedding stays fixed through training; the rest learns
+    before = vit.pos_embed.detach().clone()
+    optimizer = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    m([torch.randn(2, 3, 16, 16)])["loss"].backward()
+    optimizer.step()
+    assert torch.equal(vit.pos_embed, before) and vit.pos_embed.grad is None
+
+
+def test_mae_keeps_a_module_as_built_and_encoder_init_overrides_either_way():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, **VIT)
+    state = {k: v.clone() for k, v in vit.state_dict().items()}
+    m = vs.create_method("mae", backbone=vit, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    assert all(torch.equal(state[k], v) for k, v in m.backbone.state_dict().items())  # e.g. pretrained weights
+    kw = dict(backbone_kwargs=VIT, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    timm_init = vs.create_method("mae", backbone="vit_tiny_patch16_224", encoder_init="timm", **kw)
+    assert timm_init.backbone.pos_embed.requires_grad
+    with pytest.raises(ValueError, match="encoder_init must be 'mae' or 'timm'"):
+        vs.create_method("mae", backbone="vit_tiny_patch16_224", encoder_init="xavier", **kw)
+    from visionssl.engine import load_config
+    from visionssl.engine.config_checks import validate
+    from visionssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.encoder_init='xavier': valid: mae, timm"):
+        validate(load_config("mae", overrides=["method.encoder_init=xavier"]))

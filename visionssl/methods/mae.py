@@ -31,6 +31,43 @@ def random_masking(
     return ids_shuffle[:, :keep], ids_restore, mask.gather(1, ids_restore)
 
 
+def mae_init_(vit: nn.Module) -> nn.Module:
+    """The official MAE encoder initialisation, in place (``models_mae.py``'s ``initialize_weights``): every
+    linear layer and the patch embedding (as a linear layer) xavier-uniform with zero bias, LayerNorms at 1 / 0,
+    the class token N(0, 0.02), and a fixed (untrained) 2-D sin-cos position embedding, zero at the class token.
+
+    On small data this is most of what MAE's features start from: timm's default (std-0.02 linear layers, a
+    learned position embedding near 0) gives a CLS token that kNN reads far worse (docs/methods.md).
+
+    Example:
+        >>> import timm
+        >>> vit = mae_init_(timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=0))
+        >>> vit.pos_embed.requires_grad, tuple(vit.pos_embed.shape), float(vit.pos_embed[0, 0].abs().sum())
+        (False, (1, 17, 192), 0.0)
+    """
+    from timm.layers import build_sincos2d_pos_embed
+
+    with torch.no_grad():
+        for module in vit.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        proj = vit.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        if getattr(vit, "cls_token", None) is not None:
+            nn.init.normal_(vit.cls_token, std=0.02)
+        grid = list(vit.patch_embed.grid_size)
+        sincos = build_sincos2d_pos_embed(grid, dim=vit.embed_dim, temperature=10000.0)
+        vit.pos_embed.zero_()
+        vit.pos_embed[0, vit.pos_embed.shape[1] - sincos.shape[0] :] = sincos.to(vit.pos_embed.dtype)
+    vit.pos_embed.requires_grad_(False)
+    return vit
+
+
 @register_method("mae")
 class MAE(SSLMethod):
     """MAE on a timm ViT: 75% of the patches masked per sample, the encoder (the backbone's own
@@ -38,9 +75,12 @@ class MAE(SSLMethod):
     decoder of ``decoder_depth`` transformer blocks of width ``decoder_dim`` over the encoded tokens
     plus a shared learned mask token, and ``vs.losses.mae`` on the masked patches (normalised pixels).
 
-    The decoder's position embedding is learned (the paper fixes it to 2-D sin-cos). The backbone stays
-    a plain timm ViT: ``method.backbone(x)`` returns its pooled (B, D) features (CLS token, or the mean
-    of the tokens with ``backbone_kwargs={"global_pool": "avg"}``) for kNN and linear probes.
+    The encoder starts from the official initialisation (``mae_init_``: xavier-uniform layers, a fixed 2-D
+    sin-cos position embedding) when it is built from a name; a module you pass is used as you built it
+    (``encoder_init`` overrides either way). The decoder's position embedding is learned (the paper fixes it
+    to 2-D sin-cos). The backbone stays a plain timm ViT: ``method.backbone(x)`` returns its pooled (B, D)
+    features (CLS token, or the mean of the tokens with ``backbone_kwargs={"global_pool": "avg"}``) for kNN
+    and linear probes.
 
     Args:
         backbone: a timm ViT name or module (``patch_embed``, ``pos_embed``, ``blocks``, ``norm``); for
@@ -48,6 +88,8 @@ class MAE(SSLMethod):
         mask_ratio: fraction of the patches hidden from the encoder.
         decoder_dim, decoder_depth, decoder_heads: the decoder (the paper: 512, 8, 16).
         norm_pix_loss: reconstruct per-patch normalised pixels.
+        encoder_init: "mae" (``mae_init_``, the official initialisation) or "timm" (the backbone's weights as
+            built); None: "mae" for a backbone given by name, "timm" for a module.
 
     Example:
         >>> import torch, visionssl as vs
@@ -72,7 +114,10 @@ class MAE(SSLMethod):
         decoder_depth: int = 8,
         decoder_heads: int = 16,
         norm_pix_loss: bool = True,
+        encoder_init: str | None = None,
     ):
+        if encoder_init not in (None, "mae", "timm"):
+            raise ValueError(f"encoder_init must be 'mae' or 'timm' (or None), got {encoder_init!r}")
         super().__init__(backbone, backbone_kwargs)
         from timm.models.vision_transformer import Block
 
@@ -84,6 +129,8 @@ class MAE(SSLMethod):
             raise ValueError("MAE needs a fixed image size: build the ViT without dynamic_img_size")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if (encoder_init or ("mae" if isinstance(backbone, str) else "timm")) == "mae":
+            mae_init_(vit)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.patch_size = vit.patch_embed.patch_size[0]
         num_patches, dim = vit.patch_embed.num_patches, vit.embed_dim
@@ -128,6 +175,12 @@ class MAE(SSLMethod):
         tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, y.shape[-1])) + self.decoder_pos_embed
         tokens = self.decoder_norm(self.decoder_blocks(torch.cat([y[:, :prefix_count], tokens], dim=1)))
         return self.decoder_pred(tokens[:, prefix_count:])
+
+    @staticmethod
+    def check_config(hparams: dict[str, Any], config: Any) -> None:
+        """Before any work starts: ``encoder_init`` is one MAE knows."""
+        if hparams.get("encoder_init") not in (None, "mae", "timm"):
+            raise ValueError(f"method.encoder_init={hparams['encoder_init']!r}: valid: mae, timm")
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 1:
