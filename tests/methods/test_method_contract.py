@@ -193,3 +193,25 @@ def test_the_contract_has_its_defaults_on_the_base_class():
         assert method_class("_factory_method") is SSLMethod and method_class("swav").__name__ == "SwAV"
     finally:
         del METHODS._factories["_factory_method"]
+
+
+@pytest.mark.parametrize(
+    "method, key, value",
+    [
+        ("context", "color", "gray"),
+        ("deepcluster", "classifier", "linear"),
+        ("jigsaw", "tile_norm", "image"),
+        ("jigsaw", "permutation_selection", "random"),
+        ("mae", "encoder_init", "xavier"),
+    ],
+)
+def test_a_text_hyperparameter_outside_its_choices_is_a_config_error_naming_them(method, key, value):
+    from visionssl.engine import load_config
+    from visionssl.engine.config_checks import validate
+    from visionssl.errors import ConfigError
+    from visionssl.methods import method_class
+
+    choices = method_class(method).hparam_choices[key]
+    with pytest.raises(ConfigError, match=f"method.{key}='{value}': {method} takes one of {', '.join(choices)}"):
+        validate(load_config(method, overrides=[f"method.{key}={value}"]))
+    validate(load_config(method, overrides=[f"method.{key}={choices[-1]}"]))  # every listed value is accepted

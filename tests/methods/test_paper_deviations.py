@@ -302,5 +302,5 @@ def test_mae_keeps_a_module_as_built_and_encoder_init_overrides_either_way():
     from visionssl.engine.config_checks import validate
     from visionssl.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="method.encoder_init='xavier': valid: mae, timm"):
+    with pytest.raises(ConfigError, match="method.encoder_init='xavier': mae takes one of mae, timm"):
         validate(load_config("mae", overrides=["method.encoder_init=xavier"]))

@@ -204,7 +204,10 @@ def _check_method(cfg: DictConfig) -> None:
     ranges = [*method_class(name).hparam_ranges.items(), *HPARAM_RANGES.items()]
     factory = METHODS.get(name)
     params = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters
+    choices = method_class(name).hparam_choices
     for key, value in hparams.items():
+        if key in choices and value not in choices[key] and not (value is None and valid[key] is None):
+            raise ConfigError(f"method.{key}={value!r}: {name} takes one of {', '.join(choices[key])}")
         hint = params[key].annotation if key in params else inspect.Parameter.empty  # text under __future__
         nullable = hint is inspect.Parameter.empty or "None" in str(hint) or "Optional" in str(hint)
         _check_hparam_type(name, f"method.{key}", value, valid[key], nullable)

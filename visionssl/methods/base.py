@@ -74,6 +74,8 @@ class SSLMethod(nn.Module):
             ``visionssl.engine.config.validate`` before the generic ones of ``engine.config.HPARAM_RANGES``:
             ``{pattern: (low, high, low_inclusive)}`` with shell patterns as keys, None for an unbounded end,
             the first matching pattern wins (default ``{}``; DeepCluster: ``{"proj_dim": (0, None, True)}``).
+        hparam_choices: the values a text hyperparameter may take, checked with the ranges:
+            ``{name: (value, ...)}`` (default ``{}``; context prediction: ``{"color": ("drop", "project", "none")}``).
 
     Called by the config reader:
         ``check_config(hparams, config)`` (staticmethod): cross-checks of the resolved hyperparameters against
@@ -106,6 +108,7 @@ class SSLMethod(nn.Module):
     norm_and_bias_lr_scale: float = 1.0
     multi_size_views: bool = False
     hparam_ranges: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {}
+    hparam_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     sample_weights: torch.Tensor | None = None
     sample_labels: torch.Tensor | None = None
 

@@ -100,6 +100,7 @@ class DeepCluster(SSLMethod):
     num_views = 1
     needs_indices = True  # forward(views, indices): the pseudo-labels of the batch
     hparam_ranges: ClassVar[dict] = {"proj_dim": (0, None, True)}  # 0: no projection head
+    hparam_choices: ClassVar[dict] = {"classifier": ("reset", "centroids")}
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ class Jigsaw(SSLMethod):
     """
 
     augmentation = "jigsaw"
+    hparam_choices: ClassVar[dict] = {"permutation_selection": ("maxmin", "maxavg"), "tile_norm": ("tile", "channel")}
     num_views = 1
     cpu_bf16 = False  # small patches: oneDNN's bf16 backward gave non-finite gradients on their 1x1 maps
 

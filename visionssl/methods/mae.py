@@ -3,7 +3,7 @@ decoder reconstructs the others."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -102,6 +102,7 @@ class MAE(SSLMethod):
     """
 
     augmentation = "mae"
+    hparam_choices: ClassVar[dict] = {"encoder_init": ("mae", "timm")}  # or None: by how the backbone is given
     num_views = 1
     decay_norm_and_bias = False  # the official main_pretrain.py: no weight decay on biases and norms
 
@@ -175,12 +176,6 @@ class MAE(SSLMethod):
         tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, y.shape[-1])) + self.decoder_pos_embed
         tokens = self.decoder_norm(self.decoder_blocks(torch.cat([y[:, :prefix_count], tokens], dim=1)))
         return self.decoder_pred(tokens[:, prefix_count:])
-
-    @staticmethod
-    def check_config(hparams: dict[str, Any], config: Any) -> None:
-        """Before any work starts: ``encoder_init`` is one MAE knows."""
-        if hparams.get("encoder_init") not in (None, "mae", "timm"):
-            raise ValueError(f"method.encoder_init={hparams['encoder_init']!r}: valid: mae, timm")
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 1:
