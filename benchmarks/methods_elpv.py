@@ -77,7 +77,15 @@ ELPV_OVERRIDES = {
     "byol": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     "vicreg": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     "deepcluster": ["augment.kwargs.scale=[0.6,1.0]", SQRT_LR],
-    "context": ["method.patch_size=null", "method.gap=null", "method.jitter=null", "method.color=none", SQRT_LR],
+    # the committed elpv row ran before the recipe's precise BN (on elpv it lowered context's test kNN 80.12 -> 77.52)
+    "context": [
+        "method.patch_size=null",
+        "method.gap=null",
+        "method.jitter=null",
+        "method.color=none",
+        "train.precise_bn=false",
+        SQRT_LR,
+    ],
     "rotation": [SQRT_LR],
     "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # train.precise_bn comes from its recipe
     "barlow_twins": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
