@@ -335,3 +335,17 @@ def test_load_over_http_gives_the_reference_features(server, home, tmp_path, mon
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(net(x), reference(x))
+
+
+def test_a_folder_where_the_cached_file_belongs_is_a_storage_error_before_any_download(
+    server, home, tmp_path, monkeypatch
+):
+    from visionssl.errors import StorageError
+
+    server.files["w.pth"] = DATA
+    use_zoo(tmp_path, monkeypatch, dict(urls=[server.url("w.pth")]))
+    (home / "zoo" / "blob" / "w.pth").mkdir(parents=True)
+    (home / "zoo" / "blob" / "w.pth" / "mine.txt").write_text("kept")
+    with pytest.raises(StorageError, match=r"w.pth exists and is not a file .* set VISIONSSL_HOME"):
+        vs.zoo.download("blob", progress=False)
+    assert not server.requests and (home / "zoo" / "blob" / "w.pth" / "mine.txt").read_text() == "kept"

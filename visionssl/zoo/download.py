@@ -187,6 +187,11 @@ def download_url(
             f"cannot create the zoo cache folder {dest.parent}: {exc.strerror or exc}; set VISIONSSL_HOME to a "
             "folder you can write"
         ) from None
+    if dest.exists() and not dest.is_file():  # checked before any byte is fetched: the rename would fail
+        raise StorageError(
+            f"the zoo cache path {dest} exists and is not a file (a folder?): move it away, or set VISIONSSL_HOME "
+            "to another cache folder"
+        )
     get = _Download(url, dest, entry, timeout, Deadline(total_timeout), progress)
     response, offset = get.open(get.kept_offset())
     with response:
