@@ -106,3 +106,13 @@ def test_real_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
     out["loss"].backward()
     assert method.backbone.num_features == 8
     sys.modules.pop("ssl_plugin_demo", None)
+
+
+def test_import_object_names_the_line_of_a_users_syntax_error(tmp_path):
+    from visionssl.errors import ConfigError
+
+    f = tmp_path / "broken_net.py"
+    f.write_text("def build(:\n    pass\n")
+    with pytest.raises(ConfigError, match=r"SyntaxError: .*broken_net.py, line 1\)"):
+        import_object(f"{f}:build")
+    assert not any(name.startswith("visionssl_user_broken_net") for name in sys.modules)  # nothing half-imported

@@ -141,6 +141,10 @@ def import_object(path: str) -> Any:
             module = importlib.import_module(module_name)
     except (ImportError, FileNotFoundError) as exc:
         raise ConfigError(f"cannot import {module_name!r} from {path!r}: {exc}") from None
+    except SyntaxError as exc:  # the user's file does not parse: name the place, not our traceback
+        raise ConfigError(
+            f"cannot import {module_name!r} from {path!r}: SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+        ) from None
     try:
         obj = module
         for part in attr.split("."):
