@@ -89,7 +89,7 @@ def export_run(
     atomic_write(out, save_safetensors(state, metadata))
     digest = sha256_file(out)
     sha_path = out.with_name(out.name + ".sha256")
-    sha_path.write_text(f"{digest}  {out.name}\n")
+    atomic_write(sha_path, f"{digest}  {out.name}\n")
 
     entry = {
         "name": name,

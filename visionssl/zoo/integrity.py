@@ -16,6 +16,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from visionssl.files import atomic_write
 from visionssl.zoo.catalog import ZooEntry, ZooError
 
 CHUNK = 1 << 20
@@ -125,9 +126,9 @@ def read_sidecar(path: Path) -> str | None:
 
 def write_sidecar(path: Path, digest: str) -> str:
     """Records the hash (``.sha256``) and the size and mtime it was taken at (``.stat``)."""
-    _sidecar(path).write_text(f"{digest}  {path.name}\n")
+    atomic_write(_sidecar(path), f"{digest}  {path.name}\n")  # never a half-written hash beside the file
     st = path.stat()
-    path.with_name(path.name + ".stat").write_text(f"{st.st_size} {st.st_mtime_ns}\n")
+    atomic_write(path.with_name(path.name + ".stat"), f"{st.st_size} {st.st_mtime_ns}\n")
     return digest
 
 
