@@ -68,6 +68,7 @@ from visionssl.backbones.features import resolve_device  # noqa: E402
 from visionssl.data.sources import stratified_split  # noqa: E402
 from visionssl.engine import NonFiniteLossError, Trainer, load_config  # noqa: E402
 from visionssl.engine.config import to_dict
+from visionssl.methods.mae import mae_init_  # noqa: E402
 
 ELPV_VIEWS = ["augment.kwargs.scale=[0.6,1.0]", "augment.kwargs.blur_p=0.0"]
 SQRT_LR = "optim.lr_scaling=sqrt"
@@ -208,16 +209,18 @@ def main() -> None:
         split = tuple(torch.from_numpy(i) for i in stratified_split(strata, test_fraction=0.25, seed=args.seed))
         bank, test = train.subset(split[0]), train.subset(split[1])
 
-    def random_weights(name: str, kwargs: dict) -> tuple[float, dict]:
-        """kNN of the backbone's untrained initialisation at --seed and at the next seeds (the spread)."""
+    def random_weights(name: str, kwargs: dict, init=None) -> tuple[float, dict]:
+        """kNN of the backbone's untrained initialisation at --seed and at the next seeds (the spread); ``init``
+        re-initialises it in place as its method does when it builds it (MAE's ``mae_init_``)."""
         random_seeds, random_cv = (
             [],
             [],
         )  # the spread over initialisations says how far apart two untrained backbones are
         for seed in range(args.seed, args.seed + args.random_seeds):
             torch.manual_seed(seed)  # as the trainer seeds before the method builds its backbone
+            backbone = vs.create_backbone(name, **kwargs)
             top1, cv = knn_scores(
-                vs.create_backbone(name, **kwargs), train, test, split, folds, args.image_size, args.k
+                init(backbone) if init else backbone, train, test, split, folds, args.image_size, args.k
             )
             random_seeds.append(top1)
             random_cv.append(cv)
@@ -271,8 +274,10 @@ def main() -> None:
         ]
         cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
         label = backbone_label(cfg) if cfg.backbone.name != args.backbone or cfg.backbone.kwargs else args.backbone
+        init = mae_init_ if name == "mae" and cfg.method.get("encoder_init", "mae") != "timm" else None
+        label += " with MAE's initialisation" if init else ""
         if label not in randoms:
-            randoms[label] = random_weights(cfg.backbone.name, to_dict(cfg.backbone.kwargs))
+            randoms[label] = random_weights(cfg.backbone.name, to_dict(cfg.backbone.kwargs), init)
         own_top1, own_spread = randoms[label]
         start = time.perf_counter()
         # another data.image_size: train_set=None lets the trainer load the train split at that size

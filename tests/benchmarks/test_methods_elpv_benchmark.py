@@ -112,9 +112,11 @@ def test_vit_methods_run_on_the_tiny_vit_with_8x8_patches_of_the_budget(bench):
 
 
 def test_random_baseline_is_the_methods_own_initialisation(bench):
+    from visionssl.methods.mae import mae_init_
+
     kw = dict(img_size=16, patch_size=4, depth=1)
     torch.manual_seed(3)  # what the baseline does, and what the trainer's seed_everything does first
-    baseline = vs.create_backbone("vit_tiny_patch16_224", **kw).state_dict()
+    baseline = mae_init_(vs.create_backbone("vit_tiny_patch16_224", **kw)).state_dict()  # MAE's own init
     torch.manual_seed(3)
     method = vs.create_method(
         "mae", backbone="vit_tiny_patch16_224", backbone_kwargs=kw, decoder_dim=16, decoder_depth=1
@@ -122,7 +124,7 @@ def test_random_baseline_is_the_methods_own_initialisation(bench):
     own = method.backbone.state_dict()
     assert baseline.keys() == own.keys() and all(torch.equal(baseline[k], own[k]) for k in own)
     torch.manual_seed(3)  # dino's ViT (dynamic_img_size) shares the label, the weights and the features of mae's
-    dynamic = vs.create_backbone("vit_tiny_patch16_224", dynamic_img_size=True, **kw).eval()
+    dynamic = mae_init_(vs.create_backbone("vit_tiny_patch16_224", dynamic_img_size=True, **kw)).eval()
     assert all(torch.equal(baseline[k], v) for k, v in dynamic.state_dict().items())
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(dynamic(x), method.backbone.eval()(x), atol=1e-6)

@@ -82,10 +82,8 @@ def test_with_precise_bn_the_run_ends_with_whole_image_statistics(tmp_path):
 
 
 def test_without_it_the_statistics_are_the_training_inputs(tmp_path):
-    assert load_config("jigsaw").train.precise_bn  # the jigsaw recipe turns it on
-    assert (
-        not load_config("rotation").train.precise_bn and not load_config("context").train.precise_bn
-    )  # off by default
+    assert load_config("jigsaw").train.precise_bn and load_config("context").train.precise_bn  # their recipes
+    assert not load_config("rotation").train.precise_bn and not load_config("simclr").train.precise_bn  # the default
     off = Trainer(load_config("jigsaw", overrides=TINY_JIGSAW + ["train.precise_bn=false", f"out={tmp_path}"]))
     assert not off.precise_bn
     off.fit()

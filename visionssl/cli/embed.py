@@ -70,16 +70,11 @@ def model_record(source: Any) -> dict[str, Any]:
         >>> record["kind"], record["backbone"], len(record["sha256"])
         ('export', 'resnet18_cifar', 64)
     """
-    from visionssl.engine.checkpoint import LAST
-    from visionssl.zoo import download, sha256_file
+    from visionssl.zoo import sha256_file
+    from visionssl.zoo.resolve import checkpoint_file
 
-    if source.kind == "zoo":
-        path, spec = download(source.spec), source.spec
-    else:
-        path = source.path.resolve()
-        spec = str(path)
-        if source.kind == "run" and path.is_dir():  # a run directory: its last checkpoint, the file the resolver read
-            path = path / "checkpoints" / LAST if (path / "checkpoints").is_dir() else path / LAST
+    path = checkpoint_file(source)  # the one file the weights were read from
+    spec = source.spec if source.kind == "zoo" else str(source.path.resolve())
     return {
         "checkpoint": spec,
         "kind": source.kind,
