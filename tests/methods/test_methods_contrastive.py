@@ -198,6 +198,7 @@ def test_moco_queue_starts_as_random_unit_vectors():
 def test_moco_forward_uses_the_queue_before_enqueuing_its_keys():
     m = small("moco", queue_size=20)
     m.queue_ptr.fill_(17)  # the write must wrap around the end
+    m.queue_filled.fill_(True)  # a queue that holds keys (a fresh one: see the test below)
     queue_before = m.queue.clone()
     views = two_views(batch=6)
     out = m(views)
@@ -227,6 +228,7 @@ def test_moco_eval_mode_does_not_enqueue():
 
 def test_moco_symmetric_averages_both_directions():
     m = small("moco", symmetric=True)
+    m.queue_filled.fill_(True)
     queue = m.queue.clone()
     views = two_views(batch=4)
     loss = m(views)["loss"]
@@ -236,6 +238,37 @@ def test_moco_symmetric_averages_both_directions():
     expected = (vs.losses.infonce_queue(q1, k2, queue) + vs.losses.infonce_queue(q2, k1, queue)) / 2
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(chronological(m)[-4:], k2)  # the queue receives the keys of view 2
+
+
+def test_moco_never_contrasts_with_the_random_rows_a_queue_starts_from():
+    m = small("moco", queue_size=32)
+    first, second = two_views(batch=4), two_views(batch=4)
+
+    def queries_and_keys(views):
+        with torch.no_grad():
+            q = F.normalize(m.projector(m.backbone(views[0])), dim=1)
+            k = F.normalize(m.target.projector(m.target.backbone(views[1])), dim=1)
+        return q, k
+
+    q, k = queries_and_keys(first)
+    loss = m(first)["loss"]  # nothing queued yet: the negatives are the batch's other keys, worked by hand
+    logits = torch.cat([(q * k).sum(1, keepdim=True), (q @ k.T)[~torch.eye(4, dtype=torch.bool)].view(4, 3)], 1)
+    torch.testing.assert_close(
+        loss, F.cross_entropy(logits / 0.2, torch.zeros(4, dtype=torch.long)), rtol=1e-5, atol=1e-6
+    )
+    assert m.queue_filled.sum() == 4 and m.queue_filled[:4].all()
+    queue = m.queue.clone()
+    q, k = queries_and_keys(second)
+    loss = m(second)["loss"]  # then only the 4 queued keys, not the 28 random rows nor the batch
+    torch.testing.assert_close(loss, vs.losses.infonce_queue(q, k, queue[:4], 0.2), rtol=1e-5, atol=1e-6)
+
+
+def test_moco_checkpoints_written_before_the_fill_mask_resume_with_a_full_queue():
+    m = small("moco", queue_size=16)
+    old = {k: v for k, v in m.state_dict().items() if k != "queue_filled"}
+    fresh = small("moco", queue_size=16)
+    fresh.load_state_dict(old)
+    assert fresh.queue_filled.all()
 
 
 @pytest.mark.parametrize("final, expected_first, expected_last", [(None, 0.9, 0.9), (0.99, 0.9, 0.99)])

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def infonce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def infonce_queue(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.2,
+    filled: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MoCo's contrastive loss: each query against its own key and the K keys of the queue.
 
     For query q_i with positive key k_i and negatives n_1..n_K (the queue), the logits are
@@ -25,12 +31,17 @@ def infonce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tempera
         k: (N, D) positive keys (momentum encoder); row i is the positive of query i.
         queue: (K, D) negative keys, L2-normalised.
         temperature: T > 0 (0.2 in MoCo v2, 0.07 in v1).
+        filled: (K,) bool, which rows of ``queue`` hold keys, or (N, K), per query; the others are left out of
+            the negatives (a queue that has not yet been filled holds no keys there). None: every row.
 
     Example:
         >>> import torch, torch.nn.functional as F
         >>> q = F.normalize(torch.randn(4, 16), dim=1)
         >>> queue = F.normalize(torch.randn(32, 16), dim=1)
         >>> bool(infonce_queue(q, q, queue) < infonce_queue(q, -q, queue))
+        True
+        >>> first_half = torch.arange(32) < 16
+        >>> bool(torch.isclose(infonce_queue(q, q, queue, filled=first_half), infonce_queue(q, q, queue[:16])))
         True
     """
     if q.ndim != 2 or q.shape != k.shape:
@@ -44,6 +55,8 @@ def infonce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tempera
         k = F.normalize(k.detach().float(), dim=1)
         positive = (q * k).sum(dim=1, keepdim=True)
         negatives = q @ queue.detach().float().T
+        if filled is not None:  # a masked logit is -inf: it adds nothing to the softmax's sum
+            negatives = negatives.masked_fill(~filled, float("-inf"))
         logits = torch.cat([positive, negatives], dim=1) / temperature
         targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         return F.cross_entropy(logits, targets)

@@ -17,6 +17,12 @@ from visionssl.methods.base import SSLMethod, TrainingContext
 from visionssl.methods.momentum import MomentumTarget, legacy_target_keys
 
 
+def _full_queue_of_older_checkpoints(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """A checkpoint written before ``queue_filled`` existed resumes with every row counted as a key, as it ran."""
+    if f"{prefix}queue" in state_dict and f"{prefix}queue_filled" not in state_dict:
+        state_dict[f"{prefix}queue_filled"] = torch.ones(state_dict[f"{prefix}queue"].shape[0], dtype=torch.bool)
+
+
 @register_method("moco")
 class MoCo(SSLMethod):
     """MoCo v2 with the paper's defaults: MLP head (2048 hidden, 128 out, no BatchNorm), T = 0.2,
@@ -96,6 +102,10 @@ class MoCo(SSLMethod):
         self.register_load_state_dict_pre_hook(legacy_target_keys("momentum_"))
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # rows written with keys so far: the random rows the queue starts from are not keys, and as negatives they
+        # rewarded collapse (in a 150-step run every projection fell onto one direction and the loss sat at ln K)
+        self.register_buffer("queue_filled", torch.zeros(queue_size, dtype=torch.bool))
+        self.register_load_state_dict_pre_hook(_full_queue_of_older_checkpoints)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 2:
@@ -107,16 +117,24 @@ class MoCo(SSLMethod):
             keys2 = self._keys(x2)  # the keys of every rank's images, in rank order
         k2 = distributed.local_slice(keys2)
         queue = self.queue.clone()  # the in-place enqueue below must not touch what backward needs
+        filled = self.queue_filled.clone()
         if self.symmetric:
             q2 = F.normalize(self.projector(self.backbone(x2)), dim=1)
             with torch.no_grad():
                 k1 = distributed.local_slice(self._keys(x1))
-            loss = (infonce_queue(q1, k2, queue, self.temperature) + infonce_queue(q2, k1, queue, self.temperature)) / 2
+            loss = (self._contrast(q1, k2, queue, filled) + self._contrast(q2, k1, queue, filled)) / 2
         else:
-            loss = infonce_queue(q1, k2, queue, self.temperature)
+            loss = self._contrast(q1, k2, queue, filled)
         if self.training:
             self.enqueue(keys2)
         return {"loss": loss, "embedding": h1.detach()}
+
+    def _contrast(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of queries ``q`` against their keys ``k`` and the queue's keys; while the queue holds none (the
+        first step), against the batch's other keys instead. The switch is a device flag: no host sync."""
+        others = ~torch.eye(len(k), dtype=torch.bool, device=k.device) & ~filled.any()
+        mask = torch.cat([filled.expand(len(q), -1), others], dim=1)
+        return infonce_queue(q, k, torch.cat([queue, k.detach().to(queue.dtype)]), self.temperature, mask)
 
     @staticmethod
     def check_config(hparams: dict[str, Any], config: Any) -> None:
@@ -151,6 +169,7 @@ class MoCo(SSLMethod):
         keys = keys.detach()[-size:].to(self.queue.dtype)
         index = (self.queue_ptr + torch.arange(keys.shape[0], device=self.queue.device)) % size
         self.queue.index_copy_(0, index, keys)
+        self.queue_filled.index_fill_(0, index, True)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
     def on_train_start(self, trainer: TrainingContext) -> None:
