@@ -115,26 +115,28 @@ class MoCo(SSLMethod):
         q1 = F.normalize(self.projector(h1), dim=1)
         with torch.no_grad():
             keys2 = self._keys(x2)  # the keys of every rank's images, in rank order
-        k2 = distributed.local_slice(keys2)
         queue = self.queue.clone()  # the in-place enqueue below must not touch what backward needs
         filled = self.queue_filled.clone()
         if self.symmetric:
             q2 = F.normalize(self.projector(self.backbone(x2)), dim=1)
             with torch.no_grad():
-                k1 = distributed.local_slice(self._keys(x1))
-            loss = (self._contrast(q1, k2, queue, filled) + self._contrast(q2, k1, queue, filled)) / 2
+                keys1 = self._keys(x1)
+            loss = (self._contrast(q1, keys2, queue, filled) + self._contrast(q2, keys1, queue, filled)) / 2
         else:
-            loss = self._contrast(q1, k2, queue, filled)
+            loss = self._contrast(q1, keys2, queue, filled)
         if self.training:
             self.enqueue(keys2)
         return {"loss": loss, "embedding": h1.detach()}
 
-    def _contrast(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
-        """InfoNCE of queries ``q`` against their keys ``k`` and the queue's keys; while the queue holds none (the
-        first step), against the batch's other keys instead. The switch is a device flag: no host sync."""
-        others = ~torch.eye(len(k), dtype=torch.bool, device=k.device) & ~filled.any()
+    def _contrast(self, q: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of this rank's queries ``q`` against their keys (in ``keys``, every rank's, in rank order) and
+        the queue's keys; while the queue holds none (the first step), against the other keys of the global batch
+        instead. The switch is a device flag: no host sync."""
+        k = distributed.local_slice(keys)
+        own = torch.arange(len(k), device=k.device) + len(k) * distributed.rank()  # each query's key in ``keys``
+        others = (torch.arange(len(keys), device=k.device) != own[:, None]) & ~filled.any()
         mask = torch.cat([filled.expand(len(q), -1), others], dim=1)
-        return infonce_queue(q, k, torch.cat([queue, k.detach().to(queue.dtype)]), self.temperature, mask)
+        return infonce_queue(q, k, torch.cat([queue, keys.detach().to(queue.dtype)]), self.temperature, mask)
 
     @staticmethod
     def check_config(hparams: dict[str, Any], config: Any) -> None:
