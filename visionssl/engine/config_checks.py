@@ -201,10 +201,11 @@ def _check_method(cfg: DictConfig) -> None:
             raise ConfigError(f"method.{key}: {name} has no such hyperparameter; {hint}valid: {', '.join(valid)}")
     given = OmegaConf.to_container(cfg.method, resolve=True)
     hparams = {**valid, **{k: v for k, v in given.items() if k != "name"}}
-    ranges = [*method_class(name).hparam_ranges.items(), *HPARAM_RANGES.items()]
+    contract = method_class(name)
+    ranges = [*contract.hparam_ranges.items(), *HPARAM_RANGES.items()]
     factory = METHODS.get(name)
     params = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters
-    choices = method_class(name).hparam_choices
+    choices = contract.hparam_choices
     for key, value in hparams.items():
         if key in choices and value not in choices[key] and not (value is None and valid[key] is None):
             raise ConfigError(f"method.{key}={value!r}: {name} takes one of {', '.join(choices[key])}")
@@ -213,7 +214,7 @@ def _check_method(cfg: DictConfig) -> None:
         _check_hparam_type(name, f"method.{key}", value, valid[key], nullable)
         _check_hparam_range(name, key, value, ranges)
     try:  # the method's own cross-checks (e.g. MoCo's queue against the batch size)
-        method_class(name).check_config(hparams, cfg)
+        contract.check_config(hparams, cfg)
     except ValueError as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
 
