@@ -210,6 +210,27 @@ def test_forward_uses_the_pseudo_labels_of_the_batch_indices():
     assert out["embedding"].shape == (3, 16) and 0 <= float(out["deepcluster/accuracy"]) <= 1
 
 
+def test_every_view_of_an_image_is_trained_on_its_pseudo_label():
+    data = two_kinds_of_images()
+    method = make_method()
+    method.on_epoch_start(FakeTrainer(data))
+    method.eval()  # BatchNorm on running statistics: each view's logits do not depend on the other's
+    first, second = torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    indices = torch.tensor([5, 0, 17])
+    out = method([first, second], indices=indices)
+    targets = method.pseudo_labels[indices]
+    with torch.no_grad():
+        per_view = [F.cross_entropy(method.classifier(method.backbone(x)), targets) for x in (first, second)]
+    assert torch.allclose(out["loss"], (per_view[0] + per_view[1]) / 2, atol=1e-5)
+    assert torch.allclose(out["embedding"], method.backbone(first), atol=1e-5)
+
+
+def test_small_recipe_trains_on_two_colour_jittered_views():
+    cfg = vs.engine.load_config(config="deepcluster")
+    views = vs.augment.create(cfg.augment.name, image_size=16)(torch.zeros(4, 3, 20, 20, dtype=torch.uint8))
+    assert cfg.augment.name == "simclr" and len(views) == 2 and views[0].shape == (4, 3, 16, 16)
+
+
 def test_forward_with_a_cifar_resnet_on_32px():
     method = DeepCluster(backbone="resnet10t_cifar", num_clusters=3)
     method.set_pseudo_labels(torch.tensor([0, 1, 2, 0]))

@@ -185,8 +185,8 @@ class DeepCluster(SSLMethod):
         return 1.0 / torch.bincount(labels, minlength=self.num_clusters)[labels].double()
 
     def forward(self, views: list[torch.Tensor], indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if len(views) != 1:
-            raise ValueError(f"DeepCluster takes 1 view, got {len(views)}")
+        if not views:
+            raise ValueError("DeepCluster takes at least 1 view, got none")
         if indices is None:
             raise ValueError(
                 "DeepCluster.forward needs `indices`, the dataset indices of the batch (the trainer passes them)"
@@ -196,8 +196,8 @@ class DeepCluster(SSLMethod):
                 "DeepCluster has no pseudo-labels yet: the trainer's on_epoch_start clusters first "
                 "(or call set_pseudo_labels)"
             )
-        targets = self.pseudo_labels[indices.to(self.pseudo_labels.device)]
-        features = self.backbone(views[0])
+        targets = self.pseudo_labels[indices.to(self.pseudo_labels.device)].repeat(len(views))
+        features = self.backbone(torch.cat(views) if len(views) > 1 else views[0])
         projected = self.projector(features)
         if self.classifier is None:
             logits = centroid_logits(
@@ -207,7 +207,7 @@ class DeepCluster(SSLMethod):
             logits = self.classifier(projected)
         return {
             "loss": F.cross_entropy(logits.float(), targets),
-            "embedding": features.detach(),
+            "embedding": features[: len(indices)].detach(),
             "deepcluster/accuracy": (logits.argmax(1) == targets).float().mean().detach(),
         }
 
