@@ -21,9 +21,9 @@ its recipe's learning rate unscaled (0.1 at batch 32; sqrt scaling left it under
 re-estimates the BatchNorm statistics on whole cells at the end (``train.precise_bn``). DeepCluster
 runs its small recipe (DeepCluster-v2's centroid classifier and projection head). SimCLR is the
 quick-start recipe itself. Barlow Twins and MoCo v3 (BYOL's views) get the milder views as BYOL does;
-SwAV and DINO take multi-crop at the budget's size, global crops keeping 60-100% of the cell, local crops
-of SwAV's 96/224 (24 px at 64), no blur; SwAV's queue starts after the first epoch (its recipe's epoch 15
-is past the budget). DINO and MAE run on their small recipe's ``vit_tiny_patch16_224`` with 8 x 8
+SwAV takes its recipe's two crops (no local crops) and DINO multi-crop at the budget's size, global crops
+keeping 60-100% of the cell, DINO's local crops of 96/224 of it (24 px at 64), no blur; SwAV's queue starts
+after the first epoch (its recipe's epoch 15 is past the budget). DINO and MAE run on their small recipe's ``vit_tiny_patch16_224`` with 8 x 8
 patches of the budget's image size (64 tokens, as the recipe's 4 px patches at 32 px), so their random
 baseline is that ViT's initialisation at the same seed: every row is scored against its own backbone.
 Rows are merged into the results file by method, so a subset can be rerun.
@@ -91,7 +91,7 @@ ELPV_OVERRIDES = {
     "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # train.precise_bn comes from its recipe
     "barlow_twins": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     "mocov3": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
-    # multi-crop at the budget's size: global crops as the two-view methods', local crops of SwAV's 96/224 (24 px at 64);
+    # global crops as the two-view methods' (the recipe has no local crops);
     # the recipe's queue starts at epoch 15 of 200, after the budget's last epoch, so it starts after the first here
     "swav": [
         "augment.kwargs.global_scale=[0.6,1.0]",

@@ -245,14 +245,24 @@ def test_mocov3_imagenet_crops_start_at_0_2_and_the_vit_note_warms_up_40_epochs(
     assert "optim.warmup_epochs=40" in (Path(vs.__file__).parent / "configs" / "mocov3_imagenet.yaml").read_text()
 
 
-@pytest.mark.parametrize("name", ["swav", "swav_imagenet"])
-def test_swav_recipes_use_swavs_colour_jitter(name):
-    kwargs = _recipe(name)["augment"]["kwargs"]
+def test_swav_imagenet_recipe_uses_swavs_colour_jitter_and_six_local_crops():
+    kwargs = _recipe("swav_imagenet")["augment"]["kwargs"]
     assert kwargs["jitter"] == [0.8, 0.8, 0.8, 0.2]
     views = vs.augment.create("multicrop", image_size=16, **{**kwargs, "local_size": 8})(
         torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
     )
     assert len(views) == 8
+
+
+def test_swav_small_recipe_trains_on_two_crops_with_solo_learns_cifar_jitter():
+    kwargs = _recipe("swav")["augment"]["kwargs"]
+    assert kwargs["jitter"] == [0.4, 0.4, 0.2, 0.1]
+    views = vs.augment.create("multicrop", image_size=16, **kwargs)(
+        torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
+    )
+    assert [v.shape[-1] for v in views] == [16, 16]
+    method = vs.create_method("swav", backbone="resnet10t_cifar", proj_hidden_dim=32, num_prototypes=10)
+    assert torch.isfinite(method([v.float() for v in views])["loss"])
 
 
 def test_dino_last_layer_rows_start_at_unit_norm_as_the_official_weight_norm():
