@@ -57,6 +57,10 @@ class DeepCluster(SSLMethod):
     clusterings, a measure of stability) and ``deepcluster/nmi_labels`` (against the dataset's
     labels, when it has them) with ``trainer.log_scalars``.
 
+    Views: one (the paper's crop and flip) or several of the same images, as DeepCluster-v2 trains on
+    SwAV's crops; every view is trained on its image's pseudo-label, and the views run through the
+    backbone as one batch. The small recipe gives it ``simclr``'s two views.
+
     Data-parallel training (torchrun): each rank extracts the features of its block of the training
     set, rank 0 gathers and clusters them, and broadcasts the assignments: the pseudo-labels (and so
     the sampling weights and every rank's targets) are identical on all ranks.
@@ -84,7 +88,7 @@ class DeepCluster(SSLMethod):
             so the cluster geometry shapes the head and the backbone's features stay general.
         proj_hidden_dim: hidden width of that MLP.
 
-    Returns (forward): ``loss``, ``embedding`` (backbone features, detached) and ``deepcluster/accuracy``
+    Returns (forward): ``loss``, ``embedding`` (backbone features of the first view, detached) and ``deepcluster/accuracy``
     (agreement of the classifier with the pseudo-labels, 0-d).
 
     Example:
@@ -97,7 +101,7 @@ class DeepCluster(SSLMethod):
     """
 
     augmentation = "deepcluster"
-    num_views = 1
+    num_views = 1  # the paper's; any number works (each view is trained on the image's pseudo-label)
     needs_indices = True  # forward(views, indices): the pseudo-labels of the batch
     hparam_ranges: ClassVar[dict] = {"proj_dim": (0, None, True)}  # 0: no projection head
     hparam_choices: ClassVar[dict] = {"classifier": ("reset", "centroids")}
