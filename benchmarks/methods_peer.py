@@ -1,18 +1,25 @@
 """visionssl against LightlySSL at equal budget: each contrastive/non-contrastive method trained twice per seed.
 
-For each of simclr, moco, byol, simsiam and vicreg and each seed, the same backbone with the same initial
-weights is pretrained on the elpv train split (labels unused) for the same epochs, image size and batch:
+For each of simclr, moco, byol, simsiam, vicreg, swav, barlow_twins and dino and each seed, the same backbone with
+the same initial weights is pretrained on the elpv train split (labels unused) for the same epochs, image size and batch:
 
 - **visionssl**: the method's own recipe adapted to elpv exactly as ``benchmarks/methods_elpv.py`` does it
   (``RECIPE`` / ``ELPV_OVERRIDES``; ``--plain-recipe``: the small recipe as the CLI gives it), through
-  ``Trainer`` (batched views on the device);
-- **LightlySSL**: its components, as its examples write them: its projection/prediction heads (at the
-  widths of the visionssl method, so the two differ in recipe and code, not in size), its loss, its
-  momentum update (``update_momentum`` with ``cosine_schedule(step, total, 0.996, 1)``; ``--peer-momentum``),
-  its per-image transforms (``SimCLRTransform``, ``MoCoV2Transform``, ``BYOLTransform``, ``SimSiamTransform``,
-  ``VICRegTransform``; no blur below 64 px; ``--peer-views simclr``: the plain small-image loop's
-  ``SimCLRTransform`` for every method) through a torch DataLoader, and plain SGD (``--peer-lr``, momentum 0.9,
-  weight decay 5e-4, cosine decay per step).
+  ``Trainer`` (batched views on the device); DINO's recipe trains ``--backbone`` like the others (its ViT's
+  arguments apply only when ``--backbone`` is that ViT, then with 8 x 8 patches);
+- **LightlySSL** (``_lightly_peer.py``): its components, as its examples write them: its heads (at the widths of
+  the visionssl method, so the two differ in recipe and code, not in size; SwAV: the same number of prototypes,
+  DINO: the same output, hidden and bottleneck widths), its loss (``NTXentLoss``, ``NegativeCosineSimilarity``,
+  ``VICRegLoss``, ``SwaVLoss``, ``BarlowTwinsLoss``, ``DINOLoss``), its momentum or teacher update
+  (``update_momentum`` with ``cosine_schedule(step, total, 0.996, 1)``; ``--peer-momentum``), SwAV's prototypes
+  normalised every step and DINO's last layer frozen in the first epoch, its per-image transforms
+  (``SimCLRTransform``, ``MoCoV2Transform``, ``BYOLTransform`` (byol, barlow_twins), ``SimSiamTransform``,
+  ``VICRegTransform``, ``SwaVTransform``, ``DINOTransform``; no blur below 64 px; the multi-crop ones with global
+  crops of the image size and local crops of ``local_crop_size``; ``--peer-views simclr``: the plain small-image
+  loop's ``SimCLRTransform`` for every two-view method, swav and dino keep their multi-crop views) through a torch
+  DataLoader, and its example's optimizer: SGD for the two-view methods (``--peer-lr``, momentum 0.9, weight decay
+  5e-4), Adam for swav and dino (``--peer-adam-lr``, 1e-3; the row's ``peer_optimizer``), the rate decaying along
+  a cosine per step. A run whose loss goes non-finite is retried once at a tenth of the rate (``peer_lr``).
 
 Both backbones are then scored the same way (``methods_elpv.knn_scores``: FAISS kNN top-1 on the test
 split, bank the train split, and 4-fold kNN over the train split) on both labels of the dataset: elpv's
@@ -20,18 +27,20 @@ split, bank the train split, and 4-fold kNN over the train split) on both labels
 ``--eval-split holdout`` scores its holdout split instead of the test split: report on it last, never tune
 on it), or scikit-learn's handwritten ``digits`` (``--dataset digits``: 1,797 real 8 x 8 images upsampled, 10
 classes; ``_common.load_digits``). Pretraining is label-free, so one pretrained backbone is scored on both. Each row also keeps its loss
-per epoch (``loss_curve``; ``loss_chance``: ln of the number of candidates of the contrastive loss, where a
-loss that learns nothing sits) and the effective rank of the backbone's test features (``feature_rank``;
+per epoch (``loss_curve``; ``loss_chance``: ln of the number of candidates of the contrastive loss, or of
+SwAV's prototypes and DINO's outputs, where a loss that learns nothing sits) and the effective rank of the backbone's test features (``feature_rank``;
 visionssl's runs also log the embedding's effective rank per epoch, ``rank_curve``).
 Mean and spread (population std) over the seeds per method, side and label go to
 benchmarks/results/methods_peer.{json,md} (elpv at batch 32) or methods_peer_<dataset>_b<batch>{,_holdout},
 with the machine named.
 
-    python benchmarks/methods_peer.py                           # 5 methods x 3 seeds, the quick-start budget
+    python benchmarks/methods_peer.py                           # 8 methods x 3 seeds, the quick-start budget
     python benchmarks/methods_peer.py --methods byol moco --seeds 0 1 2 3 4 --epochs 15
     python benchmarks/methods_peer.py --plain-recipe --peer-min-scale 0.6   # controls: either side's views
     python benchmarks/methods_peer.py --dataset shapes:4000 --image-size 32 --batch-size 128 --backbone peer_cnn \
         --methods byol moco simclr --plain-recipe   # -> results/methods_peer_shapes4000_b128
+    python benchmarks/methods_peer.py --dataset digits --image-size 32 --batch-size 128 --backbone peer_cnn \
+        --methods swav barlow_twins dino   # -> results/methods_peer_digits_b128
     python benchmarks/methods_peer.py --epochs 1 --image-size 32 --batch-size 16 --max-images 64 --seeds 0 --results dry
 """
 
@@ -48,25 +57,25 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import device_name, write_results  # noqa: E402
-from methods_elpv import ELPV_OVERRIDES, RECIPE, knn_scores, stratified_folds  # noqa: E402
-from throughput import PeerImages  # noqa: E402
+from _lightly_peer import OPTIMIZER_NAMES, optimizer_of, train_lightly  # noqa: E402
+from methods_elpv import ELPV_OVERRIDES, RECIPE, VIT_METHODS, knn_scores, stratified_folds  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
 from visionssl.engine import Trainer, load_config  # noqa: E402
 
-METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg")
+METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg", "swav", "barlow_twins", "dino")
 LABELS = ("defect", "type")
 DATASET_LABELS = {
     "elpv": LABELS,
     "shapes": ("shape", "texture"),
     "digits": ("digit",),
 }  # the first label is the one the table leads with
+ADAM_LR = 1e-3  # LightlySSL's SwAV and DINO examples' Adam
 BACKBONES = ("peer_cnn", "peer_resnet")  # the small custom backbones; any registered or timm name works too
 
 
@@ -132,140 +141,6 @@ def peer_resnet(**_) -> nn.Module:
     return net
 
 
-def widths(head: nn.Module) -> tuple[int, int]:
-    """(hidden, output) width of an MLP head: the first and the last ``nn.Linear``'s outputs."""
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    return linears[0].out_features, linears[-1].out_features
-
-
-def lightly_transform(method: str, size: int, min_scale: float | None = None, views: str = "own"):
-    """LightlySSL's transform of ``method`` at its defaults; no blur below 64 px (its CIFAR-10 benchmark's choice).
-
-    ``min_scale`` replaces its crops' smallest area fraction (a control: visionssl's elpv views crop 0.6-1.0).
-    ``views="simclr"`` gives every method the plain small-image loop's views: ``SimCLRTransform`` with colour
-    jitter strength 0.5 and no blur.
-    """
-    from lightly import transforms as T
-
-    small = {"gaussian_blur": 0.0} if size < 64 else {}
-    if min_scale is not None:
-        small["min_scale"] = min_scale
-    if views == "simclr":
-        return T.SimCLRTransform(input_size=size, cj_strength=0.5, **small)
-    if method == "simclr":
-        return T.SimCLRTransform(input_size=size, cj_strength=0.5 if size < 64 else 1.0, **small)
-    if method == "moco":
-        return T.MoCoV2Transform(input_size=size, **small)
-    if method == "byol":
-        return T.BYOLTransform(
-            T.BYOLView1Transform(input_size=size, **small), T.BYOLView2Transform(input_size=size, **small)
-        )
-    if method == "simsiam":
-        return T.SimSiamTransform(input_size=size, **small)
-    return T.VICRegTransform(input_size=size, **small)
-
-
-class LightlyMethod(nn.Module):
-    """LightlySSL's heads, loss and momentum update around a copy of visionssl's initial backbone."""
-
-    def __init__(self, method: str, backbone: nn.Module, ours: vs.methods.SSLMethod, momentum: float = 0.996):
-        from lightly import loss
-        from lightly.models import modules, utils
-
-        super().__init__()
-        self.method, self.backbone, feat, self.momentum = method, backbone, ours.num_features, momentum
-        if method == "simclr":
-            self.head = modules.SimCLRProjectionHead(feat, *widths(ours.projector))
-            self.criterion = loss.NTXentLoss(temperature=ours.temperature)
-        elif method == "moco":
-            hidden, out = widths(ours.projector)
-            self.head = modules.MoCoProjectionHead(feat, hidden, out)
-            self.criterion = loss.NTXentLoss(temperature=ours.temperature, memory_bank_size=(ours.queue.shape[0], out))
-        elif method == "byol":
-            hidden, out = widths(ours.projector)
-            self.head = modules.BYOLProjectionHead(feat, hidden, out)
-            self.predictor = modules.BYOLPredictionHead(out, widths(ours.predictor)[0], out)
-            self.criterion = loss.NegativeCosineSimilarity()
-        elif method == "simsiam":
-            hidden, out = widths(ours.projector)
-            self.head = modules.SimSiamProjectionHead(feat, hidden, out)
-            self.predictor = modules.SimSiamPredictionHead(out, widths(ours.predictor)[0], out)
-            self.criterion = loss.NegativeCosineSimilarity()
-        else:
-            hidden, out = widths(ours.expander)
-            self.head = modules.BarlowTwinsProjectionHead(feat, hidden, out)  # LightlySSL's VICReg example's head
-            self.criterion = loss.VICRegLoss()
-        if method in ("moco", "byol"):
-            self.backbone_momentum, self.head_momentum = copy.deepcopy(self.backbone), copy.deepcopy(self.head)
-            utils.deactivate_requires_grad(self.backbone_momentum)
-            utils.deactivate_requires_grad(self.head_momentum)
-
-    def training_step(self, x0: torch.Tensor, x1: torch.Tensor, step: int, total: int) -> torch.Tensor:
-        """As LightlySSL's examples write each method."""
-        from lightly.models.utils import update_momentum
-        from lightly.utils.scheduler import cosine_schedule
-
-        if self.method in ("moco", "byol"):
-            m = cosine_schedule(step, total, self.momentum, 1)
-            update_momentum(self.backbone, self.backbone_momentum, m=m)
-            update_momentum(self.head, self.head_momentum, m=m)
-        if self.method == "simclr":
-            return self.criterion(self.head(self.backbone(x0)), self.head(self.backbone(x1)))
-        if self.method == "moco":
-            query = self.head(self.backbone(x0))
-            with torch.no_grad():
-                key = self.head_momentum(self.backbone_momentum(x1))
-            return self.criterion(query, key)
-        if self.method == "byol":
-            p0, p1 = self.predictor(self.head(self.backbone(x0))), self.predictor(self.head(self.backbone(x1)))
-            with torch.no_grad():
-                z0, z1 = self.head_momentum(self.backbone_momentum(x0)), self.head_momentum(self.backbone_momentum(x1))
-            return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
-        if self.method == "simsiam":
-            z0, z1 = self.head(self.backbone(x0)), self.head(self.backbone(x1))
-            p0, p1 = self.predictor(z0), self.predictor(z1)
-            return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
-        return self.criterion(self.head(self.backbone(x0)), self.head(self.backbone(x1)))
-
-
-def train_lightly(
-    method: str, initial: nn.Module, ours: vs.methods.SSLMethod, train, args, device: torch.device, lr: float
-) -> tuple[nn.Module, bool, list[float]]:
-    """Pretrains a copy of ``initial`` the LightlySSL way for ``args.epochs`` at SGD ``lr``; returns its
-    backbone, whether the loss stayed finite and the mean loss of each epoch."""
-    model = LightlyMethod(method, copy.deepcopy(initial), ours, args.peer_momentum).to(device)
-    stored = train.images  # uint8 (N, C, H, W); PeerImages serves PIL RGB images
-    loader = DataLoader(
-        PeerImages(stored, lightly_transform(method, args.image_size, args.peer_min_scale, args.peer_views)),
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
-    )
-    total = args.epochs * len(loader)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total, 1))
-    model.train()
-    step, curve = 0, []
-    for _ in range(args.epochs):
-        losses = []
-        for views in loader:
-            x0, x1 = (v.to(device, non_blocking=True) for v in views[:2])
-            loss = model.training_step(x0, x1, step, total)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]):
-                return model.backbone, False, [*curve, losses[-1]]
-        curve.append(statistics.mean(losses))
-    return model.backbone, True, curve
-
-
 def run_curves(out: Path) -> dict[str, list[float]]:
     """A visionssl run's mean ``train/loss`` and ``collapse/effective_rank`` per epoch, from its metrics.jsonl."""
     epochs: dict[int, dict[str, list[float]]] = {}
@@ -284,11 +159,16 @@ def run_curves(out: Path) -> dict[str, list[float]]:
 
 
 def loss_chance(method: str, ours: vs.methods.SSLMethod, batch_size: int) -> float | None:
-    """ln of the candidates one query is scored against (what a contrastive loss reads when nothing is learnt)."""
+    """ln of the candidates one query is scored against (what a contrastive loss reads when nothing is learnt;
+    SwAV and DINO: ln of the prototypes or outputs, the loss of uniform predictions)."""
     if method == "simclr":
         return math.log(2 * batch_size - 1)
     if method == "moco":
         return math.log(ours.queue.shape[0] + 1)
+    if method == "swav":
+        return math.log(ours.prototypes.out_features)
+    if method == "dino":
+        return math.log(ours.head.last_layer.out_features)
     return None
 
 
@@ -322,7 +202,14 @@ def train_visionssl(method: str, train, test, args, seed: int, device: torch.dev
         # the queue must stay below the training set (a dry run's subset included)
         overrides.append(f"method.queue_size={min(1024, max(args.batch_size, len(train) // 2))}")
     elpv = args.dataset == "elpv"  # elsewhere every method runs its own small recipe (simclr: not the quick start's)
-    cfg = load_config(config=RECIPE.get(method, method) if elpv else method, overrides=overrides)
+    recipe = RECIPE.get(method, method) if elpv else method
+    own = load_config(config=recipe).backbone
+    vit = [f"backbone.kwargs.img_size={args.image_size}", f"backbone.kwargs.patch_size={args.image_size // 8}"]
+    vit = vit if args.backbone == own.name and method in VIT_METHODS else []  # 8 x 8 patches, as methods_elpv.py
+    cfg = load_config(config=recipe, overrides=[*vit, *overrides])
+    if args.backbone != own.name:  # the recipe's backbone arguments (DINO's ViT's) are for its own backbone
+        for key in set(own.kwargs) - {s.partition("=")[0].removeprefix("backbone.kwargs.") for s in args.set}:
+            cfg.backbone.kwargs.pop(key)
     return Trainer(cfg, train_set=train, eval_sets=(train, test))
 
 
@@ -363,15 +250,16 @@ def markdown(summary: dict, budget: dict, device: str, rows: list[dict] = ()) ->
                 f"| {method} | {label} | {ours['mean']:.2f} +- {ours['std']:.2f} | {peer['mean']:.2f} +- "
                 f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {init} | {ours['n']} |"
             )
-    retried: dict = {}  # method -> {lr: seeds}: LightlySSL runs that diverged at --peer-lr and were retried
+    retried: dict = {}  # method -> {lr: seeds}: LightlySSL runs that diverged at their first rate and were retried
     for r in rows:
-        if r["side"] == "lightly" and r.get("peer_lr", budget["peer_lr"]) != budget["peer_lr"]:
+        first = peer_rate(r["method"], budget)
+        if r["side"] == "lightly" and r.get("peer_lr", first) != first:
             retried.setdefault(r["method"], {}).setdefault(r["peer_lr"], []).append(r["seed"])
     for method, lrs in retried.items():
         for lr, seeds in lrs.items():
             lines.append(
-                f"\nLightlySSL {method}: SGD lr {lr:g} at seeds {', '.join(map(str, sorted(seeds)))} "
-                f"(its loss went non-finite at {budget['peer_lr']:g})."
+                f"\nLightlySSL {method}: {OPTIMIZER_NAMES[optimizer_of(method)]} lr {lr:g} at seeds "
+                f"{', '.join(map(str, sorted(seeds)))} (its loss went non-finite at {peer_rate(method, budget):g})."
             )
     curves = [r for r in rows if r.get("loss_curve")]
     if curves:
@@ -391,6 +279,11 @@ def markdown(summary: dict, budget: dict, device: str, rows: list[dict] = ()) ->
             curve = " ".join(f"{v:.3f}" for v in r["loss_curve"])
             lines.append(f"| {r['method']} | {r['seed']} | {r['side']} | {curve} | {chance} | {rank} |")
     return "\n".join(lines) + "\n"
+
+
+def peer_rate(method: str, budget: dict) -> float:
+    """The LightlySSL side's first learning rate for ``method``: ``--peer-lr`` (SGD) or ``--peer-adam-lr``."""
+    return budget["peer_lr"] if optimizer_of(method) == "sgd" else budget.get("peer_adam_lr", ADAM_LR)
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
@@ -458,6 +351,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--peer-lr", type=float, default=0.1, help="LightlySSL side: SGD learning rate")
     parser.add_argument(
+        "--peer-adam-lr", type=float, default=ADAM_LR, help="LightlySSL side: Adam learning rate (swav, dino)"
+    )
+    parser.add_argument(
         "--peer-min-scale", type=float, default=None, help="LightlySSL side: its crops' min_scale (default: its own)"
     )
     parser.add_argument(
@@ -520,6 +416,7 @@ def main(argv: list[str] | None = None) -> Path:
         "peer_lr": args.peer_lr,
         "max_images": args.max_images,
         # keys only when set, so files written before the options existed keep their budget
+        **({"peer_adam_lr": args.peer_adam_lr} if args.peer_adam_lr != ADAM_LR else {}),
         **({"peer_min_scale": args.peer_min_scale} if args.peer_min_scale is not None else {}),
         **({"peer_views": args.peer_views} if args.peer_views != "own" else {}),
         **({"peer_momentum": args.peer_momentum} if args.peer_momentum != 0.996 else {}),
@@ -545,14 +442,16 @@ def main(argv: list[str] | None = None) -> Path:
             start = time.perf_counter()
             trainer.fit()
             ours_seconds = time.perf_counter() - start
-            for peer_lr in (args.peer_lr, args.peer_lr / 10):  # a diverged peer gets one more try at a tenth
+            first = peer_rate(method, budget)
+            for peer_lr in (first, first / 10):  # a diverged peer gets one more try at a tenth
                 torch.manual_seed(seed)
                 start = time.perf_counter()
                 peer, finite, peer_curve = train_lightly(method, initial, trainer.method, train, args, device, peer_lr)
                 peer_seconds = time.perf_counter() - start
                 if finite:
                     break
-                print(f"  LightlySSL {method}: the loss went non-finite at SGD lr {peer_lr:g}", flush=True)
+                name = OPTIMIZER_NAMES[optimizer_of(method)]
+                print(f"  LightlySSL {method}: the loss went non-finite at {name} lr {peer_lr:g}", flush=True)
             chance = loss_chance(method, trainer.method, args.batch_size)
             curves = {
                 "visionssl": {**run_curves(trainer.out), "loss_chance": chance},
@@ -574,6 +473,8 @@ def main(argv: list[str] | None = None) -> Path:
                 rows.append({"method": method, "seed": seed, "side": side, "scores": scores, "train_seconds": seconds})
                 if side == "lightly":
                     rows[-1]["peer_lr"] = peer_lr
+                    if optimizer_of(method) != "sgd":  # rows without the key: SGD
+                        rows[-1]["peer_optimizer"] = optimizer_of(method)
                 if side != "lightly" or finite:
                     rows[-1]["feature_rank"] = feature_rank(backbone, test, args.image_size)
                 rows[-1].update(curves[side])

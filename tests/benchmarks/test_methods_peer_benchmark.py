@@ -13,7 +13,14 @@ pytest.importorskip("lightly")
 def bench(load_benchmark, monkeypatch, tmp_path):
     module = load_benchmark("methods_peer")
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path / "results")
-    return module
+    yield module
+    sys.modules.pop("_lightly_peer", None)
+
+
+@pytest.fixture()
+def peer(bench):
+    """benchmarks/_lightly_peer.py, the LightlySSL side, as the benchmark imported it."""
+    return sys.modules["_lightly_peer"]
 
 
 def test_dry_budget_trains_both_sides_and_writes_mean_and_spread(bench, tmp_path):
@@ -61,17 +68,80 @@ def test_dry_budget_trains_both_sides_and_writes_mean_and_spread(bench, tmp_path
     assert "| moco | defect |" in table and "| moco | type |" in table and result["device"] in table
 
 
-def test_peer_starts_from_the_same_weights_with_the_same_head_widths(bench):
+SMALL_HEADS = {
+    "simsiam": {"proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 16},
+    "barlow_twins": {"proj_dim": 48},
+    "swav": {"proj_hidden_dim": 64, "proj_dim": 32, "num_prototypes": 24},
+    "dino": {"out_dim": 40, "hidden_dim": 32, "bottleneck_dim": 16},
+}
+PEER_WIDTHS = {  # what the LightlySSL heads must read: (hidden, output) and the method's other widths
+    "simsiam": ((64, 32), {"predictor": (16, 32)}),
+    "barlow_twins": ((48, 48), {}),
+    "swav": ((64, 32), {"prototypes": (24, 24)}),
+    "dino": ((32, 40), {"head_momentum": (32, 40)}),
+}
+
+
+@pytest.mark.parametrize("method", list(SMALL_HEADS))
+def test_peer_starts_from_the_same_weights_with_the_same_head_widths(peer, method):
+    import copy
+
     import torch
 
     import visionssl as vs
 
-    ours = vs.create_method("simsiam", backbone="resnet10t_cifar", proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=16)
-    peer = bench.LightlyMethod("simsiam", ours.backbone, ours)
-    assert bench.widths(peer.head) == (64, 32) and bench.widths(peer.predictor) == (16, 32)
-    x0, x1 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
-    loss = peer.training_step(x0, x1, 0, 10)
-    assert -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine similarity
+    ours = vs.create_method(method, backbone="resnet10t_cifar", **SMALL_HEADS[method])
+    model = peer.LightlyMethod(method, copy.deepcopy(ours.backbone), ours)
+    start = ours.backbone.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in model.backbone.state_dict().items())
+    head, others = PEER_WIDTHS[method]
+    assert peer.widths(model.head) == head
+    assert all(peer.widths(getattr(model, name)) == want for name, want in others.items())
+    if method == "dino":
+        assert model.head.last_layer.weight_v.shape == (40, 16)  # the same bottleneck
+        assert all(torch.equal(v, start[k]) for k, v in model.backbone_momentum.state_dict().items())
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    views += [torch.randn(4, 3, 8, 8) for _ in range(2 if method in peer.MULTI_CROP else 0)]
+    loss = model.training_step(views, 0, 10)
+    assert math.isfinite(float(loss.detach()))
+    if method == "simsiam":
+        assert -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine similarity
+
+
+def test_swav_barlow_twins_and_dino_train_both_sides_at_a_dry_budget(bench, tmp_path):
+    args = ["--methods", "swav", "barlow_twins", "dino", "--seeds", "0", "--epochs", "1", "--image-size", "16"]
+    args += ["--batch-size", "8", "--max-images", "24", "--backbone", "resnet10t_cifar", "--workers", "0"]
+    path = bench.main([*args, "--k", "5", "--device", "cpu", "--out", str(tmp_path / "runs"), "--results", "multi"])
+    result = json.loads(path.read_text())
+    rows = {(r["method"], r["side"]): r for r in result["rows"]}
+    assert len(result["rows"]) == len(rows) == 3 * 3
+    for method in ("swav", "barlow_twins", "dino"):
+        for side in ("visionssl", "lightly"):
+            row = rows[method, side]
+            assert all(math.isfinite(v) and 0 <= v <= 100 for v in row["scores"].values()), row
+            assert len(row["loss_curve"]) == 1 and math.isfinite(row["loss_curve"][0])
+    assert rows["swav", "lightly"]["loss_chance"] == pytest.approx(math.log(256))  # elpv's 256 prototypes
+    assert rows["dino", "lightly"]["loss_chance"] == pytest.approx(math.log(4096))
+    assert rows["barlow_twins", "lightly"]["loss_chance"] is None
+    for method in ("swav", "dino"):  # their examples' optimizer
+        assert rows[method, "lightly"]["peer_optimizer"] == "adam"
+        assert rows[method, "lightly"]["peer_lr"] == pytest.approx(1e-3)
+    assert "peer_optimizer" not in rows["barlow_twins", "lightly"] and rows["barlow_twins", "lightly"]["peer_lr"] == 0.1
+    table = path.with_suffix(".md").read_text()
+    assert all(f"| {m} | defect |" in table for m in ("swav", "barlow_twins", "dino"))
+    assert "non-finite" not in table
+
+
+@pytest.mark.parametrize("method", ["swav", "dino"])
+@pytest.mark.parametrize("views", ["own", "simclr"])
+def test_the_multi_crop_transforms_give_two_global_crops_of_the_image_size_then_the_local_crops(peer, method, views):
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (36, 36, 3), dtype=np.uint8))
+    for size, local in ((32, 16), (64, 24)):  # local: visionssl's local_crop_size, SwAV's 96/224 in multiples of 8
+        crops = peer.lightly_transform(method, size, views=views)(image)
+        assert [tuple(c.shape) for c in crops] == [(3, size, size)] * 2 + [(3, local, local)] * 6
 
 
 def test_a_rerun_keeps_finished_seeds_and_adds_new_ones(bench, tmp_path):
@@ -117,17 +187,43 @@ def test_a_diverged_peer_is_retried_once_at_a_tenth_of_the_rate(bench, tmp_path,
     assert peer["peer_lr"] == pytest.approx(0.01) and 0 <= peer["scores"]["defect"] <= 100
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "vicreg"])
-def test_peer_min_scale_reaches_every_crop_of_the_lightly_transform(bench, method):
-    def crop_scales(transform) -> list[tuple[float, float]]:
-        if type(transform).__name__ == "RandomResizedCrop":  # torchvision's v1 or v2, as LightlySSL picks
-            return [tuple(transform.scale)]
-        inner = list(getattr(transform, "transforms", [])) + [getattr(transform, "transform", None)]
-        return [scale for t in inner if t is not None for scale in crop_scales(t)]  # views nest Compose in Compose
+def test_the_table_names_the_adam_rate_a_diverged_swav_or_dino_peer_was_retried_at(bench):
+    budget = {"peer_lr": 0.1, "epochs": 1}
+    rows = [
+        {"method": "dino", "seed": 0, "side": "lightly", "scores": {}, "peer_lr": 1e-4, "peer_optimizer": "adam"},
+        {"method": "dino", "seed": 1, "side": "lightly", "scores": {}, "peer_lr": 1e-3, "peer_optimizer": "adam"},
+        {"method": "barlow_twins", "seed": 0, "side": "lightly", "scores": {}, "peer_lr": 0.1},
+    ]
+    table = bench.markdown({}, budget, "cpu", rows)
+    assert "LightlySSL dino: Adam lr 0.0001 at seeds 0 (its loss went non-finite at 0.001)." in table
+    assert "barlow_twins" not in table and "seeds 1" not in table  # each at its optimizer's first rate
+    assert "at seeds 0 (its loss went non-finite at 0.01)" in bench.markdown(
+        {}, {**budget, "peer_adam_lr": 0.01}, "cpu", rows
+    )
 
-    default, control = bench.lightly_transform(method, 32), bench.lightly_transform(method, 32, min_scale=0.6)
+
+def crop_scales(transform) -> list[tuple[float, float]]:
+    """The (min, max) area fractions of every crop of a LightlySSL transform, view by view."""
+    if type(transform).__name__ == "RandomResizedCrop":  # torchvision's v1 or v2, as LightlySSL picks
+        return [tuple(transform.scale)]
+    inner = list(getattr(transform, "transforms", [])) + [getattr(transform, "transform", None)]
+    return [scale for t in inner if t is not None for scale in crop_scales(t)]  # views nest Compose in Compose
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "vicreg", "barlow_twins"])
+def test_peer_min_scale_reaches_every_crop_of_the_lightly_transform(peer, method):
+    default, control = peer.lightly_transform(method, 32), peer.lightly_transform(method, 32, min_scale=0.6)
     assert crop_scales(control) and {s[0] for s in crop_scales(control)} == {0.6}
     assert {s[0] for s in crop_scales(default)} <= {0.08, 0.2}  # LightlySSL's own defaults
+
+
+@pytest.mark.parametrize(
+    ("method", "own"),
+    [("swav", [(0.14, 1.0)] * 2 + [(0.05, 0.14)] * 6), ("dino", [(0.4, 1.0)] * 2 + [(0.05, 0.4)] * 6)],
+)
+def test_peer_min_scale_reaches_the_global_crops_of_the_multi_crop_transforms(peer, method, own):
+    assert crop_scales(peer.lightly_transform(method, 32)) == own  # the examples' scales
+    assert crop_scales(peer.lightly_transform(method, 32, min_scale=0.6)) == [(0.6, 1.0)] * 2 + own[2:]
 
 
 @pytest.mark.parametrize("backbone", ["peer_cnn", "peer_resnet"])
@@ -193,7 +289,7 @@ def test_load_digits_splits_real_images_stratified_at_the_asked_size(bench):
         _common.load_digits("holdout", 24)
 
 
-@pytest.mark.parametrize("method", ["moco", "byol"])
-def test_peer_views_simclr_gives_every_method_the_plain_loops_transform(bench, method):
-    transform = bench.lightly_transform(method, 32, min_scale=0.3, views="simclr")
+@pytest.mark.parametrize("method", ["moco", "byol", "barlow_twins"])
+def test_peer_views_simclr_gives_every_two_view_method_the_plain_loops_transform(peer, method):
+    transform = peer.lightly_transform(method, 32, min_scale=0.3, views="simclr")
     assert type(transform).__name__ == "SimCLRTransform"
