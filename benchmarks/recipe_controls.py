@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> Path:
         )
     for method in args.methods:
         for seed in args.seeds:
-            trainer = train_visionssl(method, train, test, args, seed, device, stored)
+            # a fresh run directory for every run: runs of the same method and seed at other budgets never mix
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run = argparse.Namespace(**{**vars(args), "out": f"{args.out}/{args.backbone}-b{args.batch_size}-{stamp}"})
+            trainer = train_visionssl(method, train, test, run, seed, device, stored)
             initial = copy.deepcopy(trainer.method.backbone).cpu()
             start = time.perf_counter()
             trainer.fit()

@@ -10,6 +10,7 @@ import pytest
 def bench(load_benchmark, monkeypatch, tmp_path):
     module = load_benchmark("recipe_controls")
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)  # run directories under tmp_path
     return module
 
 
