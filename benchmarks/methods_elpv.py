@@ -17,9 +17,10 @@ aberration to hide); the pretext and clustering methods, plain SGD classifiers, 
 learning rate by the square root of the batch ratio (sqrt(32/256)) instead of linearly: in 12 short
 epochs the linear rule left them at chance, and no scaling diverged. Jigsaw cuts its puzzle from a
 random quarter of the cell (``resize_ratio=2``: the cell's frame no longer tells a tile's place) and keeps
-its recipe's learning rate unscaled (0.1 at batch 32; sqrt scaling left it under-trained), and its recipe
+0.1 unscaled at batch 32 (its recipe's rate when the row was measured; sqrt scaling left it under-trained), and its recipe
 re-estimates the BatchNorm statistics on whole cells at the end (``train.precise_bn``). DeepCluster
-runs its small recipe (DeepCluster-v2's centroid classifier and projection head). SimCLR is the
+runs its small recipe (DeepCluster-v2's centroid classifier, projection head and two SimCLR views, these with
+the quick start's milder views and jitter strength 0.5). SimCLR is the
 quick-start recipe itself. Barlow Twins and MoCo v3 (BYOL's views) get the milder views as BYOL does;
 SwAV takes its recipe's two crops (no local crops) and DINO multi-crop at the budget's size, global crops
 keeping 60-100% of the cell, DINO's local crops of 96/224 of it (24 px at 64), no blur; SwAV's queue starts
@@ -77,7 +78,8 @@ ELPV_OVERRIDES = {
     "simsiam": ELPV_VIEWS,
     "byol": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     "vicreg": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
-    "deepcluster": ELPV_VIEWS + [SQRT_LR],
+    # its small recipe's SimCLR views take the quick start's jitter strength 0.5 (SimCLR's preset: 1.0 from 64 px)
+    "deepcluster": ELPV_VIEWS + ["augment.kwargs.jitter_strength=0.5", SQRT_LR],
     # the committed elpv row ran before the recipe's precise BN (on elpv it lowered context's test kNN 80.12 -> 77.52)
     "context": [
         "method.patch_size=null",
@@ -88,7 +90,8 @@ ELPV_OVERRIDES = {
         SQRT_LR,
     ],
     "rotation": [SQRT_LR],
-    "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr_scaling=none"],  # train.precise_bn comes from its recipe
+    # train.precise_bn comes from its recipe; the committed row ran at 0.1 unscaled (the recipe's rate then)
+    "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr=0.1", "optim.lr_scaling=none"],
     "barlow_twins": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     "mocov3": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     # global crops as the two-view methods' (the recipe has no local crops);

@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> Path:
             # a fresh run directory for every run: runs of the same method and seed at other budgets never mix
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run = argparse.Namespace(**{**vars(args), "out": f"{args.out}/{args.backbone}-b{args.batch_size}-{stamp}"})
+            at = commit()  # before training: the recipe the run reads
             trainer = train_visionssl(method, train, test, run, seed, device, stored)
             initial = copy.deepcopy(trainer.method.backbone).cpu()
             start = time.perf_counter()
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "sec": round(seconds),
                 **scores,
                 "loss": [round(x, 3) for x in run_curves(trainer.out)["loss_curve"][::3]],
-                "commit": commit(),
+                "commit": at,
             }
             payload["rows"].append(row)
             print(table_row(row), flush=True)

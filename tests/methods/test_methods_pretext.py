@@ -111,6 +111,20 @@ def test_context_colour_modes_and_geometry():
         ContextPrediction(backbone=TinyNet(), patch_size=12, head_hidden_dim=32)([x])
 
 
+def test_context_geometry_as_fractions_of_the_view_scales_with_it():
+    m = ContextPrediction(backbone=TinyNet(), patch_size=0.3125, gap=0.03125, jitter=0)
+    assert m.geometry(32) == (10, 1, 0) and m.geometry(64) == (20, 2, 0)
+    assert load_config(config="context").method.patch_size == 0.3125  # the small recipe: 10 px at 32 px
+    out = m([torch.randn(2, 3, 64, 64)])
+    assert out["embedding"].shape[0] == 2 and torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("override", ["method.patch_size=1.5", "method.patch_size=0", "method.jitter=-1"])
+def test_context_geometry_values_are_checked_with_the_config(override):
+    with pytest.raises(vs.errors.ConfigError, match="method.(patch_size|jitter)"):
+        load_config(config="context", overrides=[override])
+
+
 def test_context_on_grayscale_backbones_skips_colour_dropping():
     method = ContextPrediction(backbone=TinyNet(in_chans=1), head_hidden_dim=32)
     out = method([torch.randn(2, 1, 32, 32)])

@@ -44,7 +44,8 @@ class ContextPrediction(SSLMethod):
 
     Args:
         backbone: a backbone name for ``vs.create_backbone`` or a built module.
-        patch_size, gap, jitter: pixels, within the view. ``None``: the paper's 96 : 48 : 7 proportions
+        patch_size, gap, jitter: pixels within the view, or a fraction of the view's side (a number below 1:
+            0.3125 is 10 px at 32 px and 20 px at 64 px). ``None``: the paper's 96 : 48 : 7 proportions
             scaled to the view (7, 3, 1 at 32 px; 96, 48, 7 at 398 px).
         color: ``"drop"`` (paper), ``"project"`` (paper's alternative) or ``"none"``.
         noise_ratio: std of the noise replacing dropped channels, relative to the kept channel's.
@@ -66,6 +67,7 @@ class ContextPrediction(SSLMethod):
 
     augmentation = "context"
     hparam_choices: ClassVar[dict] = {"color": COLOR_MODES}
+    hparam_ranges: ClassVar[dict] = {"patch_size": (0, None, False)}  # pixels, or a fraction (below 1) of the view
     num_views = 1
     cpu_bf16 = False  # small patches: oneDNN's bf16 backward gave non-finite gradients on their 1x1 maps
 
@@ -73,9 +75,9 @@ class ContextPrediction(SSLMethod):
         self,
         backbone: str | nn.Module = "resnet18",
         backbone_kwargs: dict[str, Any] | None = None,
-        patch_size: int | None = None,
-        gap: int | None = None,
-        jitter: int | None = None,
+        patch_size: float | None = None,
+        gap: float | None = None,
+        jitter: float | None = None,
         color: str = "drop",
         noise_ratio: float = 0.01,
         head_hidden_dim: int = 4096,
@@ -91,6 +93,8 @@ class ContextPrediction(SSLMethod):
             raise ValueError(f"color must be one of {', '.join(COLOR_MODES)}; got {color!r}")
         if head_layers < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers}")
+        for name, value in (("patch_size", patch_size), ("gap", gap), ("jitter", jitter)):
+            check_geometry_value(name, value)
         self.patch_size, self.gap, self.jitter = patch_size, gap, jitter
         self.color = color
         self.noise_ratio = noise_ratio
@@ -101,7 +105,9 @@ class ContextPrediction(SSLMethod):
         """Called by ``visionssl.engine.config.validate`` before any work starts: the grid must fit the view."""
         size = config.augment.image_size
         chosen = (hparams["patch_size"], hparams["gap"], hparams["jitter"])
-        geometry = [auto if v is None else int(v) for auto, v in zip(context_geometry(size), chosen)]
+        for name, value in zip(("method.patch_size", "method.gap", "method.jitter"), chosen):
+            check_geometry_value(name, value)
+        geometry = [auto if v is None else to_pixels(v, size) for auto, v in zip(context_geometry(size), chosen)]
         try:
             grid_positions(1, size, *geometry, generator=torch.Generator().manual_seed(0))
         except ValueError as exc:
@@ -111,7 +117,7 @@ class ContextPrediction(SSLMethod):
         """(patch_size, gap, jitter) used for views of ``image_size`` pixels."""
         auto = context_geometry(image_size)
         chosen = (self.patch_size, self.gap, self.jitter)
-        return tuple(auto[i] if v is None else int(v) for i, v in enumerate(chosen))  # type: ignore[return-value]
+        return tuple(auto[i] if v is None else to_pixels(v, image_size) for i, v in enumerate(chosen))  # type: ignore[return-value]
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 1:
@@ -134,3 +140,26 @@ class ContextPrediction(SSLMethod):
             "embedding": features[: x.shape[0]].detach(),
             "context/accuracy": (logits.argmax(1) == label).float().mean().detach(),
         }
+
+
+def check_geometry_value(name: str, value: float | None) -> None:
+    """Raises ValueError unless ``value`` is None, whole pixels (>= 0) or a fraction of the view's side (below 1).
+
+    Example:
+        >>> check_geometry_value("gap", 0.05), check_geometry_value("gap", 3)
+        (None, None)
+    """
+    if value is not None and (value < 0 or (value >= 1 and value != int(value))):
+        raise ValueError(
+            f"{name} must be whole pixels (>= 0), a fraction of the view's side (below 1) or None; got {value}"
+        )
+
+
+def to_pixels(value: float, image_size: int) -> int:
+    """Whole pixels of a context geometry value: itself, or a fraction (below 1) of ``image_size`` rounded.
+
+    Example:
+        >>> to_pixels(3, 32), to_pixels(0.3125, 32), to_pixels(0.3125, 64), to_pixels(0, 64)
+        (3, 10, 20, 0)
+    """
+    return round(value * image_size) if value < 1 else int(value)
