@@ -60,8 +60,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import device_name, write_results  # noqa: E402
+from _common import device_name  # noqa: E402
 from _lightly_peer import OPTIMIZER_NAMES, optimizer_of, train_lightly  # noqa: E402
+from _peer_report import ADAM_LR, DATASET_LABELS, LABELS, markdown, peer_rate, save, summarize  # noqa: E402, F401
+from _small_backbones import BACKBONES, peer_cnn, peer_resnet  # noqa: E402, F401  (registers them)
 from methods_elpv import ELPV_OVERRIDES, RECIPE, VIT_METHODS, knn_scores, stratified_folds  # noqa: E402
 
 import visionssl as vs  # noqa: E402
@@ -69,76 +71,6 @@ from visionssl.backbones.features import resolve_device  # noqa: E402
 from visionssl.engine import Trainer, load_config  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol", "simsiam", "vicreg", "swav", "barlow_twins", "dino")
-LABELS = ("defect", "type")
-DATASET_LABELS = {
-    "elpv": LABELS,
-    "shapes": ("shape", "texture"),
-    "digits": ("digit",),
-}  # the first label is the one the table leads with
-ADAM_LR = 1e-3  # LightlySSL's SwAV and DINO examples' Adam
-BACKBONES = ("peer_cnn", "peer_resnet")  # the small custom backbones; any registered or timm name works too
-
-
-@vs.register_backbone("peer_cnn", override=True)  # override: tests load this script more than once
-def peer_cnn(**_) -> nn.Module:
-    """A small custom CNN (four conv-BN-ReLU blocks of 32-64-128-256 channels, 0.39M parameters; 256-d
-    features), the kind of backbone the held-out check of issue 19 used: ``--backbone peer_cnn``."""
-
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-    net = nn.Sequential(
-        *block(3, 32),
-        nn.MaxPool2d(2),
-        *block(32, 64),
-        nn.MaxPool2d(2),
-        *block(64, 128),
-        nn.MaxPool2d(2),
-        *block(128, 256),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
-    net.num_features = 256
-    return net
-
-
-@vs.register_backbone("peer_resnet", override=True)
-def peer_resnet(**_) -> nn.Module:
-    """A second small custom backbone of another kind than ``peer_cnn``: a 3x3 stem of 32 channels and three
-    stages of one residual block each (32, 64, 128 channels, the last two at stride 2; 0.31M parameters;
-    128-d features): ``--backbone peer_resnet``."""
-
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int):
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(cout),
-            )
-            self.skip = (
-                nn.Identity()
-                if stride == 1 and cin == cout
-                else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.body(x) + self.skip(x))
-
-    net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(inplace=True),
-        Block(32, 32, 1),
-        Block(32, 64, 2),
-        Block(64, 128, 2),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
-    net.num_features = 128
-    return net
 
 
 def run_curves(out: Path) -> dict[str, list[float]]:
@@ -211,79 +143,6 @@ def train_visionssl(method: str, train, test, args, seed: int, device: torch.dev
         for key in set(own.kwargs) - {s.partition("=")[0].removeprefix("backbone.kwargs.") for s in args.set}:
             cfg.backbone.kwargs.pop(key)
     return Trainer(cfg, train_set=train, eval_sets=(train, test))
-
-
-def summarize(rows: list[dict]) -> dict:
-    """Mean and population std over seeds of every (method, side, label, score)."""
-    out: dict = {}
-    for r in rows:
-        for key, value in r["scores"].items():
-            out.setdefault(r["method"], {}).setdefault(r["side"], {}).setdefault(key, []).append(value)
-    return {
-        m: {
-            side: {k: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "n": len(v)} for k, v in scores.items()}
-            for side, scores in sides.items()
-        }
-        for m, sides in out.items()
-    }
-
-
-def markdown(summary: dict, budget: dict, device: str, rows: list[dict] = ()) -> str:
-    dataset = budget.get("dataset", "elpv")
-    split = budget.get("eval_split", "test")
-    lines = [
-        f"# visionssl vs LightlySSL at equal budget on {dataset} ({device})",
-        "",
-        f"Budget: {budget}. kNN top-1 (%) on the {split} split, mean +- std over seeds; gap = visionssl - LightlySSL.",
-        "",
-        "| method | label | visionssl | LightlySSL | gap | untrained (same weights) | seeds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method, sides in summary.items():
-        for label in DATASET_LABELS[dataset.partition(":")[0]]:
-            ours, peer = sides.get("visionssl", {}).get(label), sides.get("lightly", {}).get(label)
-            if ours is None or peer is None:
-                continue
-            init = sides.get("untrained", {}).get(label)
-            init = f"{init['mean']:.2f} +- {init['std']:.2f}" if init else ""
-            lines.append(
-                f"| {method} | {label} | {ours['mean']:.2f} +- {ours['std']:.2f} | {peer['mean']:.2f} +- "
-                f"{peer['std']:.2f} | {ours['mean'] - peer['mean']:+.2f} | {init} | {ours['n']} |"
-            )
-    retried: dict = {}  # method -> {lr: seeds}: LightlySSL runs that diverged at their first rate and were retried
-    for r in rows:
-        first = peer_rate(r["method"], budget)
-        if r["side"] == "lightly" and r.get("peer_lr", first) != first:
-            retried.setdefault(r["method"], {}).setdefault(r["peer_lr"], []).append(r["seed"])
-    for method, lrs in retried.items():
-        for lr, seeds in lrs.items():
-            lines.append(
-                f"\nLightlySSL {method}: {OPTIMIZER_NAMES[optimizer_of(method)]} lr {lr:g} at seeds "
-                f"{', '.join(map(str, sorted(seeds)))} (its loss went non-finite at {peer_rate(method, budget):g})."
-            )
-    curves = [r for r in rows if r.get("loss_curve")]
-    if curves:
-        lines += [
-            "",
-            "Loss per epoch (ln K: what a contrastive loss reads when nothing is learnt) and the effective rank of the "
-            "test features (centred; untrained in brackets):",
-            "",
-            "| method | seed | side | loss per epoch | ln K | feature rank |",
-            "|---|---|---|---|---|---|",
-        ]
-        start = {(r["method"], r["seed"]): r.get("feature_rank") for r in rows if r["side"] == "untrained"}
-        for r in curves:
-            chance = f"{r['loss_chance']:.2f}" if r.get("loss_chance") else "-"
-            rank, init = r.get("feature_rank"), start.get((r["method"], r["seed"]))
-            rank = (f"{rank:.1f}" if rank is not None else "-") + (f" ({init:.1f})" if init is not None else "")
-            curve = " ".join(f"{v:.3f}" for v in r["loss_curve"])
-            lines.append(f"| {r['method']} | {r['seed']} | {r['side']} | {curve} | {chance} | {rank} |")
-    return "\n".join(lines) + "\n"
-
-
-def peer_rate(method: str, budget: dict) -> float:
-    """The LightlySSL side's first learning rate for ``method``: ``--peer-lr`` (SGD) or ``--peer-adam-lr``."""
-    return budget["peer_lr"] if optimizer_of(method) == "sgd" else budget.get("peer_adam_lr", ADAM_LR)
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
@@ -487,16 +346,6 @@ def main(argv: list[str] | None = None) -> Path:
             path = save(args.results, rows, budget, device_name(device), lightly.__version__)  # after every seed
     path = save(args.results, rows, budget, device_name(device), lightly.__version__)
     print(path.with_suffix(".md").read_text())
-    return path
-
-
-def save(name: str, rows: list[dict], budget: dict, device: str, lightly_version: str) -> Path:
-    """Writes results/<name>.json (every row, the summary) and its table, <name>.md."""
-    budget = {**budget, "seeds": sorted({r["seed"] for r in rows})}
-    summary = summarize(rows)
-    payload = {"device": device, "lightly": lightly_version, "budget": budget, "summary": summary, "rows": rows}
-    path = write_results(name, payload)
-    path.with_suffix(".md").write_text(markdown(summary, budget, device, rows))
     return path
 
 

@@ -103,5 +103,6 @@ def load_benchmark(monkeypatch):
         return module
 
     yield load
-    for name in ("_common", "methods_elpv", "throughput"):
-        sys.modules.pop(name, None)
+    for name, module in list(sys.modules.items()):  # every benchmark module it imported, helpers included
+        if Path(getattr(module, "__file__", None) or "/").parent == folder:
+            sys.modules.pop(name)

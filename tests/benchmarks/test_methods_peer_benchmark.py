@@ -13,8 +13,7 @@ pytest.importorskip("lightly")
 def bench(load_benchmark, monkeypatch, tmp_path):
     module = load_benchmark("methods_peer")
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path / "results")
-    yield module
-    sys.modules.pop("_lightly_peer", None)
+    return module
 
 
 @pytest.fixture()
