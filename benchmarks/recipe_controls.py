@@ -73,26 +73,26 @@ def table_row(row: dict) -> str:
 
 
 def seed_summary(rows: list[dict]) -> str:
-    """Mean +- population std over seeds of every (dataset, backbone, batch, method, overrides, commit) with
-    more than one seed, next to the untrained start's mean and range."""
+    """Mean +- population std over seeds of every (dataset, backbone, batch, method, overrides) with more than one
+    seed, next to the untrained start's mean and range, and the commits the runs took their recipe from."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["ds"], r["bb"], r["batch"], r["method"], " ".join(r["sets"]) or "(recipe)", r.get("commit", ""))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault((r["ds"], r["bb"], r["batch"], r["method"], " ".join(r["sets"]) or "(recipe)"), []).append(r)
     lines = [
-        "| dataset | backbone | batch | method | overrides | seeds | kNN top-1 | untrained | untrained range |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | backbone | batch | method | overrides | seeds | kNN top-1 | untrained | untrained range | at |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (ds, bb, batch, method, sets, at), group in groups.items():
+    for (ds, bb, batch, method, sets), group in groups.items():
         if len({r["seed"] for r in group}) < 2:
             continue
         label = next(k for k in group[0]["ours"] if k != "rank")
         ours = [r["ours"][label] for r in group]
         untrained = [r["untrained"][label] for r in group]
+        commits = ", ".join(dict.fromkeys(r.get("commit") or "-" for r in group))
         lines.append(
-            f"| {ds} | {bb} | {batch} | {method} | {sets}{f' (at {at})' if at else ''} | {len(group)} | "
-            f"{statistics.mean(ours):.2f} +- {statistics.pstdev(ours):.2f} | {statistics.mean(untrained):.2f} | "
-            f"{min(untrained):.2f}-{max(untrained):.2f} |"
+            f"| {ds} | {bb} | {batch} | {method} | {sets} | {len(group)} | {statistics.mean(ours):.2f} +- "
+            f"{statistics.pstdev(ours):.2f} | {statistics.mean(untrained):.2f} | {min(untrained):.2f}-"
+            f"{max(untrained):.2f} | {commits} |"
         )
     return "\n".join(lines) if len(lines) > 2 else ""
 
