@@ -87,6 +87,7 @@ ELPV_OVERRIDES = {
         "method.jitter=null",
         "method.color=none",
         "train.precise_bn=false",
+        "optim.lr=0.1",  # the recipe's rate when the row was measured
         SQRT_LR,
     ],
     "rotation": [SQRT_LR],
