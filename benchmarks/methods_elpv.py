@@ -23,8 +23,8 @@ runs its small recipe (DeepCluster-v2's centroid classifier, projection head and
 the quick start's milder views and jitter strength 0.5). SimCLR is the
 quick-start recipe itself. Barlow Twins and MoCo v3 (BYOL's views) get the milder views as BYOL does;
 SwAV takes its recipe's two crops (no local crops) and DINO multi-crop at the budget's size, global crops
-keeping 60-100% of the cell, DINO's local crops of 96/224 of it (24 px at 64), no blur; SwAV's queue starts
-after the first epoch (its recipe's epoch 15 is past the budget). DINO and MAE run on their small recipe's ``vit_tiny_patch16_224`` with 8 x 8
+keeping 60-100% of the cell, DINO's local crops of 96/224 of it (24 px at 64), no blur; SwAV's queue never
+starts (its recipe's epoch 15 is past the budget; started after the first epoch it held the loss at ln K). DINO and MAE run on their small recipe's ``vit_tiny_patch16_224`` with 8 x 8
 patches of the budget's image size (64 tokens, as the recipe's 4 px patches at 32 px), so their random
 baseline is that ViT's initialisation at the same seed: every row is scored against its own backbone.
 Rows are merged into the results file by method, so a subset can be rerun.
@@ -95,12 +95,11 @@ ELPV_OVERRIDES = {
     "jigsaw": ["augment.kwargs.resize_ratio=2.0", "optim.lr=0.1", "optim.lr_scaling=none"],
     "barlow_twins": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
     "mocov3": ELPV_VIEWS + ["augment.kwargs.solarize_p=0.0"],
-    # global crops as the two-view methods' (the recipe has no local crops);
-    # the recipe's queue starts at epoch 15 of 200, after the budget's last epoch, so it starts after the first here
+    # global crops as the two-view methods' (the recipe has no local crops). The recipe's queue starts at epoch 15,
+    # after the budget's last epoch: started after the first, its stale embeddings had the loss sit at ln K
     "swav": [
         "augment.kwargs.global_scale=[0.6,1.0]",
         "augment.kwargs.blur_p=0.0",
-        "method.queue_start_epoch=1",
         "method.freeze_prototypes_epochs=1",
         "method.num_prototypes=256",  # a quarter of the 1,056 embeddings Sinkhorn sees (3000 stalled at ln 3000)
     ],
