@@ -97,14 +97,15 @@ BAD = [
     ),
     (
         "context",
-        "augment.image_size=16",
-        "a 3x3 grid of 8 px patches with a 3 px gap and 1 px jitter spans 32 px, more than the 16 px views",
+        "method.gap=4",
+        "a 3x3 grid of 10 px patches with a 4 px gap and 0 px jitter spans 38 px, more than the 32 px views",
     ),
     (
         "context",
         "method.patch_size=12",
-        "spans 44 px, more than the 32 px views; lower patch_size/gap/jitter or raise augment.image_size to at least 44",
+        "spans 38 px, more than the 32 px views; lower patch_size/gap/jitter or raise augment.image_size to at least 38",
     ),
+    ("context", "method.patch_size=0.4", "a 3x3 grid of 13 px patches with a 1 px gap and 0 px jitter spans 41 px"),
     ("jigsaw", "method.tile_size=12", "tile_size must be between 1 and the cell size 10 (32 px / grid 3), got 12"),
     ("jigsaw", "method.grid=1", "method.grid=1 must be >= 2"),
 ]
