@@ -17,15 +17,15 @@ aberration to hide); the pretext and clustering methods, plain SGD classifiers, 
 learning rate by the square root of the batch ratio (sqrt(32/256)) instead of linearly: in 12 short
 epochs the linear rule left them at chance, and no scaling diverged. Jigsaw cuts its puzzle from a
 random quarter of the cell (``resize_ratio=2``: the cell's frame no longer tells a tile's place) and keeps
-0.1 unscaled at batch 32 (its recipe's rate when the row was measured; sqrt scaling left it under-trained), and its recipe
-re-estimates the BatchNorm statistics on whole cells at the end (``train.precise_bn``). DeepCluster
-runs its small recipe (DeepCluster-v2's centroid classifier, projection head and two SimCLR views, these with
-the quick start's milder views and jitter strength 0.5). SimCLR is the
-quick-start recipe itself. Barlow Twins and MoCo v3 (BYOL's views) get the milder views as BYOL does;
-SwAV takes its recipe's two crops (no local crops) and DINO multi-crop at the budget's size, global crops
-keeping 60-100% of the cell, DINO's local crops of 96/224 of it (24 px at 64), no blur; SwAV's queue never
-starts (its recipe's epoch 15 is past the budget; started after the first epoch it held the loss at ln K). DINO and MAE run on their small recipe's ``vit_tiny_patch16_224`` with 8 x 8
-patches of the budget's image size (64 tokens, as the recipe's 4 px patches at 32 px), so their random
+0.1 unscaled at batch 32 (its recipe's rate when the row was measured; sqrt scaling left it under-trained),
+and its recipe re-estimates the BatchNorm statistics on whole cells at the end (``train.precise_bn``).
+DeepCluster runs its small recipe (DeepCluster-v2's centroid classifier, projection head and two SimCLR
+views, these with the quick start's milder views and jitter strength 0.5). SimCLR is the quick-start recipe
+itself. Barlow Twins and MoCo v3 (BYOL's views) get the milder views as BYOL does; SwAV takes its recipe's
+two crops (no local crops) and DINO multi-crop at the budget's size, global crops keeping 60-100% of the
+cell, DINO's local crops of 96/224 of it (24 px at 64), no blur; SwAV's queue never starts (its recipe's
+epoch 15 is past the budget; started after the first epoch it held the loss at ln K). DINO and MAE run on
+their small recipe's ``vit_tiny_patch16_224`` with 8 x 8 patches of the budget's image size (64 tokens, as the recipe's 4 px patches at 32 px), so their random
 baseline is that ViT's initialisation at the same seed: every row is scored against its own backbone.
 Rows are merged into the results file by method, so a subset can be rerun.
 

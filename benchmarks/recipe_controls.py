@@ -57,13 +57,17 @@ def commit() -> str:
     return out.stdout.strip()
 
 
+def score_label(row: dict) -> str:
+    """The dataset label a row's kNN score is under (its ``ours`` scores hold that label and ``rank``)."""
+    return next(k for k in row["ours"] if k != "rank")
+
+
 def table_row(row: dict) -> str:
     """One markdown line of a result row."""
     sets = " ".join(row["sets"]) or "(recipe)"
     if row.get("commit"):
         sets += f" (at {row['commit']})"
-    ours, untrained = row["ours"], row["untrained"]
-    label = next(k for k in ours if k != "rank")
+    ours, untrained, label = row["ours"], row["untrained"], score_label(row)
     rank = "-" if ours.get("rank") is None else ours["rank"]
     loss = " ".join(str(x) for x in row["loss"])
     return (
@@ -85,7 +89,7 @@ def seed_summary(rows: list[dict]) -> str:
     for (ds, bb, batch, method, sets), group in groups.items():
         if len({r["seed"] for r in group}) < 2:
             continue
-        label = next(k for k in group[0]["ours"] if k != "rank")
+        label = score_label(group[0])
         ours = [r["ours"][label] for r in group]
         untrained = [r["untrained"][label] for r in group]
         commits = ", ".join(dict.fromkeys(r.get("commit") or "-" for r in group))
@@ -145,11 +149,13 @@ def main(argv: list[str] | None = None) -> Path:
     }
     path = _common.RESULTS / f"{args.results}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"budget": budget, "rows": []}
+    payload = {k: v for k, v in payload.items() if k not in ("date", "versions")}  # write_results sets them anew
     if payload["budget"] != budget:
         parser.error(
             f"results/{args.results}.json holds rows of the budget {payload['budget']}, not {budget}: name "
             "another --results"
         )
+    payload["device"] = device_name(device)
     for method in args.methods:
         for seed in args.seeds:
             # a fresh run directory for every run: runs of the same method and seed at other budgets never mix
@@ -182,10 +188,7 @@ def main(argv: list[str] | None = None) -> Path:
             }
             payload["rows"].append(row)
             print(table_row(row), flush=True)
-            payload = {**payload, "device": device_name(device)}
-            path = _common.write_results(
-                args.results, {k: v for k, v in payload.items() if k not in ("date", "versions")}
-            )
+            path = _common.write_results(args.results, payload)
             write_table(path.with_suffix(".md"), payload["rows"])
     return path
 

@@ -107,7 +107,7 @@ class ContextPrediction(SSLMethod):
         chosen = (hparams["patch_size"], hparams["gap"], hparams["jitter"])
         for name, value in zip(("method.patch_size", "method.gap", "method.jitter"), chosen):
             check_geometry_value(name, value)
-        geometry = [auto if v is None else to_pixels(v, size) for auto, v in zip(context_geometry(size), chosen)]
+        geometry = resolve_geometry(chosen, size)
         try:
             grid_positions(1, size, *geometry, generator=torch.Generator().manual_seed(0))
         except ValueError as exc:
@@ -115,9 +115,7 @@ class ContextPrediction(SSLMethod):
 
     def geometry(self, image_size: int) -> tuple[int, int, int]:
         """(patch_size, gap, jitter) used for views of ``image_size`` pixels."""
-        auto = context_geometry(image_size)
-        chosen = (self.patch_size, self.gap, self.jitter)
-        return tuple(auto[i] if v is None else to_pixels(v, image_size) for i, v in enumerate(chosen))  # type: ignore[return-value]
+        return resolve_geometry((self.patch_size, self.gap, self.jitter), image_size)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if len(views) != 1:
@@ -153,6 +151,18 @@ def check_geometry_value(name: str, value: float | None) -> None:
         raise ValueError(
             f"{name} must be whole pixels (>= 0), a fraction of the view's side (below 1) or None; got {value}"
         )
+
+
+def resolve_geometry(chosen: tuple[float | None, float | None, float | None], image_size: int) -> tuple[int, int, int]:
+    """(patch_size, gap, jitter) in pixels for views of ``image_size``: each value as ``to_pixels`` reads it,
+    ``None`` the paper's proportions (``context_geometry``).
+
+    Example:
+        >>> resolve_geometry((0.3125, None, 0), 32)
+        (10, 3, 0)
+    """
+    auto = context_geometry(image_size)
+    return tuple(a if v is None else to_pixels(v, image_size) for a, v in zip(auto, chosen))  # type: ignore[return-value]
 
 
 def to_pixels(value: float, image_size: int) -> int:
