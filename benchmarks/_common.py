@@ -40,6 +40,17 @@ def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
     return time.perf_counter() - start
 
 
+def fit_to_the_end(trainer: Any, resume: bool = False) -> dict[str, Any]:
+    """``trainer.fit(resume=...)``'s result; a run stopped by SIGTERM or SIGINT ends the benchmark instead, since a
+    partial run is no result (its checkpoint stays in the run directory)."""
+    result = trainer.fit(resume=resume)
+    if "stopped_by" in result:
+        raise SystemExit(
+            f"stopped by {result['stopped_by']} at epoch {trainer.epoch}: no row written (checkpoint in {trainer.out})"
+        )
+    return result
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     """Writes ``benchmarks/results/<name>.json`` with versions and a timestamp added; an absolute ``name`` is used as
     the path, and a name already ending in ``.json`` gets no second suffix."""

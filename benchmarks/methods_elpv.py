@@ -57,12 +57,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, device_name, write_results  # noqa: E402
+from _common import RESULTS, device_name, fit_to_the_end, write_results  # noqa: E402
 
 import visionssl as vs  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
@@ -106,18 +107,25 @@ ELPV_OVERRIDES = {
     "dino": ["augment.kwargs.global_scale=[0.6,1.0]", "augment.kwargs.local_size=null", "augment.kwargs.blur_p=0.0"],
     "mae": ["augment.kwargs.scale=[0.6,1.0]"],
 }
-VIT_METHODS = {
-    "dino",
-    "mae",
-}  # on their small recipe's tiny ViT, 8 x 8 patches (the recipe's 64 tokens) at any image size
+# on their small recipe's tiny ViT, 8 x 8 patches (the recipe's 64 tokens) at any image size, unless --vit-methods
+# leaves one out (DINO then runs on --backbone without its recipe's ViT arguments; MAE needs a ViT)
+VIT_METHODS = ("dino", "mae")
 RECIPE = {"simclr": "simclr_elpv"}  # the quick start
 KNN_TEMPERATURE = 0.07
 
 
-def elpv_overrides(method: str, image_size: int) -> list[str]:
-    """The method's elpv overrides; the ViT methods also get their recipe's ViT with 8 x 8 patches of ``image_size``."""
+def elpv_overrides(method: str, image_size: int, vit_methods=VIT_METHODS) -> list[str]:
+    """The method's elpv overrides; ``vit_methods`` also get their recipe's ViT with 8 x 8 patches of ``image_size``."""
     vit = [f"backbone.kwargs.img_size={image_size}", f"backbone.kwargs.patch_size={image_size // 8}"]
-    return (vit if method in VIT_METHODS else []) + ELPV_OVERRIDES.get(method, [])
+    return (vit if method in vit_methods else []) + ELPV_OVERRIDES.get(method, [])
+
+
+def drop_recipe_backbone_kwargs(cfg, recipe_kwargs, overrides: list[str]) -> None:
+    """Removes from ``cfg.backbone.kwargs`` the recipe's backbone arguments that ``overrides`` did not set: they
+    were for the recipe's own backbone (DINO's ViT's) and would be refused by another one."""
+    given = {s.partition("=")[0].removeprefix("backbone.kwargs.") for s in overrides}
+    for key in set(recipe_kwargs) - given:
+        cfg.backbone.kwargs.pop(key)
 
 
 def backbone_label(cfg) -> str:
@@ -164,10 +172,41 @@ def cross_validated_knn(x: torch.Tensor, y: torch.Tensor, folds: np.ndarray, k: 
     return right / len(y)
 
 
+def method_config(name: str, args: argparse.Namespace, stored: int, device) -> Any:
+    """The method's recipe at the budget of ``args``, with its elpv adaptation and ``--set`` on top."""
+    recipe = RECIPE.get(name, name)
+    overrides = [
+        f"augment.image_size={args.image_size}",
+        f"data.image_size={stored}",
+        f"optim.batch_size={args.batch_size}",
+        f"train.epochs={args.epochs}",
+        f"train.seed={args.seed}",
+        "optim.warmup_epochs=1",
+        f"train.knn_k={args.k}",
+        f"train.knn_every={4 if args.validation else -1}",
+        "train.progress=false",
+        f"train.device={device}",
+        f"out={Path(args.out) / run_name(name, args.validation)}",
+        *(() if name in args.vit_methods else (f"backbone.name={args.backbone}",)),
+        *elpv_overrides(name, args.image_size, args.vit_methods),
+        *args.set,
+    ]
+    cfg = load_config(config=recipe, overrides=overrides)
+    if name not in args.vit_methods:
+        drop_recipe_backbone_kwargs(cfg, load_config(config=recipe).backbone.kwargs, args.set)
+    return cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["all"])
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument(
+        "--vit-methods",
+        nargs="*",
+        default=list(VIT_METHODS),
+        help="methods run on their recipe's ViT; the others run on --backbone (DINO can, MAE cannot)",
+    )
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=12)
@@ -259,23 +298,7 @@ def main() -> None:
     rows = {r["method"]: r for r in kept}
     mine: set[str] = set()  # the methods this run trains
     for name in methods:
-        overrides = [
-            f"augment.image_size={args.image_size}",
-            f"data.image_size={stored}",
-            f"optim.batch_size={args.batch_size}",
-            f"train.epochs={args.epochs}",
-            f"train.seed={args.seed}",
-            "optim.warmup_epochs=1",
-            f"train.knn_k={args.k}",
-            f"train.knn_every={4 if args.validation else -1}",
-            "train.progress=false",
-            f"train.device={device}",
-            f"out={Path(args.out) / run_name(name, args.validation)}",
-            *(() if name in VIT_METHODS else (f"backbone.name={args.backbone}",)),
-            *elpv_overrides(name, args.image_size),
-            *args.set,
-        ]
-        cfg = load_config(config=RECIPE.get(name, name), overrides=overrides)
+        cfg = method_config(name, args, stored, device)
         label = backbone_label(cfg) if cfg.backbone.name != args.backbone or cfg.backbone.kwargs else args.backbone
         init = mae_init_ if name == "mae" and cfg.method.get("encoder_init", "mae") != "timm" else None
         label += " with MAE's initialisation" if init else ""
@@ -287,15 +310,9 @@ def main() -> None:
         trainer = Trainer(cfg, train_set=train if cfg.data.image_size == stored else None, eval_sets=(bank, test))
         try:
             resumed = args.resume and (trainer.out / "checkpoints" / "last.pt").exists()
-            result = trainer.fit(resume=resumed)
+            fit_to_the_end(trainer, resume=resumed)
         except NonFiniteLossError as exc:  # recorded, and the other methods still run
             print(f"{name:12s} stopped: {exc}", flush=True)
-        else:
-            if "stopped_by" in result:  # SIGTERM/SIGINT: the user stops the benchmark; a partial run is no result
-                print(
-                    f"{name:12s} stopped by {result['stopped_by']} at epoch {trainer.epoch}: no row written", flush=True
-                )
-                return
         seconds = time.perf_counter() - start
         top1, cv = knn_scores(trainer.method.backbone, train, test, split, folds, args.image_size, args.k)
         if args.validation:

@@ -64,7 +64,14 @@ from _common import device_name  # noqa: E402
 from _lightly_peer import OPTIMIZER_NAMES, optimizer_of, train_lightly  # noqa: E402
 from _peer_report import ADAM_LR, DATASET_LABELS, LABELS, markdown, peer_rate, save, summarize  # noqa: E402, F401
 from _small_backbones import BACKBONES, peer_cnn, peer_resnet  # noqa: E402, F401  (registers them)
-from methods_elpv import ELPV_OVERRIDES, RECIPE, VIT_METHODS, knn_scores, stratified_folds  # noqa: E402
+from methods_elpv import (  # noqa: E402
+    ELPV_OVERRIDES,
+    RECIPE,
+    VIT_METHODS,
+    drop_recipe_backbone_kwargs,
+    knn_scores,
+    stratified_folds,
+)
 
 import visionssl as vs  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
@@ -139,9 +146,8 @@ def train_visionssl(method: str, train, test, args, seed: int, device: torch.dev
     vit = [f"backbone.kwargs.img_size={args.image_size}", f"backbone.kwargs.patch_size={args.image_size // 8}"]
     vit = vit if args.backbone == own.name and method in VIT_METHODS else []  # 8 x 8 patches, as methods_elpv.py
     cfg = load_config(config=recipe, overrides=[*vit, *overrides])
-    if args.backbone != own.name:  # the recipe's backbone arguments (DINO's ViT's) are for its own backbone
-        for key in set(own.kwargs) - {s.partition("=")[0].removeprefix("backbone.kwargs.") for s in args.set}:
-            cfg.backbone.kwargs.pop(key)
+    if args.backbone != own.name:
+        drop_recipe_backbone_kwargs(cfg, own.kwargs, args.set)
     return Trainer(cfg, train_set=train, eval_sets=(train, test))
 
 
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> Path:
             trainer = train_visionssl(method, train, test, args, seed, device, stored)
             initial = copy.deepcopy(trainer.method.backbone).cpu()  # both sides start from these weights
             start = time.perf_counter()
-            trainer.fit()
+            _common.fit_to_the_end(trainer)
             ours_seconds = time.perf_counter() - start
             first = peer_rate(method, budget)
             for peer_lr in (first, first / 10):  # a diverged peer gets one more try at a tenth

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> Path:
             trainer = train_visionssl(method, train, test, run, seed, device, stored)
             initial = copy.deepcopy(trainer.method.backbone).cpu()
             start = time.perf_counter()
-            trainer.fit()
+            _common.fit_to_the_end(trainer)
             seconds = time.perf_counter() - start
             scores = {}
             for side, backbone in (("ours", trainer.method.backbone), ("untrained", initial)):

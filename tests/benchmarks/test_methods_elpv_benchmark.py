@@ -161,3 +161,21 @@ def test_save_scores_a_row_on_another_backbone_against_its_own_random_weights(be
         in table
     )
     assert f"| mae on {vit} | 73.00 | +3.00 | 70.50 (+1.50) | bf16 | 12 | 100 |" in table
+
+
+def test_dino_left_out_of_the_vit_methods_runs_on_the_budgets_backbone_without_its_vit_arguments(bench):
+    import argparse
+
+    args = argparse.Namespace(
+        image_size=64, batch_size=32, epochs=12, seed=0, k=20, validation=False, out="runs/x",
+        backbone="resnet18", vit_methods=["mae"], set=["backbone.kwargs.drop_path_rate=0.05"],
+    )  # fmt: skip
+    cfg = bench.method_config("dino", args, 72, "cpu")
+    assert cfg.backbone.name == "resnet18" and bench.to_dict(cfg.backbone.kwargs) == {"drop_path_rate": 0.05}
+    assert cfg.augment.kwargs.global_scale == [0.6, 1.0]  # its elpv adaptation still applies
+    vit = bench.method_config("mae", args, 72, "cpu")
+    assert bench.backbone_label(vit) == "vit_tiny_patch16_224(drop_path_rate=0.05, img_size=64, patch_size=8)"
+    vit_dino = bench.method_config(
+        "dino", argparse.Namespace(**{**vars(args), "vit_methods": ["dino", "mae"]}), 72, "cpu"
+    )
+    assert vit_dino.backbone.name == "vit_tiny_patch16_224" and vit_dino.backbone.kwargs.patch_size == 8

@@ -51,3 +51,15 @@ def test_elpv_is_refused(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--methods", "rotation", "--dataset", "elpv"])
     assert "digits or shapes" in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_a_signal_ends_the_benchmark_without_a_row(bench, tmp_path, monkeypatch):
+    from visionssl.engine import Trainer
+
+    def stopped(self, resume=False):
+        return {"stopped_by": "SIGTERM"}  # what Trainer.fit returns when SIGTERM stops it after a step
+
+    monkeypatch.setattr(Trainer, "fit", stopped)
+    with pytest.raises(SystemExit, match="stopped by SIGTERM at epoch .*no row written"):
+        bench.main(["--methods", "rotation", "--seeds", "0", "1", *DRY])
+    assert not (tmp_path / "results" / "recipe_controls_small.json").exists()  # no row, and no second seed
