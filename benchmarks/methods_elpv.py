@@ -448,6 +448,13 @@ def save(results: str, rows: dict, budget: dict, random_top1: float, spread: dic
     return path
 
 
+def mean_std(values: list[float]) -> str:
+    """``+1.23 +- 0.45`` (the sample standard deviation over seeds), ``+1.23`` for one value, ``-`` for none."""
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):+.2f}" + (f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
 def summarize_seeds() -> Path:
     """Per method, each seed's gain over its own initialisation (test split and 4-fold train kNN) and the means."""
     files = [RESULTS / "methods_elpv.json"] + sorted(RESULTS.glob("methods_elpv_seed[0-9]*.json"))
@@ -463,7 +470,7 @@ def summarize_seeds() -> Path:
     lines = [
         "| method | "
         + " | ".join(f"seed {s}: test / 4-fold" for s in seeds)
-        + " | mean test gain | mean 4-fold gain | seeds |",
+        + " | test gain: mean +- std | 4-fold gain: mean +- std | seeds |",
         "|---|" + "---|" * (len(seeds) + 3),
     ]
     summary = {}
@@ -479,15 +486,11 @@ def summarize_seeds() -> Path:
             "test_gains": {s: per[s][0] for s in per},
             "train_4fold_gains": {s: per[s][1] for s in per},
             "mean_test_gain": statistics.mean(tests),
+            "std_test_gain": statistics.stdev(tests) if len(tests) > 1 else None,
             "mean_train_4fold_gain": statistics.mean(folds) if folds else None,
+            "std_train_4fold_gain": statistics.stdev(folds) if len(folds) > 1 else None,
         }
-        lines.append(
-            f"| {method} | "
-            + " | ".join(cells)
-            + f" | {statistics.mean(tests):+.2f} | "
-            + (f"{statistics.mean(folds):+.2f}" if folds else "-")
-            + f" | {len(per)} |"
-        )
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean_std(tests)} | {mean_std(folds)} | {len(per)} |")
     path = write_results("methods_elpv_seeds", {"seeds": seeds, "methods": summary})
     (RESULTS / "methods_elpv_seeds.md").write_text(
         "elpv defect labels, kNN (k=20): each method's gain in points over its own untrained initialisation (the same "

@@ -67,7 +67,8 @@ def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
     ] == pytest.approx(1.0)
     assert summary["dc"]["mean_test_gain"] == pytest.approx(1.0) and summary["dc"]["mean_train_4fold_gain"] is None
     table = (tmp_path / "methods_elpv_seeds.md").read_text()
-    assert "| rot | -1.00 / +0.50 | +2.00 / +1.50 | +0.50 | +1.00 | 2 |" in table
+    assert "| rot | -1.00 / +0.50 | +2.00 / +1.50 | +0.50 +- 2.12 | +1.00 +- 0.71 | 2 |" in table
+    assert summary["rot"]["std_test_gain"] == pytest.approx(2.1213, abs=1e-4)  # the sample std over seeds
     assert "| dc | +1.00 / - |  | +1.00 | - | 1 |" in table
 
 
