@@ -1,7 +1,10 @@
 """Behaviour changes made to follow the papers' official code (issue 19): one test per deviation fixed."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import visionssl as vs
 
@@ -263,6 +266,22 @@ def test_swav_small_recipe_trains_on_two_crops_with_solo_learns_cifar_jitter():
     assert [v.shape[-1] for v in views] == [16, 16]
     method = vs.create_method("swav", backbone="resnet10t_cifar", proj_hidden_dim=32, num_prototypes=10)
     assert torch.isfinite(method([v.float() for v in views])["loss"])
+
+
+def test_swav_small_recipe_sharpens_sinkhorn_for_embeddings_in_a_narrow_cone():
+    from visionssl.losses.swav import sinkhorn
+
+    assert _recipe("swav")["method"]["epsilon"] == 0.02 and _recipe("swav_imagenet")["method"]["epsilon"] == 0.05
+    g = torch.Generator().manual_seed(0)
+    # 32 similar images: unit embeddings within about 0.03 per dimension of one direction (elpv's cells at init)
+    z = F.normalize(F.normalize(torch.randn(128, generator=g), dim=0) + 0.03 * torch.randn(32, 128, generator=g), dim=1)
+    scores = z @ F.normalize(torch.randn(256, 128, generator=g), dim=1).T
+    entropy = {}
+    for eps in (0.05, 0.02):
+        q = sinkhorn(scores, eps, 3)
+        entropy[eps] = float(-(q * q.log()).sum(1).mean())
+    assert entropy[0.05] > 0.96 * math.log(256)  # near-uniform codes: nothing to predict, the loss sits at ln K
+    assert entropy[0.02] < 0.9 * math.log(256)  # the small recipe's codes still tell the images apart
 
 
 def test_dino_last_layer_rows_start_at_unit_norm_as_the_official_weight_norm():
