@@ -21,7 +21,9 @@ def bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     yield module
-    sys.modules.pop("_common", None)
+    for name, loaded in list(sys.modules.items()):  # its helpers (_common, _elpv_report): fresh for the next file
+        if Path(getattr(loaded, "__file__", None) or "/").parent == SCRIPT.parent:
+            sys.modules.pop(name)
 
 
 def test_stratified_folds_deal_every_stratum_evenly(bench):
@@ -52,7 +54,7 @@ def test_cross_validated_knn_scores_each_fold_against_the_others(bench):
 
 def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
-    monkeypatch.setattr(sys.modules[bench.write_results.__module__], "RESULTS", tmp_path)
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
     for seed, rows in ((0, [("rot", -1.0, 0.5), ("dc", 1.0, None)]), (1, [("rot", 2.0, 1.5)])):
         name = "methods_elpv" if seed == 0 else f"methods_elpv_seed{seed}"
         results = [
@@ -74,7 +76,7 @@ def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
 
 def test_save_writes_the_table_and_names_extra_overrides(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
-    monkeypatch.setattr(sys.modules[bench.write_results.__module__], "RESULTS", tmp_path)
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
     row = {
         "method": "context",
         "knn_top1": 76.3,
@@ -133,7 +135,7 @@ def test_random_baseline_is_the_methods_own_initialisation(bench):
 
 def test_save_scores_a_row_on_another_backbone_against_its_own_random_weights(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
-    monkeypatch.setattr(sys.modules[bench.write_results.__module__], "RESULTS", tmp_path)
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
     vit = "vit_tiny_patch16_224(img_size=64, patch_size=8)"
     vit_spread = {"seeds": [70.0, 72.0], "mean": 71.0, "std": 1.0, "cross_validated": [69.0, 71.0]}
     rows = {
