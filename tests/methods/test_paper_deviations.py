@@ -284,6 +284,17 @@ def test_swav_small_recipe_sharpens_sinkhorn_for_embeddings_in_a_narrow_cone():
     assert entropy[0.02] < 0.9 * math.log(256)  # the small recipe's codes still tell the images apart
 
 
+def test_moco_small_recipe_rate_is_a_fifth_of_solo_learns():
+    # at solo-learn's 0.3 per 256 a small set's few steps collapsed the features at batch 256 (docs/methods.md)
+    optim = _recipe("moco")["optim"]
+    assert (optim["name"], optim["lr"], optim["batch_size"]) == ("sgd", 0.06, 256)
+    from visionssl.engine.build import build_optimizer
+
+    cfg = vs.engine.load_config(config="moco", overrides=["optim.batch_size=128"])
+    lr, _ = build_optimizer(cfg, vs.create_method("moco", backbone="resnet10t_cifar", queue_size=8))
+    assert lr == pytest.approx(0.03)  # scaled linearly with the batch
+
+
 def test_dino_last_layer_rows_start_at_unit_norm_as_the_official_weight_norm():
     m = vs.create_method(
         "dino", backbone="resnet10t_cifar", out_dim=64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False
