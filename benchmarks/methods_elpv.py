@@ -56,6 +56,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, device_name, fit_to_the_end  # noqa: E402
+import _common  # noqa: E402
+from _common import device_name, fit_to_the_end  # noqa: E402
 from _elpv_report import save, summarize_seeds  # noqa: E402
 
 import visionssl as vs  # noqa: E402
@@ -115,7 +117,7 @@ RECIPE = {"simclr": "simclr_elpv"}  # the quick start
 KNN_TEMPERATURE = 0.07
 
 
-def elpv_overrides(method: str, image_size: int, vit_methods=VIT_METHODS) -> list[str]:
+def elpv_overrides(method: str, image_size: int, vit_methods: Collection[str] = VIT_METHODS) -> list[str]:
     """The method's elpv overrides; ``vit_methods`` also get their recipe's ViT with 8 x 8 patches of ``image_size``."""
     vit = [f"backbone.kwargs.img_size={image_size}", f"backbone.kwargs.patch_size={image_size // 8}"]
     return (vit if method in vit_methods else []) + ELPV_OVERRIDES.get(method, [])
@@ -292,7 +294,11 @@ def main() -> None:
     }
     device = resolve_device(args.device)
     results = args.results or ("methods_elpv" if args.seed == 0 else f"methods_elpv_seed{args.seed}")
-    old = json.loads((RESULTS / f"{results}.json").read_text()) if (RESULTS / f"{results}.json").exists() else {}
+    old = (
+        json.loads((_common.RESULTS / f"{results}.json").read_text())
+        if (_common.RESULTS / f"{results}.json").exists()
+        else {}
+    )
     kept = old.get("results", []) if old.get("budget") == budget else []  # rows of another budget are dropped
     for r in kept:  # rows written before rows named their machine ran where the file says
         r.setdefault("device", old.get("device")), r.setdefault("torch", old.get("versions", {}).get("torch"))
@@ -346,8 +352,10 @@ def main() -> None:
             flush=True,
         )
         mine.add(name)
-        if (RESULTS / f"{results}.json").exists():  # rows another run wrote meanwhile are kept (runs side by side)
-            now = json.loads((RESULTS / f"{results}.json").read_text())
+        if (
+            _common.RESULTS / f"{results}.json"
+        ).exists():  # rows another run wrote meanwhile are kept (runs side by side)
+            now = json.loads((_common.RESULTS / f"{results}.json").read_text())
             if now.get("budget") == budget:
                 rows = {**{r["method"]: r for r in now["results"]}, **{m: rows[m] for m in mine}}
         path = save(results, rows, budget, random_top1, spread, device_name(device), args.k)

@@ -53,7 +53,6 @@ def test_cross_validated_knn_scores_each_fold_against_the_others(bench):
 
 
 def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "RESULTS", tmp_path)
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
     for seed, rows in ((0, [("rot", -1.0, 0.5), ("dc", 1.0, None)]), (1, [("rot", 2.0, 1.5)])):
         name = "methods_elpv" if seed == 0 else f"methods_elpv_seed{seed}"
@@ -75,7 +74,6 @@ def test_summarize_seeds_gathers_each_seeds_gain(bench, tmp_path, monkeypatch):
 
 
 def test_save_writes_the_table_and_names_extra_overrides(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "RESULTS", tmp_path)
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
     row = {
         "method": "context",
@@ -134,7 +132,6 @@ def test_random_baseline_is_the_methods_own_initialisation(bench):
 
 
 def test_save_scores_a_row_on_another_backbone_against_its_own_random_weights(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "RESULTS", tmp_path)
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
     vit = "vit_tiny_patch16_224(img_size=64, patch_size=8)"
     vit_spread = {"seeds": [70.0, 72.0], "mean": 71.0, "std": 1.0, "cross_validated": [69.0, 71.0]}
