@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> Path:
                 "loss": [round(x, 3) for x in run_curves(trainer.out)["loss_curve"][::3]],
                 "commit": at,
             }
+            if path.exists():  # re-read: another run may have added rows to the same file meanwhile
+                payload["rows"] = json.loads(path.read_text())["rows"]
             payload["rows"].append(row)
             print(table_row(row), flush=True)
             path = _common.write_results(args.results, payload)

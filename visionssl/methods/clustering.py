@@ -65,13 +65,20 @@ def pca_whiten(x: torch.Tensor, dim: int = 256, eps: float = 1e-5) -> torch.Tens
 
 
 def kmeans(
-    x: torch.Tensor | np.ndarray, k: int, niter: int = 20, seed: int = 0, gpu: bool | None = None
+    x: torch.Tensor | np.ndarray,
+    k: int,
+    niter: int = 20,
+    seed: int = 0,
+    gpu: bool | None = None,
+    init_assignments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FAISS k-means: (assignments LongTensor (N,), centroids (k, D)), every cluster non-empty.
 
     Runs on the GPU when ``gpu`` is true, or when it is ``None`` and faiss sees a GPU. No
     subsampling of the points. Clusters left empty by the final assignment are repaired with
     ``repair_empty_clusters`` (FAISS already splits clusters that empty during its iterations).
+    ``init_assignments`` (N,) starts the iterations from the means of those clusters instead of
+    random points, so that cluster j stays about the same group of points (a warm start).
 
     Example:
         >>> x = torch.cat([torch.randn(50, 4), torch.randn(50, 4) + 20])
@@ -98,7 +105,17 @@ def kmeans(
         min_points_per_centroid=1,
         verbose=False,
     )
-    km.train(data)
+    init = None
+    if init_assignments is not None:
+        labels = torch.as_tensor(init_assignments, dtype=torch.long).cpu()
+        if labels.shape != (n,) or int(labels.min()) < 0 or int(labels.max()) >= k:
+            raise ValueError(
+                f"init_assignments must be (N,) = ({n},) cluster indices in [0, {k}), got {tuple(labels.shape)}"
+            )
+        sums = torch.zeros(k, d, dtype=torch.float64).index_add_(0, labels, torch.from_numpy(data).double())
+        counts = torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
+        init = np.ascontiguousarray((sums / counts).float().numpy())
+    km.train(data, init_centroids=init)
     _, labels = km.index.search(data, 1)
     centroids, assignments = repair_empty_clusters(
         torch.from_numpy(data),
@@ -170,11 +187,18 @@ def cluster_features(
 
 
 def fit_clustering(
-    features: torch.Tensor, k: int, pca_dim: int, niter: int, seed: int
+    features: torch.Tensor,
+    k: int,
+    pca_dim: int,
+    niter: int,
+    seed: int,
+    init_assignments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``cluster_features`` that also returns the whitening it fitted: (assignments, centroids, mean, projection)."""
+    """``cluster_features`` that also returns the whitening it fitted: (assignments, centroids, mean, projection).
+    ``init_assignments`` warm-starts the k-means (see ``kmeans``)."""
     mean, projection = fit_whitening(features, pca_dim)
-    assignments, centroids = kmeans(whitened_unit(features, mean, projection), k, niter=niter, seed=seed)
+    whitened = whitened_unit(features, mean, projection)
+    assignments, centroids = kmeans(whitened, k, niter=niter, seed=seed, init_assignments=init_assignments)
     return assignments, centroids, mean, projection
 
 

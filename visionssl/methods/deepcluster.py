@@ -120,6 +120,7 @@ class DeepCluster(SSLMethod):
         temperature: float = 0.1,
         proj_dim: int = 0,
         proj_hidden_dim: int = 2048,
+        warm_start: bool = False,
     ):
         super().__init__(backbone, backbone_kwargs)
         if classifier not in ("reset", "centroids"):
@@ -144,6 +145,7 @@ class DeepCluster(SSLMethod):
         self.extract_batch_size = extract_batch_size
         self.seed = seed
         self.temperature = temperature
+        self.warm_start = warm_start
         if proj_dim < 0:
             raise ValueError(f"proj_dim must be >= 0 (0: no projection head), got {proj_dim}")
         self.projector = mlp(self.num_features, proj_hidden_dim, proj_dim) if proj_dim else nn.Identity()
@@ -241,8 +243,9 @@ class DeepCluster(SSLMethod):
         if distributed.is_main():
             seed = self.seed + int(self.num_clusterings)
             features = features.to(trainer.device)  # PCA on the GPU when there is one
+            previous = self.pseudo_labels.cpu() if self.warm_start and self.pseudo_labels.numel() == n else None
             assignments, centroids, mean, projection = fit_clustering(
-                features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed
+                features, self.num_clusters, self.pca_dim, self.kmeans_iters, seed, previous
             )
         for tensor in (assignments, mean, projection, centroids):
             distributed.broadcast(tensor, src=0)
