@@ -34,7 +34,7 @@ import visionssl as vs  # noqa: E402
 from visionssl.backbones.features import resolve_device  # noqa: E402
 
 TABLE_HEADER = (
-    "| dataset | backbone | batch | method | seed | overrides | kNN top-1 | untrained | "
+    "| dataset | backbone | batch | method | seed | overrides | kNN top-1 (/ 4-fold) | untrained | "
     "feature rank (untrained) | loss, every 3rd epoch |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -59,7 +59,12 @@ def commit() -> str:
 
 def score_label(row: dict) -> str:
     """The dataset label a row's kNN score is under (its ``ours`` scores hold that label and ``rank``)."""
-    return next(k for k in row["ours"] if k != "rank")
+    return next(k for k in row["ours"] if k not in ("rank", "fold4"))
+
+
+def score_text(scores: dict, label: str) -> str:
+    """The test kNN top-1, and the 4-fold kNN over the train split after it where the row has it (newer rows)."""
+    return f"{scores[label]:.2f}" + (f" / {scores['fold4']:.2f}" if "fold4" in scores else "")
 
 
 def table_row(row: dict) -> str:
@@ -72,7 +77,7 @@ def table_row(row: dict) -> str:
     loss = " ".join(str(x) for x in row["loss"])
     return (
         f"| {row['ds']} | {row['bb']} | {row['batch']} | {row['method']} | {row['seed']} | {sets} | "
-        f"{ours[label]:.2f} | {untrained[label]:.2f} | {rank} ({untrained.get('rank', '-')}) | {loss} |"
+        f"{score_text(ours, label)} | {score_text(untrained, label)} | {rank} ({untrained.get('rank', '-')}) | {loss} |"
     )
 
 
@@ -83,8 +88,9 @@ def seed_summary(rows: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["ds"], r["bb"], r["batch"], r["method"], " ".join(r["sets"]) or "(recipe)"), []).append(r)
     lines = [
-        "| dataset | backbone | batch | method | overrides | seeds | kNN top-1 | untrained | untrained range | at |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | backbone | batch | method | overrides | seeds | kNN top-1 | untrained | untrained range | "
+        "4-fold kNN (untrained) | at |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (ds, bb, batch, method, sets), group in groups.items():
         if len({r["seed"] for r in group}) < 2:
@@ -93,10 +99,16 @@ def seed_summary(rows: list[dict]) -> str:
         ours = [r["ours"][label] for r in group]
         untrained = [r["untrained"][label] for r in group]
         commits = ", ".join(dict.fromkeys(r.get("commit") or "-" for r in group))
+        fold4 = "-"
+        if all("fold4" in r["ours"] for r in group):  # the steadier figure: 4-fold kNN over the train split
+            ours4, untrained4 = [r["ours"]["fold4"] for r in group], [r["untrained"]["fold4"] for r in group]
+            fold4 = (
+                f"{statistics.mean(ours4):.2f} +- {statistics.pstdev(ours4):.2f} ({statistics.mean(untrained4):.2f})"
+            )
         lines.append(
             f"| {ds} | {bb} | {batch} | {method} | {sets} | {len(group)} | {statistics.mean(ours):.2f} +- "
             f"{statistics.pstdev(ours):.2f} | {statistics.mean(untrained):.2f} | {min(untrained):.2f}-"
-            f"{max(untrained):.2f} | {commits} |"
+            f"{max(untrained):.2f} | {fold4} | {commits} |"
         )
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -169,9 +181,10 @@ def main(argv: list[str] | None = None) -> Path:
             seconds = time.perf_counter() - start
             scores = {}
             for side, backbone in (("ours", trainer.method.backbone), ("untrained", initial)):
-                top1, _ = knn_scores(backbone, train, test, None, folds, args.image_size, min(args.k, len(train)))
+                top1, fold4 = knn_scores(backbone, train, test, None, folds, args.image_size, min(args.k, len(train)))
                 scores[side] = {
                     labels[0]: round(top1, 2),
+                    "fold4": round(fold4, 2),
                     "rank": round(feature_rank(backbone, test, args.image_size), 1),
                 }
             row = {

@@ -28,6 +28,7 @@ def test_each_run_adds_a_row_with_its_untrained_start_and_the_table_keeps_its_te
     for r in rows:
         assert 0 <= r["ours"]["digit"] <= 100 and 0 <= r["untrained"]["digit"] <= 100
         assert r["ours"]["rank"] > 0 and len(r["loss"]) == 1 and r["commit"]
+        assert 0 <= r["ours"]["fold4"] <= 100 and 0 <= r["untrained"]["fold4"] <= 100  # the steadier 4-fold figure
     table = path.with_suffix(".md")
     table.write_text("# Notes kept\n\n" + table.read_text().split("\n\n", 1)[1])
     bench.main(["--methods", "rotation", *DRY])
@@ -38,6 +39,7 @@ def test_each_run_adds_a_row_with_its_untrained_start_and_the_table_keeps_its_te
     assert "| rotation | 0 | (recipe) (at " in text
     summary = text.split("## Over seeds")[1].split("## Every run")[0]
     assert "| deepcluster | method.num_clusters=4 | 2 |" in summary and "rotation" not in summary
+    assert summary.count(" +- ") == 2  # test and 4-fold kNN, each over the seeds
 
 
 def test_another_budget_is_refused_before_training(bench, capsys):

@@ -105,6 +105,21 @@ def test_kmeans_repairs_the_empty_clusters_it_cannot_avoid():
         kmeans(x, 13)
 
 
+def test_warm_started_kmeans_keeps_the_cluster_indices():
+    x, truth = gaussian_blobs(k=6, n=300, dim=16)
+    cold, _ = kmeans(x, 6, seed=0)
+    again, centroids = kmeans(x, 6, seed=5, init_assignments=cold)
+    assert torch.equal(again, cold)  # cluster j is the same group of points, whatever the seed
+    # started from the true groups, k-means keeps them and their indices; the centroids are their means
+    labels, centroids = kmeans(x, 6, seed=1, init_assignments=truth)
+    assert torch.equal(labels, truth)
+    assert torch.allclose(centroids, torch.stack([x[truth == j].mean(0) for j in range(6)]), atol=1e-4)
+    with pytest.raises(ValueError, match=r"init_assignments must be \(N,\) = \(300,\) cluster indices in \[0, 6\)"):
+        kmeans(x, 6, init_assignments=truth[:10])
+    with pytest.raises(ValueError, match="init_assignments"):
+        kmeans(x, 6, init_assignments=truth + 1)
+
+
 def test_repair_splits_a_random_non_empty_cluster():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 10])
@@ -190,6 +205,20 @@ def test_reclusters_every_cluster_every_epochs_and_logs_stability():
     assert set(trainer.logged[-1]) == {"deepcluster/nmi_prev", "deepcluster/nmi_labels"}
     assert trainer.logged[-1]["deepcluster/nmi_prev"] == pytest.approx(nmi(first, method.pseudo_labels))
     assert int(method.num_clusterings) == 2 and int(method.clustered_epoch) == 2
+
+
+def test_warm_start_reclusters_from_the_previous_pseudo_labels():
+    data = two_kinds_of_images()
+    cold, warm = make_method(seed=0), make_method(seed=0, warm_start=True)
+    warm.load_state_dict(cold.state_dict())
+    for method in (cold, warm):
+        method.on_epoch_start(FakeTrainer(data, epoch=0))
+    assert torch.equal(cold.pseudo_labels, warm.pseudo_labels)  # the first clustering has nothing to start from
+    first = warm.pseudo_labels.clone()
+    for method in (cold, warm):  # same features: only the k-means seed differs (the clustering count is added)
+        method.on_epoch_start(FakeTrainer(data, epoch=1))
+    assert torch.equal(warm.pseudo_labels, first)  # started from its own groups, k-means stays there
+    assert not torch.equal(cold.pseudo_labels, first)  # a cold start renames (and regroups) the clusters
 
 
 def test_forward_uses_the_pseudo_labels_of_the_batch_indices():

@@ -87,6 +87,10 @@ class DeepCluster(SSLMethod):
             (``proj_hidden_dim`` wide) between the backbone and the clustering, as DeepCluster-v2,
             so the cluster geometry shapes the head and the backbone's features stay general.
         proj_hidden_dim: hidden width of that MLP.
+        warm_start: False (the paper) starts each k-means from random points, so the clusters are renamed and
+            regrouped at every clustering; True starts it from the previous pseudo-labels' groups (their means
+            in the new feature space), so cluster j stays about the same images and what the network learnt
+            about it carries over to the next epoch.
 
     Returns (forward): ``loss``, ``embedding`` (backbone features of the first view, detached) and ``deepcluster/accuracy``
     (agreement of the classifier with the pseudo-labels, 0-d).
