@@ -295,6 +295,13 @@ def test_moco_small_recipe_rate_is_a_fifth_of_solo_learns():
     assert lr == pytest.approx(0.03)  # scaled linearly with the batch
 
 
+def test_deepcluster_small_recipe_warm_starts_its_clusterings_and_the_paper_recipe_does_not():
+    small, paper = _recipe("deepcluster")["method"], _recipe("deepcluster_imagenet")["method"]
+    assert small["warm_start"] is True and not paper.get("warm_start", False)
+    kwargs = {k: v for k, v in small.items() if k != "name"}
+    assert vs.create_method("deepcluster", backbone="resnet10t_cifar", **kwargs).warm_start
+
+
 def test_dino_last_layer_rows_start_at_unit_norm_as_the_official_weight_norm():
     m = vs.create_method(
         "dino", backbone="resnet10t_cifar", out_dim=64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False
