@@ -14,6 +14,7 @@ from visionssl.methods.deepcluster import (
     centroid_logits,
     cluster_features,
     fit_whitening,
+    grayscale,
     kmeans,
     nmi,
     pca_whiten,
@@ -219,6 +220,27 @@ def test_warm_start_reclusters_from_the_previous_pseudo_labels():
         method.on_epoch_start(FakeTrainer(data, epoch=1))
     assert torch.equal(warm.pseudo_labels, first)  # started from its own groups, k-means stays there
     assert not torch.equal(cold.pseudo_labels, first)  # a cold start renames (and regroups) the clusters
+
+
+def test_grayscale_clustering_sees_the_colour_images_as_gray():
+    g = torch.Generator().manual_seed(0)
+    colour = torch.randint(0, 256, (6, 3, 16, 16), generator=g, dtype=torch.uint8)
+    gray = grayscale(colour)
+    luma = 0.2989 * colour[:, 0].float() + 0.587 * colour[:, 1].float() + 0.114 * colour[:, 2].float()
+    assert gray.dtype == torch.uint8 and (gray[:, 0].float() - luma).abs().max() <= 0.5
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 0], gray[:, 2])
+    assert torch.equal(grayscale(gray), gray)  # gray images are left as they are
+    method = make_method(cluster_grayscale=True)
+    features = method.extract_features(colour, "cpu", 16)
+    assert torch.allclose(features, method.extract_features(gray, "cpu", 16))
+    method.cluster_grayscale = False  # the same weights on the colour images: other features
+    assert not torch.allclose(features, method.extract_features(colour, "cpu", 16))
+    method.cluster_grayscale = True
+    # two images that differ only in colour, at the same luma, fall in the same place
+    red_ish = torch.tensor([150, 50, 100], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 16, 16)
+    same_luma = grayscale(red_ish)
+    both = method.extract_features(torch.cat([red_ish, same_luma]), "cpu", 16)
+    assert torch.allclose(both[0], both[1])
 
 
 def test_forward_uses_the_pseudo_labels_of_the_batch_indices():

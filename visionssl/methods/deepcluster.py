@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionssl import distributed
+from visionssl.augment.ops import LUMA
 from visionssl.backbones.features import batched_features
 from visionssl.methods import register_method
 from visionssl.methods.base import SSLMethod, TrainingContext, mlp
@@ -91,6 +92,9 @@ class DeepCluster(SSLMethod):
             regrouped at every clustering; True starts it from the previous pseudo-labels' groups (their means
             in the new feature space), so cluster j stays about the same images and what the network learnt
             about it carries over to the next epoch.
+        cluster_grayscale: False clusters the features of the colour images; True of their grayscale versions
+            (colour removed, as the paper's Sobel input does), so that k-means cannot group the images by
+            colour, which an untrained network's features are full of. Only the clustering sees gray images.
 
     Returns (forward): ``loss``, ``embedding`` (backbone features of the first view, detached) and ``deepcluster/accuracy``
     (agreement of the classifier with the pseudo-labels, 0-d).
@@ -125,6 +129,7 @@ class DeepCluster(SSLMethod):
         proj_dim: int = 0,
         proj_hidden_dim: int = 2048,
         warm_start: bool = False,
+        cluster_grayscale: bool = False,
     ):
         super().__init__(backbone, backbone_kwargs)
         if classifier not in ("reset", "centroids"):
@@ -150,6 +155,7 @@ class DeepCluster(SSLMethod):
         self.seed = seed
         self.temperature = temperature
         self.warm_start = warm_start
+        self.cluster_grayscale = cluster_grayscale
         if proj_dim < 0:
             raise ValueError(f"proj_dim must be >= 0 (0: no projection head), got {proj_dim}")
         self.projector = mlp(self.num_features, proj_hidden_dim, proj_dim) if proj_dim else nn.Identity()
@@ -295,13 +301,14 @@ class DeepCluster(SSLMethod):
         from visionssl import augment
 
         view = augment.create("eval", image_size=image_size, channels=channels).to(device)
+        gray = self.cluster_grayscale and images.shape[1] == 3
         was_training = self.training
         self.eval()
         try:
             return batched_features(
                 lambda x: self.projector(self.backbone(x)),
                 images,
-                lambda x: view(x)[0],
+                lambda x: view(grayscale(x) if gray else x)[0],
                 self.extract_batch_size,
                 device,
             )
@@ -314,6 +321,19 @@ class DeepCluster(SSLMethod):
             if saved is not None:  # sized by the dataset and the clustering: take the saved shape
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB images (N, 3, H, W) as uint8 grayscale in 3 channels (torchvision's luma weights, rounded):
+    a gray image is returned unchanged.
+
+    Example:
+        >>> grayscale(torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)).flatten().tolist()
+        [76, 76, 76]
+    """
+    luma = torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)
+    gray = (images.float() * luma).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    return gray.expand_as(images).contiguous()
 
 
 def _view_size(trainer: TrainingContext) -> int:
