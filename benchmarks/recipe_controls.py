@@ -43,18 +43,19 @@ RUNS_TITLE = "## Every run"
 
 
 def commit() -> str:
-    """The short commit of the checkout (the recipe a row ran with), or ``"unknown"`` outside git."""
+    """The short commit of the checkout (the recipe a row ran with), ``+dirty`` when the package or its recipes
+    differ from it (the row did not run that commit's recipe), or ``"unknown"`` outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
+        head, changed = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--", "../visionssl")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    return head + ("+dirty" if changed else "")
 
 
 def score_label(row: dict) -> str:

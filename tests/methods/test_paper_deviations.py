@@ -295,9 +295,10 @@ def test_moco_small_recipe_rate_is_a_fifth_of_solo_learns():
     assert lr == pytest.approx(0.03)  # scaled linearly with the batch
 
 
-def test_deepcluster_small_recipe_warm_starts_its_clusterings_and_the_paper_recipe_does_not():
+def test_deepcluster_small_recipe_warm_starts_and_clusters_gray_images_and_the_paper_recipe_does_not():
     small, paper = _recipe("deepcluster")["method"], _recipe("deepcluster_imagenet")["method"]
     assert small["warm_start"] is True and not paper.get("warm_start", False)
+    assert small["cluster_grayscale"] is True and not paper.get("cluster_grayscale", False)
     kwargs = {k: v for k, v in small.items() if k != "name"}
     assert vs.create_method("deepcluster", backbone="resnet10t_cifar", **kwargs).warm_start
 
