@@ -10,6 +10,7 @@ registered method (the pretext and clustering ones too, which LightlySSL has no 
     python benchmarks/recipe_controls.py --methods deepcluster --seeds 0 1 2 --backbone peer_cnn --batch-size 128
     python benchmarks/recipe_controls.py --methods swav --set augment.kwargs.num_local=6
     python benchmarks/recipe_controls.py --methods simclr --epochs 1 --max-images 64 --batch-size 16 --results dry
+    python benchmarks/recipe_controls.py --methods deepcluster --dataset shapes:2000 --eval-split holdout  # last
 """
 
 from __future__ import annotations
@@ -141,11 +142,19 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/recipe_controls")
     parser.add_argument("--results", default="recipe_controls_small", help="results file name under results/")
+    parser.add_argument(
+        "--eval-split",
+        default="test",
+        choices=("test", "holdout"),
+        help="queries of the kNN; holdout: the shapes set's split never tuned on (report on it last)",
+    )
     args = parser.parse_args(argv)
     dataset = args.dataset.split(":")[0]
     if dataset not in ("digits", "shapes"):
         parser.error(f"--dataset must be digits or shapes[:N] (data no recipe was tuned on), got {args.dataset!r}")
-    args.plain_recipe, args.eval_split = True, "test"  # what methods_peer's helpers read
+    if args.eval_split == "holdout" and dataset != "shapes":
+        parser.error(f"--eval-split holdout: {dataset} has no holdout split (shapes[:N] has)")
+    args.plain_recipe = True  # what methods_peer's helpers read
     device = resolve_device(args.device)
     stored = math.ceil(args.image_size * 1.125)
     labels, data = load_data(args, dataset, stored)
@@ -189,7 +198,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "rank": round(feature_rank(backbone, test, args.image_size), 1),
                 }
             row = {
-                "ds": args.dataset,
+                "ds": args.dataset + (" (holdout)" if args.eval_split == "holdout" else ""),
                 "bb": args.backbone,
                 "batch": str(args.batch_size),
                 "method": method,

@@ -65,3 +65,13 @@ def test_a_run_stopped_by_a_signal_ends_the_benchmark_without_a_row(bench, tmp_p
     with pytest.raises(SystemExit, match="stopped by SIGTERM at epoch .*no row written"):
         bench.main(["--methods", "rotation", "--seeds", "0", "1", *DRY])
     assert not (tmp_path / "results" / "recipe_controls_small.json").exists()  # no row, and no second seed
+
+
+def test_the_shapes_holdout_is_scored_apart_and_other_sets_have_none(bench, capsys):
+    shapes = ["--dataset", "shapes:40", *DRY[:-4], "--k", "3", "--batch-size", "8", "--backbone", "resnet10t_cifar"]
+    path = bench.main(["--methods", "rotation", *shapes, "--eval-split", "holdout"])
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["ds"] == "shapes:40 (holdout)" and 0 <= row["ours"]["shape"] <= 100
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "rotation", *DRY, "--eval-split", "holdout"])
+    assert "digits has no holdout split" in capsys.readouterr().err
