@@ -1,5 +1,6 @@
 """Behaviour changes made to follow the papers' official code (issue 19): one test per deviation fixed."""
 
+import inspect
 import math
 
 import pytest
@@ -311,8 +312,6 @@ def test_two_view_small_recipes_crop_at_least_30_percent_of_a_small_image(name, 
     # every one of these methods ended below its untrained network at 8-100% (docs/methods.md)
     assert list(_recipe(name)["augment"]["kwargs"]["scale"]) == [0.3, 1.0]
     assert "scale" not in (_recipe(f"{name}_imagenet")["augment"].get("kwargs") or {})
-    import inspect
-
     preset = vs.augment.AUGMENTATIONS.get(name)  # the preset keeps the paper's crops
     assert inspect.signature(preset).parameters["scale"].default[0] == paper_min_scale
 

@@ -107,13 +107,13 @@ def kmeans(
     )
     init = None
     if init_assignments is not None:
-        labels = torch.as_tensor(init_assignments, dtype=torch.long).cpu()
-        if labels.shape != (n,) or int(labels.min()) < 0 or int(labels.max()) >= k:
+        groups = torch.as_tensor(init_assignments, dtype=torch.long).cpu()
+        if groups.shape != (n,) or int(groups.min()) < 0 or int(groups.max()) >= k:
             raise ValueError(
-                f"init_assignments must be (N,) = ({n},) cluster indices in [0, {k}), got {tuple(labels.shape)}"
+                f"init_assignments must be (N,) = ({n},) cluster indices in [0, {k}), got {tuple(groups.shape)}"
             )
-        sums = torch.zeros(k, d, dtype=torch.float64).index_add_(0, labels, torch.from_numpy(data).double())
-        counts = torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
+        sums = torch.zeros(k, d, dtype=torch.float64).index_add_(0, groups, torch.from_numpy(data).double())
+        counts = torch.bincount(groups, minlength=k).clamp(min=1).unsqueeze(1)
         init = np.ascontiguousarray((sums / counts).float().numpy())
     km.train(data, init_centroids=init)
     _, labels = km.index.search(data, 1)
